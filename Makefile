@@ -1,0 +1,39 @@
+# llavakd: the two commands a fresh machine needs are `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := results/demo
+
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench clean-demo
+
+install: $(STAMP)  ## create .venv and install the pinned dependency set (no-op when up to date)
+
+# torch/torchvision first and exactly pinned: an unpinned torch would pull a multi-GB build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import torch, torchvision"
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import llavakd, transformers, lmms_eval, deepspeed, snakemake"
+	touch $(STAMP)
+
+demo: install  ## the main job on the tiny world (currently: tiny components -> the six tiny LLaVA models)
+	$(BIN)/llavakd tiny-models --out $(DEMO)/components --seed 0
+	for llm in qwen1.5-4b qwen1.5-1.8b qwen1.5-0.5b qwen2.5-3b qwen2.5-1.5b qwen2.5-0.5b; do \
+	  $(BIN)/llavakd build --vision $(DEMO)/components/vision/siglip --llm $(DEMO)/components/llm/$$llm \
+	    --strategy full --out $(DEMO)/models/$$llm --overwrite || exit 1; \
+	done
+
+test: install  ## the whole test suite
+	rc=0; $(BIN)/pytest -q -p no:cacheprovider || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: install  ## benchmarks (print JSON; figures go to README)
+	$(BIN)/python -m benchmarks.distill_memory
+
+clean-demo:
+	rm -rf $(DEMO)

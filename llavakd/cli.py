@@ -1,0 +1,130 @@
+"""The ``llavakd`` command line: one console script, one subcommand per job.
+
+    llavakd --help
+    llavakd tiny-models --out results/tiny/components --seed 0
+    llavakd build --vision results/tiny/components/vision/siglip \
+        --llm results/tiny/components/llm/qwen1.5-0.5b --strategy full --out results/tiny/student0
+    llavakd convert-upstream SRC DST [--tokenizer Qwen/Qwen1.5-0.5B]
+
+Errors in the input (a missing path, a malformed file, an inconsistent model) print one message
+naming the culprit and exit with status 2; nothing half-written is left looking complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from llavakd.errors import LlavaKDError
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def cmd_tiny_models(args: argparse.Namespace) -> int:
+    from llavakd.model.tiny import write_tiny_components
+
+    manifest = write_tiny_components(args.out, seed=args.seed)
+    print(f"wrote tiny components to {args.out}")
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from llavakd.io import atomic_dir
+    from llavakd.model.build import build_llava, save_llava
+
+    model, processor, prov = build_llava(
+        args.vision, args.llm, tokenizer=args.tokenizer, image_tokens=args.image_tokens,
+        strategy=args.strategy, feature_layer=args.feature_layer, dtype=args.dtype, seed=args.seed,
+    )
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        save_llava(model, processor, tmp, prov)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out}: LlavaForConditionalGeneration, {n / 1e6:.2f}M parameters, "
+          f"{model.config.image_seq_length} visual tokens per image")
+    return 0
+
+
+def cmd_convert_upstream(args: argparse.Namespace) -> int:
+    from llavakd.io import atomic_dir
+    from llavakd.model.build import save_llava
+    from llavakd.model.convert import convert_upstream
+
+    model, processor = convert_upstream(
+        args.src, tokenizer=args.tokenizer, image_processor=args.image_processor, dtype=args.dtype
+    )
+    with atomic_dir(args.dst, overwrite=args.overwrite) as tmp:
+        save_llava(model, processor, tmp, {"converted_from": str(args.src)})
+    print(f"converted {args.src} -> {args.dst}")
+    return 0
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Keeps every subcommand's explanation on its own line (argparse sizes the column too early)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24, width=110)
+        self._action_max_length = 22
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llavakd",
+        description="Reproduce LLaVA-KD: build, distill, evaluate and report multimodal LLMs.",
+        formatter_class=_Formatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("tiny-models", help="write the tiny offline SigLIP + Qwen2 family (component checkpoints)")
+    s.add_argument("--out", required=True, type=Path, help="output folder")
+    s.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    s.set_defaults(func=cmd_tiny_models)
+
+    s = sub.add_parser("build", help="assemble a LLaVA model from a SigLIP and a causal-LM checkpoint")
+    s.add_argument("--vision", required=True, help="SigLIP checkpoint folder or hub id")
+    s.add_argument("--llm", required=True, help="causal-LM checkpoint folder or hub id (Qwen family)")
+    s.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the LLM's)")
+    s.add_argument("--out", required=True, type=Path, help="output folder (a HF checkpoint)")
+    s.add_argument("--image-tokens", type=int, default=None,
+                   help="expected visual tokens per image; refuse a tower that gives another count (paper: 728)")
+    s.add_argument("--strategy", choices=["default", "full"], default="default",
+                   help="'default' drops the first patch (paper: 729 -> 728); 'full' keeps all")
+    s.add_argument("--feature-layer", type=int, default=-2, help="vision layer to read (default -2)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    s.add_argument("--seed", type=int, default=1234, help="projector initialisation seed")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("convert-upstream", help="convert a TinyLLaVA / LLaVA-KD checkpoint to our HF layout")
+    s.add_argument("src", type=Path, help="upstream checkpoint folder")
+    s.add_argument("dst", type=Path, help="output folder")
+    s.add_argument("--tokenizer", help="tokenizer folder or hub id, if SRC ships none")
+    s.add_argument("--image-processor", help="image processor folder or hub id (default: SigLIP's)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.set_defaults(func=cmd_convert_upstream)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_transformers()
+    try:
+        return args.func(args)
+    except (LlavaKDError, KeyError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"llavakd {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

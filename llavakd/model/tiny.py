@@ -1,0 +1,177 @@
+"""The tiny model family: offline stand-ins for SigLIP-so400m and the paper's Qwen LLMs.
+
+    llavakd tiny-models --out results/tiny/components --seed 0
+
+writes, with no network:
+    vision/siglip/          SiglipVisionModel + SiglipImageProcessor (32px, patch 8 -> 16 tokens)
+    llm/<name>/             Qwen2ForCausalLM + tokenizer, one folder per LLM
+    manifest.json           the components and the teacher -> student pairs
+
+The LLMs mirror Table 1's pairs in miniature (a Qwen1.5-like family without GQA and a
+Qwen2.5-like family with GQA, one teacher and two students each). All share one byte-level BPE
+tokenizer with ``<|endoftext|>``, ``<image>`` and the chat template, so the real build path
+(``llavakd build``) assembles them exactly as it assembles hub checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from llavakd.model.chat import CHAT_TEMPLATE, END_TOKEN, IMAGE_TOKEN, SYSTEM_PROMPT
+
+TINY_IMAGE_SIZE = 32
+TINY_PATCH = 8
+TINY_VOCAB = 1024  # BPE target; embeddings are padded above it, as Qwen pads 151,646 -> 151,936
+
+VISION = dict(
+    image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH, hidden_size=64, intermediate_size=256,
+    num_hidden_layers=3, num_attention_heads=4, vision_use_head=False,
+)
+
+# name -> Qwen2Config overrides.  "Qwen1.5"-like: full multi-head attention; "Qwen2.5"-like: GQA.
+LLMS: dict[str, dict] = {
+    "qwen1.5-4b": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
+    "qwen1.5-1.8b": dict(hidden_size=160, intermediate_size=384, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
+    "qwen1.5-0.5b": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+    "qwen2.5-3b": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=160, intermediate_size=384, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-0.5b": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+}
+PAIRS = {  # teacher -> students, as in Table 1
+    "qwen1.5-4b": ["qwen1.5-0.5b", "qwen1.5-1.8b"],
+    "qwen2.5-3b": ["qwen2.5-0.5b", "qwen2.5-1.5b"],
+}
+
+# Words of the synthetic world and of the benchmark prompts: what the tokenizer learns merges for.
+# Anything else still tokenizes (byte-level BPE), only into more pieces.
+WORLD_WORDS = (
+    "red green blue yellow purple white black orange gray brown "
+    "circle square triangle shape shapes number numbers digit text "
+    "top bottom left right center middle at of in on the a an is are there what which where how many "
+    "color colour written image picture object objects "
+    "zero one two three four five six seven eight nine ten "
+    "0 1 2 3 4 5 6 7 8 9 yes no A B C D E "
+    "Answer the question using a single word or phrase . , ? : ( ) ' "
+    "with option's letter from given choices directly "
+    "When provided information is insufficient respond 'Unanswerable' unanswerable "
+    "Context Options Hint Question Reference OCR token tokens Please "
+    "first second third fourth only and or not"
+)
+
+
+def tiny_corpus() -> list[str]:
+    """Deterministic training text for the tokenizer: the template and the world's vocabulary."""
+    words = WORLD_WORDS.split()
+    lines = [SYSTEM_PROMPT, f"USER: {IMAGE_TOKEN}\nwhat is this? ASSISTANT: a red circle"]
+    lines += [" ".join(words[i : i + 8]) for i in range(0, len(words), 8)]
+    lines += [f"{a} {b}" for a in words[:40] for b in words[40:80]]
+    return lines * 4
+
+
+def build_tokenizer(vocab_size: int = TINY_VOCAB):
+    """A byte-level BPE tokenizer trained offline on ``tiny_corpus`` (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_TOKEN, IMAGE_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=2,
+        show_progress=False,
+    )
+    tok.train_from_iterator(tiny_corpus(), trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=END_TOKEN,
+        pad_token=END_TOKEN,
+        additional_special_tokens=[IMAGE_TOKEN],
+        model_max_length=2048,
+        padding_side="right",
+    )
+    hf.chat_template = CHAT_TEMPLATE
+    return hf
+
+
+def _padded_vocab(n_tokens: int, multiple: int = 64) -> int:
+    return (n_tokens + multiple - 1) // multiple * multiple
+
+
+def tiny_vision_config():
+    from transformers import SiglipVisionConfig
+
+    return SiglipVisionConfig(**VISION)
+
+
+def tiny_image_processor():
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(
+        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        resample=3,  # bicubic, as SigLIP
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+
+
+def tiny_llm_config(name: str, vocab_size: int, eos_id: int):
+    from transformers import Qwen2Config
+
+    if name not in LLMS:
+        raise KeyError(f"unknown tiny LLM {name!r}; known: {sorted(LLMS)}")
+    return Qwen2Config(
+        vocab_size=vocab_size, max_position_embeddings=2048, rope_theta=10000.0,
+        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, **LLMS[name],
+    )
+
+
+def _seed_for(seed: int, name: str) -> int:
+    # A stable per-component seed (Python's hash() is salted per process).
+    return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))) % 2**31
+
+
+def write_tiny_components(out: str | Path, seed: int = 0, llms: list[str] | None = None) -> dict:
+    """Write the tiny vision tower, tokenizer and LLMs as component checkpoints under ``out``."""
+    from transformers import Qwen2ForCausalLM, SiglipVisionModel
+
+    out = Path(out)
+    names = llms or list(LLMS)
+    unknown = [n for n in names if n not in LLMS]
+    if unknown:
+        raise KeyError(f"unknown tiny LLM(s) {unknown}; known: {sorted(LLMS)}")
+    tok = build_tokenizer()
+    vocab = _padded_vocab(len(tok))
+    eos_id = tok.convert_tokens_to_ids(END_TOKEN)
+
+    vdir = out / "vision" / "siglip"
+    torch.manual_seed(_seed_for(seed, "vision"))
+    tower = SiglipVisionModel(tiny_vision_config())
+    tower.save_pretrained(vdir)
+    tiny_image_processor().save_pretrained(vdir)
+
+    manifest = {"seed": seed, "vision": str(vdir.relative_to(out)), "llms": {}, "pairs": {}}
+    for name in names:
+        torch.manual_seed(_seed_for(seed, name))
+        lm = Qwen2ForCausalLM(tiny_llm_config(name, vocab, eos_id))
+        ldir = out / "llm" / name
+        lm.save_pretrained(ldir)
+        tok.save_pretrained(ldir)
+        manifest["llms"][name] = {
+            "path": str(ldir.relative_to(out)),
+            "params": sum(p.numel() for p in lm.parameters()),
+        }
+    manifest["pairs"] = {t: [s for s in ss if s in names] for t, ss in PAIRS.items() if t in names}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
