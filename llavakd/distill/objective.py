@@ -1,0 +1,331 @@
+"""LLaVA-KD's objective: CE + L_res + L_vis + L_rel (SPEC section 2), chunked by default.
+
+    from llavakd.distill import LossConfig, distill_loss
+    out = distill_loss(student_logits, teacher_logits, labels, visual_mask, LossConfig())
+    out.total.backward();  out.parts  # {"ce": ..., "res": ..., "vis": ..., "rel": ...}
+
+Shapes: logits [B, L, V] (teacher without grad), ``labels`` [B, L] with -100 for unsupervised
+tokens, ``visual_mask`` [B, L] bool marking each sample's own visual-token positions (text-only
+samples have none and contribute no visual term).
+
+* CE      shifted next-token cross-entropy, mean over supervised positions.
+* L_res   D(teacher || student) at every position whose *shifted* label is supervised, mean over them.
+* L_vis   the same divergence at the visual positions (unshifted), mean over all visual positions.
+* L_rel   1 - cos(vec(Z_t Z_t^T), vec(Z_s Z_s^T)), Z = a sample's visual-position logits [n, V].
+          ``rel_reduction="batch"`` (default, upstream) concatenates every image sample's Gram
+          matrix into one vector; ``"per_sample"`` averages the per-sample cosines.
+
+The chunked implementation computes every loss and its gradient in one pass over row chunks
+(CE/L_res/L_vis) and vocabulary chunks (the Gram matrices), so no more than one chunk of
+full-vocabulary fp32 intermediates exists at a time; ``backward`` only scales the stored
+gradient. ``implementation="naive"`` is the straightforward autograd version (the oracle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from llavakd.distill.divergences import NAMES, Divergence
+
+IGNORE = -100
+DEFAULT_CHUNK_ELEMENTS = 1 << 23  # ~32 MB of fp32 per full-vocabulary temporary
+
+
+class DistillShapeError(ValueError):
+    """Teacher and student inputs disagree; distillation is never silently skipped."""
+
+
+@dataclass
+class LossConfig:
+    """Weights and switches of the four terms (paper: all on, weight 1, temperature 1)."""
+
+    ce: bool = True
+    res: bool = True
+    vis: bool = True
+    rel: bool = True
+    ce_weight: float = 1.0
+    res_weight: float = 1.0
+    vis_weight: float = 1.0
+    rel_weight: float = 1.0
+    divergence: str = "forward_kl"  # for L_res and L_vis; vis_divergence overrides for L_vis
+    vis_divergence: str | None = None
+    jsd_beta: float = 0.5
+    skew_alpha: float = 0.1
+    temperature: float = 1.0
+    rel_reduction: str = "batch"  # "batch" (upstream) or "per_sample"
+    implementation: str = "chunked"  # or "naive"
+    chunk_rows: int | None = None  # rows per chunk; default from DEFAULT_CHUNK_ELEMENTS
+    chunk_vocab: int | None = None  # vocabulary columns per Gram chunk
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("divergence", "vis_divergence"):
+            v = getattr(self, name)
+            if v is not None and v not in NAMES:
+                problems.append(f"{name}: unknown divergence {v!r} (choose from {', '.join(NAMES)})")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if self.rel_reduction not in ("batch", "per_sample"):
+            problems.append(f"rel_reduction must be 'batch' or 'per_sample', got {self.rel_reduction!r}")
+        if self.implementation not in ("chunked", "naive"):
+            problems.append(f"implementation must be 'chunked' or 'naive', got {self.implementation!r}")
+        if not 0 < self.jsd_beta < 1:
+            problems.append(f"jsd_beta must be in (0, 1), got {self.jsd_beta}")
+        if not 0 <= self.skew_alpha < 1:
+            problems.append(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
+        for name in ("ce_weight", "res_weight", "vis_weight", "rel_weight"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("chunk_rows", "chunk_vocab"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                problems.append(f"{name} must be >= 1, got {v}")
+        return problems
+
+    def res_div(self) -> Divergence:
+        return Divergence(self.divergence, beta=self.jsd_beta, alpha=self.skew_alpha)
+
+    def vis_div(self) -> Divergence:
+        return Divergence(self.vis_divergence or self.divergence, beta=self.jsd_beta, alpha=self.skew_alpha)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.res or self.vis or self.rel
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)  # unweighted values of enabled terms
+    counts: dict[str, int] = field(default_factory=dict)  # positions each term averaged over
+
+
+def check_inputs(student, teacher, labels, visual_mask, teacher_labels=None, teacher_visual_mask=None):
+    """Raise DistillShapeError naming the first disagreement between teacher and student."""
+    if student.dim() != 3:
+        raise DistillShapeError(f"student logits must be [batch, length, vocab], got {tuple(student.shape)}")
+    if teacher is not None and teacher.shape != student.shape:
+        raise DistillShapeError(
+            f"teacher logits {tuple(teacher.shape)} and student logits {tuple(student.shape)} differ; "
+            "teacher and student must see the same tokens (same tokenizer, same visual-token count)"
+        )
+    if labels.shape != student.shape[:2]:
+        raise DistillShapeError(f"labels {tuple(labels.shape)} do not match logits {tuple(student.shape[:2])}")
+    if visual_mask.shape != student.shape[:2] or visual_mask.dtype != torch.bool:
+        raise DistillShapeError(
+            f"visual_mask must be bool {tuple(student.shape[:2])}, got {visual_mask.dtype} {tuple(visual_mask.shape)}"
+        )
+    if teacher_labels is not None and not torch.equal(teacher_labels, labels):
+        bad = (teacher_labels != labels).any(-1).nonzero().flatten().tolist()
+        raise DistillShapeError(f"teacher and student supervise different tokens in samples {bad}")
+    if teacher_visual_mask is not None and not torch.equal(teacher_visual_mask, visual_mask):
+        bad = (teacher_visual_mask != visual_mask).any(-1).nonzero().flatten().tolist()
+        raise DistillShapeError(f"teacher and student visual positions differ in samples {bad}")
+    sup = labels[labels != IGNORE]
+    if sup.numel() and (sup.min() < 0 or sup.max() >= student.shape[-1]):
+        raise DistillShapeError(f"labels outside [0, {student.shape[-1]}): {sup.min().item()}..{sup.max().item()}")
+
+
+def distill_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor | None,
+    labels: torch.Tensor,
+    visual_mask: torch.Tensor,
+    cfg: LossConfig | None = None,
+    *,
+    teacher_labels: torch.Tensor | None = None,
+    teacher_visual_mask: torch.Tensor | None = None,
+) -> LossOutput:
+    cfg = cfg or LossConfig()
+    problems = cfg.validate()
+    if problems:
+        raise ValueError("invalid loss config: " + "; ".join(problems))
+    if cfg.needs_teacher and teacher is None:
+        raise DistillShapeError("distillation terms are enabled but no teacher logits were given")
+    check_inputs(student, teacher, labels, visual_mask, teacher_labels, teacher_visual_mask)
+    if cfg.implementation == "naive":
+        from llavakd.distill.naive import naive_distill_loss
+
+        return naive_distill_loss(student, teacher, labels, visual_mask, cfg)
+    return _chunked(student, teacher, labels, visual_mask, cfg)
+
+
+# ----------------------------------------------------------------------------- chunked path
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _rows_plan(labels, visual_mask, cfg):
+    """Dense per-row masks over the flattened [B*L] positions."""
+    B, L = labels.shape
+    res_rows = torch.zeros(B, L, dtype=torch.bool, device=labels.device)
+    res_rows[:, :-1] = labels[:, 1:] != IGNORE
+    target = torch.full((B, L), IGNORE, dtype=torch.long, device=labels.device)
+    target[:, :-1] = labels[:, 1:]
+    return res_rows.flatten(), visual_mask.flatten(), target.flatten()
+
+
+def _sample_visual_rows(visual_mask) -> list[torch.Tensor]:
+    """Flat row indices of each image sample's visual positions (text-only samples skipped)."""
+    B, L = visual_mask.shape
+    out = []
+    for b in range(B):
+        idx = visual_mask[b].nonzero().flatten()
+        if idx.numel():
+            out.append(idx + b * L)
+    return out
+
+
+class _FusedObjective(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student, teacher, labels, visual_mask, cfg, sink):
+        need_grad = student.requires_grad
+        B, L, V = student.shape
+        cdt = _compute_dtype(student)
+        s_flat = student.detach().reshape(B * L, V)
+        t_flat = teacher.detach().reshape(B * L, V) if teacher is not None else None
+        grad = torch.zeros_like(s_flat) if need_grad else None
+        res_rows, vis_rows, target = _rows_plan(labels, visual_mask, cfg)
+        use_res, use_vis = cfg.res, cfg.vis and bool(vis_rows.any())
+        n_ce = n_res = int(res_rows.sum())
+        n_vis = int(vis_rows.sum())
+        counts = {"ce": n_ce, "res": n_res, "vis": n_vis}
+        sums = {"ce": torch.zeros((), dtype=torch.float64), "res": torch.zeros((), dtype=torch.float64),
+                "vis": torch.zeros((), dtype=torch.float64)}
+        T = cfg.temperature
+        res_div, vis_div = cfg.res_div(), cfg.vis_div()
+        same_div = res_div == vis_div
+
+        active = torch.zeros_like(res_rows)
+        if cfg.ce or use_res:
+            active |= res_rows
+        if use_vis:
+            active |= vis_rows
+        rows = active.nonzero().flatten()
+        step = cfg.chunk_rows or max(1, DEFAULT_CHUNK_ELEMENTS // V)
+        w_ce = cfg.ce_weight / max(n_ce, 1)
+        w_res = cfg.res_weight / max(n_res, 1)
+        w_vis = cfg.vis_weight / max(n_vis, 1)
+        for start in range(0, rows.numel(), step):
+            idx = rows[start:start + step]
+            s = s_flat.index_select(0, idx).to(cdt)
+            g = torch.zeros_like(s) if need_grad else None
+            m_res = res_rows[idx].to(cdt)
+            m_vis = vis_rows[idx].to(cdt)
+            if cfg.ce:
+                y = target[idx]
+                ok = y != IGNORE
+                logp = torch.log_softmax(s, -1)
+                ce_rows = -logp.gather(1, y.clamp_min(0)[:, None]).squeeze(1) * ok
+                sums["ce"] += ce_rows.sum().double()
+                if need_grad:
+                    d = logp.exp_()
+                    d[ok.nonzero().flatten(), y[ok]] -= 1.0
+                    g += d * (w_ce * ok.to(cdt))[:, None]
+                del logp
+            if use_res or use_vis:
+                t = t_flat.index_select(0, idx).to(cdt)
+                st, tt = (s / T, t / T) if T != 1.0 else (s, t)
+                jobs = []
+                if same_div:
+                    coef = (w_res * m_res if use_res else 0) + (w_vis * m_vis if use_vis else 0)
+                    jobs.append((res_div, coef, [("res", m_res)] * use_res + [("vis", m_vis)] * use_vis))
+                else:
+                    if use_res:
+                        jobs.append((res_div, w_res * m_res, [("res", m_res)]))
+                    if use_vis:
+                        jobs.append((vis_div, w_vis * m_vis, [("vis", m_vis)]))
+                for div, coef, logs in jobs:
+                    loss_rows, dg = div(st, tt, need_grad)
+                    for key, mask in logs:
+                        sums[key] += (loss_rows * mask).sum().double() * T * T
+                    if need_grad:
+                        g += dg * (coef * T)[:, None]  # d/ds of T^2 * D(s/T) = T * D'(s/T)
+                del t, st, tt
+            if need_grad:
+                grad.index_copy_(0, idx, g.to(grad.dtype))
+
+        parts = {}
+        total = torch.zeros((), dtype=torch.float64)
+        if cfg.ce:
+            parts["ce"] = sums["ce"] / max(n_ce, 1)
+            total += cfg.ce_weight * parts["ce"]
+        if cfg.res:
+            parts["res"] = sums["res"] / max(n_res, 1)
+            total += cfg.res_weight * parts["res"]
+        if cfg.vis:
+            parts["vis"] = sums["vis"] / max(n_vis, 1)
+            total += cfg.vis_weight * parts["vis"]
+        if cfg.rel:
+            rel, n_img = _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt)
+            parts["rel"] = rel
+            counts["rel"] = n_img
+            total += cfg.rel_weight * rel
+        sink["parts"] = {k: float(v) for k, v in parts.items()}
+        sink["counts"] = counts
+        if need_grad:
+            ctx.save_for_backward(grad.view(B, L, V))
+        return total.to(student.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out.to(grad.dtype), None, None, None, None, None
+
+
+def _gram(flat, idx, step, cdt):
+    """Z Z^T for Z = flat[idx], accumulated over vocabulary chunks in the compute dtype."""
+    V = flat.shape[1]
+    R = torch.zeros(idx.numel(), idx.numel(), dtype=cdt)
+    for c in range(0, V, step):
+        Z = flat[idx, c:c + step].to(cdt)
+        R.addmm_(Z, Z.T)
+    return R
+
+
+def _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt):
+    """L_rel and (into ``grad``) its gradient; returns (value, number of image samples)."""
+    samples = _sample_visual_rows(visual_mask)
+    if not samples:
+        return torch.zeros((), dtype=torch.float64), 0
+    V = s_flat.shape[1]
+    n_max = max(i.numel() for i in samples)
+    step = cfg.chunk_vocab or max(1, DEFAULT_CHUNK_ELEMENTS // max(n_max, 1))
+    Rs = [_gram(s_flat, idx, step, cdt) for idx in samples]
+    Rt = [_gram(t_flat, idx, step, cdt) for idx in samples]
+    eps = torch.finfo(cdt).tiny
+    if cfg.rel_reduction == "batch":
+        dot = sum((a * b).sum() for a, b in zip(Rt, Rs))
+        nt = torch.sqrt(sum((a * a).sum() for a in Rt)).clamp_min(eps)
+        ns = torch.sqrt(sum((b * b).sum() for b in Rs)).clamp_min(eps)
+        cos = dot / (nt * ns)
+        value = 1 - cos
+        # d(1 - cos)/dR_s = -(R_t / (|t||s|) - cos * R_s / |s|^2)
+        G = [-(a / (nt * ns) - cos * b / (ns * ns)) for a, b in zip(Rt, Rs)]
+    else:
+        value = torch.zeros((), dtype=cdt)
+        G = []
+        k = len(samples)
+        for a, b in zip(Rt, Rs):
+            nt, ns = a.norm().clamp_min(eps), b.norm().clamp_min(eps)
+            cos = (a * b).sum() / (nt * ns)
+            value = value + (1 - cos) / k
+            G.append(-(a / (nt * ns) - cos * b / (ns * ns)) / k)
+    if grad is not None:
+        w = cfg.rel_weight
+        for idx, g in zip(samples, G):
+            sym = (g + g.T) * w  # dL/dZ = (G + G^T) Z
+            for c in range(0, V, step):
+                Z = s_flat[idx, c:c + step].to(cdt)
+                grad[idx, c:c + step] += (sym @ Z).to(grad.dtype)
+    return value.double(), len(samples)
+
+
+def _chunked(student, teacher, labels, visual_mask, cfg) -> LossOutput:
+    sink: dict = {}
+    total = _FusedObjective.apply(student, teacher, labels, visual_mask, cfg, sink)
+    return LossOutput(total=total, parts=sink["parts"], counts=sink["counts"])

@@ -1,0 +1,270 @@
+"""Distillation losses: textbook formulas, properties, chunked == naive, per-sample positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llavakd.distill import DIVERGENCES, Divergence, DistillShapeError, LossConfig, distill_loss
+
+KD_ONLY = dict(ce=False)
+
+
+def _softmax64(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _kl64(p, q):
+    return np.sum(np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0), -1)
+
+
+def textbook(name, s, t, beta=0.5, alpha=0.1):
+    """Each divergence as written in a textbook, in float64 numpy."""
+    ps, pt = _softmax64(s), _softmax64(t)
+    if name == "forward_kl":
+        return _kl64(pt, ps)
+    if name == "reverse_kl":
+        return _kl64(ps, pt)
+    if name == "jsd":
+        m = beta * pt + (1 - beta) * ps
+        return beta * _kl64(pt, m) + (1 - beta) * _kl64(ps, m)
+    if name == "tv":
+        return 0.5 * np.abs(pt - ps).sum(-1)
+    if name == "skew_kl":
+        return _kl64(pt, alpha * pt + (1 - alpha) * ps)
+    raise ValueError(name)
+
+
+def make_batch(B=3, L=14, V=37, seed=0, dtype=torch.float32, scale=3.0):
+    """A mixed batch: two image samples at different offsets and one text-only sample."""
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(B, L, V, generator=g) * scale).to(dtype)
+    t = (torch.randn(B, L, V, generator=g) * scale).to(dtype)
+    labels = torch.randint(0, V, (B, L), generator=g)
+    vm = torch.zeros(B, L, dtype=torch.bool)
+    labels[:, :6] = -100
+    vm[0, 0:4] = True  # image at the start (pre-training layout)
+    if B > 1:
+        vm[1, 2:5] = True  # image after a short prompt (SFT layout)
+    # the last sample is text-only
+    return s, t, labels, vm
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+@given(data=st.data())
+@settings(max_examples=15, deadline=None)
+def test_divergence_matches_textbook_float64(name, data):
+    n = data.draw(st.integers(1, 6))
+    v = data.draw(st.integers(2, 40))
+    seed = data.draw(st.integers(0, 10_000))
+    scale = data.draw(st.floats(0.1, 8.0))
+    rng = np.random.default_rng(seed)
+    s, t = rng.normal(size=(n, v)) * scale, rng.normal(size=(n, v)) * scale
+    loss, _ = Divergence(name, beta=0.3, alpha=0.2)(torch.from_numpy(s), torch.from_numpy(t))
+    np.testing.assert_allclose(loss.numpy(), textbook(name, s, t, beta=0.3, alpha=0.2), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_analytic_gradient_matches_finite_differences(name):
+    s, t, labels, vm = make_batch(B=2, L=7, V=9, dtype=torch.float64)
+    labels[:, 3:] = torch.randint(0, 9, (2, 4))
+    s.requires_grad_(True)
+    cfg = LossConfig(divergence=name, chunk_rows=3, chunk_vocab=4, temperature=1.7)
+    if name == "tv":  # |x| is not differentiable at 0; keep teacher and student apart
+        t = t + 5.0 * torch.nn.functional.one_hot(torch.zeros(2, 7, dtype=torch.long), 9)
+    torch.autograd.gradcheck(lambda x: distill_loss(x, t, labels, vm, cfg).total, (s,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+@pytest.mark.parametrize("reduction", ["batch", "per_sample"])
+def test_zero_loss_and_gradient_when_teacher_equals_student(name, reduction):
+    s, _, labels, vm = make_batch(dtype=torch.float64)
+    s.requires_grad_(True)
+    out = distill_loss(s, s.detach().clone(), labels, vm,
+                       LossConfig(divergence=name, rel_reduction=reduction, **KD_ONLY))
+    out.total.backward()
+    for key in ("res", "vis", "rel"):
+        assert abs(out.parts[key]) < 1e-12, key
+    assert s.grad.abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+@given(seed=st.integers(0, 10_000), scale=st.floats(0.01, 20.0))
+@settings(max_examples=20, deadline=None)
+def test_divergences_are_non_negative(name, seed, scale):
+    s, t, labels, vm = make_batch(seed=seed, scale=scale, dtype=torch.float64)
+    out = distill_loss(s, t, labels, vm, LossConfig(divergence=name, **KD_ONLY))
+    for key in ("res", "vis", "rel"):
+        assert out.parts[key] >= -1e-12, (key, out.parts[key])
+
+
+@given(c_s=st.floats(0.05, 50.0), c_t=st.floats(0.05, 50.0), seed=st.integers(0, 1000))
+@settings(max_examples=25, deadline=None)
+def test_rdist_is_invariant_to_scaling_the_logits(c_s, c_t, seed):
+    s, t, labels, vm = make_batch(seed=seed, dtype=torch.float64)
+    cfg = LossConfig(ce=False, res=False, vis=False)
+    base = distill_loss(s, t, labels, vm, cfg).parts["rel"]
+    scaled = distill_loss(s * c_s, t * c_t, labels, vm, cfg).parts["rel"]
+    assert scaled == pytest.approx(base, rel=1e-9, abs=1e-12)
+
+
+def test_masked_positions_have_no_effect():
+    s, t, labels, vm = make_batch(dtype=torch.float64)
+    res_rows = torch.zeros_like(vm)
+    res_rows[:, :-1] = labels[:, 1:] != -100
+    idle = ~(res_rows | vm)
+    assert idle.any()
+    s1 = s.clone().requires_grad_(True)
+    out1 = distill_loss(s1, t, labels, vm, LossConfig())
+    out1.total.backward()
+    s2 = s.clone()
+    s2[idle] = torch.randn(int(idle.sum()), s.shape[-1], dtype=s.dtype) * 100
+    t2 = t.clone()
+    t2[idle] = torch.randn(int(idle.sum()), s.shape[-1], dtype=s.dtype) * 100
+    s2.requires_grad_(True)
+    out2 = distill_loss(s2, t2, labels, vm, LossConfig())
+    out2.total.backward()
+    assert out1.parts == pytest.approx(out2.parts, rel=1e-12)
+    torch.testing.assert_close(s1.grad, s2.grad)
+    assert s1.grad[idle].abs().max() == 0
+
+
+def test_visual_terms_use_each_samples_own_positions():
+    """L_vis and L_rel computed per sample by hand, with images at different offsets."""
+    s, t, labels, vm = make_batch(dtype=torch.float64)
+    out = distill_loss(s, t, labels, vm, LossConfig(rel_reduction="per_sample"))
+    rows_s = [s[b][vm[b]].numpy() for b in range(3) if vm[b].any()]
+    rows_t = [t[b][vm[b]].numpy() for b in range(3) if vm[b].any()]
+    vis = np.concatenate([textbook("forward_kl", a, b) for a, b in zip(rows_s, rows_t)]).mean()
+    assert out.parts["vis"] == pytest.approx(vis, rel=1e-10)
+    cos = []
+    for zs, zt in zip(rows_s, rows_t):
+        rs, rt = (zs @ zs.T).ravel(), (zt @ zt.T).ravel()
+        cos.append(1 - rs @ rt / np.linalg.norm(rs) / np.linalg.norm(rt))
+    assert out.parts["rel"] == pytest.approx(np.mean(cos), rel=1e-10)
+    assert out.counts["vis"] == 7 and out.counts["rel"] == 2
+
+
+def test_text_only_sample_contributes_no_visual_term():
+    s, t, labels, vm = make_batch(dtype=torch.float64)
+    cfg = LossConfig(ce=False, res=False)
+    with_text = distill_loss(s, t, labels, vm, cfg).parts
+    alone = distill_loss(s[:2], t[:2], labels[:2], vm[:2], cfg).parts
+    assert with_text == pytest.approx(alone, rel=1e-12)
+
+
+def test_batch_rdist_flattens_all_image_samples_like_upstream():
+    s, t, labels, vm = make_batch(dtype=torch.float64)
+    # upstream layout: every sample has the same number of visual tokens at the same place
+    vm[:] = False
+    vm[:, 1:5] = True
+    out = distill_loss(s, t, labels, vm, LossConfig(ce=False, res=False, vis=False))
+    Zs, Zt = s[:, 1:5].numpy(), t[:, 1:5].numpy()
+    rs = np.einsum("bik,bjk->bij", Zs, Zs).ravel()
+    rt = np.einsum("bik,bjk->bij", Zt, Zt).ravel()
+    assert out.parts["rel"] == pytest.approx(1 - rs @ rt / np.linalg.norm(rs) / np.linalg.norm(rt), rel=1e-10)
+
+
+def test_response_positions_are_shifted_labels():
+    s, t, labels, vm = make_batch(dtype=torch.float64)
+    out = distill_loss(s, t, labels, vm, LossConfig(vis=False, rel=False))
+    sup = labels[:, 1:] != -100
+    rs, rt = s[:, :-1][sup].numpy(), t[:, :-1][sup].numpy()
+    assert out.parts["res"] == pytest.approx(textbook("forward_kl", rs, rt).mean(), rel=1e-10)
+    logp = np.log(_softmax64(rs))
+    ce = -logp[np.arange(len(rs)), labels[:, 1:][sup].numpy()].mean()
+    assert out.parts["ce"] == pytest.approx(ce, rel=1e-10)
+
+
+@given(
+    B=st.integers(1, 3), L=st.integers(2, 16), V=st.integers(2, 300), seed=st.integers(0, 10_000),
+    rows=st.integers(1, 20), vocab=st.integers(1, 64), name=st.sampled_from(DIVERGENCES),
+    T=st.sampled_from([1.0, 0.5, 2.0]), reduction=st.sampled_from(["batch", "per_sample"]),
+)
+@settings(max_examples=40, deadline=None)
+def test_chunked_equals_naive_fp32(B, L, V, seed, rows, vocab, name, T, reduction):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, L, V, generator=g) * 4
+    t = torch.randn(B, L, V, generator=g) * 4
+    labels = torch.where(torch.rand(B, L, generator=g) < 0.5, torch.randint(0, V, (B, L), generator=g), -100)
+    vm = torch.rand(B, L, generator=g) < 0.3
+    kw = dict(divergence=name, temperature=T, rel_reduction=reduction)
+    results = []
+    for impl in ("naive", "chunked"):
+        x = s.clone().requires_grad_(True)
+        out = distill_loss(x, t, labels, vm, LossConfig(implementation=impl, chunk_rows=rows,
+                                                         chunk_vocab=vocab, **kw))
+        out.total.backward()
+        results.append((out.total.detach(), x.grad, out.parts))
+    (ln, gn, pn), (lc, gc, pc) = results
+    torch.testing.assert_close(lc, ln, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gc, gn, rtol=1e-5, atol=1e-7)
+    assert pc == pytest.approx(pn, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_chunked_at_qwens_real_vocabulary(dtype, rtol):
+    V = 151_936
+    s, t, labels, vm = make_batch(B=2, L=10, V=V, seed=3, scale=2.0)
+    labels[:, 6:] = torch.randint(0, V, (2, 4))
+    ref_x = s.clone().requires_grad_(True)
+    ref = distill_loss(ref_x, t, labels, vm, LossConfig(implementation="naive"))
+    ref.total.backward()
+    x = s.to(dtype).requires_grad_(True)
+    out = distill_loss(x, t.to(dtype), labels, vm, LossConfig(chunk_rows=4, chunk_vocab=20_000))
+    out.total.backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
+    if dtype == torch.float32:
+        torch.testing.assert_close(out.total, ref.total, rtol=rtol, atol=1e-6)
+        torch.testing.assert_close(x.grad, ref_x.grad, rtol=rtol, atol=1e-9)
+    else:  # bf16 inputs: values within bf16 rounding of the fp32 reference
+        assert out.parts == pytest.approx(ref.parts, rel=rtol, abs=1e-3)
+        cos = torch.nn.functional.cosine_similarity(x.grad.float().flatten(), ref_x.grad.flatten(), dim=0)
+        assert cos > 0.99
+
+
+def test_switches_and_weights():
+    s, t, labels, vm = make_batch(dtype=torch.float64)
+    full = distill_loss(s, t, labels, vm, LossConfig())
+    assert set(full.parts) == {"ce", "res", "vis", "rel"}
+    assert full.total.item() == pytest.approx(sum(full.parts.values()), rel=1e-12)
+    w = LossConfig(ce_weight=0.5, res_weight=2.0, vis_weight=0.0, rel_weight=3.0)
+    out = distill_loss(s, t, labels, vm, w)
+    p = full.parts
+    assert out.total.item() == pytest.approx(0.5 * p["ce"] + 2 * p["res"] + 3 * p["rel"], rel=1e-12)
+    off = distill_loss(s, t, labels, vm, LossConfig(vis=False, rel=False))
+    assert set(off.parts) == {"ce", "res"}
+    ce_only = distill_loss(s, None, labels, vm, LossConfig(res=False, vis=False, rel=False))
+    assert ce_only.parts == {"ce": pytest.approx(p["ce"])}
+
+
+def test_teacher_student_mismatches_raise():
+    s, t, labels, vm = make_batch()
+    with pytest.raises(DistillShapeError, match=r"teacher logits \(3, 13, 37\).*differ"):
+        distill_loss(s, t[:, :-1], labels, vm)
+    with pytest.raises(DistillShapeError, match=r"visual positions differ in samples \[1\]"):
+        tvm = vm.clone()
+        tvm[1, 7] = True
+        distill_loss(s, t, labels, vm, teacher_visual_mask=tvm)
+    with pytest.raises(DistillShapeError, match=r"supervise different tokens in samples \[0\]"):
+        tl = labels.clone()
+        tl[0, 8] = -100
+        distill_loss(s, t, labels, vm, teacher_labels=tl)
+    with pytest.raises(DistillShapeError, match="no teacher logits"):
+        distill_loss(s, None, labels, vm)
+    with pytest.raises(DistillShapeError, match="labels outside"):
+        bad = labels.clone()
+        bad[0, 10] = 37
+        distill_loss(s, t, bad, vm)
+
+
+def test_config_lists_every_problem_at_once():
+    cfg = LossConfig(divergence="kl2", temperature=0, rel_reduction="sum", res_weight=-1)
+    problems = cfg.validate()
+    assert len(problems) == 4
+    with pytest.raises(ValueError, match="kl2.*temperature.*rel_reduction.*res_weight"):
+        distill_loss(*make_batch(), cfg)
