@@ -72,11 +72,39 @@ def test_divergence_matches_textbook_float64(name, data):
 def test_analytic_gradient_matches_finite_differences(name):
     s, t, labels, vm = make_batch(B=2, L=7, V=9, dtype=torch.float64)
     labels[:, 3:] = torch.randint(0, 9, (2, 4))
-    s.requires_grad_(True)
     cfg = LossConfig(divergence=name, chunk_rows=3, chunk_vocab=4, temperature=1.7)
     if name == "tv":  # |x| is not differentiable at 0; keep teacher and student apart
         t = t + 5.0 * torch.nn.functional.one_hot(torch.zeros(2, 7, dtype=torch.long), 9)
-    torch.autograd.gradcheck(lambda x: distill_loss(x, t, labels, vm, cfg).total, (s,), eps=1e-6, atol=1e-6)
+    x = s.clone().requires_grad_(True)
+    distill_loss(x, t, labels, vm, cfg).total.backward()
+    eps = 1e-6
+    numeric = torch.zeros_like(s)
+    for i in range(s.numel()):
+        d = torch.zeros(s.numel(), dtype=s.dtype)
+        d[i] = eps
+        d = d.view_as(s)
+        hi = distill_loss(s + d, t, labels, vm, cfg).total.item()
+        lo = distill_loss(s - d, t, labels, vm, cfg).total.item()
+        numeric.view(-1)[i] = (hi - lo) / (2 * eps)
+    torch.testing.assert_close(x.grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_second_backward_is_a_clear_error():
+    s, t, labels, vm = make_batch()
+    x = s.clone().requires_grad_(True)
+    out = distill_loss(x, t, labels, vm)
+    out.total.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward can run once"):
+        out.total.backward()
+
+
+def test_gradient_scales_with_the_upstream_gradient():
+    s, t, labels, vm = make_batch(dtype=torch.float64)
+    a = s.clone().requires_grad_(True)
+    distill_loss(a, t, labels, vm).total.backward()
+    b = s.clone().requires_grad_(True)
+    (3.5 * distill_loss(b, t, labels, vm).total).backward()
+    torch.testing.assert_close(b.grad, 3.5 * a.grad)
 
 
 @pytest.mark.parametrize("name", DIVERGENCES)
@@ -202,7 +230,9 @@ def test_chunked_equals_naive_fp32(B, L, V, seed, rows, vocab, name, T, reductio
         results.append((out.total.detach(), x.grad, out.parts))
     (ln, gn, pn), (lc, gc, pc) = results
     torch.testing.assert_close(lc, ln, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gc, gn, rtol=1e-5, atol=1e-7)
+    # 1e-5 relative, norm-wise: both fp32 paths are within ~5e-6 of float64, so single tiny
+    # elements may differ by more than 1e-5 of their own size
+    assert (gc - gn).norm() <= 1e-5 * gn.norm() + 1e-12
     assert pc == pytest.approx(pn, rel=1e-5, abs=1e-6)
 
 
@@ -268,3 +298,18 @@ def test_config_lists_every_problem_at_once():
     assert len(problems) == 4
     with pytest.raises(ValueError, match="kl2.*temperature.*rel_reduction.*res_weight"):
         distill_loss(*make_batch(), cfg)
+
+
+def test_chunked_fp32_matches_float64_at_real_vocabulary():
+    """At V = 151,936 the Gram cosine is near 1; the chunked fp32 path keeps its digits."""
+    V = 151_936
+    g = torch.Generator().manual_seed(11)
+    s = torch.randn(1, 70, V, generator=g) * 2
+    t = torch.randn(1, 70, V, generator=g) * 2
+    labels = torch.full((1, 70), -100)
+    labels[0, 60:] = torch.randint(0, V, (10,), generator=g)
+    vm = torch.zeros(1, 70, dtype=torch.bool)
+    vm[0, 2:58] = True
+    exact = distill_loss(s.double(), t.double(), labels, vm).parts
+    fp32 = distill_loss(s, t, labels, vm).parts
+    assert fp32 == pytest.approx(exact, rel=1e-5)

@@ -188,7 +188,8 @@ class _FusedObjective(torch.autograd.Function):
         cdt = _compute_dtype(student)
         s_flat = student.detach().reshape(B * L, V)
         t_flat = teacher.detach().reshape(B * L, V) if teacher is not None else None
-        grad = torch.zeros_like(s_flat) if need_grad else None
+        grad_full = torch.zeros_like(student, memory_format=torch.contiguous_format) if need_grad else None
+        grad = grad_full.view(B * L, V) if need_grad else None
         res_rows, vis_rows, target = _rows_plan(labels, visual_mask, cfg)
         use_res, use_vis = cfg.res, cfg.vis and bool(vis_rows.any())
         n_ce = n_res = int(res_rows.sum())
@@ -267,14 +268,22 @@ class _FusedObjective(torch.autograd.Function):
             total += cfg.rel_weight * rel
         sink["parts"] = {k: float(v) for k, v in parts.items()}
         sink["counts"] = counts
-        if need_grad:
-            ctx.save_for_backward(grad.view(B, L, V))
+        # Kept as a plain attribute, not save_for_backward: backward hands autograd the only
+        # reference, so the buffer becomes student.grad without a second full-size copy.
+        ctx.grad = grad_full
         return total.to(student.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_out.to(grad.dtype), None, None, None, None, None
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            raise RuntimeError(
+                "distill_loss (chunked): backward can run once per forward (its gradient buffer is "
+                "handed to autograd); use implementation='naive' for retain_graph / double backward"
+            )
+        if grad_out.item() != 1.0:
+            grad.mul_(grad_out.to(grad.dtype))
+        return grad, None, None, None, None, None
 
 
 def _gram(flat, idx, step, cdt):
@@ -295,9 +304,11 @@ def _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt):
     V = s_flat.shape[1]
     n_max = max(i.numel() for i in samples)
     step = cfg.chunk_vocab or max(1, DEFAULT_CHUNK_ELEMENTS // max(n_max, 1))
-    Rs = [_gram(s_flat, idx, step, cdt) for idx in samples]
-    Rt = [_gram(t_flat, idx, step, cdt) for idx in samples]
-    eps = torch.finfo(cdt).tiny
+    # The Gram matrices accumulate in the compute dtype; the cosine is taken in float64 (n x n,
+    # cheap): with cos close to 1, fp32 would leave 1 - cos only ~1e-7 of absolute precision.
+    Rs = [_gram(s_flat, idx, step, cdt).double() for idx in samples]
+    Rt = [_gram(t_flat, idx, step, cdt).double() for idx in samples]
+    eps = torch.finfo(torch.float64).tiny
     if cfg.rel_reduction == "batch":
         dot = sum((a * b).sum() for a, b in zip(Rt, Rs))
         nt = torch.sqrt(sum((a * a).sum() for a in Rt)).clamp_min(eps)
@@ -307,7 +318,7 @@ def _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt):
         # d(1 - cos)/dR_s = -(R_t / (|t||s|) - cos * R_s / |s|^2)
         G = [-(a / (nt * ns) - cos * b / (ns * ns)) for a, b in zip(Rt, Rs)]
     else:
-        value = torch.zeros((), dtype=cdt)
+        value = torch.zeros((), dtype=torch.float64)
         G = []
         k = len(samples)
         for a, b in zip(Rt, Rs):
@@ -318,7 +329,7 @@ def _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt):
     if grad is not None:
         w = cfg.rel_weight
         for idx, g in zip(samples, G):
-            sym = (g + g.T) * w  # dL/dZ = (G + G^T) Z
+            sym = ((g + g.T) * w).to(cdt)  # dL/dZ = (G + G^T) Z
             for c in range(0, V, step):
                 Z = s_flat[idx, c:c + step].to(cdt)
                 grad[idx, c:c + step] += (sym @ Z).to(grad.dtype)
