@@ -76,6 +76,31 @@ class _Formatter(argparse.HelpFormatter):
         self._action_max_length = 22
 
 
+def cmd_synth_world(args: argparse.Namespace) -> int:
+    from llavakd.data.synth import write_world
+    from llavakd.io import atomic_dir
+
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        manifest = write_world(tmp, seed=args.seed, size=args.size)
+    print(f"wrote the {args.size} synthetic world (seed {args.seed}) to {args.out}: "
+          f"{manifest['images']} images, {manifest['train']['captions']} captions, "
+          f"{manifest['train']['instruct']} instruction records, {len(manifest['bench'])} benchmark splits")
+    return 0
+
+
+def cmd_data_report(args: argparse.Namespace) -> int:
+    from transformers import AutoProcessor
+
+    from llavakd.data.report import data_report, format_report
+    from llavakd.model.build import resolve
+
+    src = resolve(args.processor, "processor")
+    processor = AutoProcessor.from_pretrained(src.ref, **src.kwargs)
+    report = data_report(args.json, args.images, processor, template=args.template, max_length=args.max_length)
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json_output else format_report(report))
+    return 1 if report["bad"] and args.strict else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llavakd",
@@ -112,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_convert_upstream)
+    s = sub.add_parser("synth-world", help="generate the synthetic world: images, training sets, ten benchmark stand-ins")
+    s.add_argument("--out", required=True, type=Path, help="output folder")
+    s.add_argument("--seed", type=int, default=0, help="world seed (same seed, byte-identical files)")
+    s.add_argument("--size", choices=["tiny", "small"], default="tiny", help="number of images (default tiny)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.set_defaults(func=cmd_synth_world)
+
+    s = sub.add_parser("data-report", help="counts, token lengths and bad records of a LLaVA-format dataset")
+    s.add_argument("json", type=Path, help="LLaVA JSON file (558K / mix665k format)")
+    s.add_argument("--images", required=True, type=Path, help="image folder the records' 'image' paths are relative to")
+    s.add_argument("--processor", required=True, help="a model folder (or hub id) whose processor tokenizes")
+    s.add_argument("--template", choices=["chat", "pretrain"], default="chat")
+    s.add_argument("--max-length", type=int, default=2048)
+    s.add_argument("--json-output", action="store_true", help="print the report as JSON")
+    s.add_argument("--strict", action="store_true", help="exit 1 when any record is bad")
+    s.set_defaults(func=cmd_data_report)
     return p
 
 

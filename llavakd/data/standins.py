@@ -1,0 +1,219 @@
+"""Held-out stand-ins for the paper's ten benchmarks, in the columns their lmms-eval tasks read.
+
+Each function takes ``images`` [(image id, objects, png bytes)] and a numpy Generator and
+returns ``{split: (rows, image columns)}``. Column names and value types follow the public
+datasets lmms-eval 0.7.3 loads (VQAv2, GQA, VizWiz-VQA, ScienceQA-IMG, TextVQA, MME, MMBench
+EN/CN, POPE, MMMU); ``tests/test_synth_world.py`` runs each task's own ``doc_to_text``,
+``doc_to_visual`` and ``process_results`` on the files.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from llavakd.data.synth import (
+    CELLS, COLORS, COLORS_CN, COUNT_WORDS, LETTERS, SHAPES, SHAPES_CN, Obj, _options, questions,
+)
+
+Image = tuple[str, list[Obj], bytes]
+
+
+def _shapes(objs):
+    return [o for o in objs if o.kind == "shape"]
+
+
+def _digits(objs):
+    return [o for o in objs if o.kind == "digit"]
+
+
+def _pick(rng, items):
+    return items[int(rng.integers(len(items)))]
+
+
+def vqav2(images: list[Image], rng):
+    rows = []
+    types = {"colour": "other", "shape": "other", "count": "number", "exist": "yes/no"}
+    for n, (iid, objs, png) in enumerate(images):
+        qas = [q for q in questions(objs, rng) if q.kind in types]
+        for k in rng.permutation(len(qas))[:2]:
+            qa = qas[int(k)]
+            rows.append({
+                "question_id": n * 10 + int(k), "question": qa.question, "question_type": qa.kind,
+                "answers": [{"answer": qa.answer, "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)],
+                "multiple_choice_answer": qa.answer, "answer_type": types[qa.kind], "image_id": n, "image": png,
+            })
+    return {"validation": (rows, ("image",))}
+
+
+def gqa(images: list[Image], rng):
+    rows = []
+    for n, (iid, objs, png) in enumerate(images):
+        for qa in questions(objs, rng):
+            if qa.kind in ("position", "shape", "colour"):
+                rows.append({"id": f"{n}{len(rows)}", "imageId": iid, "question": qa.question,
+                             "answer": qa.answer, "fullAnswer": f"The answer is {qa.answer}.",
+                             "isBalanced": True, "image": png})
+    return {"testdev": (rows, ("image",))}
+
+
+def vizwiz_vqa(images: list[Image], rng):
+    rows = []
+    for n, (iid, objs, png) in enumerate(images):
+        if _digits(objs):
+            q, a, cat = "what number is written ?", _digits(objs)[0].digit, "number"
+        elif rng.random() < 0.5:
+            q, a, cat = "what number is written ?", "unanswerable", "unanswerable"
+        else:
+            qa = _pick(rng, [x for x in questions(objs, rng) if x.kind in ("colour", "shape")])
+            q, a, cat = qa.question, qa.answer, "other"
+        rows.append({"question_id": f"VizWiz_val_{n:08d}", "question": q, "answers": [a] * 10,
+                     "category": cat, "answerable": int(a != "unanswerable"), "image": png})
+    return {"val": (rows, ("image",))}
+
+
+def scienceqa(images: list[Image], rng):
+    rows = []
+    for n, (iid, objs, png) in enumerate(images):
+        qa = _pick(rng, [x for x in questions(objs, rng) if x.kind in ("colour", "shape", "count")])
+        k = int(rng.integers(2, 5))
+        opts, ans = _options(qa, rng, k)
+        hint = "The image shows coloured shapes on a dark background." if rng.random() < 0.5 else ""
+        rows.append({
+            "image": png, "question": qa.question.capitalize(), "choices": opts, "answer": ans, "hint": hint,
+            "task": "closed choice", "grade": "grade2", "subject": "natural science", "topic": "shapes",
+            "category": "Shapes and colours", "skill": f"Identify {qa.kind}", "lecture": "", "solution": "",
+        })
+    return {"test": (rows, ("image",))}
+
+
+def textvqa(images: list[Image], rng):
+    rows = []
+    for n, (iid, objs, png) in enumerate(images):
+        if not _digits(objs):
+            continue
+        d = _digits(objs)[0].digit
+        rows.append({
+            "image_id": iid, "question_id": n, "question": "what number is written ?", "answers": [d] * 10,
+            "ocr_tokens": [d], "image_classes": ["shape"], "image_width": 32, "image_height": 32,
+            "set_name": "val", "image": png,
+        })
+    return {"validation": (rows, ("image",))}
+
+
+def mme(images: list[Image], rng):
+    rows = []
+    suffix = " Please answer yes or no."
+    for n, (iid, objs, png) in enumerate(images):
+        shapes = _shapes(objs)
+        cats = ["existence", "count", "color", "position"] + (["OCR"] if _digits(objs) else [])
+        cat = _pick(rng, cats)
+        o = _pick(rng, shapes)
+        if cat == "existence":
+            present = {(s.color, s.shape) for s in shapes}
+            absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+            c2, s2 = _pick(rng, absent)
+            pair = (f"Is there a {o.color} {o.shape} in the image?", f"Is there a {c2} {s2} in the image?")
+        elif cat == "count":
+            wrong = _pick(rng, [w for w in COUNT_WORDS[1:4] if w != COUNT_WORDS[len(shapes)]])
+            pair = (f"Are there {COUNT_WORDS[len(shapes)]} shapes in the image?", f"Are there {wrong} shapes in the image?")
+        elif cat == "color":
+            wrong = _pick(rng, [c for c in COLORS if c != o.color])
+            pair = (f"Is the shape at {CELLS[o.cell]} {o.color}?", f"Is the shape at {CELLS[o.cell]} {wrong}?")
+        elif cat == "position":
+            wrong = _pick(rng, [c for c in range(4) if c != o.cell])
+            pair = (f"Is there a {o.shape} at {CELLS[o.cell]}?",
+                    f"Is there a {o.shape} at {CELLS[wrong]}?")
+            if any(s.shape == o.shape and s.cell == wrong for s in shapes):
+                pair = (pair[0], f"Is there a {o.shape} at {CELLS[o.cell]} and nothing else in the image?")
+        else:
+            d = _digits(objs)[0].digit
+            wrong = _pick(rng, [x for x in "0123456789" if x != d])
+            pair = (f"Is the number {d} written in the image?", f"Is the number {wrong} written in the image?")
+        for q, a in zip(pair, ("Yes", "No")):
+            rows.append({"question_id": f"{cat}/{iid}.png", "question": q + suffix, "answer": a,
+                         "category": cat, "image": png})
+    return {"test": (rows, ("image",))}
+
+
+def _mmbench(images: list[Image], rng, chinese: bool):
+    rows = []
+    for n, (iid, objs, png) in enumerate(images):
+        qas = [x for x in questions(objs, rng) if x.kind in ("colour", "shape")]
+        if chinese:
+            qas = [x for x in qas if x.cn is not None]
+            if not qas:
+                continue
+            qa = _pick(rng, qas)
+            pool = list(COLORS_CN.values()) if qa.kind == "colour" else list(SHAPES_CN.values())
+            from llavakd.data.synth import QA
+
+            qa = QA(qa.kind, qa.cn[0], qa.cn[1], tuple(pool))
+        else:
+            qa = _pick(rng, qas + [x for x in questions(objs, rng) if x.kind in ("count", "position")])
+        opts, k = _options(qa, rng, 4 if len(qa.options) >= 4 else len(qa.options))
+        row = {"index": n, "question": qa.question, "hint": None, "answer": LETTERS[k],
+               "category": "attribute_recognition" if qa.kind in ("colour", "shape") else "spatial_relationship",
+               "L2-category": "finegrained_perception (instance-level)", "source": "llavakd-synth",
+               "split": "dev", "image": png}
+        for i, letter in enumerate("ABCD"):
+            row[letter] = opts[i] if i < len(opts) else None
+        rows.append(row)
+    return {"dev": (rows, ("image",))}
+
+
+def mmbench_en(images, rng):
+    return _mmbench(images, rng, chinese=False)
+
+
+def mmbench_cn(images, rng):
+    return _mmbench(images, rng, chinese=True)
+
+
+def pope(images: list[Image], rng):
+    """adversarial / popular / random: the absent object is a confuser, frequent, or random."""
+    freq = Counter((s.color, s.shape) for _, objs, _ in images for s in _shapes(objs))
+    popular_order = [k for k, _ in freq.most_common()] + [(c, s) for c in COLORS for s in SHAPES if (c, s) not in freq]
+    splits = {}
+    for split in ("adversarial", "popular", "random"):
+        rows = []
+        for n, (iid, objs, png) in enumerate(images):
+            present = {(s.color, s.shape) for s in _shapes(objs)}
+            absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+            if split == "random":
+                neg = _pick(rng, absent)
+            elif split == "popular":
+                neg = next(k for k in popular_order if k not in present)
+            else:
+                near = [a for a in absent if any(a[0] == p[0] or a[1] == p[1] for p in present)]
+                neg = _pick(rng, near or absent)
+            pos = _pick(rng, sorted(present))
+            for (c, s), ans in ((pos, "yes"), (neg, "no")):
+                rows.append({"question_id": f"{split}_{len(rows)}", "question": f"Is there a {c} {s} in the image?",
+                             "answer": ans, "image_source": iid, "category": split, "image": png})
+        splits[split] = (rows, ("image",))
+    return splits
+
+
+_MMMU_SUBJECT = {"colour": "Art", "shape": "Design", "count": "Math", "position": "Geography"}
+
+
+def mmmu(images: list[Image], rng):
+    rows = []
+    for n, (iid, objs, png) in enumerate(images):
+        qa = _pick(rng, [x for x in questions(objs, rng) if x.kind in _MMMU_SUBJECT])
+        opts, k = _options(qa, rng, 4 if len(qa.options) >= 4 else len(qa.options))
+        q = qa.question[:-2].strip().capitalize() + "?"
+        row = {"id": f"validation_{_MMMU_SUBJECT[qa.kind]}_{n + 1}", "question": f"<image 1> {q}",
+               "options": str(opts), "explanation": "", "image_1": png}
+        for i in range(2, 8):
+            row[f"image_{i}"] = None
+        row.update({"img_type": "['Diagrams']", "answer": LETTERS[k], "topic_difficulty": "Easy",
+                    "question_type": "multiple-choice", "subfield": "Shapes"})
+        rows.append(row)
+    return {"validation": (rows, tuple(f"image_{i}" for i in range(1, 8)))}
+
+
+__all__ = ["vqav2", "gqa", "vizwiz_vqa", "scienceqa", "textvqa", "mme", "mmbench_en", "mmbench_cn", "pope", "mmmu",
+           "np"]

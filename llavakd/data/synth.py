@@ -1,0 +1,380 @@
+"""The synthetic world: images, LLaVA-format training sets and the ten benchmark stand-ins.
+
+    llavakd synth-world --out results/tiny/world --seed 0 --size tiny
+
+Images are 32x32 px with a 2x2 grid of cells; a cell is empty, holds a coloured shape (5 colours
+x 3 shapes) or a white digit (3x5 bitmap font, scaled x2). Everything derives from ``--seed``:
+the same seed gives byte-identical files.
+
+    images/<split>/<id>.png          every image (train and benchmark)
+    train/captions.json              pre-training captions, blip_laion_cc_sbu_558k.json format
+    train/instruct.json              instructions, llava_v1_5_mix665k.json format (multi-turn,
+                                     short answers, yes/no, multiple choice EN/CN, counting,
+                                     reading digits, unanswerable, ~10% text-only)
+    bench/<task>/<split>.parquet     one held-out stand-in per benchmark, in the columns its
+                                     lmms-eval task reads (images embedded)
+    manifest.json                    counts, seed, size and a sha256 of every file
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SIZE = 32
+COLORS = {"red": (220, 45, 45), "green": (45, 200, 70), "blue": (60, 100, 240),
+          "yellow": (235, 220, 50), "purple": (170, 70, 210)}
+COLORS_CN = {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "purple": "紫色"}
+SHAPES = ("circle", "square", "triangle")
+SHAPES_CN = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
+CELLS = ("top left", "top right", "bottom left", "bottom right")
+COUNT_WORDS = ("zero", "one", "two", "three", "four")
+SHORT = "\nAnswer the question using a single word or phrase."
+LETTER = "\nAnswer with the option's letter from the given choices directly."
+LETTER_CN = "\n请直接回答选项字母。"
+UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
+LETTERS = "ABCD"
+
+SIZES = {  # images per split
+    "tiny": {"train": 1500, "bench": 40},
+    "small": {"train": 3000, "bench": 150},
+}
+
+BENCHMARKS = ("vqav2", "gqa", "vizwiz_vqa", "scienceqa", "textvqa", "mme", "mmbench_en", "mmbench_cn",
+              "pope", "mmmu")
+
+# 3x5 bitmap digits, rows top to bottom
+_FONT = {
+    "0": ("111", "101", "101", "101", "111"), "1": ("010", "110", "010", "010", "111"),
+    "2": ("111", "001", "111", "100", "111"), "3": ("111", "001", "111", "001", "111"),
+    "4": ("101", "101", "111", "001", "001"), "5": ("111", "100", "111", "001", "111"),
+    "6": ("111", "100", "111", "101", "111"), "7": ("111", "001", "010", "010", "010"),
+    "8": ("111", "101", "111", "101", "111"), "9": ("111", "101", "111", "001", "111"),
+}
+
+
+@dataclass(frozen=True)
+class Obj:
+    cell: int
+    kind: str  # "shape" | "digit"
+    color: str = ""
+    shape: str = ""
+    digit: str = ""
+
+    def name(self) -> str:
+        return f"{self.color} {self.shape}" if self.kind == "shape" else f"the number {self.digit}"
+
+
+# ----------------------------------------------------------------------------- scenes and pixels
+
+
+def sample_scene(rng: np.random.Generator) -> list[Obj]:
+    cells = list(rng.permutation(4))
+    n = int(rng.integers(1, 4))
+    objs = [Obj(int(cells[i]), "shape", str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))) for i in range(n)]
+    if n < 4 and rng.random() < 0.5:
+        objs.append(Obj(int(cells[n]), "digit", digit=str(rng.integers(0, 10))))
+    return sorted(objs, key=lambda o: o.cell)
+
+
+def render(objs: list[Obj], rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
+    half = size // 2
+    base = rng.integers(0, 50)
+    img = np.full((size, size, 3), base, dtype=np.float64) + rng.integers(0, 15, 3)
+    yy, xx = np.mgrid[0:half, 0:half]
+    for o in objs:
+        oy, ox = (o.cell // 2) * half, (o.cell % 2) * half
+        cy = half / 2 + rng.uniform(-1.5, 1.5)
+        cx = half / 2 + rng.uniform(-1.5, 1.5)
+        if o.kind == "shape":
+            r = rng.uniform(4.5, 6.5)
+            if o.shape == "circle":
+                mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            elif o.shape == "square":
+                mask = (np.abs(yy - cy) <= r * 0.85) & (np.abs(xx - cx) <= r * 0.85)
+            else:  # triangle, apex up
+                top, bottom = cy - r, cy + r * 0.8
+                frac = (yy - top) / (bottom - top)
+                mask = (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= frac * r)
+            color = np.array(COLORS[o.color], dtype=np.float64) + rng.normal(0, 12, 3)
+        else:
+            glyph = np.array([[c == "1" for c in row] for row in _FONT[o.digit]])
+            big = np.kron(glyph, np.ones((2, 2), dtype=bool))  # 10 x 6
+            mask = np.zeros((half, half), dtype=bool)
+            y0, x0 = int(round(cy - 5)), int(round(cx - 3))
+            mask[y0:y0 + 10, x0:x0 + 6] = big
+            color = np.full(3, 240.0) + rng.normal(0, 8, 3)
+        img[oy:oy + half, ox:ox + half][mask] = color
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def caption(objs: list[Obj]) -> str:
+    return " ".join(f"{'a ' if o.kind == 'shape' else ''}{o.name()} at {CELLS[o.cell]} ." for o in objs)
+
+
+# ----------------------------------------------------------------------------- questions
+
+
+@dataclass
+class QA:
+    kind: str  # colour | shape | count | position | exist | text
+    question: str
+    answer: str
+    options: tuple[str, ...] = ()  # distractor pool for multiple choice (answer included)
+    cn: tuple[str, str] | None = None  # Chinese (question, answer) when the type has one
+
+
+def _shapes(objs):
+    return [o for o in objs if o.kind == "shape"]
+
+
+def questions(objs: list[Obj], rng: np.random.Generator) -> list[QA]:
+    """One question of each type that this scene supports."""
+    shapes = _shapes(objs)
+    out: list[QA] = []
+    o = shapes[int(rng.integers(len(shapes)))]
+    same_shape = [s for s in shapes if s.shape == o.shape]
+    if len(same_shape) == 1 and rng.random() < 0.5:
+        q = f"what color is the {o.shape} ?"
+        cn = (f"图中{SHAPES_CN[o.shape]}是什么颜色？", COLORS_CN[o.color])
+    else:
+        q = f"what color is the shape at {CELLS[o.cell]} ?"
+        cn = None
+    out.append(QA("colour", q, o.color, tuple(COLORS), cn))
+    o = shapes[int(rng.integers(len(shapes)))]
+    same_color = [s for s in shapes if s.color == o.color]
+    if len(same_color) == 1 and rng.random() < 0.5:
+        q = f"what shape is {o.color} ?"
+        cn = (f"图中{COLORS_CN[o.color]}的是什么形状？", SHAPES_CN[o.shape])
+    else:
+        q = f"what shape is at {CELLS[o.cell]} ?"
+        cn = None
+    out.append(QA("shape", q, o.shape, SHAPES, cn))
+    if rng.random() < 0.5:
+        out.append(QA("count", "how many shapes are there ?", COUNT_WORDS[len(shapes)], COUNT_WORDS[:4]))
+    else:
+        c = str(rng.choice(list(COLORS)))
+        n = sum(s.color == c for s in shapes)
+        out.append(QA("count", f"how many {c} shapes are there ?", COUNT_WORDS[n], COUNT_WORDS[:4]))
+    unique = [s for s in shapes if sum((t.color, t.shape) == (s.color, s.shape) for t in shapes) == 1]
+    if unique:
+        o = unique[int(rng.integers(len(unique)))]
+        out.append(QA("position", f"where is the {o.color} {o.shape} ?", CELLS[o.cell], CELLS))
+    present = {(s.color, s.shape) for s in shapes}
+    if rng.random() < 0.5:
+        c, s = sorted(present)[int(rng.integers(len(present)))]
+        ans = "yes"
+    else:
+        absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+        c, s = absent[int(rng.integers(len(absent)))]
+        ans = "no"
+    out.append(QA("exist", f"is there a {c} {s} ?", ans, ("yes", "no")))
+    digits = [d for d in objs if d.kind == "digit"]
+    if digits:
+        out.append(QA("text", "what number is written ?", digits[0].digit, tuple("0123456789")))
+    return out
+
+
+def _options(qa: QA, rng: np.random.Generator, k: int = 4) -> tuple[list[str], int]:
+    pool = [x for x in qa.options if x != qa.answer]
+    picks = list(rng.choice(pool, size=min(k - 1, len(pool)), replace=False)) + [qa.answer]
+    order = rng.permutation(len(picks))
+    opts = [str(picks[i]) for i in order]
+    return opts, opts.index(qa.answer)
+
+
+def _mc_text(question: str, opts: list[str], suffix: str = LETTER) -> str:
+    return question + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(opts)) + suffix
+
+
+TEXT_ONLY = [  # (question, answer): world knowledge without an image
+    ("what number comes after {n} ?", lambda n: str(n + 1)),
+    ("what number comes before {m} ?", lambda m: str(m - 1)),
+    ("is {c} a color ?", lambda c: "yes"),
+    ("is {s} a color ?", lambda s: "no"),
+    ("is {s} a shape ?", lambda s: "yes"),
+    ("is {c} a shape ?", lambda c: "no"),
+]
+
+
+def text_only_turns(rng: np.random.Generator) -> list[tuple[str, str]]:
+    turns = []
+    for _ in range(int(rng.integers(1, 4))):
+        i = int(rng.integers(len(TEXT_ONLY)))
+        tmpl, fn = TEXT_ONLY[i]
+        if "{n}" in tmpl:
+            v = int(rng.integers(0, 9))
+            turns.append((tmpl.format(n=v), fn(v)))
+        elif "{m}" in tmpl:
+            v = int(rng.integers(1, 10))
+            turns.append((tmpl.format(m=v), fn(v)))
+        elif "{c}" in tmpl:
+            v = str(rng.choice(list(COLORS)))
+            turns.append((tmpl.format(c=v), fn(v)))
+        else:
+            v = str(rng.choice(SHAPES))
+            turns.append((tmpl.format(s=v), fn(v)))
+    return turns
+
+
+def instruction_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[str, str]]:
+    """A multi-turn conversation about one image, mixing the benchmarks' answer formats."""
+    turns = []
+    for qa in questions(objs, rng):
+        style = rng.random()
+        if style < 0.45:
+            turns.append((qa.question + SHORT, qa.answer))
+        elif style < 0.65:
+            turns.append((qa.question, qa.answer))
+        elif style < 0.82:
+            opts, k = _options(qa, rng)
+            turns.append((_mc_text(qa.question, opts), LETTERS[k]))
+        elif qa.cn is not None:
+            cn_pool = {"colour": list(COLORS_CN.values()), "shape": list(SHAPES_CN.values())}[qa.kind]
+            cq = QA(qa.kind, qa.cn[0], qa.cn[1], tuple(cn_pool))
+            opts, k = _options(cq, rng)
+            turns.append((_mc_text(cq.question, opts, LETTER_CN), LETTERS[k]))
+        else:
+            turns.append((qa.question + SHORT, qa.answer))
+    if not any(o.kind == "digit" for o in objs) and rng.random() < 0.3:
+        turns.append(("what number is written ?" + UNANSWERABLE + SHORT, "unanswerable"))
+    order = rng.permutation(len(turns))
+    return [turns[i] for i in order]
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def _conversation(turns: list[tuple[str, str]], with_image: bool) -> list[dict]:
+    conv = []
+    for k, (q, a) in enumerate(turns):
+        prefix = "<image>\n" if (k == 0 and with_image) else ""
+        conv += [{"from": "human", "value": prefix + q}, {"from": "gpt", "value": a}]
+    return conv
+
+
+def _dump_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_parquet(path: Path, rows: list[dict], image_cols: tuple[str, ...]) -> None:
+    """Rows -> parquet with images as {"bytes", "path"} structs (the datasets Image feature)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cols = {}
+    for key in rows[0]:
+        vals = [r[key] for r in rows]
+        if key in image_cols:
+            cols[key] = pa.array([None if v is None else {"bytes": v, "path": None} for v in vals], type=img_type)
+        else:
+            cols[key] = pa.array(vals)
+    table = pa.table(cols)
+    feats = {k: ({"_type": "Image"} if k in image_cols else _feature_of(table.schema.field(k).type))
+             for k in table.column_names}
+    meta = {b"huggingface": json.dumps({"info": {"features": feats}}).encode()}
+    table = table.replace_schema_metadata(meta)
+    pq.write_table(table, path, compression="snappy", write_statistics=False)
+
+
+def _feature_of(t) -> dict:
+    import pyarrow as pa
+
+    if pa.types.is_list(t):
+        return {"feature": _feature_of(t.value_type), "_type": "List"}
+    if pa.types.is_struct(t):
+        return {f.name: _feature_of(f.type) for f in t}
+    name = {"int64": "int64", "double": "float64", "string": "string", "bool": "bool"}.get(str(t), "string")
+    return {"dtype": name, "_type": "Value"}
+
+
+class World:
+    def __init__(self, out: Path, seed: int, size: str):
+        if size not in SIZES:
+            raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+        self.out, self.seed, self.size = Path(out), seed, size
+        self.counts = SIZES[size]
+
+    def rng(self, stream: str) -> np.random.Generator:
+        key = int.from_bytes(hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()[:8], "little")
+        return np.random.default_rng(key)
+
+    def images(self, split: str, n: int):
+        """n (id, objects, png bytes) for a split, written under images/<split>/."""
+        rng = self.rng(f"images:{split}")
+        folder = self.out / "images" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for i in range(n):
+            objs = sample_scene(rng)
+            data = png_bytes(render(objs, rng))
+            iid = f"{split}_{i:05d}"
+            (folder / f"{iid}.png").write_bytes(data)
+            out.append((iid, objs, data))
+        return out
+
+    def write_train(self):
+        imgs = self.images("train", self.counts["train"])
+        rng = self.rng("train:text")
+        captions, instruct = [], []
+        for iid, objs, _ in imgs:
+            captions.append({"id": iid, "image": f"train/{iid}.png",
+                             "conversations": _conversation([("", caption(objs))], True)})
+            instruct.append({"id": iid, "image": f"train/{iid}.png",
+                             "conversations": _conversation(instruction_turns(objs, rng), True)})
+        n_text = len(imgs) // 9  # ~10% of the instruction set is text-only
+        for i in range(n_text):
+            instruct.append({"id": f"text_{i:05d}", "conversations": _conversation(text_only_turns(rng), False)})
+        order = rng.permutation(len(instruct))
+        instruct = [instruct[i] for i in order]
+        _dump_json(self.out / "train" / "captions.json", captions)
+        _dump_json(self.out / "train" / "instruct.json", instruct)
+        return {"captions": len(captions), "instruct": len(instruct), "text_only": n_text}
+
+    def write_benchmarks(self) -> dict:
+        from llavakd.data import standins
+
+        counts = {}
+        for name in BENCHMARKS:
+            imgs = self.images(f"bench_{name}", self.counts["bench"])
+            rng = self.rng(f"bench:{name}")
+            splits = getattr(standins, name)(imgs, rng)
+            for split, (rows, image_cols) in splits.items():
+                _write_parquet(self.out / "bench" / name / f"{split}.parquet", rows, image_cols)
+                counts[f"{name}/{split}"] = len(rows)
+        return counts
+
+    def write(self) -> dict:
+        train = self.write_train()
+        bench = self.write_benchmarks()
+        files = sorted(p for p in self.out.rglob("*") if p.is_file() and p.name != "manifest.json")
+        manifest = {
+            "seed": self.seed, "size": self.size, "image_size": IMAGE_SIZE,
+            "train": train, "bench": bench,
+            "sha256": {str(p.relative_to(self.out)): hashlib.sha256(p.read_bytes()).hexdigest()
+                       for p in files if "images" not in p.parts},
+            "images": len([p for p in files if "images" in p.parts]),
+        }
+        _dump_json(self.out / "manifest.json", manifest)
+        return manifest
+
+
+def write_world(out: str | Path, seed: int = 0, size: str = "tiny") -> dict:
+    return World(Path(out), seed, size).write()
