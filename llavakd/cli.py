@@ -30,11 +30,35 @@ def _quiet_transformers() -> None:
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> int:
+    from llavakd.io import atomic_dir
     from llavakd.model.tiny import write_tiny_components
 
-    manifest = write_tiny_components(args.out, seed=args.seed)
-    print(f"wrote tiny components to {args.out}")
-    print(json.dumps(manifest, indent=2))
+    hooks = {}
+    if args.world is not None:
+        from llavakd.data import pretrain
+
+        world = Path(args.world)
+
+        def train_vision(tower):
+            rep = pretrain.pretrain_vision(tower, world, seed=args.seed, steps=args.vision_steps)
+            if rep["probe_cell_accuracy"] < args.min_probe:
+                raise LlavaKDError(
+                    f"vision pre-training reached a held-out cell accuracy of {rep['probe_cell_accuracy']:.3f} "
+                    f"< --min-probe {args.min_probe}; raise --vision-steps"
+                )
+            print(f"vision tower: held-out cell accuracy {rep['probe_cell_accuracy']:.3f} ({rep['seconds']} s)")
+            return rep
+
+        def train_llm(name, lm, tok):
+            rep = pretrain.pretrain_llm(lm, tok, world, seed=args.seed, steps=args.llm_steps, name=name)
+            print(f"{name}: LM loss {rep['loss_first']:.3f} -> {rep['loss_last']:.3f} ({rep['seconds']} s)")
+            return rep
+
+        hooks = {"train_vision": train_vision, "train_llm": train_llm}
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        manifest = write_tiny_components(tmp, seed=args.seed, **hooks)
+    print(f"wrote tiny components to {args.out}: vision tower + {len(manifest['llms'])} LLMs "
+          f"({'pre-trained on ' + str(args.world) if args.world else 'random initialisation'})")
     return 0
 
 
@@ -112,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("tiny-models", help="write the tiny offline SigLIP + Qwen2 family (component checkpoints)")
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    s.add_argument("--world", type=Path, help="a synth-world folder: pre-train the tower and LLMs on it")
+    s.add_argument("--vision-steps", type=int, default=1500, help="vision pre-training steps (batch 64)")
+    s.add_argument("--llm-steps", type=int, default=150, help="LM pre-training steps per LLM (batch 32)")
+    s.add_argument("--min-probe", type=float, default=0.9,
+                   help="fail unless the tower's held-out cell accuracy reaches this (default 0.9)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_tiny_models)
 
     s = sub.add_parser("build", help="assemble a LLaVA model from a SigLIP and a causal-LM checkpoint")

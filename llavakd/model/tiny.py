@@ -142,8 +142,14 @@ def _seed_for(seed: int, name: str) -> int:
     return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))) % 2**31
 
 
-def write_tiny_components(out: str | Path, seed: int = 0, llms: list[str] | None = None) -> dict:
-    """Write the tiny vision tower, tokenizer and LLMs as component checkpoints under ``out``."""
+def write_tiny_components(out: str | Path, seed: int = 0, llms: list[str] | None = None,
+                          train_vision=None, train_llm=None) -> dict:
+    """Write the tiny vision tower, tokenizer and LLMs as component checkpoints under ``out``.
+
+    ``train_vision(tower)`` and ``train_llm(name, lm, tokenizer)`` (optional) train a component in
+    place before it is saved and return a dict that goes into the manifest; the CLI passes the
+    synthetic-world pre-training here, so this module needs no data code.
+    """
     from transformers import Qwen2ForCausalLM, SiglipVisionModel
 
     out = Path(out)
@@ -158,13 +164,17 @@ def write_tiny_components(out: str | Path, seed: int = 0, llms: list[str] | None
     vdir = out / "vision" / "siglip"
     torch.manual_seed(_seed_for(seed, "vision"))
     tower = SiglipVisionModel(tiny_vision_config())
+    manifest = {"seed": seed, "vision": str(vdir.relative_to(out)), "llms": {}, "pairs": {},
+                "pretrained_on_world": train_vision is not None}
+    if train_vision is not None:
+        manifest["vision_pretraining"] = train_vision(tower)
     tower.save_pretrained(vdir)
     tiny_image_processor().save_pretrained(vdir)
 
-    manifest = {"seed": seed, "vision": str(vdir.relative_to(out)), "llms": {}, "pairs": {}}
     for name in names:
         torch.manual_seed(_seed_for(seed, name))
         lm = Qwen2ForCausalLM(tiny_llm_config(name, vocab, eos_id))
+        report = train_llm(name, lm, tok) if train_llm is not None else None
         ldir = out / "llm" / name
         lm.save_pretrained(ldir)
         tok.save_pretrained(ldir)
@@ -172,6 +182,8 @@ def write_tiny_components(out: str | Path, seed: int = 0, llms: list[str] | None
             "path": str(ldir.relative_to(out)),
             "params": sum(p.numel() for p in lm.parameters()),
         }
+        if report is not None:
+            manifest["llms"][name]["pretraining"] = report
     manifest["pairs"] = {t: [s for s in ss if s in names] for t, ss in PAIRS.items() if t in names}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
