@@ -125,6 +125,16 @@ def cmd_data_report(args: argparse.Namespace) -> int:
     return 1 if report["bad"] and args.strict else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from llavakd.config import load_stage_config
+    from llavakd.train.run import run_stage
+
+    cfg = load_stage_config(args.config, args.overrides, stage=args.stage)
+    final = run_stage(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(f"{cfg.stage}: wrote {final}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llavakd",
@@ -183,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json-output", action="store_true", help="print the report as JSON")
     s.add_argument("--strict", action="store_true", help="exit 1 when any record is bad")
     s.set_defaults(func=cmd_data_report)
+    s = sub.add_parser("train", help="train one stage (pt, sft, dpt, dft) from a stage config")
+    s.add_argument("--stage", choices=["pt", "sft", "dpt", "dft"], required=True)
+    s.add_argument("--config", type=Path, help="stage config YAML (see llavakd/config.py)")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-3")
+    s.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="discard an existing run in output_dir")
+    s.set_defaults(func=cmd_train)
     return p
 
 
@@ -191,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_transformers()
     try:
         return args.func(args)
-    except (LlavaKDError, KeyError) as err:
+    except (LlavaKDError, KeyError) as err:  # ConfigError and NonFiniteError are LlavaKDErrors
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"llavakd {args.command}: error: {msg}", file=sys.stderr)
         return 2

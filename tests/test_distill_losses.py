@@ -313,3 +313,13 @@ def test_chunked_fp32_matches_float64_at_real_vocabulary():
     exact = distill_loss(s.double(), t.double(), labels, vm).parts
     fp32 = distill_loss(s, t, labels, vm).parts
     assert fp32 == pytest.approx(exact, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+@pytest.mark.parametrize("impl", ["chunked", "naive"])
+def test_non_finite_teacher_propagates_instead_of_vanishing(name, impl):
+    s, t, labels, vm = make_batch()
+    t[:] = float("nan")
+    out = distill_loss(s, t, labels, vm, LossConfig(divergence=name, implementation=impl))
+    for key in ("res", "vis", "rel"):
+        assert not np.isfinite(out.parts[key]), (key, out.parts[key])

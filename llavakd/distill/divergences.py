@@ -46,8 +46,9 @@ def _softmax_pullback(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def _xlogy_diff(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    # sum p (log p - log q), with 0 * (anything) = 0 where p underflows to 0
-    return torch.where(p > 0, p * (logp - logq), torch.zeros((), dtype=p.dtype)).sum(-1)
+    # sum p (log p - log q), with 0 * (anything) = 0 where p underflows to exactly 0;
+    # a NaN p must stay NaN (a `p > 0` guard would silently turn a broken teacher into loss 0)
+    return torch.where(p == 0, torch.zeros((), dtype=p.dtype), p * (logp - logq)).sum(-1)
 
 
 def _forward_kl(d, s, t, need_grad):

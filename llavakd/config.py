@@ -1,0 +1,256 @@
+"""Typed, validated stage configurations shared by the CLI and the DAG.
+
+A stage config is YAML with four sections; unknown keys and bad values are collected and
+reported together (``ConfigError`` lists every problem). ``key=value`` overrides use dotted
+paths (``train.lr=1e-3``, ``loss.rel=false``); values are parsed as YAML scalars.
+
+    stage: dft                       # pt | sft | dpt | dft (sets the freeze plan and defaults)
+    model: results/.../sft/final     # the student to start from (a llavakd/HF LLaVA folder)
+    teacher: results/.../teacher     # distillation stages only
+    output_dir: results/.../dft
+    data:  {json: ..., images: ..., max_length: 2048, skip_bad: false}
+    train: {global_batch: 128, per_device_batch: 1, lr: 2.0e-5, ...}
+    loss:  {ce: true, res: true, vis: true, rel: true, ...}   # llavakd.distill.LossConfig
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llavakd.distill.objective import LossConfig
+from llavakd.errors import ConfigError
+
+STAGES = ("pt", "sft", "dpt", "dft")
+DISTILL_STAGES = ("dpt", "dft")
+# SPEC section 3: which modules train, template, loss, and the paper's hyper-parameters.
+STAGE_TABLE = {
+    "pt": dict(trainable=("projector",), template="pretrain", distill=False, global_batch=256, lr=1e-3, precision="fp16"),
+    "dpt": dict(trainable=("projector",), template="pretrain", distill=True, global_batch=256, lr=1e-3, precision="fp16"),
+    "sft": dict(trainable=("projector", "llm"), template="chat", distill=False, global_batch=128, lr=2e-5, precision="bf16"),
+    "dft": dict(trainable=("projector", "llm"), template="chat", distill=True, global_batch=128, lr=2e-5, precision="bf16"),
+}
+
+
+@dataclass
+class DataConfig:
+    json: str = ""
+    images: str = ""
+    max_length: int = 2048
+    skip_bad: bool = False
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    global_batch: int | None = None  # default: the stage's (SPEC); kept constant across GPU counts
+    per_device_batch: int = 1
+    lr: float | None = None  # default: the stage's
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    seed: int = 1234
+    precision: str | None = None  # fp32 | bf16 | fp16; default: the stage's
+    grad_clip: float = 1.0
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None  # path to a DeepSpeed JSON config
+    save_steps: int = 500
+    keep_checkpoints: int = 2
+    logging_steps: int = 1
+    stop_after_steps: int | None = None  # stop (as if killed) after this step's checkpoint; for tests
+
+
+@dataclass
+class StageConfig:
+    stage: str = ""
+    model: str = ""
+    teacher: str | None = None
+    output_dir: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    @property
+    def spec(self) -> dict:
+        return STAGE_TABLE[self.stage]
+
+    @property
+    def distill(self) -> bool:
+        return self.stage in DISTILL_STAGES
+
+    def resolved(self) -> StageConfig:
+        """Fill stage defaults (batch, lr, precision; CE-only loss for pt/sft)."""
+        cfg = dataclasses.replace(self, data=dataclasses.replace(self.data), train=dataclasses.replace(self.train),
+                                  loss=dataclasses.replace(self.loss))
+        spec = cfg.spec
+        cfg.train.global_batch = cfg.train.global_batch or spec["global_batch"]
+        cfg.train.lr = spec["lr"] if cfg.train.lr is None else cfg.train.lr
+        cfg.train.precision = cfg.train.precision or spec["precision"]
+        if not cfg.distill:
+            cfg.loss.res = cfg.loss.vis = cfg.loss.rel = False
+        return cfg
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.stage not in STAGES:
+            p.append(f"stage: must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        for key in ("model", "output_dir"):
+            if not getattr(self, key):
+                p.append(f"{key}: required")
+        if not self.data.json:
+            p.append("data.json: required")
+        if not self.data.images:
+            p.append("data.images: required")
+        if self.stage in DISTILL_STAGES and not self.teacher:
+            p.append(f"teacher: required for the distillation stage {self.stage!r}")
+        if self.stage in ("pt", "sft") and self.teacher:
+            p.append(f"teacher: stage {self.stage!r} trains with CE only; remove the teacher or use dpt/dft")
+        t = self.train
+        if t.global_batch is not None and t.global_batch < 1:
+            p.append(f"train.global_batch: must be >= 1, got {t.global_batch}")
+        if t.per_device_batch < 1:
+            p.append(f"train.per_device_batch: must be >= 1, got {t.per_device_batch}")
+        if t.lr is not None and t.lr <= 0:
+            p.append(f"train.lr: must be > 0, got {t.lr}")
+        if t.schedule not in ("cosine", "linear", "constant"):
+            p.append(f"train.schedule: must be cosine, linear or constant, got {t.schedule!r}")
+        if not 0 <= t.warmup_ratio < 1:
+            p.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+        if t.precision not in (None, "fp32", "bf16", "fp16"):
+            p.append(f"train.precision: must be fp32, bf16 or fp16, got {t.precision!r}")
+        if t.save_steps < 1:
+            p.append(f"train.save_steps: must be >= 1, got {t.save_steps}")
+        if t.deepspeed and not Path(t.deepspeed).is_file():
+            p.append(f"train.deepspeed: {t.deepspeed} does not exist")
+        if self.data.max_length < 8:
+            p.append(f"data.max_length: must be >= 8, got {self.data.max_length}")
+        p += [f"loss.{x}" if not x.startswith("loss.") else x for x in self.loss.validate()]
+        if self.stage in DISTILL_STAGES and not (self.loss.ce or self.loss.res or self.loss.vis or self.loss.rel):
+            p.append("loss: every term is switched off")
+        return p
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _hint(tp) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+_BAD = object()  # a mistyped value: reported, then the field keeps its default so validation goes on
+
+
+def _coerce(value, tp, path: str, problems: list[str]):
+    tp = _hint(tp)
+    if value is None:
+        return None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{path}: expected true/false, got {value!r}")
+        return _BAD
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{path}: expected an integer, got {value!r}")
+        return _BAD
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{path}: expected a number, got {value!r}")
+        return _BAD
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{path}: expected a string, got {value!r}")
+        return _BAD
+    return value
+
+
+def _build(cls, raw: dict, prefix: str, problems: list[str]):
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = [f for f in fields if f.startswith(str(key)[:3])]
+            problems.append(f"{path}: unknown key" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{path}.", problems)
+        else:
+            value = _coerce(value, tp, path, problems)
+            if value is not _BAD:
+                kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
+    if "=" not in item:
+        problems.append(f"override {item!r}: expected key=value")
+        return
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            problems.append(f"override {item!r}: {part} is not a section")
+            return
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def load_stage_config(path: str | Path | None, overrides: list[str] = (), stage: str | None = None) -> StageConfig:
+    """Read, override, type-check and validate; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    source = str(path) if path else "<overrides>"
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(source, [f"config file {p} does not exist"])
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(source, [f"malformed YAML: {err}"]) from err
+        if not isinstance(raw, dict):
+            raise ConfigError(source, ["the top level must be a mapping"])
+    for item in overrides:
+        _apply_override(raw, item, problems)
+    if stage is not None:
+        if raw.get("stage") not in (None, stage):
+            problems.append(f"stage: --stage {stage} disagrees with the config's stage {raw['stage']!r}")
+        raw["stage"] = stage
+    cfg = _build(StageConfig, raw, "", problems)
+    reported = {x.split(":")[0] for x in problems}
+    problems += [q for q in cfg.validate() if q.split(":")[0] not in reported]
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg.resolved()
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,224 @@
+"""Run one training stage (pt, sft, dpt, dft) from a validated StageConfig.
+
+    llavakd train --stage dft --config config/stages/dft.yaml train.lr=5e-4 --resume
+
+Run directory (``output_dir``):
+    config.yaml            the resolved configuration
+    metrics.jsonl          one line per logging step: loss, loss_ce/res/vis/rel, lr, grad_norm, tokens/s
+    checkpoints/           checkpoint-N folders (staged, renamed, COMPLETE marker last) + TensorBoard runs/
+    final/                 the trained model + processor (plain transformers loads it), COMPLETE last
+    metadata.json          git commit, versions, world size and batch decomposition, precision,
+                           template, seed, dataset fingerprint, tokens/s, peak memory, wall time
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from llavakd.config import StageConfig, to_dict
+from llavakd.errors import LlavaKDError
+from llavakd.io import COMPLETE_MARKER, atomic_dir
+
+DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def batch_decomposition(global_batch: int, per_device: int, world_size: int) -> int:
+    """Gradient-accumulation steps so that per_device x accumulation x world = global batch."""
+    denom = per_device * world_size
+    if global_batch % denom:
+        raise LlavaKDError(
+            f"train.global_batch {global_batch} is not divisible by per_device_batch {per_device} x "
+            f"world size {world_size}; choose values whose product divides it"
+        )
+    return global_batch // denom
+
+
+def apply_freeze_plan(model, trainable: tuple[str, ...]) -> dict[str, int]:
+    """Vision tower always frozen; projector trains; the LLM (and lm_head) in SFT/DFT only."""
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    if "llm" in trainable:
+        model.model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+    counts = {"trainable": 0, "frozen": 0}
+    for p in model.parameters():
+        counts["trainable" if p.requires_grad else "frozen"] += p.numel()
+    return counts
+
+
+def dataset_fingerprint(json_path: str) -> str:
+    h = hashlib.sha256()
+    with open(json_path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("llavakd", "torch", "transformers", "accelerate", "deepspeed", "tokenizers"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def prepare_run_dir(cfg: StageConfig, resume: bool, overwrite: bool) -> Path:
+    from llavakd.train.trainer import complete_checkpoints
+
+    out = Path(cfg.output_dir)
+    if (out / "final" / COMPLETE_MARKER).exists() and not overwrite:
+        raise LlavaKDError(f"{out} holds a finished run (final/COMPLETE); pass --overwrite to train it again")
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if complete_checkpoints(out / "checkpoints") and not resume:
+        raise LlavaKDError(f"{out} has checkpoints from an earlier run; pass --resume to continue it or --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_student(cfg: StageConfig, dtype):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from llavakd.model.build import resolve
+
+    src = resolve(cfg.model, "model")
+    model = LlavaForConditionalGeneration.from_pretrained(src.ref, dtype=dtype, **src.kwargs)
+    processor = AutoProcessor.from_pretrained(src.ref, **src.kwargs)
+    return model, processor
+
+
+def load_teacher(cfg: StageConfig, student, dtype):
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.model.build import check_same_vocab, resolve
+
+    check_same_vocab(cfg.teacher, cfg.model)
+    src = resolve(cfg.teacher, "teacher")
+    teacher = LlavaForConditionalGeneration.from_pretrained(src.ref, dtype=dtype, **src.kwargs)
+    if teacher.config.image_seq_length != student.config.image_seq_length:
+        raise LlavaKDError(
+            f"teacher {cfg.teacher} places {teacher.config.image_seq_length} visual tokens per image but the "
+            f"student {cfg.model} places {student.config.image_seq_length}; the visual losses need the same positions"
+        )
+    if teacher.config.image_token_id != student.config.image_token_id:
+        raise LlavaKDError("teacher and student use different <image> token ids")
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train one stage; returns the final model folder (or the run dir if stopped early)."""
+    from transformers import TrainingArguments, set_seed
+
+    from llavakd.data.dataset import Collator, LlavaDataset
+    from llavakd.train.trainer import JsonlLogger, KDTrainer, NonFiniteGradGuard, StopAfter, complete_checkpoints
+
+    t0 = time.perf_counter()
+    out = prepare_run_dir(cfg, resume, overwrite)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    set_seed(cfg.train.seed)
+    dtype = DTYPE[cfg.train.precision]
+    cuda = torch.cuda.is_available()
+    if not cuda and cfg.train.precision == "fp16":
+        raise LlavaKDError("train.precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    # weights stay fp32 under mixed precision; the Trainer autocasts
+    model, processor = load_student(cfg, torch.float32 if cfg.train.precision != "fp32" else dtype)
+    counts = apply_freeze_plan(model, cfg.spec["trainable"])
+    teacher = load_teacher(cfg, model, torch.float32 if not cuda else dtype) if cfg.distill else None
+
+    dataset = LlavaDataset(cfg.data.json, cfg.data.images, processor, template=cfg.spec["template"],
+                           max_length=cfg.data.max_length, skip_bad=cfg.data.skip_bad)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accum = batch_decomposition(cfg.train.global_batch, cfg.train.per_device_batch, world)
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.train.per_device_batch,
+        gradient_accumulation_steps=accum,
+        learning_rate=cfg.train.lr,
+        lr_scheduler_type=cfg.train.schedule if cfg.train.schedule != "constant" else "constant_with_warmup",
+        warmup_steps=cfg.train.warmup_ratio,
+        weight_decay=cfg.train.weight_decay,
+        num_train_epochs=cfg.train.epochs,
+        max_steps=cfg.train.max_steps,
+        seed=cfg.train.seed,
+        data_seed=cfg.train.seed,
+        bf16=cfg.train.precision == "bf16",
+        fp16=cfg.train.precision == "fp16",
+        max_grad_norm=cfg.train.grad_clip,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        deepspeed=cfg.train.deepspeed,
+        save_strategy="steps",
+        save_steps=cfg.train.save_steps,
+        logging_steps=cfg.train.logging_steps,
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        dataloader_num_workers=cfg.data.num_workers,
+        optim="adamw_torch",
+        use_cpu=not cuda,
+        disable_tqdm=False,
+    )
+    callbacks = [NonFiniteGradGuard(model), JsonlLogger(out / "metrics.jsonl")]
+    if cfg.train.stop_after_steps:
+        callbacks.append(StopAfter(cfg.train.stop_after_steps))
+    trainer = KDTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer),
+                        loss_config=cfg.loss, teacher=teacher, callbacks=callbacks)
+    trainer._keep_checkpoints = cfg.train.keep_checkpoints
+    if teacher is not None:
+        teacher.to(args.device)
+    ckpts = complete_checkpoints(out / "checkpoints") if resume else []
+    start = ckpts[-1] if ckpts else None
+    if start:
+        print(f"resuming from {start}")
+    trainer.train(resume_from_checkpoint=str(start) if start else None)
+    state = trainer.state
+    if cfg.train.stop_after_steps and state.global_step < state.max_steps:
+        return out
+    elapsed = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    meta = {
+        "stage": cfg.stage, "git_commit": _git_commit(), "versions": _versions(),
+        "world_size": world, "per_device_batch": cfg.train.per_device_batch, "grad_accumulation": accum,
+        "global_batch": cfg.train.global_batch, "precision": cfg.train.precision,
+        "template": cfg.spec["template"], "seed": cfg.train.seed, "trainable_modules": list(cfg.spec["trainable"]),
+        "parameters": counts, "dataset": {"json": cfg.data.json, "records": len(dataset),
+                                          "sha256_16": dataset_fingerprint(cfg.data.json),
+                                          "skipped": dict(dataset.skipped), "truncated": dataset.truncated},
+        "steps": state.global_step, "tokens_per_s": round(trainer._tokens / max(elapsed, 1e-9), 1),
+        "peak_memory_mb": round(peak / 2**20, 1), "wall_time_s": round(elapsed, 1),
+        "resumed_from": str(start) if start else None,
+        "device": "cuda" if cuda else "cpu", "loss": dataclasses.asdict(cfg.loss),
+    }
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic_dir(out / "final", overwrite=True) as tmp:  # the run's completion: written last
+        trainer.save_model(str(tmp))
+        processor.save_pretrained(str(tmp))
+        shutil.copy(out / "metadata.json", tmp / "llavakd_run.json")
+    if dataset.skipped:
+        print(dataset.skip_report())
+    return out / "final"

@@ -1,0 +1,172 @@
+"""The transformers Trainer, taught LLaVA-KD's objective, atomic checkpoints and NaN guards."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from llavakd.distill import LossConfig, distill_loss
+from llavakd.errors import LlavaKDError
+from llavakd.io import COMPLETE_MARKER
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class NonFiniteError(LlavaKDError):
+    """A loss or gradient became NaN/inf; raised before the optimizer step touches the weights."""
+
+
+def complete_checkpoints(folder: str | Path) -> list[Path]:
+    """checkpoint-N folders with a completion marker, oldest first (truncated ones ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if (p / COMPLETE_MARKER).exists()]
+
+
+class KDTrainer(Trainer):
+    """CE (+ L_res + L_vis + L_rel with a frozen teacher) computed by llavakd.distill."""
+
+    def __init__(self, *args, loss_config: LossConfig, teacher=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_config = loss_config
+        self.teacher = teacher
+        # our loss is already a per-micro-batch mean: let the Trainer average over accumulation
+        self.model_accepts_loss_kwargs = False
+        self._parts_sum: dict[str, float] = {}
+        self._parts_n = 0
+        self._tokens = 0
+        self._t_start = time.perf_counter()
+        self._staging: str | None = None
+
+    # -- loss ------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        visual_mask = inputs.pop("visual_mask")
+        inputs.pop("sample_ids", None)
+        labels = inputs.pop("labels")
+        fwd = {k: v for k, v in inputs.items() if v is not None}
+        out = model(**fwd)
+        teacher_logits = None
+        if self.teacher is not None and self.loss_config.needs_teacher:
+            with torch.no_grad():
+                teacher_logits = self.teacher(**fwd).logits
+        res = distill_loss(out.logits, teacher_logits, labels, visual_mask, self.loss_config)
+        step = self.state.global_step + 1
+        bad = [k for k, v in res.parts.items() if not math.isfinite(v)]
+        if bad or not torch.isfinite(res.total):
+            parts = ", ".join(f"{k}={v:.4g}" for k, v in res.parts.items())
+            raise NonFiniteError(
+                f"step {step}: non-finite loss in {', '.join(bad) or 'total'} ({parts}); "
+                "stopped before the backward pass and the optimizer step"
+            )
+        for k, v in res.parts.items():
+            self._parts_sum[k] = self._parts_sum.get(k, 0.0) + v
+        self._parts_n += 1
+        self._tokens += int(fwd["attention_mask"].sum())
+        return (res.total, out) if return_outputs else res.total
+
+    def log(self, logs: dict, start_time=None) -> None:
+        if "loss" in logs and self._parts_n:
+            for k, v in self._parts_sum.items():
+                logs[f"loss_{k}"] = round(v / self._parts_n, 6)
+            self._parts_sum, self._parts_n = {}, 0
+            elapsed = time.perf_counter() - self._t_start
+            logs["tokens_per_s"] = round(self._tokens / max(elapsed, 1e-9), 1)
+        super().log(logs, start_time) if start_time is not None else super().log(logs)
+
+    # -- resume ------------------------------------------------------------------------------
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Load checkpoint weights through from_pretrained's key conversion, strictly.
+
+        save_pretrained writes Llava weights under their legacy names; the stock Trainer loads
+        the raw file and only warns about the resulting missing keys, which would resume from
+        the wrong weights. Under DeepSpeed the engine restores its own shards instead.
+        """
+        if self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = model or self.model
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
+        result = target.load_state_dict(loaded.state_dict(), strict=False)
+        tied = {"lm_head.weight"} if target.config.tie_word_embeddings else set()
+        missing = [k for k in result.missing_keys if k not in tied]
+        if missing or result.unexpected_keys:
+            raise LlavaKDError(
+                f"{resume_from_checkpoint}: checkpoint does not match the model "
+                f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
+            )
+
+    # -- atomic checkpoints ----------------------------------------------------------------
+    def _get_output_dir(self, trial):
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        final_root = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        staging = final_root / f".staging-{name}"
+        if self.args.should_save and staging.exists():
+            shutil.rmtree(staging)
+        self._staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            target = final_root / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging / name, target)  # rename: the folder appears complete or not at all
+            (target / COMPLETE_MARKER).write_text("ok\n")  # marker last
+            shutil.rmtree(staging, ignore_errors=True)
+            keep = max(1, int(getattr(self, "_keep_checkpoints", 2)))
+            for old in complete_checkpoints(final_root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+
+class NonFiniteGradGuard(TrainerCallback):
+    """Stop before the optimizer step when any gradient is NaN/inf, naming the parameter."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        for name, p in self.model.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise NonFiniteError(
+                    f"step {state.global_step + 1}: non-finite gradient in {name}; "
+                    "stopped before the optimizer step"
+                )
+
+
+class JsonlLogger(TrainerCallback):
+    """Every log event as one JSON line (step, lr, grad norm, CE, L_res, L_vis, L_rel, ...)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            rec = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+
+
+class StopAfter(TrainerCallback):
+    """Stop right after the checkpoint of step N (simulates a killed job in tests)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True

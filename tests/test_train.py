@@ -1,0 +1,214 @@
+"""Training stages: config validation, freeze plan, exact resume, NaN guards, loss decrease."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from llavakd.config import load_stage_config
+from llavakd.errors import ConfigError, LlavaKDError
+from llavakd.io import COMPLETE_MARKER
+from llavakd.train.run import apply_freeze_plan, batch_decomposition, run_stage
+from llavakd.train.trainer import NonFiniteError, complete_checkpoints
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_components, tmp_path_factory):
+    from llavakd.data.synth import write_world
+    from llavakd.model.build import build_llava, save_llava
+
+    root = tmp_path_factory.mktemp("train")
+    write_world(root / "world", seed=5, size="tiny")
+    vision = tiny_components / "vision" / "siglip"
+    for name, llm in (("student", "qwen1.5-0.5b"), ("teacher", "qwen1.5-1.8b")):
+        m, p, prov = build_llava(vision, tiny_components / "llm" / llm, strategy="full")
+        if name == "teacher":  # random but confident: peaked, varied logits give the KD terms a signal
+            with torch.no_grad():
+                m.lm_head.weight.mul_(25.0)
+        save_llava(m, p, root / name, prov)
+    return root
+
+
+def _cfg(setup, stage, out, *extra):
+    chat = stage in ("sft", "dft")
+    args = [
+        f"model={setup / 'student'}", f"output_dir={out}",
+        f"data.json={setup / 'world' / 'train' / ('instruct.json' if chat else 'captions.json')}",
+        f"data.images={setup / 'world' / 'images'}", "train.precision=fp32", "train.global_batch=4",
+        "train.per_device_batch=2", "train.max_steps=6", "train.save_steps=3", "train.lr=1e-3",
+        *extra,
+    ]
+    if stage in ("dpt", "dft"):
+        args.append(f"teacher={setup / 'teacher'}")
+    return load_stage_config(None, args, stage=stage)
+
+
+def _metrics(run_dir):
+    steps = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            steps[rec["step"]] = rec  # a resumed run may log a step again: the last one counts
+    return steps
+
+
+def _weights(final):
+    from safetensors.torch import load_file
+
+    return load_file(str(final / "model.safetensors"))
+
+
+def test_config_lists_every_problem_at_once(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stage: dft\nmodel: m\noutput_dir: o\ndata: {json: d.json, images: i, colour: 3}\n"
+                   "train: {lr: fast, warmup_ratio: 2}\nloss: {divergence: kl2}\nlearning_rate: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_stage_config(cfg)
+    text = str(err.value)
+    for needle in ("data.colour: unknown key", "train.lr: expected a number", "learning_rate: unknown key",
+                   "teacher: required", "train.warmup_ratio", "divergence"):
+        assert needle in text, needle
+    assert len(err.value.problems) >= 6
+
+
+def test_overrides_are_typed_and_stage_defaults_fill_in(setup, tmp_path):
+    cfg = load_stage_config(None, [f"model={setup / 'student'}", f"output_dir={tmp_path}", "data.json=x",
+                                   "data.images=y", "loss.rel=false", "train.lr=3e-4"], stage="sft")
+    assert cfg.train.lr == 3e-4 and cfg.train.global_batch == 128 and cfg.train.precision == "bf16"
+    assert (cfg.loss.res, cfg.loss.vis, cfg.loss.rel) == (False, False, False)  # sft is CE only
+    dpt = load_stage_config(None, ["model=m", "output_dir=o", "data.json=x", "data.images=y", "teacher=t"],
+                            stage="dpt")
+    assert dpt.train.global_batch == 256 and dpt.train.lr == 1e-3 and dpt.loss.rel
+
+
+def test_stage_flag_must_agree_with_the_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stage: sft\nmodel: m\noutput_dir: o\ndata: {json: a, images: b}\n")
+    with pytest.raises(ConfigError, match="disagrees"):
+        load_stage_config(cfg, stage="dft")
+
+
+def test_batch_decomposition_keeps_the_global_batch():
+    assert batch_decomposition(128, 1, 8) == 16
+    assert batch_decomposition(128, 4, 2) == 16
+    with pytest.raises(LlavaKDError, match="not divisible"):
+        batch_decomposition(128, 3, 2)
+
+
+@pytest.mark.parametrize("stage,llm_trains", [("pt", False), ("dpt", False), ("sft", True), ("dft", True)])
+def test_freeze_plan(setup, stage, llm_trains):
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.config import STAGE_TABLE
+
+    m = LlavaForConditionalGeneration.from_pretrained(setup / "student")
+    apply_freeze_plan(m, STAGE_TABLE[stage]["trainable"])
+    assert not any(p.requires_grad for p in m.model.vision_tower.parameters())
+    assert all(p.requires_grad for p in m.model.multi_modal_projector.parameters())
+    assert all(p.requires_grad == llm_trains for p in m.model.language_model.parameters())
+
+
+def test_resume_equals_uninterrupted_run(setup, tmp_path):
+    full = run_stage(_cfg(setup, "dft", tmp_path / "full"))
+    part = _cfg(setup, "dft", tmp_path / "part", "train.stop_after_steps=3")
+    assert run_stage(part) == tmp_path / "part"
+    assert not (tmp_path / "part" / "final").exists()
+    assert [p.name for p in complete_checkpoints(tmp_path / "part" / "checkpoints")] == ["checkpoint-3"]
+    # a checkpoint that was being written when the job died: newer, but without its marker
+    fake = tmp_path / "part" / "checkpoints" / "checkpoint-5"
+    shutil.copytree(tmp_path / "part" / "checkpoints" / "checkpoint-3", fake)
+    (fake / COMPLETE_MARKER).unlink()
+    (fake / "optimizer.pt").write_bytes(b"truncated")
+    with pytest.raises(LlavaKDError, match="--resume"):
+        run_stage(_cfg(setup, "dft", tmp_path / "part"))
+    resumed = run_stage(_cfg(setup, "dft", tmp_path / "part"), resume=True)
+    a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "part")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        for key in ("loss", "loss_ce", "loss_res", "loss_vis", "loss_rel"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-7), (step, key)
+    wa, wb = _weights(full), _weights(resumed)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+    meta = json.loads((tmp_path / "part" / "metadata.json").read_text())
+    assert meta["resumed_from"].endswith("checkpoint-3")
+
+
+def test_finished_run_is_never_overwritten(setup, tmp_path):
+    run_stage(_cfg(setup, "pt", tmp_path / "r", "train.max_steps=2"))
+    marker = tmp_path / "r" / "final" / COMPLETE_MARKER
+    before = marker.stat().st_mtime_ns
+    with pytest.raises(LlavaKDError, match="finished run"):
+        run_stage(_cfg(setup, "pt", tmp_path / "r", "train.max_steps=2"), resume=True)
+    assert marker.stat().st_mtime_ns == before
+    run_stage(_cfg(setup, "pt", tmp_path / "r", "train.max_steps=2"), overwrite=True)
+    meta = json.loads((tmp_path / "r" / "metadata.json").read_text())
+    assert meta["template"] == "pretrain" and meta["grad_accumulation"] == 2 and meta["steps"] == 2
+    assert meta["dataset"]["records"] > 0 and meta["tokens_per_s"] > 0
+
+
+def test_non_finite_loss_stops_before_the_step(setup, tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    bad = tmp_path / "nan_teacher"
+    t = LlavaForConditionalGeneration.from_pretrained(setup / "teacher")
+    with torch.no_grad():
+        t.lm_head.weight.fill_(float("nan"))
+    t.save_pretrained(bad)
+    shutil.copy(setup / "teacher" / "tokenizer.json", bad)
+    shutil.copy(setup / "teacher" / "tokenizer_config.json", bad)
+    cfg = _cfg(setup, "dft", tmp_path / "run")
+    cfg.teacher = str(bad)
+    with pytest.raises(NonFiniteError, match=r"step 1: non-finite loss in res, vis, rel"):
+        run_stage(cfg)
+    assert not (tmp_path / "run" / "final").exists()
+    assert complete_checkpoints(tmp_path / "run" / "checkpoints") == []
+
+
+def test_non_finite_gradient_guard_names_the_parameter():
+    from transformers import TrainerControl, TrainerState
+
+    from llavakd.train.trainer import NonFiniteGradGuard
+
+    lin = torch.nn.Linear(2, 2)
+    lin.weight.grad = torch.tensor([[1.0, float("inf")], [0.0, 0.0]])
+    state = TrainerState()
+    state.global_step = 41
+    with pytest.raises(NonFiniteError, match=r"step 42: non-finite gradient in weight"):
+        NonFiniteGradGuard(lin).on_pre_optimizer_step(None, state, TrainerControl())
+    lin.weight.grad = torch.zeros(2, 2)
+    NonFiniteGradGuard(lin).on_pre_optimizer_step(None, state, TrainerControl())
+
+
+def _first_last(m, keys, n=3):
+    steps = sorted(m)
+    first = {k: sum(m[s][k] for s in steps[:n]) / n for k in keys}
+    last = {k: sum(m[s][k] for s in steps[-n:]) / n for k in keys}
+    return first, last
+
+
+@pytest.mark.parametrize("term", ["res", "vis", "rel"])
+def test_each_distillation_term_decreases_when_trained(setup, tmp_path, term):
+    # one term at a time: with a random teacher the terms start near their floor together, and
+    # CE pulls the student away from it; alone, each term must fall under its own gradient
+    off = [f"loss.{t}=false" for t in ("ce", "res", "vis", "rel") if t != term]
+    run_stage(_cfg(setup, "dft", tmp_path / "d", "train.max_steps=16", "train.global_batch=8",
+                   "train.per_device_batch=8", "train.save_steps=100", "train.lr=2e-3", *off))
+    m = _metrics(tmp_path / "d")
+    key = f"loss_{term}"
+    first, last = _first_last(m, (key,))
+    assert last[key] < 0.8 * first[key], (first[key], last[key])
+    assert set(m[1]) >= {key, "learning_rate", "grad_norm"}
+
+
+def test_sft_cross_entropy_decreases(setup, tmp_path):
+    run_stage(_cfg(setup, "sft", tmp_path / "s", "train.max_steps=24", "train.global_batch=8",
+                   "train.per_device_batch=8", "train.save_steps=100", "train.lr=2e-3"))
+    m = _metrics(tmp_path / "s")
+    first, last = _first_last(m, ("loss_ce",))
+    assert last["loss_ce"] < 0.8 * first["loss_ce"]
+    assert set(m[1]) >= {"loss", "loss_ce", "learning_rate", "grad_norm", "tokens_per_s"}
+    assert "loss_res" not in m[1]
