@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import llavakd, transformers, lmms_eval, deepspeed, snakemake"
 	touch $(STAMP)
 
-demo: install  ## the main job on the tiny world (currently: tiny components -> the six tiny LLaVA models)
-	$(BIN)/llavakd tiny-models --out $(DEMO)/components --seed 0
+demo: install  ## the main job on the tiny world (until the DAG lands: world -> pre-trained components -> six models)
+	$(BIN)/llavakd synth-world --out $(DEMO)/world --seed 0 --overwrite
+	$(BIN)/llavakd tiny-models --out $(DEMO)/components --world $(DEMO)/world --seed 0 --overwrite
 	for llm in qwen1.5-4b qwen1.5-1.8b qwen1.5-0.5b qwen2.5-3b qwen2.5-1.5b qwen2.5-0.5b; do \
 	  $(BIN)/llavakd build --vision $(DEMO)/components/vision/siglip --llm $(DEMO)/components/llm/$$llm \
 	    --strategy full --out $(DEMO)/models/$$llm --overwrite || exit 1; \
@@ -34,6 +35,8 @@ test: install  ## the whole test suite
 
 bench: install  ## benchmarks (print JSON; figures go to README)
 	$(BIN)/python -m benchmarks.distill_memory
+	$(BIN)/python -m benchmarks.data_throughput
+	$(BIN)/python -m benchmarks.dft_step
 
 clean-demo:
 	rm -rf $(DEMO)

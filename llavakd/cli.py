@@ -135,6 +135,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score_standins(args: argparse.Namespace) -> int:
+    from llavakd.eval.standins import STANDIN_TASKS, score_standins
+
+    tasks = args.tasks.split(",") if args.tasks else None
+    unknown = [t for t in tasks or [] if t not in STANDIN_TASKS]
+    if unknown:
+        raise LlavaKDError(f"unknown stand-in task(s) {unknown}; known: {', '.join(STANDIN_TASKS)}")
+    res = score_standins(args.model, args.world, tasks=tasks, batch_size=args.batch_size)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+    print(f"{'task':16s} {'n':>4s} {'score':>6s} {'chance':>6s}")
+    for task, r in res.items():
+        print(f"{task:16s} {r['n']:4d} {r['score']:6.1f} {r['chance']:6.1f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llavakd",
@@ -200,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     s.add_argument("--overwrite", action="store_true", help="discard an existing run in output_dir")
     s.set_defaults(func=cmd_train)
+    s = sub.add_parser("score-standins", help="score a model on the synthetic stand-ins with lmms-eval's task code")
+    s.add_argument("--model", required=True, help="trained model folder")
+    s.add_argument("--world", required=True, type=Path, help="synth-world folder")
+    s.add_argument("--tasks", help="comma-separated subset (default: all)")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--out", type=Path, help="also write the scores as JSON here")
+    s.set_defaults(func=cmd_score_standins)
     return p
 
 

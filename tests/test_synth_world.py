@@ -10,37 +10,12 @@ from pathlib import Path
 import pytest
 
 from llavakd.data.synth import BENCHMARKS, write_world
+from llavakd.eval.standins import STANDIN_TASKS, doc_score, generic_exact_match, gold_answer
 
-# lmms-eval task -> (our stand-in folder, split, utils module, function prefix, task kwargs)
-SHORT = "\nAnswer the question using a single word or phrase."
-LETTER = "\nAnswer with the option's letter from the given choices directly."
-TASKS = {
-    "vqav2_val": ("vqav2", "validation", "vqav2.utils", "vqav2", {"pre_prompt": "", "post_prompt": SHORT}),
-    "gqa": ("gqa", "testdev", "gqa.utils", "gqa", {"pre_prompt": "", "post_prompt": SHORT}),
-    "vizwiz_vqa_val": ("vizwiz_vqa", "val", "vizwiz_vqa.utils", "vizwiz_vqa", {"pre_prompt": "", "post_prompt": SHORT}),
-    "scienceqa_img": ("scienceqa", "test", "scienceqa.utils", "sqa",
-                      {"format": "default", "pre_prompt": "", "post_prompt": LETTER}),
-    "textvqa_val": ("textvqa", "validation", "textvqa.utils", "textvqa",
-                    {"pre_prompt": "", "post_prompt": SHORT, "ocr": True}),
-    "mme": ("mme", "test", "mme.utils", "mme", {"pre_prompt": "", "post_prompt": SHORT}),
-    "mmbench_en_dev": ("mmbench_en", "dev", "mmbench.en_utils", "mmbench", {"pre_prompt": "", "post_prompt": LETTER}),
-    "mmbench_cn_dev": ("mmbench_cn", "dev", "mmbench.cn_utils", "mmbench", {"pre_prompt": "", "post_prompt": LETTER}),
-    "pope_adv": ("pope", "adversarial", "pope.utils", "pope", {"pre_prompt": "", "post_prompt": SHORT}),
-    "pope_pop": ("pope", "popular", "pope.utils", "pope", {"pre_prompt": "", "post_prompt": SHORT}),
-    "pope_random": ("pope", "random", "pope.utils", "pope", {"pre_prompt": "", "post_prompt": SHORT}),
-    "mmmu_val": ("mmmu", "validation", "mmmu.utils", "mmmu",
-                 {"multiple_choice_prompt": LETTER.strip(), "open_ended_prompt": SHORT.strip(), "prompt_type": "format"}),
-}
-
-
-def gold(task: str, doc: dict) -> str:
-    if task.startswith("vqav2"):
-        return doc["answers"][0]["answer"]
-    if task in ("vizwiz_vqa_val", "textvqa_val"):
-        return doc["answers"][0]
-    if task == "scienceqa_img":
-        return "ABCDE"[doc["answer"]]
-    return doc["answer"]
+TASKS = STANDIN_TASKS
+gold = gold_answer
+score_of = doc_score
+_generic_exact_match = generic_exact_match
 
 
 def wrong_answer(task: str, doc: dict) -> str:
@@ -49,31 +24,6 @@ def wrong_answer(task: str, doc: dict) -> str:
         right = gold(task, doc)
         return next(x for x in "ABCD" if x != right)
     return "zebra"
-
-
-def _generic_exact_match(doc: dict, results: list[str]) -> dict:
-    """GQA has no process_results: lmms-eval scores it with its generic exact_match metric."""
-    from lmms_eval.api.metrics import exact_match_hf_evaluate
-
-    out = exact_match_hf_evaluate([results[0]], [doc["answer"]], ignore_case=True, ignore_punctuation=True)
-    return {"exact_match": out["exact_match"]}
-
-
-def score_of(task: str, out: dict) -> float:
-    """The per-document score in each task's own process_results output."""
-    if "exact_match" in out:
-        return out["exact_match"]
-    if task == "mme":
-        return float(next(iter(out.values()))["score"] > 0)
-    if task.startswith("pope"):
-        return out["pope_accuracy"]["score"]
-    if task.startswith("mmbench"):
-        rec = out["gpt_eval_score"]
-        return float(rec["prediction"] == rec["answer"])
-    if task == "mmmu_val":
-        rec = out["mmmu_acc"]
-        return float(rec["parsed_pred"][0] == rec["answer"])
-    raise KeyError(task)
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +95,12 @@ def test_instruction_set_covers_every_answer_format(world):
                    "请直接回答选项字母", "unanswerable", "is there a", "how many", "where is",
                    "what number is written"):
         assert marker in text, marker
+
+
+def test_score_standins_runs_every_task(world, tiny_student):
+    from llavakd.eval.standins import score_standins
+
+    res = score_standins(tiny_student, world, tasks=["pope_random", "mmbench_en_dev", "textvqa_val"])
+    for task, r in res.items():
+        assert r["n"] > 0 and 0 <= r["score"] <= 100 and 0 < r["chance"] <= 100
+    assert res["pope_random"]["chance"] == 50.0  # balanced yes/no

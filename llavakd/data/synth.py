@@ -197,8 +197,12 @@ def _options(qa: QA, rng: np.random.Generator, k: int = 4) -> tuple[list[str], i
     return opts, opts.index(qa.answer)
 
 
-def _mc_text(question: str, opts: list[str], suffix: str = LETTER) -> str:
-    return question + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(opts)) + suffix
+def _mc_text(question: str, opts: list[str], suffix: str = LETTER, layout: str = "list") -> str:
+    """Options as a plain list (ScienceQA/MMMU) or MMBench's "There are several options:" block."""
+    listed = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(opts))
+    if layout == "mmbench":
+        return f"{question} There are several options:\n{listed}\n{suffix}"
+    return question + "\n" + listed + suffix
 
 
 TEXT_ONLY = [  # (question, answer): world knowledge without an image
@@ -231,23 +235,57 @@ def text_only_turns(rng: np.random.Generator) -> list[tuple[str, str]]:
     return turns
 
 
+def verification_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Yes/no checks of a claim (MME- and POPE-style), true or false with equal probability."""
+    shapes = _shapes(objs)
+    o = shapes[int(rng.integers(len(shapes)))]
+    truth = rng.random() < 0.5
+    kind = int(rng.integers(5 if any(x.kind == "digit" for x in objs) else 4))
+    if kind == 0:
+        present = {(s.color, s.shape) for s in shapes}
+        absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+        c, sh = (o.color, o.shape) if truth else absent[int(rng.integers(len(absent)))]
+        q = f"Is there a {c} {sh} in the image?"
+    elif kind == 1:
+        n = len(shapes) if truth else int(rng.choice([k for k in (1, 2, 3) if k != len(shapes)]))
+        q = f"Are there {COUNT_WORDS[n]} shapes in the image?"
+    elif kind == 2:
+        c = o.color if truth else str(rng.choice([x for x in COLORS if x != o.color]))
+        q = f"Is the shape at {CELLS[o.cell]} {c}?"
+    elif kind == 3:
+        occupied = {s.cell for s in shapes if s.shape == o.shape}
+        cell = o.cell if truth else int(rng.choice([k for k in range(4) if k not in occupied] or [o.cell]))
+        truth = cell in occupied
+        q = f"Is there a {o.shape} at {CELLS[cell]}?"
+    else:
+        d = next(x.digit for x in objs if x.kind == "digit")
+        shown = d if truth else str(rng.choice([x for x in "0123456789" if x != d]))
+        q = f"Is the number {shown} written in the image?"
+    suffix = " Please answer yes or no." if rng.random() < 0.3 else SHORT
+    return [(q + suffix, "yes" if truth else "no")]
+
+
 def instruction_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[str, str]]:
     """A multi-turn conversation about one image, mixing the benchmarks' answer formats."""
-    turns = []
+    turns = verification_turns(objs, rng)
     for qa in questions(objs, rng):
         style = rng.random()
+        if rng.random() < 0.3:  # VizWiz/TextVQA/MMMU capitalise their questions
+            qa = QA(qa.kind, qa.question[0].upper() + qa.question[1:], qa.answer, qa.options, qa.cn)
         if style < 0.45:
             turns.append((qa.question + SHORT, qa.answer))
         elif style < 0.65:
             turns.append((qa.question, qa.answer))
         elif style < 0.82:
             opts, k = _options(qa, rng)
-            turns.append((_mc_text(qa.question, opts), LETTERS[k]))
+            layout = "mmbench" if rng.random() < 0.5 else "list"
+            turns.append((_mc_text(qa.question, opts, layout=layout), LETTERS[k]))
         elif qa.cn is not None:
             cn_pool = {"colour": list(COLORS_CN.values()), "shape": list(SHAPES_CN.values())}[qa.kind]
             cq = QA(qa.kind, qa.cn[0], qa.cn[1], tuple(cn_pool))
             opts, k = _options(cq, rng)
-            turns.append((_mc_text(cq.question, opts, LETTER_CN), LETTERS[k]))
+            cn_suffix = LETTER_CN if rng.random() < 0.5 else LETTER
+            turns.append((_mc_text(cq.question, opts, cn_suffix, layout="mmbench"), LETTERS[k]))
         else:
             turns.append((qa.question + SHORT, qa.answer))
     if not any(o.kind == "digit" for o in objs) and rng.random() < 0.3:

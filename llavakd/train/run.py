@@ -87,6 +87,16 @@ def _versions() -> dict:
     return out
 
 
+def _teacher_placement(teacher) -> str | None:
+    """How the frozen teacher ran: a ZeRO-3 sharded engine, a replicated engine, or a plain module."""
+    if teacher is None:
+        return None
+    zero = getattr(teacher, "zero_optimization_stage", None)
+    if callable(zero):
+        return f"deepspeed-zero{zero()}" + ("-sharded" if zero() == 3 else "-replicated")
+    return "module"
+
+
 def prepare_run_dir(cfg: StageConfig, resume: bool, overwrite: bool) -> Path:
     from llavakd.train.trainer import complete_checkpoints
 
@@ -189,8 +199,8 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     trainer = KDTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer),
                         loss_config=cfg.loss, teacher=teacher, callbacks=callbacks)
     trainer._keep_checkpoints = cfg.train.keep_checkpoints
-    if teacher is not None:
-        teacher.to(args.device)
+    if teacher is not None and not trainer.is_deepspeed_enabled:
+        teacher.to(args.device)  # under DeepSpeed the trainer wraps it into an engine at the first step
     ckpts = complete_checkpoints(out / "checkpoints") if resume else []
     start = ckpts[-1] if ckpts else None
     if start:
@@ -213,6 +223,7 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
         "peak_memory_mb": round(peak / 2**20, 1), "wall_time_s": round(elapsed, 1),
         "resumed_from": str(start) if start else None,
         "device": "cuda" if cuda else "cpu", "loss": dataclasses.asdict(cfg.loss),
+        "teacher_placement": _teacher_placement(trainer.teacher),
     }
     (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     with atomic_dir(out / "final", overwrite=True) as tmp:  # the run's completion: written last

@@ -47,9 +47,22 @@ class KDTrainer(Trainer):
         self._tokens = 0
         self._t_start = time.perf_counter()
         self._staging: str | None = None
+        self._teacher_ready = False
+
+    # -- teacher under DeepSpeed ------------------------------------------------------------
+    def _prepare_teacher(self) -> None:
+        """Under DeepSpeed the frozen teacher becomes an inference engine: sharded with ZeRO-3
+        (no full copy per GPU), replicated otherwise (ZeRO-1/2 only shard optimizer state and
+        gradients, which a frozen model has none of)."""
+        if self._teacher_ready or self.teacher is None or not self.is_deepspeed_enabled:
+            self._teacher_ready = True
+            return
+        self.teacher = shard_teacher(self.teacher, self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        self._teacher_ready = True
 
     # -- loss ------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._prepare_teacher()
         visual_mask = inputs.pop("visual_mask")
         inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
@@ -76,8 +89,12 @@ class KDTrainer(Trainer):
 
     def log(self, logs: dict, start_time=None) -> None:
         if "loss" in logs and self._parts_n:
-            for k, v in self._parts_sum.items():
-                logs[f"loss_{k}"] = round(v / self._parts_n, 6)
+            keys = sorted(self._parts_sum)
+            means = torch.tensor([self._parts_sum[k] / self._parts_n for k in keys], dtype=torch.float64)
+            if self.accelerator.num_processes > 1:  # every rank logs: average the parts like the loss
+                means = self.accelerator.reduce(means.to(self.args.device), reduction="mean").cpu()
+            for k, v in zip(keys, means.tolist()):
+                logs[f"loss_{k}"] = round(v, 6)
             self._parts_sum, self._parts_n = {}, 0
             elapsed = time.perf_counter() - self._t_start
             logs["tokens_per_s"] = round(self._tokens / max(elapsed, 1e-9), 1)
@@ -131,6 +148,35 @@ class KDTrainer(Trainer):
             for old in complete_checkpoints(final_root)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+
+
+def shard_teacher(teacher, ds_config: dict):
+    """Wrap a frozen teacher in a DeepSpeed inference engine built from the student's config."""
+    import copy
+
+    import deepspeed
+
+    cfg = copy.deepcopy(ds_config)
+    for key in ("optimizer", "scheduler"):
+        cfg.pop(key, None)
+    zero = cfg.get("zero_optimization", {})
+    if zero.get("stage", 0) == 3:
+        h = teacher.config.text_config.hidden_size
+        fill = {"reduce_bucket_size": h * h, "stage3_param_persistence_threshold": 10 * h,
+                "stage3_prefetch_bucket_size": int(0.9 * h * h)}
+        for k, v in fill.items():
+            if zero.get(k, "auto") == "auto":
+                zero[k] = v
+        cfg["zero_optimization"] = zero
+    else:
+        cfg["zero_optimization"] = {"stage": 0}
+    for k in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps",
+              "gradient_clipping"):
+        if cfg.get(k) == "auto":
+            cfg.pop(k)
+    engine, *_ = deepspeed.initialize(model=teacher, config=cfg)
+    engine.eval()
+    return engine
 
 
 class NonFiniteGradGuard(TrainerCallback):

@@ -1,0 +1,142 @@
+"""Score a model on the synthetic stand-ins with lmms-eval's own task functions.
+
+    llavakd score-standins --model results/tiny/models/.../final --world results/tiny/world
+
+For each stand-in split this runs the lmms-eval 0.7.3 task's ``doc_to_visual`` and
+``doc_to_text`` (default prompt kwargs), generates greedily with our chat template, and scores
+with the task's ``process_results`` (GQA: lmms-eval's generic exact_match). The number per task
+is the mean per-question score; ``chance`` is the best constant answer (the most frequent gold
+answer) scored by the same code, i.e. what a blind model reaches. This is the quick path used to
+check that the world is learnable; the headline numbers in the paper's conventions come from the
+full ``simple_evaluate`` runner.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import torch
+
+SHORT = "\nAnswer the question using a single word or phrase."
+LETTER = "\nAnswer with the option's letter from the given choices directly."
+VIZWIZ = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + SHORT
+
+# lmms-eval task -> (stand-in folder, split, utils module, function prefix, prompt kwargs)
+STANDIN_TASKS = {
+    "vqav2_val": ("vqav2", "validation", "vqav2.utils", "vqav2", {"pre_prompt": "", "post_prompt": SHORT}),
+    "gqa": ("gqa", "testdev", "gqa.utils", "gqa", {"pre_prompt": "", "post_prompt": SHORT}),
+    "vizwiz_vqa_val": ("vizwiz_vqa", "val", "vizwiz_vqa.utils", "vizwiz_vqa", {"pre_prompt": "", "post_prompt": VIZWIZ}),
+    "scienceqa_img": ("scienceqa", "test", "scienceqa.utils", "sqa",
+                      {"format": "default", "pre_prompt": "", "post_prompt": LETTER}),
+    "textvqa_val": ("textvqa", "validation", "textvqa.utils", "textvqa", {"pre_prompt": "", "post_prompt": SHORT}),
+    "mme": ("mme", "test", "mme.utils", "mme", {"pre_prompt": "", "post_prompt": SHORT}),
+    "mmbench_en_dev": ("mmbench_en", "dev", "mmbench.en_utils", "mmbench", {"pre_prompt": "", "post_prompt": LETTER}),
+    "mmbench_cn_dev": ("mmbench_cn", "dev", "mmbench.cn_utils", "mmbench", {"pre_prompt": "", "post_prompt": LETTER}),
+    "pope_adv": ("pope", "adversarial", "pope.utils", "pope", {"pre_prompt": "", "post_prompt": SHORT}),
+    "pope_pop": ("pope", "popular", "pope.utils", "pope", {"pre_prompt": "", "post_prompt": SHORT}),
+    "pope_random": ("pope", "random", "pope.utils", "pope", {"pre_prompt": "", "post_prompt": SHORT}),
+    "mmmu_val": ("mmmu", "validation", "mmmu.utils", "mmmu",
+                 {"multiple_choice_prompt": LETTER.strip(), "open_ended_prompt": SHORT.strip(), "prompt_type": "format"}),
+}
+
+
+def gold_answer(task: str, doc: dict) -> str:
+    if task == "vqav2_val":
+        return doc["answers"][0]["answer"]
+    if task in ("vizwiz_vqa_val", "textvqa_val"):
+        return doc["answers"][0]
+    if task == "scienceqa_img":
+        return "ABCDE"[doc["answer"]]
+    return doc["answer"]
+
+
+def generic_exact_match(doc: dict, results: list[str]) -> dict:
+    """Tasks without process_results (GQA) use lmms-eval's generic exact_match metric."""
+    from lmms_eval.api.metrics import exact_match_hf_evaluate
+
+    out = exact_match_hf_evaluate([results[0]], [doc["answer"]], ignore_case=True, ignore_punctuation=True)
+    return {"exact_match": out["exact_match"]}
+
+
+def doc_score(task: str, out: dict) -> float:
+    """The per-question score inside each task's process_results output."""
+    if "exact_match" in out:
+        return float(out["exact_match"])
+    if task == "mme":
+        return float(next(iter(out.values()))["score"] > 0)
+    if task.startswith("pope"):
+        return float(out["pope_accuracy"]["score"])
+    if task.startswith("mmbench"):
+        rec = out["gpt_eval_score"]
+        return float(str(rec["prediction"]).strip().upper()[:1] == rec["answer"])
+    if task == "mmmu_val":
+        rec = out["mmmu_acc"]
+        return float(rec["parsed_pred"][0] == rec["answer"])
+    raise KeyError(task)
+
+
+def task_functions(task: str):
+    folder, split, module, prefix, kwargs = STANDIN_TASKS[task]
+    utils = importlib.import_module(f"lmms_eval.tasks.{module}")
+    process = getattr(utils, f"{prefix}_process_results", None) or generic_exact_match
+    return (getattr(utils, f"{prefix}_doc_to_visual"), getattr(utils, f"{prefix}_doc_to_text"), process, kwargs)
+
+
+def load_docs(world: Path, task: str):
+    import datasets
+
+    folder, split, *_ = STANDIN_TASKS[task]
+    path = Path(world) / "bench" / folder / f"{split}.parquet"
+    return datasets.load_dataset("parquet", data_files={split: str(path)})[split]
+
+
+@torch.no_grad()
+def generate_answers(model, processor, prompts: list[str], images: list, max_new_tokens: int = 8,
+                     batch_size: int = 16) -> list[str]:
+    """Greedy answers; prompts are grouped by token length so no batch needs padding."""
+    from llavakd.model.chat import render_prompt
+
+    texts = [render_prompt(p) for p in prompts]
+    enc = [processor(text=t, images=im, return_tensors="pt") for t, im in zip(texts, images)]
+    groups = defaultdict(list)
+    for i, e in enumerate(enc):
+        groups[e["input_ids"].shape[1]].append(i)
+    answers: list[str] = [""] * len(prompts)
+    eos = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    for _, idx in sorted(groups.items()):
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            batch = {k: torch.cat([enc[i][k] for i in chunk]) for k in enc[chunk[0]]}
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=eos)
+            new = out[:, batch["input_ids"].shape[1]:]
+            for i, row in zip(chunk, new):
+                answers[i] = processor.tokenizer.decode(row, skip_special_tokens=True).strip()
+    return answers
+
+
+def score_standins(model_dir, world, tasks=None, batch_size: int = 16) -> dict:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    import random
+
+    random.seed(0)  # MMMU guesses at random on an unparsable answer: keep that repeatable
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    results = {}
+    for task in tasks or list(STANDIN_TASKS):
+        to_visual, to_text, process, kwargs = task_functions(task)
+        docs = list(load_docs(world, task))
+        prompts = [to_text(d, dict(kwargs)) for d in docs]
+        images = [to_visual(d)[0] for d in docs]
+        preds = generate_answers(model, processor, prompts, images, batch_size=batch_size)
+        scores = [doc_score(task, process(dict(d), [p])) for d, p in zip(docs, preds)]
+        majority = Counter(gold_answer(task, d) for d in docs).most_common(1)[0][0]
+        chance = [doc_score(task, process(dict(d), [majority])) for d in docs]
+        results[task] = {"n": len(docs), "score": round(100 * sum(scores) / len(docs), 1),
+                         "chance": round(100 * sum(chance) / len(docs), 1),
+                         "examples": [{"prompt": prompts[i][:80], "prediction": preds[i],
+                                       "gold": gold_answer(task, docs[i])} for i in range(min(2, len(docs)))]}
+    return results
