@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -26,18 +23,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
     import torch
-    from transformers.utils import logging as hf_logging
 
+    from benchmarks._tiny import tiny_setup
     from llavakd.data.dataset import Collator, LlavaDataset
-    from llavakd.data.synth import write_world
     from llavakd.model.build import build_llava
-    from llavakd.model.tiny import write_tiny_components
 
-    hf_logging.disable_progress_bar()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    tmp = Path(tempfile.mkdtemp(prefix="llavakd-bench-"))
-    write_world(tmp / "world", seed=0, size="tiny")
-    write_tiny_components(tmp / "comp", seed=0)
+    tmp = tiny_setup()
     result = {"batch_size": args.batch_size, "batches": args.batches,
               "threads": torch.get_num_threads()}
     for name in ("qwen1.5-0.5b", "qwen1.5-4b"):

@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -31,19 +28,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=6)
     args = p.parse_args(argv)
     import torch
-    from transformers.utils import logging as hf_logging
 
+    from benchmarks._tiny import tiny_setup
     from llavakd.data.dataset import Collator, LlavaDataset
-    from llavakd.data.synth import write_world
     from llavakd.distill import LossConfig, distill_loss
     from llavakd.model.build import build_llava
-    from llavakd.model.tiny import write_tiny_components
 
-    hf_logging.disable_progress_bar()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    tmp = Path(tempfile.mkdtemp(prefix="llavakd-dft-"))
-    write_world(tmp / "world", seed=0, size="tiny")
-    write_tiny_components(tmp / "comp", seed=0, llms=[args.student, args.teacher])
+    tmp = tiny_setup(llms=[args.student, args.teacher])
     vision = tmp / "comp" / "vision" / "siglip"
     student, proc, _ = build_llava(vision, tmp / "comp" / "llm" / args.student, strategy="full")
     teacher, _, _ = build_llava(vision, tmp / "comp" / "llm" / args.teacher, strategy="full")

@@ -34,3 +34,18 @@ def tiny_student(tiny_components, tmp_path_factory):
     out = tmp_path_factory.mktemp("student") / "model"
     save_llava(model, proc, out, prov)
     return out
+
+
+def build_pair(components, root, student_llm: str, teacher_llm: str, world_seed: int, teacher_hook=None):
+    """A world plus a student and a teacher LLaVA built from the tiny components, under ``root``."""
+    from llavakd.data.synth import write_world
+    from llavakd.model.build import build_llava, save_llava
+
+    write_world(root / "world", seed=world_seed, size="tiny")
+    vision = components / "vision" / "siglip"
+    for name, llm in (("student", student_llm), ("teacher", teacher_llm)):
+        m, p, prov = build_llava(vision, components / "llm" / llm, strategy="full")
+        if name == "teacher" and teacher_hook is not None:
+            teacher_hook(m)
+        save_llava(m, p, root / name, prov)
+    return root

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llavakd.distill import DIVERGENCES, Divergence, DistillShapeError, LossConfig, distill_loss
+from llavakd.distill import DIVERGENCES, DistillShapeError, Divergence, LossConfig, distill_loss
 
 KD_ONLY = dict(ce=False)
 

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import build_pair
 
 from llavakd.config import load_stage_config
 from llavakd.errors import ConfigError, LlavaKDError
@@ -15,21 +16,16 @@ from llavakd.train.run import apply_freeze_plan, batch_decomposition, run_stage
 from llavakd.train.trainer import NonFiniteError, complete_checkpoints
 
 
+def _confident(teacher):
+    """Random but confident: peaked logits give the KD terms a signal to transfer."""
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(25.0)
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_components, tmp_path_factory):
-    from llavakd.data.synth import write_world
-    from llavakd.model.build import build_llava, save_llava
-
-    root = tmp_path_factory.mktemp("train")
-    write_world(root / "world", seed=5, size="tiny")
-    vision = tiny_components / "vision" / "siglip"
-    for name, llm in (("student", "qwen1.5-0.5b"), ("teacher", "qwen1.5-1.8b")):
-        m, p, prov = build_llava(vision, tiny_components / "llm" / llm, strategy="full")
-        if name == "teacher":  # random but confident: peaked logits that vary across visual
-            with torch.no_grad():  # positions, so every KD term starts well above its floor
-                m.lm_head.weight.mul_(25.0)
-        save_llava(m, p, root / name, prov)
-    return root
+    return build_pair(tiny_components, tmp_path_factory.mktemp("train"), "qwen1.5-0.5b", "qwen1.5-1.8b",
+                      world_seed=5, teacher_hook=_confident)
 
 
 def _cfg(setup, stage, out, *extra):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import build_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,16 +27,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def setup(tiny_components, tmp_path_factory):
-    from llavakd.data.synth import write_world
-    from llavakd.model.build import build_llava, save_llava
-
-    root = tmp_path_factory.mktemp("dist")
-    write_world(root / "world", seed=2, size="tiny")
-    vision = tiny_components / "vision" / "siglip"
-    for name, llm in (("student", "qwen2.5-0.5b"), ("teacher", "qwen2.5-1.5b")):
-        m, p, prov = build_llava(vision, tiny_components / "llm" / llm, strategy="full")
-        save_llava(m, p, root / name, prov)
-    return root
+    return build_pair(tiny_components, tmp_path_factory.mktemp("dist"), "qwen2.5-0.5b", "qwen2.5-1.5b", world_seed=2)
 
 
 def _train(setup, out: Path, *extra: str, launcher: list[str] | None = None, env: dict | None = None):

@@ -31,6 +31,12 @@ CLASSES = ["empty"] + [f"digit {d}" for d in range(10)] + [f"{c} {s}" for c in C
 _ITEM = re.compile(r"(?:a (\w+) (\w+)|the number (\d)) at (top left|top right|bottom left|bottom right) \.")
 
 
+def warmup_cosine(opt, steps: int, warmup: int):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
 def cell_labels(caption: str) -> list[int]:
     """Per-cell class ids from a world caption ("a red circle at top left . the number 7 ...")."""
     labels = [0, 0, 0, 0]
@@ -77,7 +83,7 @@ def pretrain_vision(tower, world: Path, seed: int, steps: int = 1500, batch: int
     head = torch.nn.Linear(tower.config.hidden_size, len(CLASSES))
     params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = warmup_cosine(opt, steps, warmup=50)
     gen = torch.Generator().manual_seed(seed)
     tower.train()
     t0 = time.perf_counter()
@@ -124,9 +130,7 @@ def pretrain_llm(lm, tokenizer, world: Path, seed: int, steps: int = 150, batch:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.0)
-    warm = max(1, int(0.03 * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    sched = warmup_cosine(opt, steps, warmup=max(1, int(0.03 * steps)))
     lm.train()
     losses = []
     t0 = time.perf_counter()

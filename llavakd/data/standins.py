@@ -14,7 +14,16 @@ from collections import Counter
 import numpy as np
 
 from llavakd.data.synth import (
-    CELLS, COLORS, COLORS_CN, COUNT_WORDS, LETTERS, SHAPES, SHAPES_CN, Obj, _options, questions,
+    CELLS,
+    COLORS,
+    COLORS_CN,
+    COUNT_WORDS,
+    LETTERS,
+    SHAPES,
+    SHAPES_CN,
+    Obj,
+    _options,
+    questions,
 )
 
 Image = tuple[str, list[Obj], bytes]

@@ -118,9 +118,9 @@ def generate_answers(model, processor, prompts: list[str], images: list, max_new
 
 
 def score_standins(model_dir, world, tasks=None, batch_size: int = 16) -> dict:
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
     import random
+
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     random.seed(0)  # MMMU guesses at random on an unparsable answer: keep that repeatable
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
