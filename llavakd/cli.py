@@ -23,6 +23,10 @@ from llavakd.errors import LlavaKDError
 
 def _quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    if not torch.cuda.is_available():  # say it, rather than let DeepSpeed warn on every command
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
