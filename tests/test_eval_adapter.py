@@ -1,0 +1,84 @@
+"""The lmms-eval model class: found through the entry point, batch-size invariant, consistent."""
+
+from __future__ import annotations
+
+import pytest
+from lmms_eval.api.instance import Instance
+
+from llavakd.data.synth import write_world
+from llavakd.eval.standins import load_docs, task_functions
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("w")
+    write_world(out, seed=4, size="tiny")
+    return out
+
+
+def _requests(world, task, n, gen_kwargs=None, kind="generate_until"):
+    to_visual, to_text, _, kwargs = task_functions(task)
+    docs = list(load_docs(world, task))[:n]
+    split = "test"
+    reqs = []
+    for i, d in enumerate(docs):
+        second = dict(gen_kwargs or {"max_new_tokens": 8}) if kind == "generate_until" else " yes"
+        reqs.append(Instance(request_type=kind, arguments=(to_text(d, dict(kwargs)), second, to_visual, i, task, split),
+                             idx=0, metadata={"task": task, "doc_id": i, "repeats": 1}))
+    return reqs, {task: {split: docs}}
+
+
+def _model(path, **kw):
+    from lmms_eval.models import get_model
+
+    cls = get_model("llavakd")
+    return cls(pretrained=str(path), **kw)
+
+
+def test_entry_point_registers_the_model():
+    from lmms_eval.models import MODEL_REGISTRY_V2
+
+    manifest = MODEL_REGISTRY_V2.get_manifest("llavakd")
+    assert manifest.simple_class_path == "llavakd.eval.adapter.LlavaKD"
+
+
+@pytest.mark.parametrize("task", ["mme", "mmbench_en_dev", "vqav2_val"])
+def test_batch_size_does_not_change_answers(world, tiny_student, task):
+    reqs, task_dict = _requests(world, task, 12)
+    answers = {}
+    for bs in (1, 8):
+        m = _model(tiny_student, batch_size=bs)
+        m.task_dict = task_dict
+        answers[bs] = m.generate_until(reqs)
+    assert answers[1] == answers[8]
+    assert len(answers[1]) == 12 and all(isinstance(a, str) for a in answers[1])
+
+
+def test_until_and_token_cap(world, tiny_student):
+    m = _model(tiny_student, max_new_tokens=3)
+    reqs, m.task_dict = _requests(world, "pope_random", 4, {"max_new_tokens": 50, "until": ["\n"]})
+    base = m.generate_until(reqs)
+    tok = m.processor.tokenizer
+    assert all(len(tok(a, add_special_tokens=False)["input_ids"]) <= 3 for a in base)
+    assert all("\n" not in a for a in base)
+
+
+def test_loglikelihood_agrees_with_greedy_decoding(world, tiny_student):
+    m = _model(tiny_student)
+    reqs, m.task_dict = _requests(world, "pope_random", 3)
+    for req in reqs:
+        context, _, to_visual, doc_id, task, split = req.args
+        enc = m._encode(context, m._visuals(to_visual, doc_id, task, split))
+        out = m.model.generate(**enc, max_new_tokens=3, do_sample=False, eos_token_id=m.eos_id, pad_token_id=m.eos_id)
+        greedy = out[0, enc["input_ids"].shape[1]:]
+        greedy = greedy[greedy != m.eos_id]
+        cont = m.processor.tokenizer.decode(greedy)
+        other = Instance(request_type="loglikelihood", arguments=(context, cont, to_visual, doc_id, task, split),
+                         idx=0, metadata={"task": task, "doc_id": doc_id, "repeats": 1})
+        (lp, is_greedy), = m.loglikelihood([other])
+        assert lp < 0 and is_greedy
+
+
+def test_unknown_model_args_are_refused(tiny_student):
+    with pytest.raises(ValueError, match="unknown model_args"):
+        _model(tiny_student, temperature=0.5)
