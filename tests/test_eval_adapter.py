@@ -82,3 +82,28 @@ def test_loglikelihood_agrees_with_greedy_decoding(world, tiny_student):
 def test_unknown_model_args_are_refused(tiny_student):
     with pytest.raises(ValueError, match="unknown model_args"):
         _model(tiny_student, temperature=0.5)
+
+
+def test_standins_run_through_simple_evaluate(world, tiny_student, tmp_path):
+    """Every stand-in but MMBench through lmms-eval's own evaluator, offline.
+
+    MMBench's aggregation asks an OpenAI judge whenever its rule parser fails (it would retry
+    without a network here); the runner of the evaluation issue must force the rule-only path.
+    """
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from llavakd.eval.standins import score_standins
+    from llavakd.eval.tiny_tasks import write_tiny_tasks
+
+    names = {t: n for t, n in write_tiny_tasks(world, tmp_path / "tasks").items() if not t.startswith("mmbench")}
+    res = simple_evaluate(model="llavakd", model_args=f"pretrained={tiny_student}", tasks=list(names.values()),
+                          batch_size=4, limit=8, task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
+    for task, name in names.items():
+        metrics = {k: v for k, v in res["results"][name].items() if "stderr" not in k and k != "alias"}
+        assert any(isinstance(v, (int, float)) for v in metrics.values()), (task, metrics)
+    # the quick scorer and lmms-eval's evaluator agree on the same eight documents
+    quick = score_standins(tiny_student, world, tasks=["pope_random", "vqav2_val"], limit=8)
+    results = res["results"]
+    assert results[names["pope_random"]]["pope_accuracy,none"] * 100 == pytest.approx(quick["pope_random"]["score"])
+    assert results[names["vqav2_val"]]["exact_match,none"] * 100 == pytest.approx(quick["vqav2_val"]["score"], abs=0.1)

@@ -117,7 +117,7 @@ def generate_answers(model, processor, prompts: list[str], images: list, max_new
     return answers
 
 
-def score_standins(model_dir, world, tasks=None, batch_size: int = 16) -> dict:
+def score_standins(model_dir, world, tasks=None, batch_size: int = 16, limit: int | None = None) -> dict:
     import random
 
     from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -128,7 +128,7 @@ def score_standins(model_dir, world, tasks=None, batch_size: int = 16) -> dict:
     results = {}
     for task in tasks or list(STANDIN_TASKS):
         to_visual, to_text, process, kwargs = task_functions(task)
-        docs = list(load_docs(world, task))
+        docs = list(load_docs(world, task))[:limit]
         prompts = [to_text(d, dict(kwargs)) for d in docs]
         images = [to_visual(d)[0] for d in docs]
         preds = generate_answers(model, processor, prompts, images, batch_size=batch_size)
