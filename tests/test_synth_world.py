@@ -104,3 +104,11 @@ def test_score_standins_runs_every_task(world, tiny_student):
     for task, r in res.items():
         assert r["n"] > 0 and 0 <= r["score"] <= 100 and 0 < r["chance"] <= 100
     assert res["pope_random"]["chance"] == 50.0  # balanced yes/no
+
+
+def test_score_standins_on_a_folder_that_is_not_a_world(tmp_path, tiny_student, capsys):
+    from llavakd.cli import main
+
+    rc = main(["score-standins", "--model", str(tiny_student), "--world", str(tmp_path), "--tasks", "mme"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bench/mme/test.parquet does not exist" in err and "Traceback" not in err

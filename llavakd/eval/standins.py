@@ -87,8 +87,12 @@ def task_functions(task: str):
 def load_docs(world: Path, task: str):
     import datasets
 
+    from llavakd.errors import LlavaKDError
+
     folder, split, *_ = STANDIN_TASKS[task]
     path = Path(world) / "bench" / folder / f"{split}.parquet"
+    if not path.is_file():
+        raise LlavaKDError(f"stand-in {path} does not exist; is {world} a world written by llavakd synth-world?")
     return datasets.load_dataset("parquet", data_files={split: str(path)})[split]
 
 
