@@ -85,10 +85,11 @@ def test_unknown_model_args_are_refused(tiny_student):
 
 
 def test_standins_run_through_simple_evaluate(world, tiny_student, tmp_path):
-    """Every stand-in but MMBench through lmms-eval's own evaluator, offline.
+    """Every stand-in but MMBench-CN through lmms-eval's own evaluator, offline.
 
-    MMBench's aggregation asks an OpenAI judge whenever its rule parser fails (it would retry
-    without a network here); the runner of the evaluation issue must force the rule-only path.
+    MMBench-EN uses lmms-eval's static (rule-only) aggregation. MMBench-CN has none: its
+    aggregation asks an OpenAI judge whenever the rule parser fails (retrying without a network
+    here); the evaluation runner must give it a rule-only path.
     """
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
@@ -96,7 +97,7 @@ def test_standins_run_through_simple_evaluate(world, tiny_student, tmp_path):
     from llavakd.eval.standins import score_standins
     from llavakd.eval.tiny_tasks import write_tiny_tasks
 
-    names = {t: n for t, n in write_tiny_tasks(world, tmp_path / "tasks").items() if not t.startswith("mmbench")}
+    names = {t: n for t, n in write_tiny_tasks(world, tmp_path / "tasks").items() if t != "mmbench_cn_dev"}
     res = simple_evaluate(model="llavakd", model_args=f"pretrained={tiny_student}", tasks=list(names.values()),
                           batch_size=4, limit=8, task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
     for task, name in names.items():

@@ -21,7 +21,8 @@ from llavakd.eval.standins import STANDIN_TASKS
 TASK_FILES = {
     "vqav2_val": "vqav2/vqav2_val.yaml", "gqa": "gqa/gqa.yaml", "vizwiz_vqa_val": "vizwiz_vqa/vizwiz_vqa_val.yaml",
     "scienceqa_img": "scienceqa/scienceqa_img.yaml", "textvqa_val": "textvqa/textvqa_val.yaml", "mme": "mme/mme.yaml",
-    "mmbench_en_dev": "mmbench/mmbench_en_dev.yaml", "mmbench_cn_dev": "mmbench/mmbench_cn_dev.yaml",
+    "mmbench_en_dev": "mmbench/mmbench_en_dev_static.yaml",  # rule-only answer extraction, no OpenAI judge
+    "mmbench_cn_dev": "mmbench/mmbench_cn_dev.yaml",
     "pope_adv": "pope/pope_adv.yaml", "pope_pop": "pope/pope_pop.yaml", "pope_random": "pope/pope_random.yaml",
     "mmmu_val": "mmmu/mmmu_val.yaml",
 }
