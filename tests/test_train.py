@@ -234,3 +234,13 @@ def test_sft_cross_entropy_decreases(setup, tmp_path):
     assert last["loss_ce"] < 0.8 * first["loss_ce"]
     assert set(m[1]) >= {"loss", "loss_ce", "learning_rate", "grad_norm", "tokens_per_s"}
     assert "loss_res" not in m[1]
+
+
+@pytest.mark.parametrize("stage", ["pt", "sft", "dpt", "dft"])
+def test_shipped_stage_configs_validate(stage):
+    from pathlib import Path
+
+    cfg = load_stage_config(Path(__file__).resolve().parents[1] / "config" / "stages" / f"tiny_{stage}.yaml",
+                            stage=stage)
+    assert cfg.stage == stage and cfg.train.precision == "fp32"
+    assert cfg.distill == (stage in ("dpt", "dft")) and (cfg.teacher is not None) == cfg.distill

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
-
 from llavakd.data.synth import (
     CELLS,
     COLORS,
     COLORS_CN,
     COUNT_WORDS,
     LETTERS,
+    QA,
     SHAPES,
     SHAPES_CN,
     Obj,
@@ -156,8 +155,6 @@ def _mmbench(images: list[Image], rng, chinese: bool):
                 continue
             qa = _pick(rng, qas)
             pool = list(COLORS_CN.values()) if qa.kind == "colour" else list(SHAPES_CN.values())
-            from llavakd.data.synth import QA
-
             qa = QA(qa.kind, qa.cn[0], qa.cn[1], tuple(pool))
         else:
             qa = _pick(rng, qas + [x for x in questions(objs, rng) if x.kind in ("count", "position")])
@@ -224,5 +221,4 @@ def mmmu(images: list[Image], rng):
     return {"validation": (rows, tuple(f"image_{i}" for i in range(1, 8)))}
 
 
-__all__ = ["vqav2", "gqa", "vizwiz_vqa", "scienceqa", "textvqa", "mme", "mmbench_en", "mmbench_cn", "pope", "mmmu",
-           "np"]
+__all__ = ["gqa", "mmbench_cn", "mmbench_en", "mme", "mmmu", "pope", "scienceqa", "textvqa", "vizwiz_vqa", "vqav2"]
