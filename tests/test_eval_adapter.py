@@ -84,21 +84,17 @@ def test_unknown_model_args_are_refused(tiny_student):
         _model(tiny_student, temperature=0.5)
 
 
-def test_standins_run_through_simple_evaluate(world, tiny_student, tmp_path, monkeypatch):
-    """Every stand-in but MMBench-CN through lmms-eval's own evaluator, offline.
-
-    MMBench-EN uses lmms-eval's static (rule-only) aggregation. MMBench-CN has none: its
-    aggregation asks an OpenAI judge whenever the rule parser fails (retrying without a network
-    here); the evaluation runner must give it a rule-only path.
-    """
+def test_all_standins_run_through_simple_evaluate(world, tiny_student, tmp_path, monkeypatch):
+    """Every stand-in through lmms-eval's own evaluator, offline (MMBench by rules only)."""
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
     from llavakd.eval.standins import score_standins
-    from llavakd.eval.tiny_tasks import write_tiny_tasks
+    from llavakd.eval.tiny_tasks import HOOKS_MODULE, write_tiny_tasks
 
     monkeypatch.chdir(tmp_path)  # lmms-eval writes ./submissions/ when it has no output path
-    names = {t: n for t, n in write_tiny_tasks(world, tmp_path / "tasks").items() if t != "mmbench_cn_dev"}
+    names = write_tiny_tasks(world, tmp_path / "tasks")
+    assert len(names) == 12 and (tmp_path / "tasks" / f"{HOOKS_MODULE}.py").is_file()
     res = simple_evaluate(model="llavakd", model_args=f"pretrained={tiny_student}", tasks=list(names.values()),
                           batch_size=4, limit=8, task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
     for task, name in names.items():

@@ -6,7 +6,9 @@
 Each YAML ``include``s the installed lmms-eval task file (prompts, generation settings, scoring
 functions stay lmms-eval's own) and overrides only where the data comes from: local parquet.
 GQA's ``process_docs`` (which fetches the images from the hub) is switched off, since the
-stand-in embeds its images.
+stand-in embeds its images. MMBench answers are extracted by rules only: EN through lmms-eval's
+own static task, CN through ``mmbench_cn_dev_static`` below (lmms-eval's CN aggregation would ask
+an OpenAI judge whenever its rule parser fails).
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ TASK_FILES = {
 }
 
 
+HOOKS_MODULE = "llavakd_tiny_hooks"  # written beside the YAMLs: `!function` resolves from there
+
+
+def mmbench_cn_dev_static(results, args=None) -> float:
+    """MMBench-CN dev accuracy with rule-based answer extraction only (no judge model)."""
+    from lmms_eval.tasks.mmbench.cn_utils import mmbench_evaluator
+
+    overall_acc, _, _ = mmbench_evaluator.eval_result(results, eval_method="static")
+    return overall_acc * 100
+
+
 def write_tiny_tasks(world: str | Path, folder: str | Path) -> dict[str, str]:
     import lmms_eval.tasks as tasks_pkg
 
@@ -47,6 +60,12 @@ def write_tiny_tasks(world: str | Path, folder: str | Path) -> dict[str, str]:
         }
         if task == "gqa":
             spec["process_docs"] = None
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        text = yaml.safe_dump(spec, sort_keys=False)
+        if task == "mmbench_cn_dev":  # a `!function` tag, which safe_dump cannot write
+            text += ("metric_list:\n  - metric: gpt_eval_score\n"
+                     f"    aggregation: !function {HOOKS_MODULE}.mmbench_cn_dev_static\n"
+                     "    higher_is_better: true\n")
+        (folder / f"{name}.yaml").write_text(text)
         names[task] = name
+    (folder / f"{HOOKS_MODULE}.py").write_text("from llavakd.eval.tiny_tasks import mmbench_cn_dev_static  # noqa: F401\n")
     return names
