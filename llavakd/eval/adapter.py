@@ -19,11 +19,30 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from llavakd.model.chat import ASSISTANT_TAG, END_TOKEN, IMAGE_TOKEN, SYSTEM_PROMPT, USER_TAG
+from llavakd.model.chat import END_TOKEN, render_prompt
 
 
-def chat_prompt(context: str, n_images: int) -> str:
-    return f"{SYSTEM_PROMPT}{USER_TAG}{(IMAGE_TOKEN + chr(10)) * n_images}{context}{ASSISTANT_TAG}"
+@torch.no_grad()
+def generate_grouped(model, processor, encodings: list[dict], limits: list[int], batch_size: int,
+                     progress: bool = False) -> list[str]:
+    """Greedy answers for encoded prompts, batched only among prompts of equal length and token
+    limit: no batch needs padding, so an answer does not depend on the batch size."""
+    eos = processor.tokenizer.convert_tokens_to_ids(END_TOKEN)
+    groups = defaultdict(list)
+    for i, e in enumerate(encodings):
+        groups[(e["input_ids"].shape[1], limits[i], "pixel_values" in e)].append(i)
+    answers = [""] * len(encodings)
+    bar = tqdm(total=len(encodings), desc="llavakd generate", disable=not progress)
+    for (_, limit, _), idx in sorted(groups.items()):
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            batch = {k: torch.cat([encodings[i][k] for i in chunk]).to(model.device) for k in encodings[chunk[0]]}
+            out = model.generate(**batch, max_new_tokens=limit, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+            for i, row in zip(chunk, out[:, batch["input_ids"].shape[1]:]):
+                answers[i] = processor.tokenizer.decode(row, skip_special_tokens=True)
+            bar.update(len(chunk))
+    bar.close()
+    return answers
 
 
 class LlavaKD(lmms):
@@ -47,7 +66,7 @@ class LlavaKD(lmms):
     # -- helpers -------------------------------------------------------------------------
     def _encode(self, context: str, visuals: list):
         images = [v.convert("RGB") for v in visuals] or None
-        text = chat_prompt(context, len(visuals))
+        text = render_prompt(context, n_images=len(visuals))
         return self.processor(text=text, images=images, return_tensors="pt")
 
     def _visuals(self, doc_to_visual, doc_id, task, split) -> list:
@@ -73,23 +92,9 @@ class LlavaKD(lmms):
             until = [until] if isinstance(until, str) else list(until)
             limit = min(int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)), self.max_new_tokens)
             opts.append((tuple(until), limit))
-        groups = defaultdict(list)
-        for i, e in enumerate(enc):
-            groups[(e["input_ids"].shape[1], opts[i][1], "pixel_values" in e)].append(i)
-        answers = [""] * len(requests)
-        bar = tqdm(total=len(requests), desc="llavakd generate", disable=self._rank != 0)
-        for (_, limit, _), idx in sorted(groups.items()):
-            for s in range(0, len(idx), self.batch_size):
-                chunk = idx[s:s + self.batch_size]
-                batch = {k: torch.cat([enc[i][k] for i in chunk]).to(self.device) for k in enc[chunk[0]]}
-                out = self.model.generate(**batch, max_new_tokens=limit, do_sample=False,
-                                          eos_token_id=self.eos_id, pad_token_id=self.eos_id)
-                for i, row in zip(chunk, out[:, batch["input_ids"].shape[1]:]):
-                    text = self.processor.tokenizer.decode(row, skip_special_tokens=True)
-                    answers[i] = self._stop(text, list(opts[i][0]))
-                bar.update(len(chunk))
-        bar.close()
-        return answers
+        texts = generate_grouped(self.model, self.processor, enc, [o[1] for o in opts], self.batch_size,
+                                 progress=self._rank == 0)
+        return [self._stop(t, list(o[0])) for t, o in zip(texts, opts)]
 
     @torch.no_grad()
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:

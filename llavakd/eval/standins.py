@@ -14,10 +14,8 @@ full ``simple_evaluate`` runner.
 from __future__ import annotations
 
 import importlib
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
-
-import torch
 
 SHORT = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."
@@ -96,29 +94,15 @@ def load_docs(world: Path, task: str):
     return datasets.load_dataset("parquet", data_files={split: str(path)})[split]
 
 
-@torch.no_grad()
 def generate_answers(model, processor, prompts: list[str], images: list, max_new_tokens: int = 8,
                      batch_size: int = 16) -> list[str]:
-    """Greedy answers; prompts are grouped by token length so no batch needs padding."""
+    """Greedy answers with the training template (the lmms-eval adapter's generation loop)."""
+    from llavakd.eval.adapter import generate_grouped
     from llavakd.model.chat import render_prompt
 
-    texts = [render_prompt(p) for p in prompts]
-    enc = [processor(text=t, images=im, return_tensors="pt") for t, im in zip(texts, images)]
-    groups = defaultdict(list)
-    for i, e in enumerate(enc):
-        groups[e["input_ids"].shape[1]].append(i)
-    answers: list[str] = [""] * len(prompts)
-    eos = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    for _, idx in sorted(groups.items()):
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s:s + batch_size]
-            batch = {k: torch.cat([enc[i][k] for i in chunk]) for k in enc[chunk[0]]}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=eos)
-            new = out[:, batch["input_ids"].shape[1]:]
-            for i, row in zip(chunk, new):
-                answers[i] = processor.tokenizer.decode(row, skip_special_tokens=True).strip()
-    return answers
+    enc = [processor(text=render_prompt(p), images=im, return_tensors="pt") for p, im in zip(prompts, images)]
+    answers = generate_grouped(model, processor, enc, [max_new_tokens] * len(enc), batch_size)
+    return [a.strip() for a in answers]
 
 
 def score_standins(model_dir, world, tasks=None, batch_size: int = 16, limit: int | None = None) -> dict:

@@ -47,7 +47,6 @@ CHAT_TEMPLATE = (
 )
 
 
-def render_prompt(question: str, *, with_image: bool = True, system: str = SYSTEM_PROMPT) -> str:
+def render_prompt(question: str, *, n_images: int = 1, system: str = SYSTEM_PROMPT) -> str:
     """The generation prompt for one single-turn question, identical to the Jinja template's."""
-    image = IMAGE_TOKEN + "\n" if with_image else ""
-    return f"{system}{USER_TAG}{image}{question}{ASSISTANT_TAG}"
+    return f"{system}{USER_TAG}{(IMAGE_TOKEN + chr(10)) * n_images}{question}{ASSISTANT_TAG}"
