@@ -48,7 +48,7 @@ def _softmax_pullback(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def _xlogy_diff(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     # sum p (log p - log q), with 0 * (anything) = 0 where p underflows to exactly 0;
     # a NaN p must stay NaN (a `p > 0` guard would silently turn a broken teacher into loss 0)
-    return torch.where(p == 0, torch.zeros((), dtype=p.dtype), p * (logp - logq)).sum(-1)
+    return torch.where(p == 0, torch.zeros((), dtype=p.dtype, device=p.device), p * (logp - logq)).sum(-1)
 
 
 def _forward_kl(d, s, t, need_grad):
@@ -70,8 +70,8 @@ def _jsd(d, s, t, need_grad):
     ls, lt = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
     ps, pt = ls.exp(), lt.exp()
     b = d.beta
-    lm = torch.logsumexp(torch.stack([lt + torch.log(torch.tensor(b, dtype=s.dtype)),
-                                      ls + torch.log(torch.tensor(1 - b, dtype=s.dtype))]), 0)
+    lm = torch.logsumexp(torch.stack([lt + torch.log(torch.tensor(b, dtype=s.dtype, device=s.device)),
+                                      ls + torch.log(torch.tensor(1 - b, dtype=s.dtype, device=s.device))]), 0)
     loss = b * _xlogy_diff(pt, lt, lm) + (1 - b) * _xlogy_diff(ps, ls, lm)
     return loss, _softmax_pullback(ps, (1 - b) * (ls - lm)) if need_grad else None
 
@@ -90,8 +90,8 @@ def _skew_kl(d, s, t, need_grad):
     if a == 0.0:
         lm = ls
     else:
-        lm = torch.logsumexp(torch.stack([lt + torch.log(torch.tensor(a, dtype=s.dtype)),
-                                          ls + torch.log(torch.tensor(1 - a, dtype=s.dtype))]), 0)
+        lm = torch.logsumexp(torch.stack([lt + torch.log(torch.tensor(a, dtype=s.dtype, device=s.device)),
+                                          ls + torch.log(torch.tensor(1 - a, dtype=s.dtype, device=s.device))]), 0)
     loss = _xlogy_diff(pt, lt, lm)
     if not need_grad:
         return loss, None

@@ -43,7 +43,7 @@ def naive_distill_loss(student, teacher, labels, visual_mask, cfg):
     s_all = student.to(cdt)
     t_all = teacher.to(cdt) if teacher is not None else None
     parts, counts = {}, {}
-    total = torch.zeros((), dtype=cdt)
+    total = torch.zeros((), dtype=cdt, device=s_all.device)
     s_res = s_all[:, :-1][sup]
     counts["ce"] = counts["res"] = int(sup.sum())
     if cfg.ce:
@@ -71,7 +71,7 @@ def naive_distill_loss(student, teacher, labels, visual_mask, cfg):
                 rt.append((zt @ zt.T).flatten())
         counts["rel"] = len(rs)
         if not rs:
-            rel = torch.zeros((), dtype=cdt)
+            rel = torch.zeros((), dtype=cdt, device=s_all.device)
         elif cfg.rel_reduction == "batch":
             rel = 1 - F.cosine_similarity(torch.cat(rt), torch.cat(rs), dim=0, eps=1e-30)
         else:

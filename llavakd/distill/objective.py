@@ -195,8 +195,8 @@ class _FusedObjective(torch.autograd.Function):
         n_ce = n_res = int(res_rows.sum())
         n_vis = int(vis_rows.sum())
         counts = {"ce": n_ce, "res": n_res, "vis": n_vis}
-        sums = {"ce": torch.zeros((), dtype=torch.float64), "res": torch.zeros((), dtype=torch.float64),
-                "vis": torch.zeros((), dtype=torch.float64)}
+        dev = student.device  # every accumulator lives beside the logits (CUDA: no host round trips)
+        sums = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in ("ce", "res", "vis")}
         T = cfg.temperature
         res_div, vis_div = cfg.res_div(), cfg.vis_div()
         same_div = res_div == vis_div
@@ -251,7 +251,7 @@ class _FusedObjective(torch.autograd.Function):
                 grad.index_copy_(0, idx, g.to(grad.dtype))
 
         parts = {}
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=dev)
         if cfg.ce:
             parts["ce"] = sums["ce"] / max(n_ce, 1)
             total += cfg.ce_weight * parts["ce"]
@@ -289,7 +289,7 @@ class _FusedObjective(torch.autograd.Function):
 def _gram(flat, idx, step, cdt):
     """Z Z^T for Z = flat[idx], accumulated over vocabulary chunks in the compute dtype."""
     V = flat.shape[1]
-    R = torch.zeros(idx.numel(), idx.numel(), dtype=cdt)
+    R = torch.zeros(idx.numel(), idx.numel(), dtype=cdt, device=flat.device)
     for c in range(0, V, step):
         Z = flat[idx, c:c + step].to(cdt)
         R.addmm_(Z, Z.T)
@@ -300,7 +300,7 @@ def _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt):
     """L_rel and (into ``grad``) its gradient; returns (value, number of image samples)."""
     samples = _sample_visual_rows(visual_mask)
     if not samples:
-        return torch.zeros((), dtype=torch.float64), 0
+        return torch.zeros((), dtype=torch.float64, device=s_flat.device), 0
     V = s_flat.shape[1]
     n_max = max(i.numel() for i in samples)
     step = cfg.chunk_vocab or max(1, DEFAULT_CHUNK_ELEMENTS // max(n_max, 1))
@@ -318,7 +318,7 @@ def _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt):
         # d(1 - cos)/dR_s = -(R_t / (|t||s|) - cos * R_s / |s|^2)
         G = [-(a / (nt * ns) - cos * b / (ns * ns)) for a, b in zip(Rt, Rs)]
     else:
-        value = torch.zeros((), dtype=torch.float64)
+        value = torch.zeros((), dtype=torch.float64, device=s_flat.device)
         G = []
         k = len(samples)
         for a, b in zip(Rt, Rs):
