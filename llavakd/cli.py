@@ -104,6 +104,16 @@ class _Formatter(argparse.HelpFormatter):
         self._action_max_length = 22
 
 
+class _RawFormatter(argparse.RawDescriptionHelpFormatter, _Formatter):
+    """A subcommand whose description is its module's docstring (the exact invocations)."""
+
+
+def _doc(module: str) -> str:
+    import importlib
+
+    return importlib.import_module(module).__doc__
+
+
 def cmd_synth_world(args: argparse.Namespace) -> int:
     from llavakd.data.synth import write_world
     from llavakd.io import atomic_dir
@@ -153,6 +163,33 @@ def cmd_score_standins(args: argparse.Namespace) -> int:
     print(f"{'task':16s} {'n':>4s} {'score':>6s} {'chance':>6s}")
     for task, r in res.items():
         print(f"{task:16s} {r['n']:4d} {r['score']:6.1f} {r['chance']:6.1f}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import logging
+
+    from llavakd.eval.runner import evaluate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    res = evaluate(args.model, args.benchmarks, args.out, world=args.world, limit=args.limit,
+                   batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype,
+                   submission=args.submission, hf_home=args.hf_home)
+    print(f"{'benchmark':10s} {'column':8s} {'score':>8s}  docs")
+    for name, r in res.items():
+        docs = sum(t["docs"] for t in r["tasks"].values())
+        note = "  (local val split; the paper's split is server-scored)" if r["local_split_differs"] else ""
+        print(f"{name:10s} {r['column']:8s} {r['headline']:8.2f}  {docs}{note}")
+    return 0
+
+
+def cmd_lmms_tasks(args: argparse.Namespace) -> int:
+    from llavakd.eval.tiny_tasks import write_task_yamls
+
+    names = write_task_yamls(args.out, args.world)
+    extra = sorted(n for t, n in names.items() if n != t) or ["mmbench_cn_dev_static"]
+    print(f"wrote {len(extra)} task YAML(s) to {args.out}; use: python -m lmms_eval --model llavakd "
+          f"--model_args pretrained=DIR --include_path {args.out} --tasks {','.join(extra)}")
     return 0
 
 
@@ -228,6 +265,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--out", type=Path, help="also write the scores as JSON here")
     s.set_defaults(func=cmd_score_standins)
+    s = sub.add_parser("eval", help="score a model on the paper's benchmarks through lmms-eval (fixed result files)",
+                       description=_doc("llavakd.eval.runner"), formatter_class=_RawFormatter)
+    s.add_argument("--model", required=True, type=Path, help="checkpoint folder (HF LlavaForConditionalGeneration)")
+    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names "
+                   "(vqav2,gqa,vizwiz,sciqa,textvqa,mme,mmb,mmb_cn,pope,mmmu)")
+    s.add_argument("--out", required=True, type=Path, help="folder for <benchmark>.json and <benchmark>.samples.jsonl")
+    s.add_argument("--world", type=Path, help="tiny mode: score the stand-ins of this synth-world")
+    s.add_argument("--limit", type=int, help="score only the first N documents of each task")
+    s.add_argument("--batch-size", type=int, default=8, help="generation batch (answers do not depend on it)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--submission", action="store_true",
+                   help="also run the server-scored splits (VQAv2 test-dev, VizWiz test) to write submission files")
+    s.add_argument("--hf-home", type=Path, help="a pre-filled Hugging Face cache with the official task data (offline)")
+    s.set_defaults(func=cmd_eval)
+    s = sub.add_parser("lmms-tasks", help="write llavakd's lmms-eval task YAMLs (rule-only MMBench-CN; stand-ins)")
+    s.add_argument("--out", required=True, type=Path, help="folder to pass to lmms-eval's --include_path")
+    s.add_argument("--world", type=Path, help="also write the tiny stand-in tasks for this synth-world")
+    s.set_defaults(func=cmd_lmms_tasks)
     return p
 
 

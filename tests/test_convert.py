@@ -147,3 +147,21 @@ def test_no_tokenizer_asks_for_one(upstream_parts, tmp_path, tiny_components):
         convert_upstream(src)
     model, _ = convert_upstream(src, tokenizer=tiny_components / "llm" / "qwen1.5-1.8b")
     assert model.config.image_seq_length == 15
+
+
+def test_converted_upstream_checkpoint_evaluates_end_to_end(upstream_parts, tmp_path, monkeypatch):
+    """Upstream layout -> convert-upstream -> llavakd eval on stand-ins, through lmms-eval."""
+    from llavakd.data.synth import write_world
+
+    monkeypatch.chdir(tmp_path)
+    write_world(tmp_path / "world", seed=2, size="tiny")
+    src = write_split(tmp_path / "upstream", *upstream_parts)
+    assert main(["convert-upstream", str(src), str(tmp_path / "hf")]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tmp_path / "hf"), "--world", str(tmp_path / "world"), "--benchmarks",
+                 "textvqa,pope", "--out", str(out), "--limit", "4"]) == 0
+    for name, docs in (("textvqa", 4), ("pope", 12)):
+        rec = json.loads((out / f"{name}.json").read_text())
+        assert sum(t["docs"] for t in rec["tasks"].values()) == docs
+        assert 0 <= rec["headline"] <= 100
+        assert len((out / f"{name}.samples.jsonl").read_text().splitlines()) == docs

@@ -90,10 +90,10 @@ def test_all_standins_run_through_simple_evaluate(world, tiny_student, tmp_path,
     from lmms_eval.tasks import TaskManager
 
     from llavakd.eval.standins import score_standins
-    from llavakd.eval.tiny_tasks import HOOKS_MODULE, write_tiny_tasks
+    from llavakd.eval.tiny_tasks import HOOKS_MODULE, write_task_yamls
 
     monkeypatch.chdir(tmp_path)  # lmms-eval writes ./submissions/ when it has no output path
-    names = write_tiny_tasks(world, tmp_path / "tasks")
+    names = write_task_yamls(tmp_path / "tasks", world)
     assert len(names) == 12 and (tmp_path / "tasks" / f"{HOOKS_MODULE}.py").is_file()
     res = simple_evaluate(model="llavakd", model_args=f"pretrained={tiny_student}", tasks=list(names.values()),
                           batch_size=4, limit=8, task_manager=TaskManager(include_path=str(tmp_path / "tasks")))

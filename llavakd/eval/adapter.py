@@ -48,13 +48,15 @@ def generate_grouped(model, processor, encodings: list[dict], limits: list[int],
 class LlavaKD(lmms):
     is_simple = True
 
-    def __init__(self, pretrained: str, batch_size: int | str = 1, device: str = "cpu",
+    def __init__(self, pretrained: str, batch_size: int | str = 1, device: str = "auto",
                  dtype: str = "float32", max_new_tokens: int = 32, **kwargs) -> None:
         super().__init__()
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         if kwargs:
             raise ValueError(f"llavakd model: unknown model_args {sorted(kwargs)}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = LlavaForConditionalGeneration.from_pretrained(
             pretrained, dtype=getattr(torch, dtype), local_files_only=True).to(self.device).eval()
@@ -110,6 +112,13 @@ class LlavaKD(lmms):
             target = cont[0].to(self.device)
             results.append((float(logp.gather(1, target[:, None]).sum()), bool((logits.argmax(-1) == target).all())))
         return results
+
+    def clean(self) -> None:
+        """lmms-eval calls this at the end of every ``simple_evaluate`` and, by default, deletes the
+        model's modules. Our runner evaluates one loaded model on benchmark after benchmark, so the
+        weights stay; only cached GPU memory is released."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("llavakd: multi-round generation is not used by the paper's benchmarks")

@@ -1,0 +1,238 @@
+"""Evaluate a checkpoint on the paper's benchmarks through lmms-eval, in process; fixed result files.
+
+    llavakd eval --model results/tiny/kd/dft/final --benchmarks all --out results/tiny/eval/kd \\
+        --world results/tiny/world                  # tiny mode: the synthetic stand-ins
+    llavakd eval --model DIR --benchmarks gqa,mme --out DIR --hf-home /data/hf   # real tasks, offline cache
+    llavakd eval --model DIR --benchmarks pope --out /tmp/e --world W --limit 20 --batch-size 8
+
+For each benchmark (``evals/benchmarks.yaml``) this runs ``lmms_eval.evaluator.simple_evaluate``
+on its tasks with the ``llavakd`` model class, in a working folder of its own
+(``<out>/.work/<benchmark>/``: lmms-eval's submission files land there), and writes
+
+    <out>/<benchmark>.json           headline in the paper's scale, every raw lmms-eval metric,
+                                     lmms-eval version, task config hash, model path, seed, doc counts
+    <out>/<benchmark>.samples.jsonl  one line per scored document: task, doc id, target, prediction,
+                                     the task's per-sample metric records
+
+Both appear only when the benchmark succeeded (written to temporary names, then renamed). A
+failure (unknown benchmark, missing data, an exception inside lmms-eval, zero scored documents,
+a missing or non-finite metric) raises ``EvalError``; the CLI exits non-zero and leaves no result
+file for that benchmark. Nothing in a result file depends on time, host or batch size, so two runs
+give identical files. Seeds: Python's ``random`` (MMMU's guess on an unparsable answer), numpy and
+torch are seeded before every benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+
+from llavakd.errors import LlavaKDError
+from llavakd.eval.registry import Benchmark, headline, resolve
+
+log = logging.getLogger("llavakd.eval")
+
+
+class EvalError(LlavaKDError):
+    """A benchmark could not be scored; no result file was written for it."""
+
+
+def _jsonable(value):
+    """Per-sample records hold numpy scalars and sometimes images: keep what JSON can say."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _jsonable(value.item())
+    return f"<{type(value).__name__}>"
+
+
+def config_hash(config: dict) -> str:
+    """Hash of the task config as lmms-eval ran it; functions appear by name (their reprs carry
+    memory addresses that differ between processes)."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", json.dumps(_jsonable(config), sort_keys=True))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _task_metrics(raw: dict) -> dict:
+    """lmms-eval's 'metric,filter' keys -> {metric: value} for the 'none' filter (stderr kept too)."""
+    out = {}
+    for key, value in raw.items():
+        if "," not in key:
+            continue
+        metric, filt = key.split(",", 1)
+        if filt == "none" and isinstance(value, (int, float)):
+            out[metric] = value
+    return out
+
+
+def _sample_record(task: str, s: dict, metrics: list[str]) -> dict:
+    pred = s.get("filtered_resps", s.get("resps"))
+    while isinstance(pred, list) and len(pred) == 1:
+        pred = pred[0]
+    rec = {"task": task, "doc_id": s.get("doc_id"), "target": s.get("target"), "prediction": pred}
+    for m in metrics:
+        if m in s:
+            rec[m] = s[m]
+    return _jsonable(rec)
+
+
+def task_names(bench: Benchmark, tiny_names: dict[str, str] | None, submission: bool) -> list[str]:
+    names = list(bench.tasks) + (list(bench.submission) if submission else [])
+    if tiny_names is None:
+        return names
+    missing = [t for t in names if t not in tiny_names]
+    if missing:
+        raise EvalError(f"{bench.name}: no tiny stand-in for task(s) {', '.join(missing)}")
+    return [tiny_names[t] for t in names]
+
+
+@contextlib.contextmanager
+def _quiet_lmms():
+    """lmms-eval logs through loguru at INFO per task; keep warnings and errors."""
+    try:
+        from loguru import logger as loguru_logger
+    except ImportError:  # pragma: no cover - lmms-eval depends on loguru
+        yield
+        return
+    import sys
+
+    loguru_logger.remove()
+    handle = loguru_logger.add(sys.stderr, level=os.environ.get("LLAVAKD_LMMS_LOG_LEVEL", "WARNING"))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            loguru_logger.remove(handle)
+
+
+def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_names=None, limit=None,
+                  batch_size: int = 1, seed: int = 0, model_path: str | None = None,
+                  submission: bool = False) -> dict:
+    """Evaluate one benchmark and write its two files; returns the result record."""
+    import numpy as np
+    import torch
+    from lmms_eval.evaluator import simple_evaluate
+
+    tasks = task_names(bench, tiny_names, submission)
+    work = out / ".work" / bench.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    cli_args = argparse.Namespace(output_path=str(work), process_with_media=True)
+    try:
+        res = simple_evaluate(model=model, tasks=tasks, batch_size=batch_size, limit=limit,
+                              task_manager=task_manager, log_samples=True, random_seed=seed,
+                              numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                              cli_args=cli_args)
+    except LlavaKDError:
+        raise
+    except Exception as e:  # lmms-eval raises assorted types (missing data, bad task YAML, ...)
+        raise EvalError(f"{bench.name}: lmms-eval failed on {', '.join(tasks)}: {type(e).__name__}: {e}") from e
+    if not res or "results" not in res:
+        raise EvalError(f"{bench.name}: lmms-eval returned no results for {', '.join(tasks)}")
+
+    local = task_names(bench, tiny_names, False)
+    per_task, samples, counts = {}, {}, {}
+    for official, name in zip(bench.tasks, local):
+        raw = res["results"].get(name)
+        n = int((res.get("n-samples", {}).get(name) or {}).get("effective", 0))
+        task_samples = res.get("samples", {}).get(name, [])
+        if raw is None or n == 0 or not task_samples:
+            raise EvalError(f"{bench.name}: task {name} scored no documents (check its data and --limit)")
+        per_task[official] = _task_metrics(raw)
+        metric_names = [m for m in per_task[official] if not m.endswith("_stderr")]
+        samples[official] = [_sample_record(official, s, metric_names) for s in task_samples]
+        counts[official] = n
+    mme_cats = {t: [s[bench.metric] for s in samples[t] if isinstance(s.get(bench.metric), dict)] for t in samples}
+    score = headline(bench, per_task, mme_cats)
+    record = {
+        "benchmark": bench.name, "column": bench.column, "headline": round(score, 4), "scale": bench.scale,
+        "paper_split": bench.paper_split,
+        "local_split_differs": bool(bench.submission),
+        "mode": "tiny-standin" if tiny_names is not None else "lmms-eval",
+        "tasks": {t: {"lmms_eval_task": n, "metrics": per_task[t], "docs": counts[t],
+                      "config_hash": config_hash(res.get("configs", {}).get(n, {}))}
+                  for t, n in zip(bench.tasks, local)},
+        "submission_files": sorted(p.name for p in (work / "submissions").glob("*")) if submission else [],
+        "model": model_path, "seed": seed, "limit": limit,
+        "lmms_eval_version": version("lmms_eval"),
+    }
+    _write_atomic(out / f"{bench.name}.samples.jsonl",
+                  "".join(json.dumps(s, sort_keys=True) + "\n" for t in bench.tasks for s in samples[t]))
+    _write_atomic(out / f"{bench.name}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def evaluate(model, benchmarks, out, *, world=None, limit=None, batch_size: int = 1, seed: int = 0,
+             device: str = "auto", dtype: str = "float32", submission: bool = False, hf_home=None) -> dict:
+    """Run the named benchmarks; returns {benchmark: record}. Raises EvalError on the first failure
+    (benchmarks already finished keep their files; the failing one has none).
+
+    ``model`` is a checkpoint folder, or an lmms-eval model object (tests drive the runner with a
+    scripted one)."""
+    from lmms_eval.api.model import lmms
+    from lmms_eval.tasks import TaskManager
+
+    from llavakd.eval.tiny_tasks import write_task_yamls
+
+    benches = resolve(benchmarks)
+    out = Path(out)
+    if isinstance(model, lmms):
+        model_path = f"<{type(model).__name__}>"
+    else:
+        model_dir = Path(model)
+        if not (model_dir / "config.json").is_file():
+            raise EvalError(f"{model_dir}: not a checkpoint folder (no config.json)")
+        model_path = str(model_dir.resolve())
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
+    if submission and world is not None:
+        raise EvalError("--submission needs the official tasks: the tiny world has no server-scored splits")
+    if hf_home:  # a pre-filled Hugging Face cache: the official task data without any network access
+        os.environ.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    out.mkdir(parents=True, exist_ok=True)
+    for b in benches:  # a failed re-run must not leave an older result looking current
+        for suffix in (".json", ".samples.jsonl"):
+            (out / f"{b.name}{suffix}").unlink(missing_ok=True)
+    tasks_dir = out / ".work" / "tasks"
+    tiny_names = write_task_yamls(tasks_dir, world)
+    results = {}
+    with _quiet_lmms():
+        manager = TaskManager(include_path=str(tasks_dir))
+        if not isinstance(model, lmms):
+            from llavakd.eval.adapter import LlavaKD
+
+            model = LlavaKD(pretrained=model_path, batch_size=batch_size, device=device, dtype=dtype)
+        for b in benches:
+            log.info("evaluating %s (%s)", b.name, ", ".join(b.tasks))
+            results[b.name] = run_benchmark(b, model, out, task_manager=manager,
+                                            tiny_names=tiny_names if world is not None else None, limit=limit,
+                                            batch_size=batch_size, seed=seed, model_path=model_path,
+                                            submission=submission)
+    return results

@@ -1,0 +1,223 @@
+"""The evaluation runner: paper-convention headlines, fixed files, failures that leave nothing."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from lmms_eval.api.model import lmms
+
+from llavakd.data.synth import write_world
+from llavakd.eval.registry import load_registry, resolve
+from llavakd.eval.runner import EvalError, evaluate
+from llavakd.eval.tiny_tasks import TASK_FILES
+
+LIMIT = 12
+STANDIN_FILE = {  # registry task -> stand-in parquet, relative to <world>/bench
+    "vqav2_val": "vqav2/validation", "gqa": "gqa/testdev", "vizwiz_vqa_val": "vizwiz_vqa/val",
+    "scienceqa_img": "scienceqa/test", "textvqa_val": "textvqa/validation", "mme": "mme/test",
+    "mmbench_en_dev_static": "mmbench_en/dev", "mmbench_cn_dev_static": "mmbench_cn/dev",
+    "pope_adv": "pope/adversarial", "pope_pop": "pope/popular", "pope_random": "pope/random",
+    "mmmu_val": "mmmu/validation",
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("w")
+    write_world(out, seed=7, size="tiny")
+    return out
+
+
+def docs(world, task):
+    return pd.read_parquet(world / "bench" / f"{STANDIN_FILE[task]}.parquet").head(LIMIT).to_dict("records")
+
+
+def gold(task, doc) -> str:
+    if task == "vqav2_val":
+        return doc["answers"][0]["answer"]
+    if task in ("vizwiz_vqa_val", "textvqa_val"):
+        return doc["answers"][0]
+    if task == "scienceqa_img":
+        return "ABCDE"[doc["answer"]]
+    return doc["answer"]
+
+
+def letters(task, doc) -> str:
+    if task == "scienceqa_img":
+        return "ABCDE"[:len(doc["choices"])]
+    if task == "mmmu_val":
+        return "ABCDEFG"[:len(ast.literal_eval(doc["options"]))]
+    return "ABCD"
+
+
+def scripted_answer(task, doc, doc_id) -> str:
+    """Right on two documents in three, wrong on the third, in each task's answer space."""
+    g = gold(task, doc)
+    if doc_id % 3:
+        return g
+    if g in ("yes", "no", "Yes", "No"):
+        return {"yes": "no", "no": "yes", "Yes": "No", "No": "Yes"}[g]
+    if task in ("scienceqa_img", "mmbench_en_dev_static", "mmbench_cn_dev_static", "mmmu_val"):
+        opts = letters(task, doc)
+        return opts[(opts.index(g) + 1) % len(opts)]
+    return "zzzz"
+
+
+class Scripted(lmms):
+    """An lmms-eval model that answers from the documents by a fixed rule (no network, no weights)."""
+
+    is_simple = True
+
+    def __init__(self, fail_on: str | None = None):
+        super().__init__()
+        self.fail_on = fail_on
+        self.local = {v: k for k, v in _tiny_names().items()}
+
+    def generate_until(self, requests):
+        out = []
+        for req in requests:
+            _, _, _, doc_id, task, split = req.args
+            if self.fail_on and self.fail_on in task:
+                raise RuntimeError("scripted failure")
+            out.append(scripted_answer(self.local[task], self.task_dict[task][split][doc_id], doc_id))
+        return out
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError
+
+
+def _tiny_names():
+    return {t: f"llavakd_tiny_{t}" for t in TASK_FILES}
+
+
+def hand_score(task, world) -> float:
+    """Each headline from first principles, independent of lmms-eval's code."""
+    ds = docs(world, task)
+    right = [scripted_answer(task, d, i) == gold(task, d) for i, d in enumerate(ds)]
+    if task == "mme":  # per category: mean over image pairs of (accuracy + accuracy+), each in %
+        cats = {}
+        for d, r in zip(ds, right):
+            cats.setdefault(d["category"], {}).setdefault(d["question_id"], []).append(r)
+        total = sum(sum(100 * sum(p) / 2 + 100 * all(p) for p in q.values()) / len(q) for q in cats.values())
+        return total / (2 * len(cats))
+    if task.startswith("pope"):  # F1 with "yes" as the positive class
+        preds = [scripted_answer(task, d, i) for i, d in enumerate(ds)]
+        tp = sum(p == "yes" and d["answer"] == "yes" for p, d in zip(preds, ds))
+        fp = sum(p == "yes" and d["answer"] == "no" for p, d in zip(preds, ds))
+        fn = sum(p == "no" and d["answer"] == "yes" for p, d in zip(preds, ds))
+        precision, recall = tp / (tp + fp), tp / (tp + fn)
+        return 100 * 2 * precision * recall / (precision + recall)
+    return 100 * sum(right) / len(right)
+
+
+def test_every_headline_equals_the_hand_computed_score(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = evaluate(Scripted(), "all", tmp_path / "out", world=world, limit=LIMIT)
+    registry = load_registry()
+    assert list(res) == list(registry)
+    for name, bench in registry.items():
+        expected = sum(hand_score(t, world) for t in bench.tasks) / len(bench.tasks)
+        assert res[name]["headline"] == pytest.approx(expected, abs=1e-3), name
+        assert 0 < expected < 100  # the fixture mixes right and wrong answers everywhere
+        on_disk = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        assert on_disk == res[name]
+        lines = (tmp_path / "out" / f"{name}.samples.jsonl").read_text().splitlines()
+        assert len(lines) == LIMIT * len(bench.tasks)
+        assert on_disk["lmms_eval_version"] == "0.7.3" and on_disk["seed"] == 0
+        assert all(len(t["config_hash"]) == 16 for t in on_disk["tasks"].values())
+
+
+def test_registry_conventions():
+    reg = load_registry()
+    assert [b.column for b in reg.values()] == ["VQAv2", "GQA", "VizWiz", "SciQA", "TextVQA", "MME", "MMB", "MMB-CN",
+                                               "POPE", "MMMU"]
+    assert reg["pope"].tasks == ("pope_adv", "pope_pop", "pope_random") and reg["pope"].metric == "pope_f1_score"
+    assert reg["vqav2"].submission == ("vqav2_test",) and reg["vizwiz"].submission == ("vizwiz_vqa_test",)
+    assert all(t in TASK_FILES for b in reg.values() for t in b.tasks)
+
+
+def test_mme_headline_is_perception_over_twenty_on_the_full_benchmark():
+    from llavakd.eval.registry import MME_PERCEPTION, headline
+
+    bench = load_registry()["mme"]
+    samples = {"mme": [{"category": c} for c in MME_PERCEPTION]}
+    assert headline(bench, {"mme": {"mme_perception_score": 1510.7}}, samples) == pytest.approx(75.535)
+
+
+def test_bad_registry_lists_every_problem(tmp_path):
+    from llavakd.errors import ConfigError
+
+    bad = tmp_path / "b.yaml"
+    bad.write_text("gqa:\n  column: GQA\n  tasks: gqa\n  scale: percnt\n  colour: red\n")
+    with pytest.raises(ConfigError) as e:
+        load_registry(bad)
+    text = str(e.value)
+    for part in ("gqa.colour: unknown key", "gqa.metric: missing", "gqa.paper_split: missing", "gqa.scale",
+                 "gqa.tasks: expected a list"):
+        assert part in text
+
+
+def test_unknown_benchmark_is_refused_with_the_known_names():
+    with pytest.raises(Exception, match="unknown benchmark.*vqa3.*known: vqav2, gqa"):
+        resolve("gqa,vqa3")
+
+
+def test_a_raised_error_leaves_no_result_file(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    evaluate(Scripted(), "gqa,mme", out, world=world, limit=4)
+    assert (out / "mme.json").is_file()
+    with pytest.raises(EvalError, match="mme: lmms-eval failed.*scripted failure"):
+        evaluate(Scripted(fail_on="mme"), "gqa,mme", out, world=world, limit=4)
+    assert (out / "gqa.json").is_file()  # finished before the failure: kept, and complete
+    assert not (out / "mme.json").exists() and not (out / "mme.samples.jsonl").exists()  # the old one is gone too
+
+
+def test_zero_scored_documents_is_a_failure(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    w = tmp_path / "world"
+    shutil.copytree(world, w)
+    path = w / "bench" / "gqa" / "testdev.parquet"
+    pd.read_parquet(path).head(0).to_parquet(path)
+    with pytest.raises(EvalError, match="gqa"):
+        evaluate(Scripted(), "gqa", tmp_path / "out", world=w)
+    assert not list((tmp_path / "out").glob("*.json"))
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "llavakd.cli", "eval", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_cli_failures_exit_non_zero_without_files(world, tiny_student, tmp_path):
+    out = tmp_path / "out"
+    r = _cli("--model", tiny_student, "--world", world, "--benchmarks", "gqa,vqa3", "--out", out, cwd=tmp_path)
+    assert r.returncode == 2 and "unknown benchmark(s) vqa3" in r.stderr
+    w = tmp_path / "world"
+    shutil.copytree(world, w)
+    (w / "bench" / "mme" / "test.parquet").unlink()
+    r = _cli("--model", tiny_student, "--world", w, "--benchmarks", "mme", "--out", out, cwd=tmp_path)
+    assert r.returncode == 2 and "mme" in r.stderr and "missing" in r.stderr
+    r = _cli("--model", tmp_path / "nope", "--world", world, "--benchmarks", "mme", "--out", out, cwd=tmp_path)
+    assert r.returncode == 2 and "nope" in r.stderr
+    assert not out.exists() or not list(out.glob("*.json"))
+
+
+def test_batch_size_and_reruns_give_identical_files(world, tiny_student, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = "vqav2,mme,mmb,pope,mmmu"
+    runs = {}
+    for tag, bs in (("a", 1), ("b", 8), ("c", 8)):
+        evaluate(tiny_student, names, tmp_path / tag, world=world, limit=6, batch_size=bs)
+        runs[tag] = {p.name: p.read_bytes() for p in sorted((tmp_path / tag).glob("*.json*"))}
+    assert len(runs["a"]) == 10
+    assert runs["a"] == runs["b"] == runs["c"]
