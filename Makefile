@@ -8,7 +8,7 @@ DEMO := results/demo
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo test lint bench clean-demo
 
 install: $(STAMP)  ## create .venv and install the pinned dependency set (no-op when up to date)
 
@@ -21,22 +21,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import llavakd, transformers, lmms_eval, deepspeed, snakemake"
 	touch $(STAMP)
 
-demo: install  ## the main job on the tiny world (until the DAG lands: world -> pre-trained components -> six models)
-	$(BIN)/llavakd synth-world --out $(DEMO)/world --seed 0 --overwrite
-	$(BIN)/llavakd tiny-models --out $(DEMO)/components --world $(DEMO)/world --seed 0 --overwrite
-	for llm in qwen1.5-4b qwen1.5-1.8b qwen1.5-0.5b qwen2.5-3b qwen2.5-1.5b qwen2.5-0.5b; do \
-	  $(BIN)/llavakd build --vision $(DEMO)/components/vision/siglip --llm $(DEMO)/components/llm/$$llm \
-	    --strategy full --out $(DEMO)/models/$$llm --overwrite || exit 1; \
-	done
+demo: install  ## the main job: the whole tiny DAG (= snakemake --cores all reproduce_table1), reports in reports/demo/
+	$(BIN)/snakemake --cores all reproduce_table1
 
 test: install  ## the whole test suite
 	rc=0; $(BIN)/pytest -q -p no:cacheprovider || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+lint: install  ## ruff, snakefmt and Snakemake's linter
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
 bench: install  ## benchmarks (print JSON; figures go to README)
 	$(BIN)/python -m benchmarks.distill_memory
 	$(BIN)/python -m benchmarks.data_throughput
 	$(BIN)/python -m benchmarks.dft_step
+	$(BIN)/python -m benchmarks.eval_throughput
 
 clean-demo:
-	rm -rf $(DEMO)
+	rm -rf $(DEMO) reports/demo

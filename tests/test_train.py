@@ -120,6 +120,8 @@ def test_resume_equals_uninterrupted_run(setup, tmp_path):
     (fake / "optimizer.pt").write_bytes(b"truncated")
     with pytest.raises(LlavaKDError, match="--resume"):
         run_stage(_cfg(setup, "dft", tmp_path / "part"))
+    with pytest.raises(LlavaKDError, match=r"config changed since its checkpoints.*train\.lr: 0\.001 -> 0\.0005"):
+        run_stage(_cfg(setup, "dft", tmp_path / "part", "train.lr=5e-4"), resume=True)
     resumed = run_stage(_cfg(setup, "dft", tmp_path / "part"), resume=True)
     a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "part")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]

@@ -111,6 +111,32 @@ def prepare_run_dir(cfg: StageConfig, resume: bool, overwrite: bool) -> Path:
     return out
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_config(out: Path, cfg: StageConfig, resume: bool) -> None:
+    """Resuming continues the same run: refuse when its stored config differs (every key listed)."""
+    from llavakd.train.trainer import complete_checkpoints
+
+    stored = out / "config.yaml"
+    if not (resume and stored.is_file() and complete_checkpoints(out / "checkpoints")):
+        return
+    old, new = _flat(yaml.safe_load(stored.read_text()) or {}), _flat(to_dict(cfg))
+    ignore = {"train.stop_after_steps"}  # when to stop is not part of what is trained
+    diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    if diff:
+        lines = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+        raise LlavaKDError(f"{out}: cannot resume, the config changed since its checkpoints were written ({lines}); "
+                           "pass --overwrite to start this run again")
+
+
 def load_student(cfg: StageConfig, dtype):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -151,6 +177,7 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
 
     t0 = time.perf_counter()
     out = prepare_run_dir(cfg, resume, overwrite)
+    check_resume_config(out, cfg, resume)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     set_seed(cfg.train.seed)
     dtype = DTYPE[cfg.train.precision]

@@ -1,0 +1,58 @@
+"""llavakd's workflow: the paper's Table 1, its ablations and figures as one DAG.
+
+    snakemake --cores all reproduce_table1                      # the tiny world (config/config.yaml)
+    snakemake --cores all reproduce_table1 --configfile config/tiny-study.yaml   # 3 seeds, longer
+    snakemake -n reproduce_table1 --configfile config/paper.yaml                  # plan + cost of the paper
+    snakemake --executor slurm --workflow-profile profiles/slurm reproduce_table1 --configfile config/paper.yaml
+
+Targets: reproduce_table1, ablation_losses, ablation_stages, figures, all. Rules are split by
+domain under workflow/rules/; the config is validated (every problem at once) by llavakd.plan
+against workflow/schemas/config.schema.yaml. Results go to results/<run>/, reports to reports/<run>/.
+"""
+
+# The default study, unless --configfile names another: Snakemake would otherwise deep-merge the
+# two, and a paper run would inherit the tiny world's step counts and batch sizes.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/eval.smk"
+include: "workflow/rules/report.smk"
+
+
+rule reproduce_table1:
+    """Table 1: teachers, baselines (PT+SFT) and LLaVA-KD students (DPT+SFT+DFT) beside the paper."""
+    input:
+        expand(f"{REPORTS}/table1.{{ext}}", ext=TABLE_FORMATS),
+        FIGURES,
+
+
+rule ablation_losses:
+    """DPT/DFT with subsets of L_res, L_vis, L_rel."""
+    input:
+        expand(f"{REPORTS}/ablation_losses.{{ext}}", ext=TABLE_FORMATS),
+
+
+rule ablation_stages:
+    """PT or DPT, SFT, with or without DFT."""
+    input:
+        expand(f"{REPORTS}/ablation_stages.{{ext}}", ext=TABLE_FORMATS),
+
+
+rule figures:
+    """The paper's figures from our results."""
+    input:
+        FIGURES,
+
+
+rule all:
+    default_target: True
+    input:
+        rules.reproduce_table1.input,
+        rules.ablation_losses.input,
+        rules.ablation_stages.input,

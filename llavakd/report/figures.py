@@ -1,0 +1,126 @@
+"""The figures, with seaborn, from result files: per-benchmark bars, average vs size, training curves.
+
+    benchmark_bars(families, paper, "reports/demo/figures/benchmarks.png")
+    overview(families, paper, params, "reports/demo/figures/overview.png")
+    training_curves([(label, stage, metrics.jsonl), ...], "reports/demo/figures/training_curves.png")
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from llavakd.report.averages import COLUMNS, avg10  # noqa: E402
+from llavakd.report.reference import display_llm, llm_size_billions, paper_row  # noqa: E402
+from llavakd.report.tables import HEADERS  # noqa: E402
+
+SOURCES = ["paper LLaVA-KD", "ours LLaVA-KD", "ours baseline (PT+SFT)", "ours teacher"]
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def benchmark_bars(families: list[dict], paper, out) -> Path:
+    """One panel per student: each benchmark's score from the paper and from our runs."""
+    recs = []
+    for fam in families:
+        teacher = fam["teacher"].means()
+        for st in fam["students"]:
+            kd, base = st["llava_kd"], st["baseline"]
+            ref = paper_row(paper, "llava_kd", kd.llm) or {}
+            student = f"{display_llm(kd.llm)} (teacher {display_llm(fam['teacher'].llm)})"
+            for c in COLUMNS:
+                for source, v in zip(SOURCES, (ref.get(c), kd.means().get(c), base.means().get(c), teacher.get(c))):
+                    if v is not None:
+                        recs.append({"student": student, "benchmark": HEADERS[c], "source": source, "score": v})
+    df = pd.DataFrame(recs)
+    sns.set_theme(style="whitegrid", font_scale=0.9)
+    n = df["student"].nunique()
+    g = sns.catplot(df, kind="bar", x="benchmark", y="score", hue="source", hue_order=SOURCES, col="student",
+                    col_wrap=min(2, n), height=3.2, aspect=2.0, palette="deep", legend_out=True)
+    g.set_titles("{col_name}")
+    g.set_axis_labels("", "score (paper's scale)")
+    for ax in g.axes.flat:
+        ax.tick_params(axis="x", rotation=35)
+        for lbl in ax.get_xticklabels():
+            lbl.set_horizontalalignment("right")
+    sns.move_legend(g, "upper center", bbox_to_anchor=(0.5, 1.04), ncol=4, title=None, frameon=False)
+    g.figure.suptitle("Per-benchmark scores: the paper's LLaVA-KD vs our reproduction, teacher and baseline",
+                      y=1.09)
+    return _save(g.figure, out)
+
+
+def overview(families: list[dict], paper, params: dict[str, float], out) -> Path:
+    """Avg10 against LLM size: the paper's rows (left) and ours (right, the LLMs of this run)."""
+    sns.set_theme(style="whitegrid", font_scale=0.9)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    prec = []
+    for _, r in paper.iterrows():
+        vals = {c: (None if pd.isna(r[c]) else float(r[c])) for c in COLUMNS}
+        size = llm_size_billions(str(r["llm"]))
+        if avg10(vals) is not None and size is not None:
+            kind = "LLaVA-KD" if r["method"] == "LLaVA-KD" else ("TinyLLaVA†" if r["method"] == "TinyLLaVA†" else "others")
+            prec.append({"size (B params)": size, "Avg10": avg10(vals), "method": kind, "name": f"{r['method']} {r['llm']}"})
+    pdf = pd.DataFrame(prec)
+    sns.scatterplot(pdf, x="size (B params)", y="Avg10", hue="method", style="method", s=70, ax=a,
+                    hue_order=["LLaVA-KD", "TinyLLaVA†", "others"])
+    a.set_title("paper (Table 1, rows with all ten columns)")
+    a.legend(title=None, loc="lower right")
+    ours = []
+    role_name = {"teacher": "teacher", "baseline": "baseline (PT+SFT)", "llava_kd": "LLaVA-KD"}
+    for fam in families:
+        rows = [fam["teacher"]] + [r for st in fam["students"] for r in (st["baseline"], st["llava_kd"])]
+        for row in rows:
+            m = row.means()
+            if "avg10" in m and row.llm in params:
+                ours.append({"LLM parameters (M)": params[row.llm] / 1e6, "Avg10": m["avg10"],
+                             "model": role_name.get(row.role, row.role)})
+    odf = pd.DataFrame(ours, columns=["LLM parameters (M)", "Avg10", "model"])
+    sns.scatterplot(odf, x="LLM parameters (M)", y="Avg10", hue="model", style="model", s=70, ax=b,
+                    hue_order=list(role_name.values()))
+    b.set_title("ours (this run)")
+    if b.get_legend():
+        b.legend(title=None, loc="best")
+    fig.suptitle("Average score (Avg10) against LLM size")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def read_metrics(path: str | Path) -> pd.DataFrame:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if '"loss"' in line]
+    return pd.DataFrame(rows)
+
+
+def training_curves(runs: list[tuple[str, str, str | Path]], out) -> Path:
+    """``runs``: (model label, stage, metrics.jsonl). One panel per stage, one line per loss term."""
+    recs = []
+    for label, stage, path in runs:
+        df = read_metrics(path)
+        for col in [c for c in df.columns if c.startswith("loss_")]:
+            for step, v in zip(df["step"], df[col]):
+                recs.append({"model": label, "stage": stage, "step": step, "term": col[5:], "loss": v})
+    data = pd.DataFrame(recs)
+    sns.set_theme(style="whitegrid", font_scale=0.9)
+    stages = [s for s in ("pt", "dpt", "sft", "dft") if s in set(data["stage"])]
+    g = sns.relplot(data, kind="line", x="step", y="loss", hue="term", style="model", col="stage",
+                    col_order=stages, facet_kws={"sharey": False, "sharex": False}, height=3.2, aspect=1.2)
+    g.set_titles("{col_name}")
+    for ax in g.axes.flat:
+        ax.set_yscale("log")
+    g.figure.suptitle("Training curves of the LLaVA-KD students, per loss term (log scale)", y=1.04)
+    return _save(g.figure, out)

@@ -1,0 +1,105 @@
+"""Render a study's reports from its result files (what the Snakemake report rules call).
+
+    from llavakd.plan import Study
+    from llavakd.report.render import render_table1
+    render_table1(Study.load(config), "reports/demo")       # table1.{md,csv,tex,html}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+from llavakd.report import figures
+from llavakd.report.collect import collect_row
+from llavakd.report.reference import load_paper
+from llavakd.report.tables import ablation_table, table1, write_table
+
+
+def _eval_dir(study, model: str) -> str:
+    return f"{study.root}/eval/{model}"
+
+
+def _row(study, label, role, llm, models, family=""):
+    return collect_row({"label": label, "role": role, "llm": llm, "family": family,
+                        "eval_dirs": [_eval_dir(study, m) for m in models]})
+
+
+def study_families(study) -> list[dict]:
+    fams = []
+    for name, fam in study.families.items():
+        t = fam["teacher"]
+        entry = {"name": name, "teacher": _row(study, "teacher", "teacher", t, [study.teacher_model(t)], name),
+                 "students": []}
+        for s in fam["students"]:
+            entry["students"].append({
+                role: _row(study, role, role, s, [f"{s}/s{seed}/{study.variants[role]}" for seed in study.seeds], name)
+                for role in ("baseline", "llava_kd")})
+        fams.append(entry)
+    return fams
+
+
+def render_table1(study, reports_dir, formats=("md", "csv", "tex", "html")):
+    return write_table(table1(study_families(study), load_paper()), Path(reports_dir) / "table1", formats)
+
+
+def render_ablation(study, kind: str, reports_dir, formats=("md", "csv", "tex", "html")):
+    """kind: 'losses' or 'stages' (config ablations.<kind>)."""
+    models = study.ablation_loss_models() if kind == "losses" else study.ablation_stage_models()
+    rows = []
+    for name, names in models.items():
+        for s in study.ablation_students():
+            mine = [m for m in names if m.startswith(f"{s}/")]
+            chain = mine[0].split("/", 2)[2]
+            rows.append((f"{name}, {s}", chain, _row(study, name, name, s, mine)))
+    title = {"losses": "Ablation: distillation terms in DPT/DFT", "stages": "Ablation: training stages"}[kind]
+    return write_table(ablation_table(title, rows), Path(reports_dir) / f"ablation_{kind}", formats)
+
+
+def llm_parameters(model_dir: str | Path) -> float:
+    """Parameters of the language model (+ head) in a saved LLaVA, from the safetensors header only."""
+    total = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for key, meta in header.items():
+            if key != "__metadata__" and ("language_model" in key or key.startswith("lm_head")):
+                total += math.prod(meta["shape"])
+    return float(total)
+
+
+def render_figures(study, reports_dir) -> list[Path]:
+    fams = study_families(study)
+    paper = load_paper()
+    fig_dir = Path(reports_dir) / "figures"
+    params = {}
+    for fam in study.families.values():
+        for llm, model in [(fam["teacher"], study.teacher_model(fam["teacher"]))] + [
+                (s, f"{s}/s{study.seeds[0]}/{study.variants['baseline']}") for s in fam["students"]]:
+            params[llm] = llm_parameters(study.model_dir(model))
+    runs = []
+    chain = study.variants["llava_kd"].split("--")
+    for s in study.students():
+        for i in range(len(chain)):
+            prefix = "--".join(chain[: i + 1])
+            runs.append((s, chain[i].split("~")[0], f"{study.root}/runs/{s}/s{study.seeds[0]}/{prefix}/metrics.jsonl"))
+    return [figures.benchmark_bars(fams, paper, fig_dir / "benchmarks.png"),
+            figures.overview(fams, paper, params, fig_dir / "overview.png"),
+            figures.training_curves(runs, fig_dir / "training_curves.png")]
+
+
+def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv", "tex", "html")) -> None:
+    """Entry point of the Snakemake report rules: render, and list what was written in the log."""
+    if what == "table1":
+        paths = render_table1(study, reports_dir, formats)
+    elif what in ("losses", "stages"):
+        paths = render_ablation(study, what, reports_dir, formats)
+    elif what == "figures":
+        paths = render_figures(study, reports_dir)
+    else:
+        raise ValueError(what)
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(log_path).write_text("".join(f"wrote {p}\n" for p in paths))

@@ -1,0 +1,188 @@
+"""Table 1 and the ablation tables: paper rows, our rows and per-cell deltas, in four formats.
+
+    tables = table1(rows_by_family, paper)      # -> Table
+    write_table(tables, "reports/demo/table1")  # .md .csv .tex .html
+
+Our cells show the mean over seeds and, with several seeds, the 95% interval (``62.3 ± 1.2``).
+``*`` marks a cell scored on a local split where the paper's number comes from an evaluation
+server (VQAv2 test-dev, VizWiz test): compare those with care. ``-``: not reported / not run.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llavakd.report.averages import COLUMNS, avg7, avg10
+from llavakd.report.collect import Row
+from llavakd.report.reference import TEACHER_METHOD, display_llm, paper_row
+
+HEADERS = {"vqav2": "VQAv2", "gqa": "GQA", "vizwiz": "VizWiz", "sciqa": "SciQA", "textvqa": "TextVQA",
+           "mme": "MME", "mmb": "MMB", "mmb_cn": "MMB-CN", "pope": "POPE", "mmmu": "MMMU",
+           "avg7": "Avg7", "avg10": "Avg10"}
+ALL = (*COLUMNS, "avg7", "avg10")
+NOTE = ("Ours: mean over seeds, ± the 95% t-interval when there are several. * local val split where the "
+        "paper used the evaluation server (VQAv2 test-dev, VizWiz test). Δ = ours − paper. - : not reported.")
+
+
+@dataclass
+class Line:
+    method: str
+    llm: str
+    source: str                                   # paper | ours | delta | info
+    values: dict[str, float | None] = field(default_factory=dict)
+    ci95: dict[str, float | None] = field(default_factory=dict)
+    local: set[str] = field(default_factory=set)
+    seeds: int | None = None
+    text: str | None = None                      # a line that is a remark (e.g. "paper: not available")
+
+    def cell(self, c: str) -> str:
+        v = self.values.get(c)
+        if v is None:
+            return "-"
+        if self.source == "delta":
+            return f"{v:+.1f}"
+        s = f"{v:.1f}"
+        if self.ci95.get(c) is not None:
+            s += f" ± {self.ci95[c]:.1f}"
+        return s + ("*" if c in self.local else "")
+
+
+@dataclass
+class Table:
+    title: str
+    lines: list[Line]
+    note: str = NOTE
+
+
+def _paper_line(method, llm, values) -> Line:
+    vals = dict(values)
+    vals["avg7"], vals["avg10"] = avg7(values), avg10(values)
+    return Line(method, display_llm(llm), "paper", vals)
+
+
+def _ours_line(method, row: Row) -> Line:
+    return Line(method, display_llm(row.llm), "ours", {c: row.cells[c].mean for c in row.cells},
+                {c: row.cells[c].ci95 for c in row.cells}, {c for c, x in row.cells.items() if x.local_split},
+                seeds=row.seeds)
+
+
+def _delta(method, llm, paper: Line, ours: Line) -> Line:
+    vals = {c: (ours.values[c] - paper.values[c]) if ours.values.get(c) is not None
+            and paper.values.get(c) is not None else None for c in ALL}
+    return Line(method, llm, "delta", vals, local=set(ours.local))
+
+
+def table1(families: list[dict], paper) -> Table:
+    """``families``: [{"name", "teacher": Row, "students": [{"baseline": Row, "llava_kd": Row}]}]."""
+    lines = []
+    for fam in families:
+        groups = [("teacher", f"{TEACHER_METHOD} (teacher)", fam["teacher"])]
+        for st in fam["students"]:
+            groups += [("baseline", f"{TEACHER_METHOD} (baseline)", st["baseline"]),
+                       ("llava_kd", "LLaVA-KD", st["llava_kd"])]
+        for role, method, row in groups:
+            ours = _ours_line(method, row)
+            ref = paper_row(paper, role, row.llm)
+            if ref is None:
+                lines += [Line(method, display_llm(row.llm), "paper", {}), ours]
+                continue
+            p = _paper_line(method, row.llm, ref)
+            lines += [p, ours, _delta(method, display_llm(row.llm), p, ours)]
+    return Table("Table 1: the paper's numbers, ours, and the difference", lines)
+
+
+def ablation_table(title: str, rows: list[tuple[str, str, Row]]) -> Table:
+    """``rows``: (variant name, chain, Row). The paper's ablation numbers are not available."""
+    lines = [Line("paper", "", "info", text="the paper's ablation numbers are not available (see SPEC section 3)")]
+    for name, chain, row in rows:
+        line = _ours_line(f"{name} ({chain})", row)
+        lines.append(line)
+    return Table(title, lines)
+
+
+# -- renderers ----------------------------------------------------------------------------
+def to_markdown(t: Table) -> str:
+    head = ["Method", "LLM", "Source"] + [HEADERS[c] for c in ALL]
+    out = [f"**{t.title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(ALL)]
+    for ln in t.lines:
+        if ln.text:
+            out.append(f"| {ln.method} | {ln.llm} | {ln.source} | " + ln.text + " |" + " |" * (len(ALL) - 1))
+            continue
+        src = {"delta": "Δ"}.get(ln.source, ln.source)
+        out.append("| " + " | ".join([ln.method, ln.llm, src] + [ln.cell(c) for c in ALL]) + " |")
+    return "\n".join(out + ["", t.note, ""])
+
+
+def to_csv(t: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "llm", "source", "seeds", *ALL, *(f"{c}_ci95" for c in ALL), "local_split", "remark"])
+    for ln in t.lines:
+        vals = ["" if ln.values.get(c) is None else f"{ln.values[c]:.4f}" for c in ALL]
+        cis = ["" if ln.ci95.get(c) is None else f"{ln.ci95[c]:.4f}" for c in ALL]
+        w.writerow([ln.method, ln.llm, ln.source, ln.seeds or "", *vals, *cis, ";".join(sorted(ln.local)), ln.text or ""])
+    return buf.getvalue()
+
+
+def _tex(s: str) -> str:
+    return (s.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%").replace("_", "\\_")
+            .replace("†", "$^\\dagger$").replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("−", "-")
+            .replace("*", "$^*$"))
+
+
+def to_latex(t: Table) -> str:
+    cols = "lll" + "r" * len(ALL)
+    out = ["% generated by llavakd.report.tables; needs \\usepackage{booktabs}", "\\begin{table*}[t]", "\\centering",
+           "\\scriptsize", f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
+           " & ".join(["Method", "LLM", "Source"] + [_tex(HEADERS[c]) for c in ALL]) + " \\\\", "\\midrule"]
+    for i, ln in enumerate(t.lines):
+        if ln.text:
+            out.append(f"{_tex(ln.method)} & & & \\multicolumn{{{len(ALL)}}}{{l}}{{{_tex(ln.text)}}} \\\\")
+            continue
+        src = {"delta": "Δ"}.get(ln.source, ln.source)
+        out.append(" & ".join(_tex(x) for x in [ln.method, ln.llm, src] + [ln.cell(c) for c in ALL]) + " \\\\")
+        if ln.source == "delta" and i + 1 < len(t.lines):
+            out.append("\\midrule")
+    out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{_tex(t.title)}. {_tex(t.note)}}}", "\\end{table*}", ""]
+    return "\n".join(out)
+
+
+def to_html(t: Table) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in ["Method", "LLM", "Source"] + [HEADERS[c] for c in ALL])
+    body = []
+    for ln in t.lines:
+        if ln.text:
+            body.append(f"<tr class='info'><td>{esc(ln.method)}</td><td></td><td>{esc(ln.source)}</td>"
+                        f"<td colspan='{len(ALL)}'>{esc(ln.text)}</td></tr>")
+            continue
+        src = {"delta": "Δ"}.get(ln.source, ln.source)
+        cells = "".join(f"<td>{esc(ln.cell(c))}</td>" for c in ALL)
+        body.append(f"<tr class='{ln.source}'><td>{esc(ln.method)}</td><td>{esc(ln.llm)}</td>"
+                    f"<td>{esc(src)}</td>{cells}</tr>")
+    style = ("table{border-collapse:collapse;font:13px sans-serif}td,th{padding:3px 7px;border-bottom:1px solid #ddd;"
+             "text-align:right}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}tr.ours{background:#eef5ff}"
+             "tr.delta{color:#555;font-style:italic}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{esc(t.title)}</title><style>{style}</style>"
+            f"</head><body><h3>{esc(t.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>\n"
+            + "\n".join(body) + f"\n</tbody></table><p>{esc(t.note)}</p></body></html>\n")
+
+
+WRITERS = {"md": to_markdown, "csv": to_csv, "tex": to_latex, "html": to_html}
+
+
+def write_table(t: Table, stem: str | Path, formats=tuple(WRITERS)) -> list[Path]:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in formats:
+        path = stem.with_name(f"{stem.name}.{ext}")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(WRITERS[ext](t), encoding="utf-8")
+        tmp.replace(path)
+        out.append(path)
+    return out

@@ -1,0 +1,148 @@
+"""Reports: the paper's averages recomputed, tables against golden files, seeds, figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from llavakd.plan import Study
+from llavakd.report.averages import AVG9, average, avg7, avg10
+from llavakd.report.collect import Cell, collect_row
+from llavakd.report.reference import PAPER_DIR, display_llm, load_paper, paper_row
+from llavakd.report.render import render_ablation, render_figures, render_table1
+
+GOLDEN = Path(__file__).parent / "golden" / "report"
+COLS = ["vqav2", "gqa", "vizwiz", "sciqa", "textvqa", "mme", "mmb", "mmb_cn", "pope", "mmmu"]
+
+
+def _row(r):
+    return {c: (None if pd.isna(r[c]) else float(r[c])) for c in COLS}
+
+
+def test_paper_averages_are_recomputed_exactly():
+    v3 = load_paper("table1_v3.csv")
+    checked = 0
+    for _, r in v3.iterrows():
+        for name, fn in (("avg7", avg7), ("avg10", avg10)):
+            if not pd.isna(r[name]):
+                assert round(fn(_row(r), partial=True), 1) == pytest.approx(r[name]), (r["method"], r["llm"], name)
+                checked += 1
+                full = fn(_row(r))  # complete rows need no partial mean
+                assert full is None or round(full, 1) == pytest.approx(r[name])
+    assert checked >= 30
+    v1 = pd.read_csv(PAPER_DIR / "table1_v1.csv")
+    n = 0
+    for _, r in v1.iterrows():
+        if not pd.isna(r["avg"]):
+            assert round(average(_row(r), AVG9, partial=True), 1) == pytest.approx(r["avg"]), (r["method"], r["llm"])
+            n += 1
+    assert n >= 5
+
+
+def test_paper_rows_are_found_by_role_and_llm():
+    paper = load_paper()
+    assert display_llm("qwen1.5-0.5b") == "Qwen1.5-0.5B" and display_llm("qwen2.5-3b") == "Qwen2.5-3B"
+    kd = paper_row(paper, "llava_kd", "qwen1.5-0.5b")
+    base = paper_row(paper, "baseline", "qwen1.5-0.5b")
+    assert kd["mme"] == pytest.approx(64.5) and base["mme"] == pytest.approx(59.8)
+    assert paper_row(paper, "llava_kd", "qwen1.5-4b") is None
+
+
+def test_seed_interval_is_the_t_interval():
+    c = Cell([60.0, 62.0, 64.0])
+    # t(0.975, 2) = 4.3027; sd = 2; half-width = 4.3027 * 2 / sqrt(3)
+    assert c.mean == 62.0 and c.ci95 == pytest.approx(4.3027 * 2 / math.sqrt(3), rel=1e-4)
+    assert Cell([50.0]).ci95 is None
+
+
+FIXTURE = {
+    "run": "golden", "mode": "tiny", "seeds": [0, 1],
+    "families": {"qwen1.5": {"teacher": "qwen1.5-4b", "students": ["qwen1.5-0.5b"]}},
+    "variants": {"baseline": "pt--sft", "llava_kd": "dpt--sft--dft"},
+    "train": {}, "ablations": {"students": ["qwen1.5-0.5b"], "stages": {"DPT+SFT": "dpt--sft"}},
+    "eval": {"benchmarks": "all"},
+}
+
+
+def _write_results(root: Path, study: Study):
+    """Deterministic fixture scores; MMMU missing for the baseline, VQAv2/VizWiz on local splits."""
+    models = study.table1_models() + [m for ms in study.ablation_stage_models().values() for m in ms]
+    kinds = list(dict.fromkeys(m.split("/")[0] + "/" + m.split("/")[-1] for m in models))
+    for model in dict.fromkeys(models):
+        k = kinds.index(model.split("/")[0] + "/" + model.split("/")[-1])
+        d = root / study.root / "eval" / model
+        d.mkdir(parents=True, exist_ok=True)
+        for j, c in enumerate(COLS):
+            if c == "mmmu" and model.startswith("qwen1.5-0.5b/") and model.endswith("/pt--sft"):
+                continue
+            seed = int(model.split("/")[1][1:]) if "/s" in model else 0
+            rec = {"headline": 40.0 + 3 * k + j + 0.5 * seed, "local_split_differs": c in ("vqav2", "vizwiz")}
+            (d / f"{c}.json").write_text(json.dumps(rec))
+
+
+@pytest.fixture
+def golden_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = Study.load(FIXTURE)
+    _write_results(tmp_path, study)
+    return study
+
+
+@pytest.mark.parametrize("ext", ["md", "csv", "tex", "html"])
+def test_table1_matches_golden(golden_study, tmp_path, ext):
+    render_table1(golden_study, tmp_path / "out", formats=(ext,))
+    got = (tmp_path / "out" / f"table1.{ext}").read_text()
+    assert got == (GOLDEN / f"table1.{ext}").read_text()
+
+
+def test_ablation_table_matches_golden(golden_study, tmp_path):
+    render_ablation(golden_study, "stages", tmp_path / "out", formats=("md",))
+    assert (tmp_path / "out" / "ablation_stages.md").read_text() == (GOLDEN / "ablation_stages.md").read_text()
+
+
+def test_table_cells(golden_study, tmp_path):
+    render_table1(golden_study, tmp_path / "out", formats=("csv",))
+    df = pd.read_csv(tmp_path / "out" / "table1.csv")
+    ours = df[(df.source == "ours") & (df.method == "LLaVA-KD")].iloc[0]
+    paper = df[(df.source == "paper") & (df.method == "LLaVA-KD")].iloc[0]
+    delta = df[(df.source == "delta") & (df.method == "LLaVA-KD")].iloc[0]
+    assert ours["seeds"] == 2 and not pd.isna(ours["gqa_ci95"])
+    assert delta["gqa"] == pytest.approx(ours["gqa"] - paper["gqa"], abs=1e-3)
+    assert ours["local_split"] == "vizwiz;vqav2"
+    assert ours["avg10"] == pytest.approx(sum(ours[c] for c in COLS) / 10, abs=1e-3)
+    base = df[(df.source == "ours") & (df.method == "TinyLLaVA† (baseline)")].iloc[0]
+    assert pd.isna(base["mmmu"]) and pd.isna(base["avg10"]) and not pd.isna(base["avg7"])
+
+
+def test_inconsistent_seeds_are_refused(golden_study, tmp_path):
+    (tmp_path / "results/golden/eval/qwen1.5-0.5b/s1/dpt--sft--dft/gqa.json").unlink()
+    with pytest.raises(Exception, match="gqa exists for 1 of 2 seeds"):
+        collect_row({"label": "x", "role": "llava_kd", "llm": "qwen1.5-0.5b", "eval_dirs": [
+            "results/golden/eval/qwen1.5-0.5b/s0/dpt--sft--dft", "results/golden/eval/qwen1.5-0.5b/s1/dpt--sft--dft"]})
+
+
+def test_figures_render_from_result_files(golden_study, tmp_path):
+    root = Path(golden_study.root)
+    for llm, model in (("qwen1.5-4b", golden_study.teacher_model("qwen1.5-4b")),
+                       ("qwen1.5-0.5b", "qwen1.5-0.5b/s0/pt--sft")):
+        d = Path(golden_study.model_dir(model))
+        d.mkdir(parents=True)
+        size = 64 if llm == "qwen1.5-4b" else 16
+        save_file({"model.language_model.embed_tokens.weight": torch.zeros(size, 8),
+                   "model.vision_tower.x": torch.zeros(1000, 8), "lm_head.weight": torch.zeros(size, 8)},
+                  str(d / "model.safetensors"))
+    for prefix in ("dpt", "dpt--sft", "dpt--sft--dft"):
+        run = root / "runs/qwen1.5-0.5b/s0" / prefix
+        run.mkdir(parents=True)
+        lines = [json.dumps({"step": s, "loss": 3 / s, "loss_ce": 2 / s, "loss_res": 0.5 / s, "loss_vis": 0.4 / s,
+                             "loss_rel": 0.01 / s}) for s in range(1, 11)]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    paths = render_figures(golden_study, tmp_path / "out")
+    assert [p.name for p in paths] == ["benchmarks.png", "overview.png", "training_curves.png"]
+    assert all(p.stat().st_size > 20_000 for p in paths)

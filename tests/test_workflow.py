@@ -1,0 +1,159 @@
+"""The Snakemake DAG: config validation, planning, the paper dry-run, and a micro study end to end."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llavakd.errors import ConfigError
+from llavakd.plan import Study, check_chain, parse_token, train_jobs
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def load(name):
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+def test_shipped_configs_validate():
+    for name in ("config.yaml", "tiny-study.yaml", "paper.yaml"):
+        Study.load(load(name), source=name)
+
+
+def test_every_config_problem_is_listed_at_once():
+    bad = copy.deepcopy(load("config.yaml"))
+    bad["colour"] = "red"
+    bad["seeds"] = [0, "one"]
+    bad["train"]["pt"]["trian.lr"] = 1
+    bad["eval"]["batch_size"] = 0
+    bad["resources"]["train"] = {"gpus": -1, "vram": 3}
+    with pytest.raises(ConfigError) as e:
+        Study.load(bad)
+    text = str(e.value)
+    for part in ("(top level): Additional properties are not allowed ('colour'", "seeds.1: 'one' is not of type",
+                 "train.pt: 'trian.lr' does not match", "eval.batch_size: 0 is less than the minimum",
+                 "resources.train.gpus: -1", "resources.train: Additional properties are not allowed ('vram'"):
+        assert part in text, part
+    assert "6 problem(s)" in text
+
+
+def test_semantic_problems_are_listed_too():
+    bad = copy.deepcopy(load("config.yaml"))
+    bad["families"]["qwen2.5"]["students"].append("qwen1.5-0.5b")
+    bad["variants"]["llava_kd"] = "sft--dft"
+    bad["families"]["qwen1.5"]["students"].append("qwen9-1b")
+    with pytest.raises(ConfigError) as e:
+        Study.load(bad)
+    text = str(e.value)
+    assert "qwen1.5-0.5b appears in more than one family" in text
+    assert "variants.llava_kd: chain 'sft--dft' must start with pt or dpt" in text
+    assert "qwen9-1b is not a tiny LLM" in text
+
+
+def test_chains_and_shared_prefixes():
+    assert parse_token("dpt~res+vis").terms == ("res", "vis") and parse_token("dft").terms == ("res", "vis", "rel")
+    for bad in ("sft~res", "dpt~kl", "xyz"):
+        with pytest.raises(ValueError):
+            parse_token(bad)
+    with pytest.raises(ValueError):
+        check_chain("pt--sft--dpt")
+    study = Study.load(load("config.yaml"))
+    jobs = train_jobs(study, study.table1_models())
+    # 2 teachers x (pt, sft) + 4 students x (pt, sft) + 4 x (dpt, dpt--sft, dpt--sft--dft): each once
+    assert len(jobs) == 2 * 2 + 4 * 2 + 4 * 3 and len(set(jobs)) == len(jobs)
+    # the stage ablation reuses the baseline and LLaVA-KD prefixes: only pt--sft--dft is new
+    new = set(train_jobs(study, [m for ms in study.ablation_stage_models().values() for m in ms])) - set(jobs)
+    assert new == {("qwen1.5-0.5b", 0, "pt--sft--dft")}
+    ov = study.train_overrides("qwen1.5-0.5b", 0, "dpt~res--sft--dft~res+rel")
+    assert "loss.res=true" in ov and "loss.vis=false" in ov and "loss.rel=true" in ov
+    assert any(o.endswith("train/instruct.json") for o in ov)
+
+
+def _dry_run(*extra):
+    r = subprocess.run(SNAKEMAKE + ["-n", *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+def _job_counts(text):
+    block = text.split("Job stats:")[1].split("Reasons:")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+def test_paper_dry_run_plans_everything_and_prints_the_cost():
+    out = _dry_run("reproduce_table1", "--configfile", "config/paper.yaml")
+    counts = _job_counts(out)
+    assert counts["train"] == 24 and counts["evaluate"] == 10 and counts["init_model"] == 6
+    assert "world" not in counts and "components" not in counts  # real mode: no tiny world
+    assert "llavakd cost estimate (run paper)" in out and re.search(r"all targets\s+[\d.]+ GPU-h", out)
+    assert "deepspeed/zero3.json" in out and "--nproc_per_node 8" in out
+
+
+def test_paper_slurm_dry_run_requests_gpus():
+    out = _dry_run("--executor", "slurm", "--workflow-profile", "profiles/slurm", "reproduce_table1",
+                   "--configfile", "config/paper.yaml")
+    train = out.split("rule train:")[1].split("\n\n")[0]
+    assert re.search(r"resources:.*gpu=8", train), train
+    ev = out.split("rule evaluate:")[1].split("\n\n")[0]
+    assert re.search(r"resources:.*gpu=1", ev), ev
+
+
+MICRO = {
+    "run": "micro", "mode": "tiny", "seeds": [0],
+    "world": {"seed": 0, "size": "tiny"},
+    "components": {"seed": 0, "vision_steps": 3, "llm_steps": 2, "min_probe": 0.0},
+    "families": {"qwen1.5": {"teacher": "qwen1.5-1.8b", "students": ["qwen1.5-0.5b"]}},
+    "variants": {"baseline": "pt--sft", "llava_kd": "dpt--sft--dft"},
+    "train": {"common": {"train.precision": "fp32", "train.global_batch": 4, "train.per_device_batch": 4,
+                         "train.save_steps": 2, "train.max_steps": 2, "data.max_length": 256},
+              "teacher": {"sft": {"train.max_steps": 40}}},
+    "ablations": {"students": ["qwen1.5-0.5b"], "stages": {"PT+SFT+DFT": "pt--sft--dft"}},
+    "eval": {"benchmarks": "pope,mme", "limit": 2, "batch_size": 4},
+    "resources": {"default": {"gpus": 0, "threads": 1, "mem_mb": 2000, "runtime": 10}},
+}
+
+
+def test_micro_study_end_to_end_with_a_kill_and_resume(tmp_path):
+    """The whole DAG on a micro config; killed during a training job, run again: it resumes."""
+    cfg = tmp_path / "micro.yaml"
+    cfg.write_text(yaml.safe_dump(MICRO))
+    cmd = SNAKEMAKE + ["reproduce_table1", "ablation_stages", "--snakefile", str(REPO / "Snakefile"),
+                       "--directory", str(tmp_path), "--cores", "2", "--configfile", str(cfg)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = tmp_path / "results/micro/runs/qwen1.5-1.8b/s0/pt--sft"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    t0 = time.time()
+    while not list(run.glob("checkpoints/checkpoint-4/COMPLETE")) and proc.poll() is None:
+        assert time.time() - t0 < 600
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a user's Ctrl-C / a scheduler's kill would
+    proc.communicate(timeout=120)
+    assert not (run / "final" / "COMPLETE").exists()
+    kept = {p.relative_to(tmp_path) for p in (tmp_path / "results/micro/runs").glob("*/s0/*/final/COMPLETE")}
+    assert Path("results/micro/runs/qwen1.5-1.8b/s0/pt/final/COMPLETE") in kept
+
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    log = (tmp_path / "results/micro/logs/train/qwen1.5-1.8b/s0/pt--sft.log").read_text()
+    assert "resuming from" in log and "checkpoint-" in log
+    for ext in ("md", "csv", "tex", "html"):
+        assert (tmp_path / f"reports/micro/table1.{ext}").stat().st_size > 0
+        assert (tmp_path / f"reports/micro/ablation_stages.{ext}").stat().st_size > 0
+    for fig in ("benchmarks", "overview", "training_curves"):
+        assert (tmp_path / f"reports/micro/figures/{fig}.png").stat().st_size > 10_000
+    for rule_dir in ("logs", "benchmarks"):
+        assert list((tmp_path / "results/micro" / rule_dir / "train").rglob("*"))
+    # nothing left to do
+    again = subprocess.run(cmd + ["-n"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

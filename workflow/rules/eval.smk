@@ -1,0 +1,39 @@
+# Evaluation: one job per model scores every configured benchmark through lmms-eval
+# (llavakd eval: fixed <benchmark>.json files, nothing written on failure).
+
+
+rule evaluate:
+    """The configured benchmarks for one model."""
+    input:
+        unpack(eval_inputs),
+    output:
+        expand(f"{R}/eval/{{{{model}}}}/{{bench}}.json", bench=BENCHMARKS),
+    log:
+        f"{R}/logs/eval/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/eval/{{model}}.tsv"
+    threads: res("eval", "threads", 1)
+    resources:
+        gpu=res("eval", "gpus", 0),
+        mem_mb=res("eval", "mem_mb", 8000),
+        runtime=res("eval", "runtime", 60),
+    params:
+        model=lambda wc: STUDY.model_dir(wc.model),
+        out=lambda wc, output: parent(output[0]),
+        benchmarks=",".join(BENCHMARKS),
+        world=f"--world {R}/world" if TINY else "",
+        limit=(
+            f"--limit {config['eval']['limit']}" if config["eval"].get("limit") else ""
+        ),
+        batch=config["eval"].get("batch_size", 8),
+        dtype=config["eval"].get("dtype", "float32"),
+        hf_home=(
+            f"--hf-home {config['eval']['hf_home']}"
+            if config["eval"].get("hf_home")
+            else ""
+        ),
+    shell:
+        "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.launch --gpus {resources.gpu} -- "
+        "$LLAVAKD_PY -m llavakd.cli eval --model {params.model} --benchmarks {params.benchmarks} --out {params.out} "
+        "{params.world} {params.limit} --batch-size {params.batch} --dtype {params.dtype} {params.hf_home} "
+        "> {log} 2>&1"

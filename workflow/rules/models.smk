@@ -1,0 +1,50 @@
+# Models: the tiny stand-ins for pretrained SigLIP and base Qwen (tiny mode), and each run's
+# initial LLaVA (frozen tower + fresh projector + base LLM), one per LLM and seed.
+
+
+rule components:
+    """Tiny SigLIP pre-trained on the world until its probe passes; tiny LLMs LM-pre-trained on it."""
+    input:
+        WORLD,
+    output:
+        f"{R}/components/COMPLETE",
+    log:
+        f"{R}/logs/components.log",
+    benchmark:
+        f"{R}/benchmarks/components.tsv"
+    threads: res("components", "threads", 1)
+    resources:
+        mem_mb=res("components", "mem_mb", 8000),
+        runtime=res("components", "runtime", 60),
+    params:
+        out=lambda wc, output: parent(output[0]),
+        world=lambda wc, input: parent(input[0]),
+        seed=config.get("components", {}).get("seed", 0),
+        vision_steps=config.get("components", {}).get("vision_steps", 1500),
+        llm_steps=config.get("components", {}).get("llm_steps", 150),
+        min_probe=config.get("components", {}).get("min_probe", 0.9),
+    shell:
+        "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.cli tiny-models --out {params.out} --world {params.world} "
+        "--seed {params.seed} --vision-steps {params.vision_steps} --llm-steps {params.llm_steps} "
+        "--min-probe {params.min_probe} --overwrite > {log} 2>&1"
+
+
+rule init_model:
+    """A LLaVA checkpoint assembled from the vision tower and a base LLM (projector seeded)."""
+    input:
+        [f"{R}/components/COMPLETE"] if TINY else [],
+    output:
+        f"{R}/models/{{llm}}/s{{seed}}/init/COMPLETE",
+    log:
+        f"{R}/logs/init/{{llm}}/s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/init/{{llm}}/s{{seed}}.tsv"
+    threads: res("build", "threads", 1)
+    resources:
+        mem_mb=res("build", "mem_mb", 8000),
+        runtime=res("build", "runtime", 30),
+    params:
+        out=lambda wc, output: parent(output[0]),
+        args=lambda wc: " ".join(STUDY.build_args(wc.llm, int(wc.seed))),
+    shell:
+        "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.cli build {params.args} --out {params.out} --overwrite > {log} 2>&1"

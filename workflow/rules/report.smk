@@ -1,0 +1,67 @@
+# Reports: tables and figures from the result files alone (llavakd.report), beside the paper's
+# numbers in reports/paper/. Outputs are tagged for `snakemake --report`.
+
+
+rule table1:
+    """Table 1 in the paper's layout: paper rows, ours, deltas."""
+    input:
+        eval_files(STUDY.table1_models()),
+    output:
+        [
+            report(
+                f"{REPORTS}/table1.{ext}",
+                caption="../report/table1.rst",
+                category="Table 1",
+            )
+            for ext in TABLE_FORMATS
+        ],
+    log:
+        f"{R}/logs/report/table1.log",
+    benchmark:
+        f"{R}/benchmarks/report/table1.tsv"
+    localrule: True
+    run:
+        render_for_rule("table1", STUDY, REPORTS, log[0], TABLE_FORMATS)
+
+
+rule ablation_table:
+    """Our ablation tables; the paper's columns are marked unavailable."""
+    input:
+        lambda wc: ablation_eval_files(wc.kind),
+    output:
+        [
+            report(
+                f"{REPORTS}/ablation_{{kind}}.{ext}",
+                caption="../report/ablation.rst",
+                category="Ablations",
+            )
+            for ext in TABLE_FORMATS
+        ],
+    log:
+        f"{R}/logs/report/ablation_{{kind}}.log",
+    benchmark:
+        f"{R}/benchmarks/report/ablation_{{kind}}.tsv"
+    wildcard_constraints:
+        kind="losses|stages",
+    localrule: True
+    run:
+        render_for_rule(wildcards.kind, STUDY, REPORTS, log[0], TABLE_FORMATS)
+
+
+rule figures_render:
+    """Per-benchmark bars, Avg10 against size, training curves per loss term."""
+    input:
+        eval_files(STUDY.table1_models()),
+        kd_run_markers(),
+    output:
+        [
+            report(path, caption="../report/figures.rst", category="Figures")
+            for path in FIGURES
+        ],
+    log:
+        f"{R}/logs/report/figures.log",
+    benchmark:
+        f"{R}/benchmarks/report/figures.tsv"
+    localrule: True
+    run:
+        render_for_rule("figures", STUDY, REPORTS, log[0])
