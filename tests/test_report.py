@@ -101,6 +101,11 @@ def test_table1_matches_golden(golden_study, tmp_path, ext):
     assert got == (GOLDEN / f"table1.{ext}").read_text()
 
 
+def test_seed_table_matches_golden(golden_study, tmp_path):
+    render_table1(golden_study, tmp_path / "out", formats=("md",))
+    assert (tmp_path / "out" / "seeds.md").read_text() == (GOLDEN / "seeds.md").read_text()
+
+
 def test_ablation_table_matches_golden(golden_study, tmp_path):
     render_ablation(golden_study, "stages", tmp_path / "out", formats=("md",))
     assert (tmp_path / "out" / "ablation_stages.md").read_text() == (GOLDEN / "ablation_stages.md").read_text()

@@ -15,7 +15,7 @@ from pathlib import Path
 from llavakd.report import figures
 from llavakd.report.collect import collect_row
 from llavakd.report.reference import load_paper
-from llavakd.report.tables import ablation_table, table1, write_table
+from llavakd.report.tables import ablation_table, seed_table, table1, write_table
 
 
 def _eval_dir(study, model: str) -> str:
@@ -42,7 +42,15 @@ def study_families(study) -> list[dict]:
 
 
 def render_table1(study, reports_dir, formats=("md", "csv", "tex", "html")):
-    return write_table(table1(study_families(study), load_paper()), Path(reports_dir) / "table1", formats)
+    """Table 1 in every format, plus ``seeds.{md,csv}`` (per-seed averages and their spread)."""
+    fams = study_families(study)
+    paths = write_table(table1(fams, load_paper()), Path(reports_dir) / "table1", formats)
+    md, csv_text = seed_table(fams, study.seeds)
+    for ext, text in (("md", md), ("csv", csv_text)):
+        path = Path(reports_dir) / f"seeds.{ext}"
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
 
 
 def render_ablation(study, kind: str, reports_dir, formats=("md", "csv", "tex", "html")):

@@ -186,3 +186,32 @@ def write_table(t: Table, stem: str | Path, formats=tuple(WRITERS)) -> list[Path
         tmp.replace(path)
         out.append(path)
     return out
+
+
+def seed_table(families: list[dict], seeds: list[int]) -> tuple[str, str]:
+    """Per-seed Avg7 / Avg10 of every trained row, with mean, standard deviation and 95% interval:
+    (markdown, csv)."""
+    head = ["Method", "LLM", "average"] + [f"seed {s}" for s in seeds] + ["mean", "sd", "95% CI ±"]
+    md = ["**Seed variance: Avg7 and Avg10 per seed**", "", "| " + " | ".join(head) + " |",
+          "|" + "---|" * 3 + "---:|" * (len(seeds) + 3)]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "llm", "average", *[f"seed_{s}" for s in seeds], "mean", "sd", "ci95"])
+    for fam in families:
+        rows = [(f"{TEACHER_METHOD} (teacher)", fam["teacher"])]
+        for st in fam["students"]:
+            rows += [(f"{TEACHER_METHOD} (baseline)", st["baseline"]), ("LLaVA-KD", st["llava_kd"])]
+        for method, row in rows:
+            for avg in ("avg7", "avg10"):
+                cell = row.cells.get(avg)
+                vals = list(cell.values) if cell else []
+                per = [f"{v:.1f}" for v in vals] + ["-"] * (len(seeds) - len(vals))
+                if cell and len(vals) > 1:
+                    sd = (sum((v - cell.mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+                    tail = [f"{cell.mean:.1f}", f"{sd:.2f}", f"{cell.ci95:.1f}"]
+                else:
+                    tail = [f"{cell.mean:.1f}" if cell else "-", "-", "-"]
+                md.append("| " + " | ".join([method, display_llm(row.llm), HEADERS[avg], *per, *tail]) + " |")
+                w.writerow([method, display_llm(row.llm), avg, *per, *tail])
+    md += ["", "Teachers are trained once (first seed); students once per seed. sd: sample standard deviation.", ""]
+    return "\n".join(md), buf.getvalue()

@@ -15,6 +15,14 @@ rule table1:
             )
             for ext in TABLE_FORMATS
         ],
+        [
+            report(
+                f"{REPORTS}/seeds.{ext}",
+                caption="../report/seeds.rst",
+                category="Table 1",
+            )
+            for ext in ("md", "csv")
+        ],
     log:
         f"{R}/logs/report/table1.log",
     benchmark:
