@@ -15,6 +15,7 @@ from lmms_eval.api.model import lmms
 from llavakd.data.synth import write_world
 from llavakd.eval.registry import load_registry, resolve
 from llavakd.eval.runner import EvalError, evaluate
+from llavakd.eval.standins import gold_answer as gold
 from llavakd.eval.tiny_tasks import TASK_FILES
 
 LIMIT = 12
@@ -36,16 +37,6 @@ def world(tmp_path_factory):
 
 def docs(world, task):
     return pd.read_parquet(world / "bench" / f"{STANDIN_FILE[task]}.parquet").head(LIMIT).to_dict("records")
-
-
-def gold(task, doc) -> str:
-    if task == "vqav2_val":
-        return doc["answers"][0]["answer"]
-    if task in ("vizwiz_vqa_val", "textvqa_val"):
-        return doc["answers"][0]
-    if task == "scienceqa_img":
-        return "ABCDE"[doc["answer"]]
-    return doc["answer"]
 
 
 def letters(task, doc) -> str:
