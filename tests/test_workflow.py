@@ -154,6 +154,11 @@ def test_micro_study_end_to_end_with_a_kill_and_resume(tmp_path):
         assert (tmp_path / f"reports/micro/figures/{fig}.png").stat().st_size > 10_000
     for rule_dir in ("logs", "benchmarks"):
         assert list((tmp_path / "results/micro" / rule_dir / "train").rglob("*"))
+    # the HTML report with every table and figure
+    rep = subprocess.run(cmd + ["--report", str(tmp_path / "report.html")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert (tmp_path / "report.html").stat().st_size > 100_000
     # nothing left to do
     again = subprocess.run(cmd + ["-n"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

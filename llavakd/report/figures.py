@@ -23,6 +23,10 @@ from llavakd.report.reference import display_llm, llm_size_billions, paper_row  
 from llavakd.report.tables import HEADERS  # noqa: E402
 
 SOURCES = ["paper LLaVA-KD", "ours LLaVA-KD", "ours baseline (PT+SFT)", "ours teacher"]
+# one colour and marker per kind of model in every panel
+KIND_STYLE = {"LLaVA-KD": ("C0", "s"), "TinyLLaVA†": ("C1", "X"), "baseline (PT+SFT)": ("C1", "X"),
+              "teacher": ("C3", "o"), "others": ("C7", "o")}
+TERMS = ["ce", "res", "vis", "rel"]
 
 
 def _save(fig, out: str | Path) -> Path:
@@ -77,8 +81,9 @@ def overview(families: list[dict], paper, params: dict[str, float], out) -> Path
             kind = "LLaVA-KD" if r["method"] == "LLaVA-KD" else ("TinyLLaVA†" if r["method"] == "TinyLLaVA†" else "others")
             prec.append({"size (B params)": size, "Avg10": avg10(vals), "method": kind, "name": f"{r['method']} {r['llm']}"})
     pdf = pd.DataFrame(prec)
-    sns.scatterplot(pdf, x="size (B params)", y="Avg10", hue="method", style="method", s=70, ax=a,
-                    hue_order=["LLaVA-KD", "TinyLLaVA†", "others"])
+    kinds = ["LLaVA-KD", "TinyLLaVA†", "others"]
+    sns.scatterplot(pdf, x="size (B params)", y="Avg10", hue="method", style="method", s=70, ax=a, hue_order=kinds,
+                    palette={k: KIND_STYLE[k][0] for k in kinds}, markers={k: KIND_STYLE[k][1] for k in kinds})
     a.set_title("paper (Table 1, rows with all ten columns)")
     a.legend(title=None, loc="lower right")
     ours = []
@@ -91,8 +96,9 @@ def overview(families: list[dict], paper, params: dict[str, float], out) -> Path
                 ours.append({"LLM parameters (M)": params[row.llm] / 1e6, "Avg10": m["avg10"],
                              "model": role_name.get(row.role, row.role)})
     odf = pd.DataFrame(ours, columns=["LLM parameters (M)", "Avg10", "model"])
-    sns.scatterplot(odf, x="LLM parameters (M)", y="Avg10", hue="model", style="model", s=70, ax=b,
-                    hue_order=list(role_name.values()))
+    kinds = [k for k in role_name.values() if k in set(odf["model"])]
+    sns.scatterplot(odf, x="LLM parameters (M)", y="Avg10", hue="model", style="model", s=70, ax=b, hue_order=kinds,
+                    palette={k: KIND_STYLE[k][0] for k in kinds}, markers={k: KIND_STYLE[k][1] for k in kinds})
     b.set_title("ours (this run)")
     if b.get_legend():
         b.legend(title=None, loc="best")
@@ -118,6 +124,7 @@ def training_curves(runs: list[tuple[str, str, str | Path]], out) -> Path:
     sns.set_theme(style="whitegrid", font_scale=0.9)
     stages = [s for s in ("pt", "dpt", "sft", "dft") if s in set(data["stage"])]
     g = sns.relplot(data, kind="line", x="step", y="loss", hue="term", style="model", col="stage",
+                    hue_order=[t for t in TERMS if t in set(data["term"])],
                     col_order=stages, facet_kws={"sharey": False, "sharex": False}, height=3.2, aspect=1.2)
     g.set_titles("{col_name}")
     for ax in g.axes.flat:
