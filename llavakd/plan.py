@@ -186,7 +186,13 @@ class Study:
                 for name, chain in self.ablations.get("stages", {}).items()}
 
     # -- jobs -----------------------------------------------------------------------------
+    def released_models(self) -> list[str]:
+        """Released checkpoints (config ``released``) evaluated to measure our protocol's offset."""
+        return [f"released/{name}" for name in self.config.get("released", {})]
+
     def model_dir(self, model: str) -> str:
+        if model.startswith("released/"):
+            return self.config["released"][model.split("/", 1)[1]]["checkpoint"]
         if model.endswith("/given"):
             return self.family_of_teacher(model.split("/")[0])["teacher_checkpoint"]
         return f"{self.root}/runs/{model}/final"

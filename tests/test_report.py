@@ -151,3 +151,22 @@ def test_figures_render_from_result_files(golden_study, tmp_path):
     paths = render_figures(golden_study, tmp_path / "out")
     assert [p.name for p in paths] == ["benchmarks.png", "overview.png", "training_curves.png"]
     assert all(p.stat().st_size > 20_000 for p in paths)
+
+
+def test_protocol_offset_figure(tmp_path, monkeypatch):
+    from llavakd.report.render import render_protocol_offset
+
+    monkeypatch.chdir(tmp_path)
+    cfg = dict(FIXTURE, released={"kd-1b": {"checkpoint": "/ckpt", "method": "LLaVA-KD", "llm": "Qwen1.5-0.5B"}})
+    study = Study.load(cfg)
+    assert study.released_models() == ["released/kd-1b"] and study.model_dir("released/kd-1b") == "/ckpt"
+    d = tmp_path / study.root / "eval" / "released" / "kd-1b"
+    d.mkdir(parents=True)
+    for j, c in enumerate(COLS):
+        (d / f"{c}.json").write_text(json.dumps({"headline": 50.0 + j}))
+    (path,) = render_protocol_offset(study, tmp_path / "out")
+    assert path.name == "protocol_offset.png" and path.stat().st_size > 20_000
+    bad = dict(FIXTURE, released={"x": {"checkpoint": "/c", "method": "LLaVA-KD", "llm": "Qwen9-1B"}})
+    (tmp_path / "results/golden/eval/released/x").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no paper row"):
+        render_protocol_offset(Study.load(bad), tmp_path / "out")

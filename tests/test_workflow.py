@@ -162,3 +162,15 @@ def test_micro_study_end_to_end_with_a_kill_and_resume(tmp_path):
     # nothing left to do
     again = subprocess.run(cmd + ["-n"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_released_checkpoints_get_the_protocol_offset_figure(tmp_path):
+    cfg = load("paper.yaml")
+    cfg["released"] = {"llava-kd-1b": {"checkpoint": "/ckpt/llava-kd-1b-hf", "method": "LLaVA-KD",
+                                       "llm": "Qwen1.5-0.5B"}}
+    path = tmp_path / "paper_released.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = _dry_run("figures", "--configfile", str(path))
+    counts = _job_counts(out)
+    assert counts["protocol_offset"] == 1 and counts["evaluate"] == 11  # ten of Table 1 + the released one
+    assert "--model /ckpt/llava-kd-1b-hf" in out

@@ -131,3 +131,31 @@ def training_curves(runs: list[tuple[str, str, str | Path]], out) -> Path:
         ax.set_yscale("log")
     g.figure.suptitle("Training curves of the LLaVA-KD students, per loss term (log scale)", y=1.04)
     return _save(g.figure, out)
+
+
+def protocol_offset(released: list[dict], paper, out) -> Path:
+    """Released checkpoints scored by our protocol minus the paper's numbers, per benchmark.
+
+    ``released``: [{"name", "method", "llm", "scores": {column: headline}}]; the paper's row is
+    looked up by its Method and LLM columns."""
+    recs = []
+    for r in released:
+        hit = paper[(paper["method"] == r["method"]) & (paper["llm"] == r["llm"])]
+        if hit.empty:
+            raise ValueError(f"released {r['name']}: no paper row with method {r['method']!r} and llm {r['llm']!r}")
+        row = hit.iloc[0]
+        for c in COLUMNS:
+            if c in r["scores"] and not pd.isna(row[c]):
+                recs.append({"benchmark": HEADERS[c], "offset": r["scores"][c] - float(row[c]),
+                             "checkpoint": f"{r['name']} ({r['method']} {r['llm']})"})
+    df = pd.DataFrame(recs)
+    sns.set_theme(style="whitegrid", font_scale=0.9)
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    sns.barplot(df, x="benchmark", y="offset", hue="checkpoint", ax=ax, palette="deep")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("")
+    ax.set_ylabel("ours − paper (points)")
+    ax.set_title("Protocol offset: released checkpoints scored by this harness minus the paper's numbers")
+    ax.legend(title=None, loc="best")
+    ax.tick_params(axis="x", rotation=35)
+    return _save(fig, out)

@@ -99,6 +99,18 @@ def render_figures(study, reports_dir) -> list[Path]:
             figures.training_curves(runs, fig_dir / "training_curves.png")]
 
 
+def render_protocol_offset(study, reports_dir) -> list[Path]:
+    from llavakd.report.collect import read_scores
+
+    released = []
+    for model in study.released_models():
+        name = model.split("/", 1)[1]
+        spec = study.config["released"][name]
+        scores = {c: float(r["headline"]) for c, r in read_scores(_eval_dir(study, model)).items()}
+        released.append({"name": name, "method": spec["method"], "llm": spec["llm"], "scores": scores})
+    return [figures.protocol_offset(released, load_paper(), Path(reports_dir) / "figures" / "protocol_offset.png")]
+
+
 def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv", "tex", "html")) -> None:
     """Entry point of the Snakemake report rules: render, and list what was written in the log."""
     if what == "table1":
@@ -107,6 +119,8 @@ def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv
         paths = render_ablation(study, what, reports_dir, formats)
     elif what == "figures":
         paths = render_figures(study, reports_dir)
+    elif what == "offset":
+        paths = render_protocol_offset(study, reports_dir)
     else:
         raise ValueError(what)
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ TABLE_FORMATS = ["md", "csv", "tex", "html"]
 FIGURES = [
     f"{REPORTS}/figures/{name}.png"
     for name in ("benchmarks", "overview", "training_curves")
-]
+] + ([f"{REPORTS}/figures/protocol_offset.png"] if config.get("released") else [])
 # Shell commands run the interpreter that runs Snakemake (it has llavakd installed), named through
 # the environment so that its path stays out of the rules' provenance: moving the checkout or the
 # virtual environment does not make finished jobs look out of date.
@@ -34,7 +34,7 @@ wildcard_constraints:
     llm=r"[A-Za-z0-9._-]+",
     seed=r"\d+",
     chain=r"(pt|sft|dpt|dft)(~[a-z+]+)?(--(pt|sft|dpt|dft)(~[a-z+]+)?)*",
-    model=r"[A-Za-z0-9._-]+/(s\d+/[a-z~+-]+|given)",
+    model=r"[A-Za-z0-9._-]+/(s\d+/[a-z~+-]+|given)|released/[A-Za-z0-9._-]+",
 
 
 def res(rule_name, key, default):
@@ -62,7 +62,7 @@ def train_cmd(wildcards, threads, resources):
 
 
 def eval_inputs(wc):
-    if os.path.basename(wc.model) == "given":
+    if os.path.basename(wc.model) == "given" or wc.model.startswith("released"):
         return {"world": WORLD}  # a given checkpoint is a parameter, not a job input
     return {
         "model": os.path.join(STUDY.model_dir(wc.model), "COMPLETE"),
