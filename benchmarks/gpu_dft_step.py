@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--student-layers", type=int, default=None, help="override layer count (smoke runs)")
     p.add_argument("--teacher-layers", type=int, default=None)
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time one step's parts (student fwd, teacher fwd, loss, backward, optimizer)")
     args = p.parse_args(argv)
 
     import torch
@@ -90,6 +92,28 @@ def main(argv=None) -> int:
         parts = step()
     sync()
     dt = (time.perf_counter() - t0) / args.steps
+    parts_s = None
+    if args.breakdown:  # one more step, synchronised between its parts
+        marks = []
+
+        def mark(name):
+            sync()
+            marks.append((name, time.perf_counter()))
+
+        mark("start")
+        out = student(input_ids=ids, pixel_values=pixels)
+        mark("student_forward")
+        with torch.no_grad():
+            tl = teacher(input_ids=ids, pixel_values=pixels).logits
+        mark("teacher_forward")
+        res = distill_loss(out.logits, tl, labels, vm, cfg)
+        mark("loss_forward")
+        res.total.backward()
+        mark("backward")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        mark("optimizer")
+        parts_s = {b[0]: round(b[1] - a[1], 4) for a, b in zip(marks, marks[1:])}
     tok_s = args.seq / dt
     flops = (6 * n_student + 2 * n_teacher) * tok_s
     print(json.dumps({
@@ -99,6 +123,7 @@ def main(argv=None) -> int:
         "step_s": round(dt, 4), "tokens_per_s": round(tok_s, 1),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
         "mfu_estimate": round(flops / (args.peak_tflops * 1e12), 4), "loss_parts": parts,
+        "step_breakdown_s": parts_s,
     }, indent=2))
     return 0
 
