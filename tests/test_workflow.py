@@ -174,3 +174,31 @@ def test_released_checkpoints_get_the_protocol_offset_figure(tmp_path):
     counts = _job_counts(out)
     assert counts["protocol_offset"] == 1 and counts["evaluate"] == 11  # ten of Table 1 + the released one
     assert "--model /ckpt/llava-kd-1b-hf" in out
+
+
+def test_cost_estimate_follows_the_flops_model():
+    from llavakd.model.shapes import count_llm_params, qwen_config
+    from llavakd.plan import cost_report
+
+    cfg = load("paper.yaml")
+    cfg["families"] = {"qwen1.5": {"teacher": "qwen1.5-4b", "students": ["qwen1.5-0.5b"]}}
+    cfg["ablations"] = {}
+    study = Study.load(cfg)
+    c = cfg["cost"]
+    rate = c["peak_tflops"] * 1e12 * c["mfu"] * 3600
+    n_s, n_t = (count_llm_params(qwen_config(n)) for n in ("Qwen1.5-0.5B", "Qwen1.5-4B"))
+    pt_tok = c["samples"]["pt"] * c["tokens_per_sample"]["pt"]
+    sft_tok = c["samples"]["sft"] * c["tokens_per_sample"]["sft"]
+    dft = (6 * n_s + 2 * n_t) * sft_tok / rate  # trained student + frozen teacher
+    pt = (6 * n_s + 6 * n_t) * pt_tok / rate    # the student's and the teacher's own PT
+    text = cost_report(study, ["gqa"])
+    assert re.search(rf"train\[dft\]\s+1 jobs\s+{dft:.1f} GPU-h", text), text
+    assert re.search(rf"train\[pt \]\s+2 jobs\s+{pt:.1f} GPU-h", text), text
+
+
+def test_lmms_tasks_command_writes_the_rule_only_mmbench_cn(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "llavakd.cli", "lmms-tasks", "--out", str(tmp_path / "t")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--tasks mmbench_cn_dev_static" in r.stdout
+    text = (tmp_path / "t" / "mmbench_cn_dev_static.yaml").read_text()
+    assert "mmbench_cn_dev.yaml" in text and "llavakd_task_hooks.mmbench_cn_dev_static" in text
