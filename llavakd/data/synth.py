@@ -273,7 +273,10 @@ def instruction_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[s
         if rng.random() < 0.3:  # VizWiz/TextVQA/MMMU capitalise their questions
             qa = QA(qa.kind, qa.question[0].upper() + qa.question[1:], qa.answer, qa.options, qa.cn)
         if style < 0.45:
-            turns.append((qa.question + SHORT, qa.answer))
+            # VizWiz's prompt also precedes answerable questions: without these turns the
+            # "insufficient information" sentence would always mean "unanswerable"
+            suffix = UNANSWERABLE + SHORT if rng.random() < 0.2 else SHORT
+            turns.append((qa.question + suffix, qa.answer))
         elif style < 0.65:
             turns.append((qa.question, qa.answer))
         elif style < 0.82:
