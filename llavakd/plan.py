@@ -111,9 +111,8 @@ class Study:
             for name in sorted(llms - set(c.get("llms", {}))):
                 if not any(f["teacher"] == name and f.get("teacher_checkpoint") for f in c["families"].values()):
                     p.append(f"llms.{name}: missing (real mode needs a base checkpoint path or hub id per LLM)")
-            for key in ("vision",):
-                if not c.get(key):
-                    p.append(f"{key}: missing (real mode needs the SigLIP checkpoint)")
+            if not c.get("vision"):
+                p.append("vision: missing (real mode needs the SigLIP checkpoint)")
             for key in ("captions", "instruct", "images"):
                 if not c.get("data", {}).get(key):
                     p.append(f"data.{key}: missing (real mode trains on the LLaVA-1.5 data)")

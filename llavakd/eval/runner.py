@@ -161,8 +161,9 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_name
         metric_names = [m for m in per_task[official] if not m.endswith("_stderr")]
         samples[official] = [_sample_record(official, s, metric_names) for s in task_samples]
         counts[official] = n
-    mme_cats = {t: [s[bench.metric] for s in samples[t] if isinstance(s.get(bench.metric), dict)] for t in samples}
-    score = headline(bench, per_task, mme_cats)
+    # per-sample metric records (MME's carry the category its headline divisor counts)
+    records = {t: [s[bench.metric] for s in samples[t] if isinstance(s.get(bench.metric), dict)] for t in samples}
+    score = headline(bench, per_task, records)
     record = {
         "benchmark": bench.name, "column": bench.column, "headline": round(score, 4), "scale": bench.scale,
         "paper_split": bench.paper_split,

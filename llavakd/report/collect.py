@@ -21,15 +21,22 @@ class Cell:
         return sum(self.values) / len(self.values)
 
     @property
-    def ci95(self) -> float | None:
-        """Half-width of the t-based 95% interval of the mean; None for a single seed."""
+    def sd(self) -> float | None:
+        """Sample standard deviation over seeds; None for a single seed."""
         n = len(self.values)
         if n < 2:
             return None
+        return math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1))
+
+    @property
+    def ci95(self) -> float | None:
+        """Half-width of the t-based 95% interval of the mean; None for a single seed."""
+        if self.sd is None:
+            return None
         from scipy.stats import t
 
-        sd = math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1))
-        return float(t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+        n = len(self.values)
+        return float(t.ppf(0.975, n - 1) * self.sd / math.sqrt(n))
 
 
 @dataclass

@@ -206,9 +206,8 @@ def seed_table(families: list[dict], seeds: list[int]) -> tuple[str, str]:
                 cell = row.cells.get(avg)
                 vals = list(cell.values) if cell else []
                 per = [f"{v:.1f}" for v in vals] + ["-"] * (len(seeds) - len(vals))
-                if cell and len(vals) > 1:
-                    sd = (sum((v - cell.mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
-                    tail = [f"{cell.mean:.1f}", f"{sd:.2f}", f"{cell.ci95:.1f}"]
+                if cell and cell.sd is not None:
+                    tail = [f"{cell.mean:.1f}", f"{cell.sd:.2f}", f"{cell.ci95:.1f}"]
                 else:
                     tail = [f"{cell.mean:.1f}" if cell else "-", "-", "-"]
                 md.append("| " + " | ".join([method, display_llm(row.llm), HEADERS[avg], *per, *tail]) + " |")
