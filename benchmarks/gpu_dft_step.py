@@ -2,7 +2,8 @@
 
     python -m benchmarks.gpu_dft_step                       # SigLIP-so400m-384 + Qwen2-0.5B <- Qwen2-1.5B
     python -m benchmarks.gpu_dft_step --student Qwen2.5-0.5B --teacher Qwen2.5-3B --seq 2048 --steps 5
-    python -m benchmarks.gpu_dft_step --device cpu --seq 256 --student-layers 2 --teacher-layers 2  # smoke
+    python -m benchmarks.gpu_dft_step --breakdown 3 --profile /tmp/prof  # + parts of 3 steps, torch.profiler tables
+    python -m benchmarks.gpu_dft_step --device cpu --seq 1024 --student-layers 2 --teacher-layers 2  # smoke
 
 Random weights built from configs (no download), bf16 weights and compute, one sample per step
 of ``--seq`` tokens holding one 384px image (728 visual positions) and supervised answer tokens
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -31,8 +34,12 @@ def main(argv=None) -> int:
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--student-layers", type=int, default=None, help="override layer count (smoke runs)")
     p.add_argument("--teacher-layers", type=int, default=None)
-    p.add_argument("--breakdown", action="store_true",
-                   help="also time one step's parts (student fwd, teacher fwd, loss, backward, optimizer)")
+    p.add_argument("--breakdown", type=int, default=0, metavar="N",
+                   help="also time the parts of N more steps (student fwd, teacher fwd, loss, backward, "
+                        "optimizer), synchronised between parts; the median of each part is reported")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="profile one more step with torch.profiler; write the top operators by self device "
+                        "time and by self CPU time to DIR/profile_<student>.txt")
     args = p.parse_args(argv)
 
     import torch
@@ -64,6 +71,8 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW([q for q in student.parameters() if q.requires_grad], lr=1e-5, fused=dev.type == "cuda")
 
     n_img = 728
+    if args.seq < n_img + 64:
+        p.error(f"--seq {args.seq} cannot hold the image's {n_img} visual positions and an answer; use >= {n_img + 64}")
     ids = torch.randint(0, 151000, (1, args.seq), device=dev)
     ids[0, 10:10 + n_img] = image_id
     labels = torch.full_like(ids, -100)
@@ -93,27 +102,57 @@ def main(argv=None) -> int:
     sync()
     dt = (time.perf_counter() - t0) / args.steps
     parts_s = None
-    if args.breakdown:  # one more step, synchronised between its parts
-        marks = []
+    if args.breakdown:  # more steps, synchronised between their parts
+        runs = []
+        for _ in range(args.breakdown):
+            marks = []
 
-        def mark(name):
+            def mark(name, marks=marks):
+                sync()
+                marks.append((name, time.perf_counter()))
+
+            mark("start")
+            out = student(input_ids=ids, pixel_values=pixels)
+            mark("student_forward")
+            with torch.no_grad():
+                tl = teacher(input_ids=ids, pixel_values=pixels).logits
+            mark("teacher_forward")
+            res = distill_loss(out.logits, tl, labels, vm, cfg)
+            mark("loss_forward")
+            res.total.backward()
+            mark("backward")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            mark("optimizer")
+            runs.append({b[0]: b[1] - a[1] for a, b in zip(marks, marks[1:])})
+        parts_s = {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
+        parts_s["all_runs"] = [{k: round(v, 4) for k, v in r.items()} for r in runs]
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile, record_function
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            with record_function("student_forward"):
+                out = student(input_ids=ids, pixel_values=pixels)
+            with record_function("teacher_forward"), torch.no_grad():
+                tl = teacher(input_ids=ids, pixel_values=pixels).logits
+            with record_function("loss_forward"):
+                res = distill_loss(out.logits, tl, labels, vm, cfg)
+            with record_function("backward"):
+                res.total.backward()
+            with record_function("optimizer"):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
             sync()
-            marks.append((name, time.perf_counter()))
-
-        mark("start")
-        out = student(input_ids=ids, pixel_values=pixels)
-        mark("student_forward")
-        with torch.no_grad():
-            tl = teacher(input_ids=ids, pixel_values=pixels).logits
-        mark("teacher_forward")
-        res = distill_loss(out.logits, tl, labels, vm, cfg)
-        mark("loss_forward")
-        res.total.backward()
-        mark("backward")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        mark("optimizer")
-        parts_s = {b[0]: round(b[1] - a[1], 4) for a, b in zip(marks, marks[1:])}
+        folder = Path(args.profile)
+        folder.mkdir(parents=True, exist_ok=True)
+        ka = prof.key_averages()
+        device_key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        text = [f"# {args.student} <- {args.teacher}, seq {args.seq}: one step under torch.profiler\n",
+                "## by self device time\n", ka.table(sort_by=device_key, row_limit=30, max_name_column_width=60),
+                "\n## by self CPU time\n", ka.table(sort_by="self_cpu_time_total", row_limit=30,
+                                                     max_name_column_width=60)]
+        (folder / f"profile_{args.student}.txt").write_text("\n".join(text))
     tok_s = args.seq / dt
     flops = (6 * n_student + 2 * n_teacher) * tok_s
     print(json.dumps({
