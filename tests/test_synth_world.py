@@ -112,3 +112,57 @@ def test_score_standins_on_a_folder_that_is_not_a_world(tmp_path, tiny_student, 
     rc = main(["score-standins", "--model", str(tiny_student), "--world", str(tmp_path), "--tasks", "mme"])
     err = capsys.readouterr().err
     assert rc == 2 and "bench/mme/test.parquet does not exist" in err and "Traceback" not in err
+
+
+def test_choice_questions_offer_only_absent_objects_as_wrong_options():
+    import numpy as np
+
+    from llavakd.data.synth import COLORS_CN, SHAPES_CN, _cn_version, _options, choice_questions, sample_scene
+
+    rng = np.random.default_rng(7)
+    kinds = set()
+    for _ in range(300):
+        objs = sample_scene(rng)
+        colors = {o.color for o in objs if o.kind == "shape"}
+        shapes = {o.shape for o in objs if o.kind == "shape"}
+        for qa in choice_questions(objs, rng):
+            kinds.add(qa.kind)
+            present = {"colour_choice": colors, "shape_choice": shapes,
+                       "text": {o.digit for o in objs if o.kind == "digit"}}[qa.kind]
+            opts, k = _options(qa, rng)
+            assert opts[k] == qa.answer and qa.answer in present
+            if qa.kind != "text":
+                assert not present & (set(opts) - {qa.answer}), (qa, opts, present)
+                cn = _cn_version(qa)
+                table = COLORS_CN if qa.kind == "colour_choice" else SHAPES_CN
+                assert cn.answer == table[qa.answer] and cn.options == tuple(table[x] for x in qa.options)
+    assert kinds == {"colour_choice", "shape_choice", "text"}
+
+
+def test_letter_choice_standins_mix_binding_and_presence_questions(world):
+    import datasets
+
+    questions = []
+    for folder, split, col in (("mmbench_en", "dev", "question"), ("mmmu", "validation", "question"),
+                               ("scienceqa", "test", "question")):
+        ds = datasets.load_dataset("parquet", data_files={split: str(world / "bench" / folder / f"{split}.parquet")})
+        questions += [q.lower() for q in ds[split][col]]
+    presence = [q for q in questions if "in the image" in q]
+    assert 0.15 < len(presence) / len(questions) < 0.6, len(presence) / len(questions)
+    assert any(q.startswith(("what color is the shape at", "where is", "<image 1> where is")) for q in questions)
+
+
+
+def test_options_follow_the_worlds_fixed_order():
+    import numpy as np
+
+    from llavakd.data.synth import CELLS, COLORS, QA, _options
+
+    rng = np.random.default_rng(0)
+    for answer in COLORS:
+        opts, k = _options(QA("colour", "q", answer, tuple(COLORS)), rng)
+        assert opts == list(COLORS) and opts[k] == answer  # whole pool: the letter is fixed per answer
+    assert _options(QA("position", "q", "top right", CELLS), rng) == (list(CELLS), 1)
+    for _ in range(50):  # ten digits: five of them, the answer among them, in ascending order
+        opts, k = _options(QA("text", "q", "7", tuple("0123456789")), rng)
+        assert len(opts) == 5 and opts[k] == "7" and opts == sorted(opts)

@@ -14,14 +14,14 @@ from collections import Counter
 from llavakd.data.synth import (
     CELLS,
     COLORS,
-    COLORS_CN,
     COUNT_WORDS,
     LETTERS,
-    QA,
     SHAPES,
-    SHAPES_CN,
+    SQA_CONTEXT,
     Obj,
+    _cn_version,
     _options,
+    choice_questions,
     questions,
 )
 
@@ -84,10 +84,10 @@ def vizwiz_vqa(images: list[Image], rng):
 def scienceqa(images: list[Image], rng):
     rows = []
     for n, (iid, objs, png) in enumerate(images):
-        qa = _pick(rng, [x for x in questions(objs, rng) if x.kind in ("colour", "shape", "count")])
-        k = int(rng.integers(2, 5))
-        opts, ans = _options(qa, rng, k)
-        hint = "The image shows coloured shapes on a dark background." if rng.random() < 0.5 else ""
+        qa = _pick(rng, [x for x in questions(objs, rng) if x.kind in ("colour", "shape", "count")]
+                   + choice_questions(objs, rng))
+        opts, ans = _options(qa, rng)
+        hint = SQA_CONTEXT if rng.random() < 0.5 else ""
         rows.append({
             "image": png, "question": qa.question.capitalize(), "choices": opts, "answer": ans, "hint": hint,
             "task": "closed choice", "grade": "grade2", "subject": "natural science", "topic": "shapes",
@@ -145,25 +145,25 @@ def mme(images: list[Image], rng):
     return {"test": (rows, ("image",))}
 
 
+_MMBENCH_CATEGORY = {"colour": "attribute_recognition", "shape": "attribute_recognition",
+                     "colour_choice": "object_localization", "shape_choice": "object_localization",
+                     "text": "ocr", "count": "spatial_relationship", "position": "spatial_relationship"}
+
+
 def _mmbench(images: list[Image], rng, chinese: bool):
     rows = []
     for n, (iid, objs, png) in enumerate(images):
-        qas = [x for x in questions(objs, rng) if x.kind in ("colour", "shape")]
+        qas = [x for x in questions(objs, rng) if x.kind in ("colour", "shape")] + choice_questions(objs, rng)
         if chinese:
-            qas = [x for x in qas if x.cn is not None]
-            if not qas:
-                continue
-            qa = _pick(rng, qas)
-            pool = list(COLORS_CN.values()) if qa.kind == "colour" else list(SHAPES_CN.values())
-            qa = QA(qa.kind, qa.cn[0], qa.cn[1], tuple(pool))
+            qa = _cn_version(_pick(rng, [x for x in qas if x.cn is not None]))
         else:
             qa = _pick(rng, qas + [x for x in questions(objs, rng) if x.kind in ("count", "position")])
-        opts, k = _options(qa, rng, 4 if len(qa.options) >= 4 else len(qa.options))
+        opts, k = _options(qa, rng)
         row = {"index": n, "question": qa.question, "hint": None, "answer": LETTERS[k],
-               "category": "attribute_recognition" if qa.kind in ("colour", "shape") else "spatial_relationship",
+               "category": _MMBENCH_CATEGORY[qa.kind],
                "L2-category": "finegrained_perception (instance-level)", "source": "llavakd-synth",
                "split": "dev", "image": png}
-        for i, letter in enumerate("ABCD"):
+        for i, letter in enumerate(LETTERS):
             row[letter] = opts[i] if i < len(opts) else None
         rows.append(row)
     return {"dev": (rows, ("image",))}
@@ -202,14 +202,15 @@ def pope(images: list[Image], rng):
     return splits
 
 
-_MMMU_SUBJECT = {"colour": "Art", "shape": "Design", "count": "Math", "position": "Geography"}
+_MMMU_SUBJECT = {"colour": "Art", "shape": "Design", "count": "Math", "position": "Geography",
+                 "colour_choice": "Art", "shape_choice": "Design", "text": "Math"}
 
 
 def mmmu(images: list[Image], rng):
     rows = []
     for n, (iid, objs, png) in enumerate(images):
-        qa = _pick(rng, [x for x in questions(objs, rng) if x.kind in _MMMU_SUBJECT])
-        opts, k = _options(qa, rng, 4 if len(qa.options) >= 4 else len(qa.options))
+        qa = _pick(rng, [x for x in questions(objs, rng) + choice_questions(objs, rng) if x.kind in _MMMU_SUBJECT])
+        opts, k = _options(qa, rng)
         q = qa.question[:-2].strip().capitalize() + "?"
         row = {"id": f"validation_{_MMMU_SUBJECT[qa.kind]}_{n + 1}", "question": f"<image 1> {q}",
                "options": str(opts), "explanation": "", "image_1": png}

@@ -11,6 +11,10 @@ the same seed gives byte-identical files.
     train/instruct.json              instructions, llava_v1_5_mix665k.json format (multi-turn,
                                      short answers, yes/no, multiple choice EN/CN, counting,
                                      reading digits, unanswerable, ~10% text-only)
+
+Multiple-choice options are listed in the world's fixed order (colours red, green, blue, yellow,
+purple; shapes circle, square, triangle; counts; cells; digits ascending), whole when there are at
+most five, so an answer always has the same letter; see ``_options`` for why.
     bench/<task>/<split>.parquet     one held-out stand-in per benchmark, in the columns its
                                      lmms-eval task reads (images embedded)
     manifest.json                    counts, seed, size and a sha256 of every file
@@ -38,7 +42,8 @@ SHORT = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."
 LETTER_CN = "\n请直接回答选项字母。"
 UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
-LETTERS = "ABCD"
+LETTERS = "ABCDE"
+MAX_OPTIONS = 5  # MMBench rows hold options A-E
 
 SIZES = {  # images per split
     "tiny": {"train": 1500, "bench": 40},
@@ -189,11 +194,54 @@ def questions(objs: list[Obj], rng: np.random.Generator) -> list[QA]:
     return out
 
 
-def _options(qa: QA, rng: np.random.Generator, k: int = 4) -> tuple[list[str], int]:
-    pool = [x for x in qa.options if x != qa.answer]
-    picks = list(rng.choice(pool, size=min(k - 1, len(pool)), replace=False)) + [qa.answer]
-    order = rng.permutation(len(picks))
-    opts = [str(picks[i]) for i in order]
+def choice_questions(objs: list[Obj], rng: np.random.Generator) -> list[QA]:
+    """Multiple-choice questions whose wrong options are absent from the image.
+
+    "Which color is in the image?" can be answered by checking each option against the picture,
+    without first working out which object a question refers to; the ``questions`` types need
+    that binding step too. Both kinds go into training and into the letter-choice stand-ins, so a
+    small model has something within its reach there and a larger one has room to do better.
+    """
+    shapes = _shapes(objs)
+    out: list[QA] = []
+    colors = sorted({s.color for s in shapes})
+    c = colors[int(rng.integers(len(colors)))]
+    pool = tuple(x for x in COLORS if x == c or x not in colors)
+    out.append(QA("colour_choice", "which color is in the image ?", c, pool,
+                  ("图中有哪种颜色？", COLORS_CN[c])))
+    kinds = sorted({s.shape for s in shapes})
+    if len(kinds) < len(SHAPES):
+        sh = kinds[int(rng.integers(len(kinds)))]
+        pool = tuple(x for x in SHAPES if x == sh or x not in kinds)
+        out.append(QA("shape_choice", "which shape is in the image ?", sh, pool,
+                      ("图中有哪种形状？", SHAPES_CN[sh])))
+    digits = [d for d in objs if d.kind == "digit"]
+    if digits:
+        out.append(QA("text", "what number is written ?", digits[0].digit, tuple("0123456789")))
+    return out
+
+
+def _cn_version(qa: QA) -> QA:
+    """The Chinese form of a question that has one; options are translated one to one."""
+    table = COLORS_CN if qa.kind.startswith("colour") else SHAPES_CN
+    return QA(qa.kind, qa.cn[0], qa.cn[1], tuple(table[x] for x in qa.options))
+
+
+def _options(qa: QA, rng: np.random.Generator, k: int = MAX_OPTIONS) -> tuple[list[str], int]:
+    """Answer options in the world's fixed order (the order of ``qa.options``).
+
+    A pool of at most ``k`` entries is offered whole, so the letter of an answer is the same every
+    time (circle is always A among the three shapes): a tiny model learns letter choice as it
+    learns any other answer. Larger pools (digits) keep the answer and k - 1 sampled distractors,
+    still in that order. Shuffled options would make the letter depend on the option list alone,
+    a look-up that the two-layer tiny LLMs did not learn within the budget (see README).
+    """
+    if len(qa.options) <= k:
+        opts = [str(x) for x in qa.options]
+    else:
+        pool = [x for x in qa.options if x != qa.answer]
+        keep = {str(x) for x in rng.choice(pool, size=k - 1, replace=False)} | {qa.answer}
+        opts = [str(x) for x in qa.options if x in keep]
     return opts, opts.index(qa.answer)
 
 
@@ -265,32 +313,43 @@ def verification_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[
     return [(q + suffix, "yes" if truth else "no")]
 
 
+SQA_CONTEXT = "The image shows coloured shapes on a dark background."
+
+
+def choice_turn(qa: QA, rng: np.random.Generator) -> tuple[str, str]:
+    """One letter-choice turn in a benchmark's layout: MMBench EN/CN, ScienceQA (with or without
+    its "Context:" line) or a plain MMMU-style list."""
+    if qa.cn is not None and rng.random() < 0.3:
+        cq = _cn_version(qa)
+        opts, k = _options(cq, rng)
+        suffix = LETTER_CN if rng.random() < 0.5 else LETTER
+        return _mc_text(cq.question, opts, suffix, layout="mmbench"), LETTERS[k]
+    opts, k = _options(qa, rng)
+    if rng.random() < 0.5:
+        return _mc_text(qa.question, opts, layout="mmbench"), LETTERS[k]
+    question = f"Context: {SQA_CONTEXT}\n{qa.question}" if rng.random() < 0.3 else qa.question
+    return _mc_text(question, opts), LETTERS[k]
+
+
 def instruction_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[str, str]]:
     """A multi-turn conversation about one image, mixing the benchmarks' answer formats."""
-    turns = verification_turns(objs, rng)
+    turns = verification_turns(objs, rng) + verification_turns(objs, rng)
+    if rng.random() < 0.5:
+        choices = choice_questions(objs, rng)
+        turns.append(choice_turn(choices[int(rng.integers(len(choices)))], rng))
     for qa in questions(objs, rng):
         style = rng.random()
         if rng.random() < 0.3:  # VizWiz/TextVQA/MMMU capitalise their questions
             qa = QA(qa.kind, qa.question[0].upper() + qa.question[1:], qa.answer, qa.options, qa.cn)
-        if style < 0.45:
+        if style < 0.50:
             # VizWiz's prompt also precedes answerable questions: without these turns the
             # "insufficient information" sentence would always mean "unanswerable"
             suffix = UNANSWERABLE + SHORT if rng.random() < 0.2 else SHORT
             turns.append((qa.question + suffix, qa.answer))
-        elif style < 0.65:
+        elif style < 0.75:
             turns.append((qa.question, qa.answer))
-        elif style < 0.82:
-            opts, k = _options(qa, rng)
-            layout = "mmbench" if rng.random() < 0.5 else "list"
-            turns.append((_mc_text(qa.question, opts, layout=layout), LETTERS[k]))
-        elif qa.cn is not None:
-            cn_pool = {"colour": list(COLORS_CN.values()), "shape": list(SHAPES_CN.values())}[qa.kind]
-            cq = QA(qa.kind, qa.cn[0], qa.cn[1], tuple(cn_pool))
-            opts, k = _options(cq, rng)
-            cn_suffix = LETTER_CN if rng.random() < 0.5 else LETTER
-            turns.append((_mc_text(cq.question, opts, cn_suffix, layout="mmbench"), LETTERS[k]))
         else:
-            turns.append((qa.question + SHORT, qa.answer))
+            turns.append(choice_turn(qa, rng))
     if not any(o.kind == "digit" for o in objs) and rng.random() < 0.3:
         turns.append(("what number is written ?" + UNANSWERABLE + SHORT, "unanswerable"))
     order = rng.permutation(len(turns))
@@ -326,7 +385,8 @@ def _write_parquet(path: Path, rows: list[dict], image_cols: tuple[str, ...]) ->
         if key in image_cols:
             cols[key] = pa.array([None if v is None else {"bytes": v, "path": None} for v in vals], type=img_type)
         else:
-            cols[key] = pa.array(vals)
+            arr = pa.array(vals)
+            cols[key] = arr.cast(pa.string()) if pa.types.is_null(arr.type) else arr  # an all-empty column
     table = pa.table(cols)
     feats = {k: ({"_type": "Image"} if k in image_cols else _feature_of(table.schema.field(k).type))
              for k in table.column_names}
