@@ -44,6 +44,7 @@ LETTER_CN = "\n请直接回答选项字母。"
 UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
 LETTERS = "ABCDE"
 MAX_OPTIONS = 5  # MMBench rows hold options A-E
+DIGIT_SHARE = 0.7  # of images with a free cell: reading digits is the slowest skill to learn
 
 SIZES = {  # images per split
     "tiny": {"train": 1500, "bench": 40},
@@ -82,7 +83,7 @@ def sample_scene(rng: np.random.Generator) -> list[Obj]:
     cells = list(rng.permutation(4))
     n = int(rng.integers(1, 4))
     objs = [Obj(int(cells[i]), "shape", str(rng.choice(list(COLORS))), str(rng.choice(SHAPES))) for i in range(n)]
-    if n < 4 and rng.random() < 0.5:
+    if n < 4 and rng.random() < DIGIT_SHARE:
         objs.append(Obj(int(cells[n]), "digit", digit=str(rng.integers(0, 10))))
     return sorted(objs, key=lambda o: o.cell)
 
@@ -341,7 +342,7 @@ def instruction_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[s
         style = rng.random()
         if rng.random() < 0.3:  # VizWiz/TextVQA/MMMU capitalise their questions
             qa = QA(qa.kind, qa.question[0].upper() + qa.question[1:], qa.answer, qa.options, qa.cn)
-        if style < 0.50:
+        if style < 0.50 or qa.kind == "text":  # digits are asked as TextVQA asks them
             # VizWiz's prompt also precedes answerable questions: without these turns the
             # "insufficient information" sentence would always mean "unanswerable"
             suffix = UNANSWERABLE + SHORT if rng.random() < 0.2 else SHORT
