@@ -8,7 +8,8 @@
 #   PT_STEPS=100 SFT_STEPS=1000 bash scripts/learnability.sh /tmp/L/world /tmp/L/comp /tmp/L/runs qwen1.5-0.5b qwen1.5-1.8b
 #
 # Step counts come from the environment (defaults in brackets): PT_STEPS [100], SFT_STEPS [1000];
-# batch 32, lr 1e-3, fp32. The LLMs train in parallel, one process (and one core) each.
+# batch 32, lr 1e-3, fp32; EXTRA adds key=value overrides to both stages (EXTRA="train.seed=1" for
+# another data order). The LLMs train in parallel, one process (and one core) each.
 # Writes OUT/<llm>/{init,pt,sft}, OUT/<llm>.log and OUT/scores/<llm>.json, then prints a table.
 set -euo pipefail
 if [ $# -lt 4 ]; then sed -n 2,12p "$0"; exit 2; fi
@@ -16,7 +17,7 @@ world=$1; comp=$2; out=$3; shift 3
 PT_STEPS=${PT_STEPS:-100}; SFT_STEPS=${SFT_STEPS:-1000}
 B="${LLAVAKD:-.venv/bin/llavakd}"
 export OMP_NUM_THREADS=1
-common="data.images=$world/images train.precision=fp32 train.global_batch=32 train.per_device_batch=32 train.save_steps=100 train.lr=1e-3"
+common="data.images=$world/images train.precision=fp32 train.global_batch=32 train.per_device_batch=32 train.save_steps=100 train.lr=1e-3 ${EXTRA:-}"
 mkdir -p "$out/scores"
 
 one() {  # llm: build -> PT -> SFT -> score
