@@ -12,7 +12,7 @@
 # another data order). The LLMs train in parallel, one process (and one core) each.
 # Writes OUT/<llm>/{init,pt,sft}, OUT/<llm>.log and OUT/scores/<llm>.json, then prints a table.
 set -euo pipefail
-if [ $# -lt 4 ]; then sed -n 2,12p "$0"; exit 2; fi
+if [ $# -lt 4 ]; then sed -n 2,13p "$0"; exit 2; fi
 world=$1; comp=$2; out=$3; shift 3
 PT_STEPS=${PT_STEPS:-100}; SFT_STEPS=${SFT_STEPS:-1000}
 B="${LLAVAKD:-.venv/bin/llavakd}"

@@ -11,13 +11,13 @@ the same seed gives byte-identical files.
     train/instruct.json              instructions, llava_v1_5_mix665k.json format (multi-turn,
                                      short answers, yes/no, multiple choice EN/CN, counting,
                                      reading digits, unanswerable, ~10% text-only)
+    bench/<task>/<split>.parquet     one held-out stand-in per benchmark, in the columns its
+                                     lmms-eval task reads (images embedded)
+    manifest.json                    counts, seed, size and a sha256 of every file
 
 Multiple-choice options are listed in the world's fixed order (colours red, green, blue, yellow,
 purple; shapes circle, square, triangle; counts; cells; digits ascending), whole when there are at
 most five, so an answer always has the same letter; see ``_options`` for why.
-    bench/<task>/<split>.parquet     one held-out stand-in per benchmark, in the columns its
-                                     lmms-eval task reads (images embedded)
-    manifest.json                    counts, seed, size and a sha256 of every file
 """
 
 from __future__ import annotations
@@ -148,6 +148,12 @@ def _shapes(objs):
     return [o for o in objs if o.kind == "shape"]
 
 
+def _digit_question(objs: list[Obj]) -> list[QA]:
+    """"what number is written ?" when the image holds a digit (TextVQA's question)."""
+    digits = [d for d in objs if d.kind == "digit"]
+    return [QA("text", "what number is written ?", digits[0].digit, tuple("0123456789"))] if digits else []
+
+
 def questions(objs: list[Obj], rng: np.random.Generator) -> list[QA]:
     """One question of each type that this scene supports."""
     shapes = _shapes(objs)
@@ -189,9 +195,7 @@ def questions(objs: list[Obj], rng: np.random.Generator) -> list[QA]:
         c, s = absent[int(rng.integers(len(absent)))]
         ans = "no"
     out.append(QA("exist", f"is there a {c} {s} ?", ans, ("yes", "no")))
-    digits = [d for d in objs if d.kind == "digit"]
-    if digits:
-        out.append(QA("text", "what number is written ?", digits[0].digit, tuple("0123456789")))
+    out += _digit_question(objs)
     return out
 
 
@@ -216,9 +220,7 @@ def choice_questions(objs: list[Obj], rng: np.random.Generator) -> list[QA]:
         pool = tuple(x for x in SHAPES if x == sh or x not in kinds)
         out.append(QA("shape_choice", "which shape is in the image ?", sh, pool,
                       ("图中有哪种形状？", SHAPES_CN[sh])))
-    digits = [d for d in objs if d.kind == "digit"]
-    if digits:
-        out.append(QA("text", "what number is written ?", digits[0].digit, tuple("0123456789")))
+    out += _digit_question(objs)
     return out
 
 
