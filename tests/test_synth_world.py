@@ -166,3 +166,88 @@ def test_options_follow_the_worlds_fixed_order():
     for _ in range(50):  # ten digits: five of them, the answer among them, in ascending order
         opts, k = _options(QA("text", "q", "7", tuple("0123456789")), rng)
         assert len(opts) == 5 and opts[k] == "7" and opts == sorted(opts)
+
+
+def _claim_truth(question: str, objs) -> bool:
+    """Whether a yes/no claim of the world holds for a scene; fails on a form it does not know."""
+    import re
+
+    from llavakd.data.synth import CELLS, COLORS, COUNT_WORDS, SHAPES
+
+    shapes = [o for o in objs if o.kind == "shape"]
+    q = question.split("?")[0] + "?"
+    named = [w for w in re.findall(r"[a-z]+", q.lower()) if w in COLORS or w in SHAPES]
+    assert len(named) <= 1, f"a yes/no claim names more than one attribute: {q!r}"
+    if m := re.fullmatch(r"Is there a (\w+) in the image\?", q):
+        assert m[1] in SHAPES, q
+        return any(o.shape == m[1] for o in shapes)
+    if m := re.fullmatch(r"Is there a (\w+) shape in the image\?", q):
+        assert m[1] in COLORS, q
+        return any(o.color == m[1] for o in shapes)
+    if m := re.fullmatch(r"(?:Is there one shape|Are there (\w+) shapes) in the image\?", q):
+        return len(shapes) == (COUNT_WORDS.index(m[1]) if m[1] else 1)
+    if m := re.fullmatch(r"Is there a shape at (.+)\?", q):
+        return any(o.cell == CELLS.index(m[1]) for o in shapes)
+    if m := re.fullmatch(r"Is the number (\d) written in the image\?", q):
+        return any(o.kind == "digit" and o.digit == m[1] for o in objs)
+    raise AssertionError(f"unknown yes/no form: {q!r}")
+
+
+def _scenes(n=300, seed=3):
+    import numpy as np
+
+    from llavakd.data.synth import sample_scene
+
+    rng = np.random.default_rng(seed)
+    return rng, [(f"i{k}", sample_scene(rng), b"") for k in range(n)]
+
+
+def test_training_yes_no_checks_are_true_balanced_and_about_one_attribute():
+    from llavakd.data.synth import verification_turns
+
+    rng, images = _scenes()
+    answers = []
+    for _, objs, _ in images:
+        for _ in range(4):
+            [(q, a)] = verification_turns(objs, rng)
+            assert a == ("yes" if _claim_truth(q, objs) else "no"), (q, a, objs)
+            answers.append(a)
+    assert abs(answers.count("yes") / len(answers) - 0.5) < 0.05
+
+
+def test_mme_pairs_a_true_and_a_false_claim_about_one_attribute():
+    from llavakd.data.standins import mme
+
+    rng, images = _scenes()
+    rows, _ = mme(images, rng)["test"]
+    scene = {f"{iid}.png": objs for iid, objs, _ in images}
+    assert [r["answer"] for r in rows] == ["Yes", "No"] * len(images)
+    for r in rows:
+        objs = scene[r["question_id"].split("/", 1)[1]]
+        assert _claim_truth(r["question"], objs) == (r["answer"] == "Yes"), r["question"]
+    assert {r["category"] for r in rows} == {"existence", "color", "count", "position", "OCR"}
+
+
+def test_pope_negatives_follow_the_three_sampling_rules():
+    from collections import Counter
+
+    from llavakd.data.standins import pope
+    from llavakd.data.synth import ITEMS, item_text, present_items
+
+    rng, images = _scenes()
+    scene = {iid: objs for iid, objs, _ in images}
+    text_to_item = {f"Is there {item_text(it)} in the image?": it for it in ITEMS}
+    splits = pope(images, rng)
+    freq = Counter(it for _, objs, _ in images for it in present_items(objs))
+    for split, (rows, _) in splits.items():
+        assert [r["answer"] for r in rows] == ["yes", "no"] * len(images)
+        for pos, neg in zip(rows[::2], rows[1::2]):
+            objs = scene[neg["image_source"]]
+            present = present_items(objs)
+            p, n = text_to_item[pos["question"]], text_to_item[neg["question"]]
+            assert p in present and n not in present and p[0] == n[0]
+            absent = [it for it in ITEMS if it[0] == n[0] and it not in present]
+            if split == "popular":
+                assert freq[n] == max(freq[it] for it in absent)
+    negatives = {s: Counter(text_to_item[r["question"]] for r in rows[1::2]) for s, (rows, _) in splits.items()}
+    assert negatives["random"] != negatives["popular"] != negatives["adversarial"]

@@ -13,15 +13,16 @@ from collections import Counter
 
 from llavakd.data.synth import (
     CELLS,
-    COLORS,
-    COUNT_WORDS,
+    ITEMS,
     LETTERS,
-    SHAPES,
     SQA_CONTEXT,
     Obj,
     _cn_version,
     _options,
     choice_questions,
+    count_claim,
+    item_text,
+    present_items,
     questions,
 )
 
@@ -111,30 +112,30 @@ def textvqa(images: list[Image], rng):
 
 
 def mme(images: list[Image], rng):
+    """Paired questions per image, the first true and the second false, each about one attribute:
+    existence (a shape), color (a colour), count, position (is a cell taken) and OCR (a digit)."""
     rows = []
     suffix = " Please answer yes or no."
     for n, (iid, objs, png) in enumerate(images):
         shapes = _shapes(objs)
-        cats = ["existence", "count", "color", "position"] + (["OCR"] if _digits(objs) else [])
-        cat = _pick(rng, cats)
-        o = _pick(rng, shapes)
-        if cat == "existence":
-            present = {(s.color, s.shape) for s in shapes}
-            absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
-            c2, s2 = _pick(rng, absent)
-            pair = (f"Is there a {o.color} {o.shape} in the image?", f"Is there a {c2} {s2} in the image?")
+        present = present_items(objs)
+        cats = ["color", "count", "position"] + (["OCR"] if _digits(objs) else [])
+        if any(it not in present for it in ITEMS if it[0] == "shape"):
+            cats.append("existence")
+        cat = _pick(rng, sorted(cats))
+        if cat in ("existence", "color"):
+            kind = "shape" if cat == "existence" else "colour"
+            yes = _pick(rng, [it for it in ITEMS if it[0] == kind and it in present])
+            no = _pick(rng, [it for it in ITEMS if it[0] == kind and it not in present])
+            pair = (f"Is there {item_text(yes)} in the image?", f"Is there {item_text(no)} in the image?")
         elif cat == "count":
-            wrong = _pick(rng, [w for w in COUNT_WORDS[1:4] if w != COUNT_WORDS[len(shapes)]])
-            pair = (f"Are there {COUNT_WORDS[len(shapes)]} shapes in the image?", f"Are there {wrong} shapes in the image?")
-        elif cat == "color":
-            wrong = _pick(rng, [c for c in COLORS if c != o.color])
-            pair = (f"Is the shape at {CELLS[o.cell]} {o.color}?", f"Is the shape at {CELLS[o.cell]} {wrong}?")
+            wrong = _pick(rng, [k for k in (1, 2, 3) if k != len(shapes)])
+            pair = (f"{count_claim(len(shapes))} in the image?", f"{count_claim(wrong)} in the image?")
         elif cat == "position":
-            wrong = _pick(rng, [c for c in range(4) if c != o.cell])
-            pair = (f"Is there a {o.shape} at {CELLS[o.cell]}?",
-                    f"Is there a {o.shape} at {CELLS[wrong]}?")
-            if any(s.shape == o.shape and s.cell == wrong for s in shapes):
-                pair = (pair[0], f"Is there a {o.shape} at {CELLS[o.cell]} and nothing else in the image?")
+            taken = {s.cell for s in shapes}
+            yes_cell = _pick(rng, sorted(taken))
+            no_cell = _pick(rng, [c for c in range(4) if c not in taken])
+            pair = (f"Is there a shape at {CELLS[yes_cell]}?", f"Is there a shape at {CELLS[no_cell]}?")
         else:
             d = _digits(objs)[0].digit
             wrong = _pick(rng, [x for x in "0123456789" if x != d])
@@ -178,25 +179,31 @@ def mmbench_cn(images, rng):
 
 
 def pope(images: list[Image], rng):
-    """adversarial / popular / random: the absent object is a confuser, frequent, or random."""
-    freq = Counter((s.color, s.shape) for _, objs, _ in images for s in _shapes(objs))
-    popular_order = [k for k, _ in freq.most_common()] + [(c, s) for c in COLORS for s in SHAPES if (c, s) not in freq]
+    """Object-existence questions about one item (a shape, or a colour), one present and one absent
+    per image and split. The absent item is, as in POPE, random; the most frequent item in the
+    split that the image lacks (popular); or the one that co-occurs most with the image's items
+    (adversarial). Both items of an image are of the same kind, so the kind gives nothing away."""
+    scenes = [present_items(objs) for _, objs, _ in images]
+    freq = Counter(it for items in scenes for it in items)
+    together = Counter((a, b) for items in scenes for a in items for b in items if a != b)
     splits = {}
     for split in ("adversarial", "popular", "random"):
         rows = []
         for n, (iid, objs, png) in enumerate(images):
-            present = {(s.color, s.shape) for s in _shapes(objs)}
-            absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present]
+            present = scenes[n]
+            kind = "shape" if rng.random() < 0.5 else "colour"
+            if all(it in present for it in ITEMS if it[0] == "shape"):
+                kind = "colour"
+            absent = [it for it in ITEMS if it[0] == kind and it not in present]
             if split == "random":
                 neg = _pick(rng, absent)
             elif split == "popular":
-                neg = next(k for k in popular_order if k not in present)
+                neg = max(absent, key=lambda it: (freq[it], -ITEMS.index(it)))
             else:
-                near = [a for a in absent if any(a[0] == p[0] or a[1] == p[1] for p in present)]
-                neg = _pick(rng, near or absent)
-            pos = _pick(rng, sorted(present))
-            for (c, s), ans in ((pos, "yes"), (neg, "no")):
-                rows.append({"question_id": f"{split}_{len(rows)}", "question": f"Is there a {c} {s} in the image?",
+                neg = max(absent, key=lambda it: (sum(together[(p, it)] for p in present), -ITEMS.index(it)))
+            pos = _pick(rng, [it for it in ITEMS if it[0] == kind and it in present])
+            for item, ans in ((pos, "yes"), (neg, "no")):
+                rows.append({"question_id": f"{split}_{len(rows)}", "question": f"Is there {item_text(item)} in the image?",
                              "answer": ans, "image_source": iid, "category": split, "image": png})
         splits[split] = (rows, ("image",))
     return splits
