@@ -43,4 +43,8 @@ print(f"| stand-in | n | chance | {' | '.join(llms)} |")
 print("|---|---|---|" + "---|" * len(llms))
 for task, r in first.items():
     print(f"| {task} | {r['n']} | {r['chance']} | " + " | ".join(str(scores[m][task]["score"]) for m in llms) + " |")
+margin = {m: sum(r["score"] - r["chance"] for r in scores[m].values()) / len(scores[m]) for m in llms}
+worst = {m: min(r["score"] - r["chance"] for r in scores[m].values()) for m in llms}
+print("| mean points above chance | | | " + " | ".join(f"{margin[m]:.1f}" for m in llms) + " |")
+print("| fewest points above chance | | | " + " | ".join(f"{worst[m]:.1f}" for m in llms) + " |")
 PY

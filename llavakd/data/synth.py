@@ -48,7 +48,7 @@ DIGIT_SHARE = 0.7  # of images with a free cell: reading digits is the slowest s
 
 SIZES = {  # images per split
     "tiny": {"train": 1500, "bench": 40},
-    "small": {"train": 3000, "bench": 150},
+    "small": {"train": 6000, "bench": 150},
 }
 
 BENCHMARKS = ("vqav2", "gqa", "vizwiz_vqa", "scienceqa", "textvqa", "mme", "mmbench_en", "mmbench_cn",
@@ -353,7 +353,9 @@ def choice_turn(qa: QA, rng: np.random.Generator) -> tuple[str, str]:
 
 def instruction_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[str, str]]:
     """A multi-turn conversation about one image, mixing the benchmarks' answer formats."""
-    turns = verification_turns(objs, rng) + verification_turns(objs, rng)
+    # three yes/no checks per image: a one-bit answer teaches least per turn (README, "Is the
+    # world learnable?"), and two per image left cell and digit checks at chance for every size
+    turns = [t for _ in range(3) for t in verification_turns(objs, rng)]
     if rng.random() < 0.5:
         choices = choice_questions(objs, rng)
         turns.append(choice_turn(choices[int(rng.integers(len(choices)))], rng))
