@@ -19,6 +19,7 @@ from llavakd.data.synth import (
     Obj,
     _cn_version,
     _options,
+    _shapes,
     choice_questions,
     count_claim,
     item_text,
@@ -27,10 +28,6 @@ from llavakd.data.synth import (
 )
 
 Image = tuple[str, list[Obj], bytes]
-
-
-def _shapes(objs):
-    return [o for o in objs if o.kind == "shape"]
 
 
 def _digits(objs):
