@@ -8,7 +8,7 @@ DEMO := results/demo
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench clean-demo
+.PHONY: install demo test test-fast lint bench clean-demo
 
 install: $(STAMP)  ## create .venv and install the pinned dependency set (no-op when up to date)
 
@@ -24,16 +24,20 @@ $(STAMP): pyproject.toml
 demo: install  ## the main job: the whole tiny DAG (= snakemake --cores all reproduce_table1), reports in reports/demo/
 	$(BIN)/snakemake --cores all reproduce_table1
 
-test: install  ## the whole test suite
+test: install  ## the whole test suite (what CI runs)
 	rc=0; $(BIN)/pytest -q -p no:cacheprovider || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: install  ## the unit tests only (no test marked slow), under 2 minutes
+	rc=0; $(BIN)/pytest -q -p no:cacheprovider -m "not slow" || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: install  ## ruff, snakefmt and Snakemake's linter
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint
 
-bench: install  ## benchmarks (print JSON; figures go to README)
+bench: install  ## benchmarks (each prints JSON; a measurement goes to a dated file under docs/results/)
 	$(BIN)/python -m benchmarks.distill_memory
 	$(BIN)/python -m benchmarks.data_throughput
 	$(BIN)/python -m benchmarks.dft_step

@@ -12,8 +12,8 @@ def tiny_setup(llms: list[str] | None = None) -> Path:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from llavakd.data.synth import write_world
-    from llavakd.model.tiny import write_tiny_components
+    from llavakd.tiny.components import write_tiny_components
+    from llavakd.tiny.world import write_world
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -35,6 +35,7 @@ def run_one(args) -> dict:
     import torch
 
     from llavakd.distill import LossConfig, distill_loss
+    from llavakd.labels import IGNORE_INDEX
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
@@ -43,7 +44,7 @@ def run_one(args) -> dict:
     B, n_vis, n_ans, prompt = 2, args.visual, args.answer, 24
     L = prompt + n_vis + prompt + n_ans
     g = torch.Generator(device="cpu").manual_seed(0)
-    labels = torch.full((B, L), -100, dtype=torch.long)
+    labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
     labels[:, L - n_ans:] = torch.randint(0, args.vocab, (B, n_ans), generator=g)
     vm = torch.zeros(B, L, dtype=torch.bool)
     vm[:, prompt:prompt + n_vis] = True
@@ -74,7 +75,7 @@ def run_one(args) -> dict:
         "impl": args.impl, "seconds": round(seconds, 3),
         "peak_extra_mb": round((peak - base) / 2**20, 1),
         "inputs_mb": round(2 * student.numel() * student.element_size() / 2**20, 1),
-        "supervised_tokens": int((labels[:, 1:] != -100).sum()), "visual_positions": int(vm.sum()),
+        "supervised_tokens": int((labels[:, 1:] != IGNORE_INDEX).sum()), "visual_positions": int(vm.sum()),
         "parts": {k: round(v, 6) for k, v in out.parts.items()},
     }
 

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from benchmarks._tiny import tiny_setup
-    from llavakd.eval.standins import generate_answers, load_docs, task_functions
+    from llavakd.tiny.score import generate_answers, load_docs, task_functions
 
     if args.model is None or args.world is None:
         tmp = tiny_setup(llms=["qwen1.5-0.5b"])
@@ -66,7 +66,9 @@ def main(argv=None) -> int:
     cwd = os.getcwd()
     os.chdir(out)
     t0 = time.perf_counter()
-    res = evaluate(args.model, "all", out / "scores", world=args.world, batch_size=args.batch_size)
+    from llavakd.tiny.tasks import standin_tasks
+
+    res = evaluate(args.model, "all", out / "scores", standins=standin_tasks(args.world), batch_size=args.batch_size)
     all_s = time.perf_counter() - t0
     os.chdir(cwd)
     print(json.dumps({

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     from transformers import LlavaForConditionalGeneration
 
     from llavakd.distill import LossConfig, distill_loss
+    from llavakd.labels import IGNORE_INDEX
     from llavakd.model.build import llava_config
     from llavakd.model.shapes import count_llm_params, qwen_config, siglip_config
 
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
         p.error(f"--seq {args.seq} cannot hold the image's {n_img} visual positions and an answer; use >= {n_img + 64}")
     ids = torch.randint(0, 151000, (1, args.seq), device=dev)
     ids[0, 10:10 + n_img] = image_id
-    labels = torch.full_like(ids, -100)
+    labels = torch.full_like(ids, IGNORE_INDEX)
     labels[0, 10 + n_img + 20:] = ids[0, 10 + n_img + 20:]
     vm = ids == image_id
     pixels = torch.randn(1, 3, 384, 384, device=dev, dtype=dtype)

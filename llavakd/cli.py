@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from llavakd.errors import LlavaKDError
+from llavakd.stages import NAMES as STAGE_NAMES
 
 
 def _quiet_transformers() -> None:
@@ -35,32 +36,15 @@ def _quiet_transformers() -> None:
 
 def cmd_tiny_models(args: argparse.Namespace) -> int:
     from llavakd.io import atomic_dir
-    from llavakd.model.tiny import write_tiny_components
+    from llavakd.tiny.components import write_tiny_components
+    from llavakd.tiny.pretrain import write_pretrained_components
 
-    hooks = {}
-    if args.world is not None:
-        from llavakd.data import pretrain
-
-        world = Path(args.world)
-
-        def train_vision(tower):
-            rep = pretrain.pretrain_vision(tower, world, seed=args.seed, steps=args.vision_steps)
-            if rep["probe_cell_accuracy"] < args.min_probe:
-                raise LlavaKDError(
-                    f"vision pre-training reached a held-out cell accuracy of {rep['probe_cell_accuracy']:.3f} "
-                    f"< --min-probe {args.min_probe}; raise --vision-steps"
-                )
-            print(f"vision tower: held-out cell accuracy {rep['probe_cell_accuracy']:.3f} ({rep['seconds']} s)")
-            return rep
-
-        def train_llm(name, lm, tok):
-            rep = pretrain.pretrain_llm(lm, tok, world, seed=args.seed, steps=args.llm_steps, name=name)
-            print(f"{name}: LM loss {rep['loss_first']:.3f} -> {rep['loss_last']:.3f} ({rep['seconds']} s)")
-            return rep
-
-        hooks = {"train_vision": train_vision, "train_llm": train_llm}
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
-        manifest = write_tiny_components(tmp, seed=args.seed, **hooks)
+        if args.world is None:
+            manifest = write_tiny_components(tmp, seed=args.seed)
+        else:
+            manifest = write_pretrained_components(tmp, args.world, seed=args.seed, vision_steps=args.vision_steps,
+                                                   llm_steps=args.llm_steps, min_probe=args.min_probe)
     print(f"wrote tiny components to {args.out}: vision tower + {len(manifest['llms'])} LLMs "
           f"({'pre-trained on ' + str(args.world) if args.world else 'random initialisation'})")
     return 0
@@ -115,8 +99,8 @@ def _doc(module: str) -> str:
 
 
 def cmd_synth_world(args: argparse.Namespace) -> int:
-    from llavakd.data.synth import write_world
     from llavakd.io import atomic_dir
+    from llavakd.tiny.world import write_world
 
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         manifest = write_world(tmp, seed=args.seed, size=args.size)
@@ -143,6 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from llavakd.config import load_stage_config
     from llavakd.train.run import run_stage
 
+    if args.config is None and args.stage is None:
+        raise LlavaKDError("give --config FILE (a stage config) or --stage with key=value overrides")
     cfg = load_stage_config(args.config, args.overrides, stage=args.stage)
     final = run_stage(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"{cfg.stage}: wrote {final}")
@@ -150,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score_standins(args: argparse.Namespace) -> int:
-    from llavakd.eval.standins import STANDIN_TASKS, score_standins
+    from llavakd.tiny.score import STANDIN_TASKS, score_standins
 
     tasks = args.tasks.split(",") if args.tasks else None
     unknown = [t for t in tasks or [] if t not in STANDIN_TASKS]
@@ -172,7 +158,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from llavakd.eval.runner import evaluate
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    res = evaluate(args.model, args.benchmarks, args.out, world=args.world, limit=args.limit,
+    standins = None
+    if args.world is not None:
+        from llavakd.tiny.tasks import standin_tasks
+
+        standins = standin_tasks(args.world)
+    res = evaluate(args.model, args.benchmarks, args.out, standins=standins, limit=args.limit,
                    batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype,
                    submission=args.submission, hf_home=args.hf_home)
     print(f"{'benchmark':10s} {'column':8s} {'score':>8s}  docs")
@@ -184,9 +175,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_lmms_tasks(args: argparse.Namespace) -> int:
-    from llavakd.eval.tiny_tasks import write_task_yamls
+    if args.world is None:
+        from llavakd.eval.tasks import write_task_yamls
 
-    names = write_task_yamls(args.out, args.world)
+        names = write_task_yamls(args.out)
+    else:
+        from llavakd.tiny.tasks import write_standin_yamls
+
+        names = write_standin_yamls(args.out, args.world)
     extra = sorted(n for t, n in names.items() if n != t) or ["mmbench_cn_dev_static"]
     print(f"wrote {len(extra)} task YAML(s) to {args.out}; use: python -m lmms_eval --model llavakd "
           f"--model_args pretrained=DIR --include_path {args.out} --tasks {','.join(extra)}")
@@ -252,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strict", action="store_true", help="exit 1 when any record is bad")
     s.set_defaults(func=cmd_data_report)
     s = sub.add_parser("train", help="train one stage (pt, sft, dpt, dft) from a stage config")
-    s.add_argument("--stage", choices=["pt", "sft", "dpt", "dft"], required=True)
-    s.add_argument("--config", type=Path, help="stage config YAML (see llavakd/config.py)")
+    s.add_argument("--stage", choices=list(STAGE_NAMES),
+                   help="the stage to train; optional with --config (must then agree with its stage)")
+    s.add_argument("--config", type=Path, help="stage config YAML (see llavakd/config.py); the workflow writes "
+                   "one per job under results/<run>/configs/")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-3")
     s.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     s.add_argument("--overwrite", action="store_true", help="discard an existing run in output_dir")

@@ -1,16 +1,20 @@
-"""Typed, validated stage configurations shared by the CLI and the DAG.
+"""Typed, validated configurations: one stage of training and its loss (torch-free).
 
 A stage config is YAML with four sections; unknown keys and bad values are collected and
 reported together (``ConfigError`` lists every problem). ``key=value`` overrides use dotted
 paths (``train.lr=1e-3``, ``loss.rel=false``); values are parsed as YAML scalars.
 
-    stage: dft                       # pt | sft | dpt | dft (sets the freeze plan and defaults)
+    stage: dft                       # pt | sft | dpt | dft (llavakd.stages: freeze plan, defaults)
     model: results/.../sft/final     # the student to start from (a llavakd/HF LLaVA folder)
     teacher: results/.../teacher     # distillation stages only
     output_dir: results/.../dft
     data:  {json: ..., images: ..., max_length: 2048, skip_bad: false}
     train: {global_batch: 128, per_device_batch: 1, lr: 2.0e-5, ...}
-    loss:  {ce: true, res: true, vis: true, rel: true, ...}   # llavakd.distill.LossConfig
+    loss:  {ce: true, res: true, vis: true, rel: true, ...}   # LossConfig below
+
+The planner builds one ``StageConfig`` per training job from the study (``llavakd.plan``) with
+the same code a job uses to read it back (``stage_config_from_dict``), so a bad key fails the
+dry run. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -23,18 +27,67 @@ from typing import Any
 
 import yaml
 
-from llavakd.distill.objective import LossConfig
 from llavakd.errors import ConfigError
+from llavakd.stages import DISTILL_STAGES, NAMES, STAGES, StageSpec
 
-STAGES = ("pt", "sft", "dpt", "dft")
-DISTILL_STAGES = ("dpt", "dft")
-# SPEC section 3: which modules train, template, loss, and the paper's hyper-parameters.
-STAGE_TABLE = {
-    "pt": dict(trainable=("projector",), template="pretrain", distill=False, global_batch=256, lr=1e-3, precision="fp16"),
-    "dpt": dict(trainable=("projector",), template="pretrain", distill=True, global_batch=256, lr=1e-3, precision="fp16"),
-    "sft": dict(trainable=("projector", "llm"), template="chat", distill=False, global_batch=128, lr=2e-5, precision="bf16"),
-    "dft": dict(trainable=("projector", "llm"), template="chat", distill=True, global_batch=128, lr=2e-5, precision="bf16"),
-}
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tv", "skew_kl")  # implemented in llavakd.distill.divergences
+IMPLEMENTATIONS = ("chunked", "naive")
+REL_REDUCTIONS = ("batch", "per_sample")
+
+
+@dataclass
+class LossConfig:
+    """Weights and switches of the four terms (paper: all on, weight 1, temperature 1).
+
+    docs/method.md ("Losses") has the equations; docs/losses.md the divergences and implementations.
+    """
+
+    ce: bool = True
+    res: bool = True
+    vis: bool = True
+    rel: bool = True
+    ce_weight: float = 1.0
+    res_weight: float = 1.0
+    vis_weight: float = 1.0
+    rel_weight: float = 1.0
+    divergence: str = "forward_kl"  # for L_res and L_vis; vis_divergence overrides for L_vis
+    vis_divergence: str | None = None
+    jsd_beta: float = 0.5
+    skew_alpha: float = 0.1
+    temperature: float = 1.0
+    rel_reduction: str = "batch"  # "batch" (upstream) or "per_sample"
+    implementation: str = "chunked"  # or "naive"
+    chunk_rows: int | None = None  # rows per chunk; default: ~32 MB of fp32 per full-vocabulary temporary
+    chunk_vocab: int | None = None  # vocabulary columns per Gram chunk
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("divergence", "vis_divergence"):
+            v = getattr(self, name)
+            if v is not None and v not in DIVERGENCES:
+                problems.append(f"{name}: unknown divergence {v!r} (choose from {', '.join(DIVERGENCES)})")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if self.rel_reduction not in REL_REDUCTIONS:
+            problems.append(f"rel_reduction must be 'batch' or 'per_sample', got {self.rel_reduction!r}")
+        if self.implementation not in IMPLEMENTATIONS:
+            problems.append(f"implementation must be 'chunked' or 'naive', got {self.implementation!r}")
+        if not 0 < self.jsd_beta < 1:
+            problems.append(f"jsd_beta must be in (0, 1), got {self.jsd_beta}")
+        if not 0 <= self.skew_alpha < 1:
+            problems.append(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
+        for name in ("ce_weight", "res_weight", "vis_weight", "rel_weight"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("chunk_rows", "chunk_vocab"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                problems.append(f"{name} must be >= 1, got {v}")
+        return problems
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.res or self.vis or self.rel
 
 
 @dataclass
@@ -48,7 +101,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    global_batch: int | None = None  # default: the stage's (SPEC); kept constant across GPU counts
+    global_batch: int | None = None  # default: the stage's (llavakd.stages); kept constant across GPU counts
     per_device_batch: int = 1
     lr: float | None = None  # default: the stage's
     schedule: str = "cosine"
@@ -78,21 +131,21 @@ class StageConfig:
     loss: LossConfig = field(default_factory=LossConfig)
 
     @property
-    def spec(self) -> dict:
-        return STAGE_TABLE[self.stage]
+    def spec(self) -> StageSpec:
+        return STAGES[self.stage]
 
     @property
     def distill(self) -> bool:
-        return self.stage in DISTILL_STAGES
+        return self.spec.distill
 
     def resolved(self) -> StageConfig:
         """Fill stage defaults (batch, lr, precision; CE-only loss for pt/sft)."""
         cfg = dataclasses.replace(self, data=dataclasses.replace(self.data), train=dataclasses.replace(self.train),
                                   loss=dataclasses.replace(self.loss))
         spec = cfg.spec
-        cfg.train.global_batch = cfg.train.global_batch or spec["global_batch"]
-        cfg.train.lr = spec["lr"] if cfg.train.lr is None else cfg.train.lr
-        cfg.train.precision = cfg.train.precision or spec["precision"]
+        cfg.train.global_batch = cfg.train.global_batch or spec.global_batch
+        cfg.train.lr = spec.lr if cfg.train.lr is None else cfg.train.lr
+        cfg.train.precision = cfg.train.precision or spec.precision
         if not cfg.distill:
             cfg.loss.res = cfg.loss.vis = cfg.loss.rel = False
         return cfg
@@ -100,7 +153,7 @@ class StageConfig:
     def validate(self) -> list[str]:
         p = []
         if self.stage not in STAGES:
-            p.append(f"stage: must be one of {', '.join(STAGES)}, got {self.stage!r}")
+            p.append(f"stage: must be one of {', '.join(NAMES)}, got {self.stage!r}")
         for key in ("model", "output_dir"):
             if not getattr(self, key):
                 p.append(f"{key}: required")
@@ -110,7 +163,7 @@ class StageConfig:
             p.append("data.images: required")
         if self.stage in DISTILL_STAGES and not self.teacher:
             p.append(f"teacher: required for the distillation stage {self.stage!r}")
-        if self.stage in ("pt", "sft") and self.teacher:
+        if self.stage in STAGES and not self.distill and self.teacher:
             p.append(f"teacher: stage {self.stage!r} trains with CE only; remove the teacher or use dpt/dft")
         t = self.train
         if t.global_batch is not None and t.global_batch < 1:
@@ -244,6 +297,13 @@ def load_stage_config(path: str | Path | None, overrides: list[str] = (), stage:
         if raw.get("stage") not in (None, stage):
             problems.append(f"stage: --stage {stage} disagrees with the config's stage {raw['stage']!r}")
         raw["stage"] = stage
+    return stage_config_from_dict(raw, source, problems)
+
+
+def stage_config_from_dict(raw: dict, source: str, problems: list[str] | None = None) -> StageConfig:
+    """Type-check, validate and resolve a stage config given as nested dicts (the planner's and the
+    job's one path); raise ConfigError listing every problem, ``problems`` found earlier included."""
+    problems = list(problems or [])
     cfg = _build(StageConfig, raw, "", problems)
     reported = {x.split(":")[0] for x in problems}
     problems += [q for q in cfg.validate() if q.split(":")[0] not in reported]

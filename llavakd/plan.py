@@ -3,61 +3,29 @@
     from llavakd.plan import Study
     study = Study.load(config)                 # the dict Snakemake read; every problem listed at once
     study.table1_models()                      # ['qwen1.5-4b/s0/pt--sft', 'qwen1.5-0.5b/s0/dpt--sft--dft', ...]
-    study.train_inputs('qwen1.5-0.5b', 0, 'dpt--sft')   # what one training job starts from
+    study.stage_config('qwen1.5-0.5b', 0, 'dpt--sft')   # the typed, validated config of one training job
 
-A trained model is named ``<llm>/s<seed>/<chain>``: the chain lists its stages in order, joined
-by ``--`` (``pt--sft`` is the TinyLLaVA recipe of the teachers and baselines, ``dpt--sft--dft``
-LLaVA-KD). A distillation stage may name its loss terms: ``dpt~res+vis`` (default: all of CE,
-L_res, L_vis, L_rel). Every prefix of a chain is itself a run, so variants that share stages share
+Models are named by ``llavakd.layout`` (``<llm>/s<seed>/<chain>``); chains follow the grammar of
+``llavakd.stages``. Every prefix of a chain is itself a run, so variants that share stages share
 their training jobs. A teacher given as a checkpoint is named ``<llm>/given``.
+
+Loading a study builds the ``StageConfig`` of every training job its targets need, with the code
+the job itself uses to read its config file, so a mistyped key or value fails ``snakemake -n``
+(every problem of every job listed at once) before anything runs.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from llavakd.config import StageConfig, stage_config_from_dict, to_dict
 from llavakd.errors import ConfigError
+from llavakd.layout import Layout, given_name, marker, model_name, parse_model, released_name
+from llavakd.stages import STAGES, TERMS, Chain, ChainError, with_terms
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-STAGES = ("pt", "sft", "dpt", "dft")
-TERMS = ("res", "vis", "rel")
-TOKEN = re.compile(r"^(pt|sft|dpt|dft)(?:~((?:res|vis|rel)(?:\+(?:res|vis|rel))*))?$")
-TINY_LLMS = ("qwen1.5-4b", "qwen1.5-1.8b", "qwen1.5-0.5b", "qwen2.5-3b", "qwen2.5-1.5b", "qwen2.5-0.5b")
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str                # pt | sft | dpt | dft
-    terms: tuple[str, ...]   # distillation terms (dpt/dft); () for pt/sft
-
-    @property
-    def distill(self) -> bool:
-        return self.name in ("dpt", "dft")
-
-
-def parse_token(token: str) -> Stage:
-    m = TOKEN.match(token)
-    if not m:
-        raise ValueError(f"bad stage token {token!r}: expected pt, sft, dpt, dft, optionally ~res+vis+rel")
-    name, terms = m.group(1), m.group(2)
-    if terms and name in ("pt", "sft"):
-        raise ValueError(f"stage token {token!r}: only dpt and dft take loss terms")
-    chosen = tuple(t for t in TERMS if t in (terms.split("+") if terms else TERMS)) if name in ("dpt", "dft") else ()
-    return Stage(name, chosen)
-
-
-def check_chain(chain: str) -> list[Stage]:
-    stages = [parse_token(t) for t in chain.split("--")]
-    first = stages[0].name
-    if first not in ("pt", "dpt"):
-        raise ValueError(f"chain {chain!r} must start with pt or dpt (the projector is trained first)")
-    if any(s.name in ("pt", "dpt") for s in stages[1:]):
-        raise ValueError(f"chain {chain!r}: pt/dpt may only come first")
-    return stages
 
 
 def _schema_problems(config: dict) -> list[str]:
@@ -81,21 +49,29 @@ class Study:
         self.families = config["families"]
         self.variants = config["variants"]
         self.ablations = config.get("ablations", {})
-        self.root = f"results/{self.run}"
+        self.layout = Layout(self.run)
+        self.root = self.layout.root
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def load(cls, config: dict, source: str = "config") -> Study:
+    def load(cls, config: dict, source: str = "config", tiny_llms=None) -> Study:
+        """Validate (schema, then meaning, then every job's stage config); raise ConfigError listing
+        every problem. ``tiny_llms``: the LLM names tiny mode knows (the workflow passes the tiny
+        family's; ``None`` leaves names unchecked)."""
         problems = _schema_problems(config)
         if problems:
             raise ConfigError(source, problems)
-        problems += cls._semantic_problems(config)
+        problems += cls._semantic_problems(config, tiny_llms)
         if problems:
             raise ConfigError(source, problems)
-        return cls(config)
+        study = cls(config)
+        problems += study.job_config_problems()
+        if problems:
+            raise ConfigError(source, problems)
+        return study
 
     @staticmethod
-    def _semantic_problems(c: dict) -> list[str]:
+    def _semantic_problems(c: dict, tiny_llms=None) -> list[str]:
         p = []
         teachers = {f["teacher"] for f in c["families"].values()}
         students = [s for f in c["families"].values() for s in f["students"]]
@@ -105,8 +81,8 @@ class Study:
             p.append(f"families: {s} is both a teacher and a student")
         llms = teachers | set(students)
         if c["mode"] == "tiny":
-            for name in sorted(llms - set(TINY_LLMS)):
-                p.append(f"families: {name} is not a tiny LLM (tiny mode knows {', '.join(TINY_LLMS)})")
+            for name in sorted(llms - set(tiny_llms)) if tiny_llms is not None else []:
+                p.append(f"families: {name} is not a tiny LLM (tiny mode knows {', '.join(tiny_llms)})")
         else:
             for name in sorted(llms - set(c.get("llms", {}))):
                 if not any(f["teacher"] == name and f.get("teacher_checkpoint") for f in c["families"].values()):
@@ -121,8 +97,8 @@ class Study:
             named[f"ablations.stages.{name}"] = spec
         for name, chain in named.items():
             try:
-                check_chain(chain)
-            except ValueError as e:
+                Chain.parse(chain)
+            except ChainError as e:
                 p.append(f"{name if '.' in name else 'variants.' + name}: {e}")
         for key in ("baseline", "llava_kd"):
             if key not in c["variants"]:
@@ -130,7 +106,7 @@ class Study:
         for name, spec in c.get("ablations", {}).get("losses", {}).items():
             for st, terms in spec.items():
                 if not terms:
-                    p.append(f"ablations.losses.{name}.{st}: name at least one of res, vis, rel")
+                    p.append(f"ablations.losses.{name}.{st}: name at least one of {', '.join(TERMS)}")
         abl_students = c.get("ablations", {}).get("students")
         for s in abl_students or []:
             if s not in students:
@@ -151,8 +127,8 @@ class Study:
         """Model name of a family's teacher: given as a checkpoint, or trained by the baseline recipe."""
         fam = self.family_of_teacher(teacher)
         if fam.get("teacher_checkpoint"):
-            return f"{teacher}/given"
-        return f"{teacher}/s{self.seeds[0]}/{self.variants['baseline']}"
+            return given_name(teacher)
+        return model_name(teacher, self.seeds[0], self.variants["baseline"])
 
     def students(self) -> list[str]:
         return [s for f in self.families.values() for s in f["students"]]
@@ -162,84 +138,122 @@ class Study:
 
     @staticmethod
     def loss_chain(spec: dict) -> str:
-        def tok(stage):
-            terms = spec.get(stage)
-            return stage if terms is None or set(terms) == set(TERMS) else f"{stage}~" + "+".join(
-                t for t in TERMS if t in terms)
-        return f"{tok('dpt')}--sft--{tok('dft')}"
+        """The chain of a loss ablation: DPT and DFT with the listed terms (all when unlisted)."""
+        return str(Chain.of(with_terms("dpt", spec.get("dpt")), with_terms("sft", None),
+                            with_terms("dft", spec.get("dft"))))
 
     # -- targets --------------------------------------------------------------------------
+    def variant_models(self, variant: str, seeds=None) -> list[str]:
+        """Every student (under every seed, or the given ones) trained by one variant's chain."""
+        return [model_name(s, seed, self.variants[variant]) for s in self.students() for seed in seeds or self.seeds]
+
     def table1_models(self) -> list[str]:
         out = [self.teacher_model(f["teacher"]) for f in self.families.values()]
         for s in self.students():
             for seed in self.seeds:
-                out += [f"{s}/s{seed}/{self.variants['baseline']}", f"{s}/s{seed}/{self.variants['llava_kd']}"]
+                out += [model_name(s, seed, self.variants["baseline"]), model_name(s, seed, self.variants["llava_kd"])]
         return out
 
     def ablation_loss_models(self) -> dict[str, list[str]]:
-        return {name: [f"{s}/s{seed}/{self.loss_chain(spec)}" for s in self.ablation_students() for seed in self.seeds]
+        return {name: [model_name(s, seed, self.loss_chain(spec)) for s in self.ablation_students() for seed in self.seeds]
                 for name, spec in self.ablations.get("losses", {}).items()}
 
     def ablation_stage_models(self) -> dict[str, list[str]]:
-        return {name: [f"{s}/s{seed}/{chain}" for s in self.ablation_students() for seed in self.seeds]
+        return {name: [model_name(s, seed, chain) for s in self.ablation_students() for seed in self.seeds]
                 for name, chain in self.ablations.get("stages", {}).items()}
 
-    # -- jobs -----------------------------------------------------------------------------
     def released_models(self) -> list[str]:
         """Released checkpoints (config ``released``) evaluated to measure our protocol's offset."""
-        return [f"released/{name}" for name in self.config.get("released", {})]
+        return [released_name(name) for name in self.config.get("released", {})]
 
+    def all_models(self) -> list[str]:
+        """Every model some target of the study trains or scores."""
+        out = self.table1_models()
+        for groups in (self.ablation_loss_models(), self.ablation_stage_models()):
+            out += [m for ms in groups.values() for m in ms]
+        return list(dict.fromkeys(out))
+
+    # -- jobs -----------------------------------------------------------------------------
     def model_dir(self, model: str) -> str:
-        if model.startswith("released/"):
-            return self.config["released"][model.split("/", 1)[1]]["checkpoint"]
-        if model.endswith("/given"):
-            return self.family_of_teacher(model.split("/")[0])["teacher_checkpoint"]
-        return f"{self.root}/runs/{model}/final"
+        m = parse_model(model)
+        if m.kind == "released":
+            return self.config["released"][m.llm]["checkpoint"]
+        if m.kind == "given":
+            return self.family_of_teacher(m.llm)["teacher_checkpoint"]
+        return self.layout.final_dir(m.llm, m.seed, m.chain)
 
-    def train_inputs(self, llm: str, seed: int, chain: str) -> dict:
-        """Inputs of the job that trains the last stage of ``chain``: start model and teacher."""
-        tokens = chain.split("--")
-        stage = parse_token(tokens[-1])
-        start = (f"{self.root}/runs/{llm}/s{seed}/{'--'.join(tokens[:-1])}/final/COMPLETE" if len(tokens) > 1
-                 else f"{self.root}/models/{llm}/s{seed}/init/COMPLETE")
-        out = {"model": start}
-        teacher = self.teacher_model(self.teacher_of(llm)) if stage.distill else None
-        if teacher and not teacher.endswith("/given"):  # a given checkpoint is a parameter, not a job input
-            out["teacher"] = f"{self.model_dir(teacher)}/COMPLETE"
-        return out
+    def start_dir(self, llm: str, seed: int, chain: str) -> str:
+        """The model the last stage of ``chain`` starts from: its parent run, or the built model."""
+        parent = Chain.parse(chain).parent()
+        return self.layout.final_dir(llm, seed, parent) if parent else self.layout.init_dir(llm, seed)
 
     def teacher_dir(self, llm: str, chain: str) -> str | None:
-        if not parse_token(chain.split("--")[-1]).distill:
+        if not Chain.parse(chain).last.distill:
             return None
         return self.model_dir(self.teacher_model(self.teacher_of(llm)))
 
-    def train_overrides(self, llm: str, seed: int, chain: str) -> list[str]:
-        """``key=value`` overrides for ``llavakd train`` (beyond model/teacher/output_dir)."""
-        stage = parse_token(chain.split("--")[-1])
+    def train_inputs(self, llm: str, seed: int, chain: str) -> dict:
+        """Input files of the job that trains the last stage of ``chain``: its config, start model, teacher."""
+        out = {"config": self.layout.config_file(llm, seed, chain), "model": marker(self.start_dir(llm, seed, chain))}
+        if Chain.parse(chain).last.distill:
+            teacher = self.teacher_model(self.teacher_of(llm))
+            if parse_model(teacher).kind == "run":  # a given checkpoint is a parameter, not a job input
+                out["teacher"] = marker(self.model_dir(teacher))
+        return out
+
+    def stage_raw(self, llm: str, seed: int, chain: str) -> dict:
+        """One job's stage config before validation: the study's overrides, the chain, the seed."""
+        step = Chain.parse(chain).last
         tr = self.config.get("train", {})
         merged = dict(tr.get("common", {}))
-        merged.update(tr.get(stage.name, {}) or {})
-        teachers = {f["teacher"] for f in self.families.values()}
-        if llm in teachers:
-            merged.update((tr.get("teacher", {}) or {}).get(stage.name, {}) or {})
+        merged.update(tr.get(step.name, {}) or {})
+        if llm in {f["teacher"] for f in self.families.values()}:
+            merged.update((tr.get("teacher", {}) or {}).get(step.name, {}) or {})
         merged.setdefault("train.seed", seed)
-        if stage.distill:
+        if step.distill:
             for t in TERMS:
-                merged[f"loss.{t}"] = t in stage.terms
+                merged[f"loss.{t}"] = t in step.terms
         data = self.data_paths()
-        merged["data.json"] = data["captions"] if stage.name in ("pt", "dpt") else data["instruct"]
+        merged["data.json"] = data[step.spec.dataset]
         merged["data.images"] = data["images"]
-        return [f"{k}={_fmt(v)}" for k, v in merged.items()]
+        raw: dict = {"stage": step.name, "model": self.start_dir(llm, seed, chain),
+                     "teacher": self.teacher_dir(llm, chain), "output_dir": self.layout.run_dir(llm, seed, chain)}
+        for key, value in merged.items():
+            node = raw
+            *sections, leaf = key.split(".")
+            for part in sections:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return raw
+
+    def stage_config(self, llm: str, seed: int, chain: str) -> StageConfig:
+        """The validated, resolved config of one training job (ConfigError names the job)."""
+        return stage_config_from_dict(self.stage_raw(llm, seed, chain), f"job {model_name(llm, seed, chain)}")
+
+    def stage_config_text(self, llm: str, seed: int, chain: str) -> str:
+        """The job's config file, as written under results/<run>/configs/ and read by ``llavakd train``."""
+        return yaml.safe_dump(to_dict(self.stage_config(llm, seed, chain)), sort_keys=False)
+
+    def job_config_problems(self) -> list[str]:
+        """Every problem of every training job the study's targets need, each line naming its job."""
+        problems = []
+        for llm, seed, chain in train_jobs(self, self.all_models()):
+            try:
+                self.stage_config(llm, seed, chain)
+            except ConfigError as err:
+                problems += [f"{err.source}: {p}" for p in err.problems]
+        return problems
 
     def data_paths(self) -> dict:
+        """The study's data, keyed as the stages name it (``StageSpec.dataset``) plus ``images``."""
         if self.mode == "tiny":
-            w = f"{self.root}/world"
+            w = self.layout.world_dir()
             return {"captions": f"{w}/train/captions.json", "instruct": f"{w}/train/instruct.json", "images": f"{w}/images"}
         return dict(self.config["data"])
 
     def build_args(self, llm: str, seed: int) -> list[str]:
         if self.mode == "tiny":
-            c = f"{self.root}/components"
+            c = self.layout.components_dir()
             return ["--vision", f"{c}/vision/siglip", "--llm", f"{c}/llm/{llm}", "--strategy", "full", "--seed", str(seed)]
         return ["--vision", self.config["vision"], "--llm", self.config["llms"][llm], "--image-tokens", "728",
                 "--seed", str(seed)]
@@ -250,23 +264,16 @@ class Study:
         return res
 
 
-def _fmt(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
-
 # -- cost ---------------------------------------------------------------------------------
 def train_jobs(study: Study, models: list[str]) -> list[tuple[str, int, str]]:
     """Every (llm, seed, chain prefix) a set of models needs, each once (shared prefixes)."""
     jobs, seen = [], set()
-    for m in models:
-        if m.endswith("/given"):
+    for name in models:
+        m = parse_model(name)
+        if m.kind != "run":
             continue
-        llm, seed, chain = m.split("/", 2)
-        tokens = chain.split("--")
-        for i in range(len(tokens)):
-            key = (llm, int(seed[1:]), "--".join(tokens[: i + 1]))
+        for prefix in Chain.parse(m.chain).prefixes():
+            key = (m.llm, m.seed, str(prefix))
             if key not in seen:
                 seen.add(key)
                 jobs.append(key)
@@ -294,18 +301,18 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
     samples, per = c["samples"], c["tokens_per_sample"]
 
     def stage_tokens(stage: str) -> float:
-        kind = "pt" if stage in ("pt", "dpt") else "sft"
+        kind = "pt" if STAGES[stage].dataset == "captions" else "sft"  # the cost config's keys
         return samples[kind] * per[kind]
 
     def job_hours(llm, chain) -> float:
-        st = parse_token(chain.split("--")[-1])
+        st = Chain.parse(chain).last
         flops = 6 * llm_params(study, llm) * stage_tokens(st.name)
         if st.distill:
             flops += 2 * llm_params(study, study.teacher_of(llm)) * stage_tokens(st.name)
         return flops / rate / 3600
 
     def eval_hours(model) -> float:
-        return 2 * llm_params(study, model.split("/")[0]) * c.get("eval_tokens", 0) / rate / 3600
+        return 2 * llm_params(study, parse_model(model).llm) * c.get("eval_tokens", 0) / rate / 3600
 
     lines = [f"llavakd cost estimate (run {study.run}): 6N per trained token, 2N per teacher and evaluated token, "
              f"MFU {c['mfu']:.0%} of {c['peak_tflops']:g} TFLOP/s per GPU"]
@@ -320,7 +327,7 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         evals = [m for m in dict.fromkeys(models) if ("eval", m) not in done]
         per_stage: dict[str, list[float]] = {}
         for llm, seed, chain in jobs:
-            per_stage.setdefault(chain.split("--")[-1].split("~")[0], []).append(job_hours(llm, chain))
+            per_stage.setdefault(Chain.parse(chain).last.name, []).append(job_hours(llm, chain))
         ev = [eval_hours(m) for m in evals]
         total = sum(sum(v) for v in per_stage.values()) + sum(ev)
         grand += total

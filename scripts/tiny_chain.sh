@@ -6,7 +6,7 @@
 #   bash scripts/tiny_chain.sh results/demo/world results/demo/components results/chain qwen1.5-1.8b qwen1.5-0.5b
 #
 # Step counts come from the environment (defaults in brackets): PT_STEPS [50], SFT_STEPS [150],
-# DFT_STEPS [100]; batch 32, lr 1e-3 (5e-4 for DFT), as shared/research/tiny-world.md found for
+# DFT_STEPS [100]; batch 32, lr 1e-3 (5e-4 for DFT), as docs/world.md records for
 # tiny LLMs. Teacher and baseline train in parallel (one core each).
 set -euo pipefail
 world=$1; comp=$2; out=$3; teacher=${4:-qwen1.5-1.8b}; student=${5:-qwen1.5-0.5b}

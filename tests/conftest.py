@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_components(tmp_path_factory):
-    from llavakd.model.tiny import write_tiny_components
+    from llavakd.tiny.components import write_tiny_components
 
     out = tmp_path_factory.mktemp("components")
     write_tiny_components(out, seed=0)
@@ -38,8 +38,8 @@ def tiny_student(tiny_components, tmp_path_factory):
 
 def build_pair(components, root, student_llm: str, teacher_llm: str, world_seed: int, teacher_hook=None):
     """A world plus a student and a teacher LLaVA built from the tiny components, under ``root``."""
-    from llavakd.data.synth import write_world
     from llavakd.model.build import build_llava, save_llava
+    from llavakd.tiny.world import write_world
 
     write_world(root / "world", seed=world_seed, size="tiny")
     vision = components / "vision" / "siglip"

@@ -149,9 +149,10 @@ def test_no_tokenizer_asks_for_one(upstream_parts, tmp_path, tiny_components):
     assert model.config.image_seq_length == 15
 
 
+@pytest.mark.slow
 def test_converted_upstream_checkpoint_evaluates_end_to_end(upstream_parts, tmp_path, monkeypatch):
     """Upstream layout -> convert-upstream -> llavakd eval on stand-ins, through lmms-eval."""
-    from llavakd.data.synth import write_world
+    from llavakd.tiny.world import write_world
 
     monkeypatch.chdir(tmp_path)
     write_world(tmp_path / "world", seed=2, size="tiny")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llavakd.data.templates import IGNORE, Encoder, TemplateError
+from llavakd.data.templates import Encoder, TemplateError
+from llavakd.labels import IGNORE_INDEX as IGNORE
 from llavakd.model.chat import SYSTEM_PROMPT
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from lmms_eval.api.instance import Instance
 
-from llavakd.data.synth import write_world
-from llavakd.eval.standins import load_docs, task_functions
+from llavakd.tiny.score import load_docs, task_functions
+from llavakd.tiny.world import write_world
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +84,18 @@ def test_unknown_model_args_are_refused(tiny_student):
         _model(tiny_student, temperature=0.5)
 
 
+@pytest.mark.slow
 def test_all_standins_run_through_simple_evaluate(world, tiny_student, tmp_path, monkeypatch):
     """Every stand-in through lmms-eval's own evaluator, offline (MMBench by rules only)."""
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from llavakd.eval.standins import score_standins
-    from llavakd.eval.tiny_tasks import HOOKS_MODULE, write_task_yamls
+    from llavakd.eval.tasks import HOOKS_MODULE
+    from llavakd.tiny.score import score_standins
+    from llavakd.tiny.tasks import write_standin_yamls
 
     monkeypatch.chdir(tmp_path)  # lmms-eval writes ./submissions/ when it has no output path
-    names = write_task_yamls(tmp_path / "tasks", world)
+    names = write_standin_yamls(tmp_path / "tasks", world)
     assert len(names) == 12 and (tmp_path / "tasks" / f"{HOOKS_MODULE}.py").is_file()
     res = simple_evaluate(model="llavakd", model_args=f"pretrained={tiny_student}", tasks=list(names.values()),
                           batch_size=4, limit=8, task_manager=TaskManager(include_path=str(tmp_path / "tasks")))

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from lmms_eval.api.model import lmms
 
-from llavakd.data.synth import write_world
 from llavakd.eval.registry import load_registry, resolve
 from llavakd.eval.runner import EvalError, evaluate
-from llavakd.eval.standins import gold_answer as gold
-from llavakd.eval.tiny_tasks import TASK_FILES
+from llavakd.tiny.score import gold_answer as gold
+from llavakd.tiny.tasks import TASK_FILES, standin_tasks
+from llavakd.tiny.world import write_world
 
 LIMIT = 12
 STANDIN_FILE = {  # registry task -> stand-in parquet, relative to <world>/bench
@@ -110,9 +110,10 @@ def hand_score(task, world) -> float:
     return 100 * sum(right) / len(right)
 
 
+@pytest.mark.slow
 def test_every_headline_equals_the_hand_computed_score(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    res = evaluate(Scripted(), "all", tmp_path / "out", world=world, limit=LIMIT)
+    res = evaluate(Scripted(), "all", tmp_path / "out", standins=standin_tasks(world), limit=LIMIT)
     registry = load_registry()
     assert list(res) == list(registry)
     for name, bench in registry.items():
@@ -162,17 +163,19 @@ def test_unknown_benchmark_is_refused_with_the_known_names():
         resolve("gqa,vqa3")
 
 
+@pytest.mark.slow
 def test_a_raised_error_leaves_no_result_file(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    evaluate(Scripted(), "gqa,mme", out, world=world, limit=4)
+    evaluate(Scripted(), "gqa,mme", out, standins=standin_tasks(world), limit=4)
     assert (out / "mme.json").is_file()
     with pytest.raises(EvalError, match="mme: lmms-eval failed.*scripted failure"):
-        evaluate(Scripted(fail_on="mme"), "gqa,mme", out, world=world, limit=4)
+        evaluate(Scripted(fail_on="mme"), "gqa,mme", out, standins=standin_tasks(world), limit=4)
     assert (out / "gqa.json").is_file()  # finished before the failure: kept, and complete
     assert not (out / "mme.json").exists() and not (out / "mme.samples.jsonl").exists()  # the old one is gone too
 
 
+@pytest.mark.slow
 def test_zero_scored_documents_is_a_failure(world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     w = tmp_path / "world"
@@ -180,7 +183,7 @@ def test_zero_scored_documents_is_a_failure(world, tmp_path, monkeypatch):
     path = w / "bench" / "gqa" / "testdev.parquet"
     pd.read_parquet(path).head(0).to_parquet(path)
     with pytest.raises(EvalError, match="gqa"):
-        evaluate(Scripted(), "gqa", tmp_path / "out", world=w)
+        evaluate(Scripted(), "gqa", tmp_path / "out", standins=standin_tasks(w))
     assert not list((tmp_path / "out").glob("*.json"))
 
 
@@ -189,6 +192,7 @@ def _cli(*args, cwd):
                           text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_failures_exit_non_zero_without_files(world, tiny_student, tmp_path):
     out = tmp_path / "out"
     r = _cli("--model", tiny_student, "--world", world, "--benchmarks", "gqa,vqa3", "--out", out, cwd=tmp_path)
@@ -203,12 +207,13 @@ def test_cli_failures_exit_non_zero_without_files(world, tiny_student, tmp_path)
     assert not out.exists() or not list(out.glob("*.json"))
 
 
+@pytest.mark.slow
 def test_batch_size_and_reruns_give_identical_files(world, tiny_student, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     names = "vqav2,mme,mmb,pope,mmmu"
     runs = {}
     for tag, bs in (("a", 1), ("b", 8), ("c", 8)):
-        evaluate(tiny_student, names, tmp_path / tag, world=world, limit=6, batch_size=bs)
+        evaluate(tiny_student, names, tmp_path / tag, standins=standin_tasks(world), limit=6, batch_size=bs)
         runs[tag] = {p.name: p.read_bytes() for p in sorted((tmp_path / tag).glob("*.json*"))}
     assert len(runs["a"]) == 10
     assert runs["a"] == runs["b"] == runs["c"]

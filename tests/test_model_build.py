@@ -9,7 +9,7 @@ from PIL import Image
 
 from llavakd.model.build import build_llava, check_same_vocab, save_llava
 from llavakd.model.chat import END_TOKEN, render_prompt
-from llavakd.model.tiny import LLMS, PAIRS, TINY_IMAGE_SIZE, TINY_PATCH
+from llavakd.tiny.family import LLMS, PAIRS, TINY_IMAGE_SIZE, TINY_PATCH
 
 
 def _image(seed=0, size=(40, 56)):

@@ -13,7 +13,7 @@ from PIL import Image
 from llavakd.errors import LlavaKDError
 from llavakd.model.build import PAPER_IMAGE_TOKENS, image_token_count, llava_config, make_processor
 from llavakd.model.shapes import QWEN, count_llm_params, qwen_config, siglip_config
-from llavakd.model.tiny import build_tokenizer, tiny_image_processor
+from llavakd.tiny.components import build_tokenizer, tiny_image_processor
 
 
 def test_count_formula():

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llavakd.data.synth import BENCHMARKS, write_world
-from llavakd.eval.standins import STANDIN_TASKS, doc_score, generic_exact_match, gold_answer
+from llavakd.tiny.score import STANDIN_TASKS, doc_score, generic_exact_match, gold_answer
+from llavakd.tiny.world import BENCHMARKS, write_world
 
 TASKS = STANDIN_TASKS
 gold = gold_answer
@@ -98,7 +98,7 @@ def test_instruction_set_covers_every_answer_format(world):
 
 
 def test_score_standins_runs_every_task(world, tiny_student):
-    from llavakd.eval.standins import score_standins
+    from llavakd.tiny.score import score_standins
 
     res = score_standins(tiny_student, world, tasks=["pope_random", "mmbench_en_dev", "textvqa_val"])
     for task, r in res.items():
@@ -117,7 +117,7 @@ def test_score_standins_on_a_folder_that_is_not_a_world(tmp_path, tiny_student, 
 def test_choice_questions_offer_only_absent_objects_as_wrong_options():
     import numpy as np
 
-    from llavakd.data.synth import COLORS_CN, SHAPES_CN, _cn_version, _options, choice_questions, sample_scene
+    from llavakd.tiny.scenes import COLORS_CN, SHAPES_CN, _cn_version, _options, choice_questions, sample_scene
 
     rng = np.random.default_rng(7)
     kinds = set()
@@ -156,7 +156,7 @@ def test_letter_choice_standins_mix_binding_and_presence_questions(world):
 def test_options_follow_the_worlds_fixed_order():
     import numpy as np
 
-    from llavakd.data.synth import CELLS, COLORS, QA, _options
+    from llavakd.tiny.scenes import CELLS, COLORS, QA, _options
 
     rng = np.random.default_rng(0)
     for answer in COLORS:
@@ -172,7 +172,7 @@ def _claim_truth(question: str, objs) -> bool:
     """Whether a yes/no claim of the world holds for a scene; fails on a form it does not know."""
     import re
 
-    from llavakd.data.synth import CELLS, COLORS, COUNT_WORDS, SHAPES
+    from llavakd.tiny.scenes import CELLS, COLORS, COUNT_WORDS, SHAPES
 
     shapes = [o for o in objs if o.kind == "shape"]
     q = question.split("?")[0] + "?"
@@ -196,14 +196,14 @@ def _claim_truth(question: str, objs) -> bool:
 def _scenes(n=300, seed=3):
     import numpy as np
 
-    from llavakd.data.synth import sample_scene
+    from llavakd.tiny.scenes import sample_scene
 
     rng = np.random.default_rng(seed)
     return rng, [(f"i{k}", sample_scene(rng), b"") for k in range(n)]
 
 
 def test_training_yes_no_checks_are_true_balanced_and_about_one_attribute():
-    from llavakd.data.synth import verification_turns
+    from llavakd.tiny.scenes import verification_turns
 
     rng, images = _scenes()
     answers = []
@@ -216,7 +216,7 @@ def test_training_yes_no_checks_are_true_balanced_and_about_one_attribute():
 
 
 def test_mme_pairs_a_true_and_a_false_claim_about_one_attribute():
-    from llavakd.data.standins import mme
+    from llavakd.tiny.standins import mme
 
     rng, images = _scenes()
     rows, _ = mme(images, rng)["test"]
@@ -231,8 +231,8 @@ def test_mme_pairs_a_true_and_a_false_claim_about_one_attribute():
 def test_pope_negatives_follow_the_three_sampling_rules():
     from collections import Counter
 
-    from llavakd.data.standins import pope
-    from llavakd.data.synth import ITEMS, item_text, present_items
+    from llavakd.tiny.scenes import ITEMS, item_text, present_items
+    from llavakd.tiny.standins import pope
 
     rng, images = _scenes()
     scene = {iid: objs for iid, objs, _ in images}

@@ -98,15 +98,16 @@ def test_batch_decomposition_keeps_the_global_batch():
 def test_freeze_plan(setup, stage, llm_trains):
     from transformers import LlavaForConditionalGeneration
 
-    from llavakd.config import STAGE_TABLE
+    from llavakd.stages import STAGES
 
     m = LlavaForConditionalGeneration.from_pretrained(setup / "student")
-    apply_freeze_plan(m, STAGE_TABLE[stage]["trainable"])
+    apply_freeze_plan(m, STAGES[stage].trainable)
     assert not any(p.requires_grad for p in m.model.vision_tower.parameters())
     assert all(p.requires_grad for p in m.model.multi_modal_projector.parameters())
     assert all(p.requires_grad == llm_trains for p in m.model.language_model.parameters())
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(setup, tmp_path):
     full = run_stage(_cfg(setup, "dft", tmp_path / "full"))
     part = _cfg(setup, "dft", tmp_path / "part", "train.stop_after_steps=3")
@@ -188,6 +189,7 @@ def _first_last(m, keys, n=3):
     return first, last
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("term", ["res", "vis"])
 def test_each_distillation_term_decreases_when_trained(setup, tmp_path, term):
     # one term at a time: with a random teacher the terms start near their floor together, and
@@ -228,6 +230,7 @@ def test_rdist_alone_is_minimised_by_an_optimizer():
     assert values[0] > 0.05 and values[-1] < 0.2 * values[0]
 
 
+@pytest.mark.slow
 def test_sft_cross_entropy_decreases(setup, tmp_path):
     run_stage(_cfg(setup, "sft", tmp_path / "s", "train.max_steps=24", "train.global_batch=8",
                    "train.per_device_batch=8", "train.save_steps=100", "train.lr=2e-3"))

@@ -17,6 +17,7 @@ import pytest
 from conftest import build_pair
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test launches several training processes
 
 
 def _free_port() -> int:

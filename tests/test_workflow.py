@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import signal
@@ -15,7 +16,9 @@ import pytest
 import yaml
 
 from llavakd.errors import ConfigError
-from llavakd.plan import Study, check_chain, parse_token, train_jobs
+from llavakd.plan import Study, train_jobs
+from llavakd.stages import Chain, Step
+from llavakd.tiny.family import LLM_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -53,7 +56,7 @@ def test_semantic_problems_are_listed_too():
     bad["variants"]["llava_kd"] = "sft--dft"
     bad["families"]["qwen1.5"]["students"].append("qwen9-1b")
     with pytest.raises(ConfigError) as e:
-        Study.load(bad)
+        Study.load(bad, tiny_llms=LLM_NAMES)
     text = str(e.value)
     assert "qwen1.5-0.5b appears in more than one family" in text
     assert "variants.llava_kd: chain 'sft--dft' must start with pt or dpt" in text
@@ -61,12 +64,12 @@ def test_semantic_problems_are_listed_too():
 
 
 def test_chains_and_shared_prefixes():
-    assert parse_token("dpt~res+vis").terms == ("res", "vis") and parse_token("dft").terms == ("res", "vis", "rel")
+    assert Step.parse("dpt~res+vis").terms == ("res", "vis") and Step.parse("dft").terms == ("res", "vis", "rel")
     for bad in ("sft~res", "dpt~kl", "xyz"):
         with pytest.raises(ValueError):
-            parse_token(bad)
+            Step.parse(bad)
     with pytest.raises(ValueError):
-        check_chain("pt--sft--dpt")
+        Chain.parse("pt--sft--dpt")
     study = Study.load(load("config.yaml"))
     jobs = train_jobs(study, study.table1_models())
     # 2 teachers x (pt, sft) + 4 students x (pt, sft) + 4 x (dpt, dpt--sft, dpt--sft--dft): each once
@@ -74,9 +77,48 @@ def test_chains_and_shared_prefixes():
     # the stage ablation reuses the baseline and LLaVA-KD prefixes: only pt--sft--dft is new
     new = set(train_jobs(study, [m for ms in study.ablation_stage_models().values() for m in ms])) - set(jobs)
     assert new == {("qwen1.5-0.5b", 0, "pt--sft--dft")}
-    ov = study.train_overrides("qwen1.5-0.5b", 0, "dpt~res--sft--dft~res+rel")
-    assert "loss.res=true" in ov and "loss.vis=false" in ov and "loss.rel=true" in ov
-    assert any(o.endswith("train/instruct.json") for o in ov)
+    cfg = study.stage_config("qwen1.5-0.5b", 0, "dpt~res--sft--dft~res+rel")
+    assert cfg.loss.res and not cfg.loss.vis and cfg.loss.rel
+    assert cfg.data.json.endswith("train/instruct.json")
+
+
+def _with_dft_overrides(**overrides):
+    cfg = copy.deepcopy(load("config.yaml"))
+    cfg["train"]["dft"].update(overrides)
+    return cfg
+
+
+@pytest.mark.slow
+def test_a_typo_in_a_stage_override_fails_the_plan_naming_the_key_and_the_jobs(tmp_path):
+    bad = _with_dft_overrides(**{"loss.rel_wieght": 0.5, "train.lr_schedule": "cosin", "train.lr": "fast"})
+    with pytest.raises(ConfigError) as e:
+        Study.load(bad)
+    text = str(e.value)
+    for student in ("qwen1.5-0.5b", "qwen1.5-1.8b", "qwen2.5-0.5b", "qwen2.5-1.5b"):
+        job = f"job {student}/s0/dpt--sft--dft"
+        for problem in ("loss.rel_wieght: unknown key", "train.lr_schedule: unknown key",
+                        "train.lr: expected a number, got 'fast'"):
+            assert f"{job}: {problem}" in text, (job, problem)
+    assert "pt--sft:" not in text  # the override is DFT's: no other job is blamed
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    r = subprocess.run(SNAKEMAKE + ["-n", "reproduce_table1", "--configfile", str(path)], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "loss.rel_wieght: unknown key" in r.stdout + r.stderr
+    assert "train.lr_schedule: unknown key" in r.stdout + r.stderr
+
+
+def test_a_study_loss_override_reaches_the_job_as_one_typed_config(tmp_path):
+    from llavakd.config import load_stage_config
+
+    study = Study.load(_with_dft_overrides(**{"loss.rel_weight": 0.5}))
+    cfg = study.stage_config("qwen1.5-0.5b", 0, "dpt--sft--dft")
+    assert cfg.loss.rel_weight == 0.5 and study.stage_config("qwen1.5-0.5b", 0, "dpt").loss.rel_weight == 1.0
+    path = tmp_path / "job.yaml"  # the file the job_config rule writes and `llavakd train --config` reads
+    path.write_text(study.stage_config_text("qwen1.5-0.5b", 0, "dpt--sft--dft"))
+    assert load_stage_config(path) == cfg
+    assert study.train_inputs("qwen1.5-0.5b", 0, "dpt--sft--dft")["config"] == (
+        "results/demo/configs/qwen1.5-0.5b/s0/dpt--sft--dft.yaml")
 
 
 def _dry_run(*extra):
@@ -90,15 +132,19 @@ def _job_counts(text):
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
 
 
+@pytest.mark.slow
 def test_paper_dry_run_plans_everything_and_prints_the_cost():
     out = _dry_run("reproduce_table1", "--configfile", "config/paper.yaml")
     counts = _job_counts(out)
     assert counts["train"] == 24 and counts["evaluate"] == 10 and counts["init_model"] == 6
     assert "world" not in counts and "components" not in counts  # real mode: no tiny world
     assert "llavakd cost estimate (run paper)" in out and re.search(r"all targets\s+[\d.]+ GPU-h", out)
-    assert "deepspeed/zero3.json" in out and "--nproc_per_node 8" in out
+    assert "--nproc_per_node 8" in out and "--config results/paper/configs/" in out
+    study = Study.load(load("paper.yaml"))  # the DeepSpeed config travels in each job's config file
+    assert study.stage_config("qwen1.5-0.5b", 0, "dpt--sft--dft").train.deepspeed.endswith("deepspeed/zero3.json")
 
 
+@pytest.mark.slow
 def test_paper_slurm_dry_run_requests_gpus():
     out = _dry_run("--executor", "slurm", "--workflow-profile", "profiles/slurm", "reproduce_table1",
                    "--configfile", "config/paper.yaml")
@@ -116,13 +162,14 @@ MICRO = {
     "variants": {"baseline": "pt--sft", "llava_kd": "dpt--sft--dft"},
     "train": {"common": {"train.precision": "fp32", "train.global_batch": 4, "train.per_device_batch": 4,
                          "train.save_steps": 2, "train.max_steps": 2, "data.max_length": 256},
-              "teacher": {"sft": {"train.max_steps": 40}}},
+              "teacher": {"sft": {"train.max_steps": 40}}, "dft": {"loss.rel_weight": 0.5}},
     "ablations": {"students": ["qwen1.5-0.5b"], "stages": {"PT+SFT+DFT": "pt--sft--dft"}},
     "eval": {"benchmarks": "pope,mme", "limit": 2, "batch_size": 4},
     "resources": {"default": {"gpus": 0, "threads": 1, "mem_mb": 2000, "runtime": 10}},
 }
 
 
+@pytest.mark.slow
 def test_micro_study_end_to_end_with_a_kill_and_resume(tmp_path):
     """The whole DAG on a micro config; killed during a training job, run again: it resumes."""
     cfg = tmp_path / "micro.yaml"
@@ -152,6 +199,11 @@ def test_micro_study_end_to_end_with_a_kill_and_resume(tmp_path):
         assert (tmp_path / f"reports/micro/ablation_stages.{ext}").stat().st_size > 0
     for fig in ("benchmarks", "overview", "training_curves"):
         assert (tmp_path / f"reports/micro/figures/{fig}.png").stat().st_size > 10_000
+    # a study's loss override reached the trainer through the job's one config file
+    job = tmp_path / "results/micro/configs/qwen1.5-0.5b/s0/dpt--sft--dft.yaml"
+    kd_run = tmp_path / "results/micro/runs/qwen1.5-0.5b/s0/dpt--sft--dft"
+    assert yaml.safe_load(job.read_text()) == yaml.safe_load((kd_run / "config.yaml").read_text())
+    assert json.loads((kd_run / "metadata.json").read_text())["loss"]["rel_weight"] == 0.5
     for rule_dir in ("logs", "benchmarks"):
         assert list((tmp_path / "results/micro" / rule_dir / "train").rglob("*"))
     # the HTML report with every table and figure
@@ -164,6 +216,7 @@ def test_micro_study_end_to_end_with_a_kill_and_resume(tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
+@pytest.mark.slow
 def test_released_checkpoints_get_the_protocol_offset_figure(tmp_path):
     cfg = load("paper.yaml")
     cfg["released"] = {"llava-kd-1b": {"checkpoint": "/ckpt/llava-kd-1b-hf", "method": "LLaVA-KD",
@@ -196,6 +249,7 @@ def test_cost_estimate_follows_the_flops_model():
     assert re.search(rf"train\[pt \]\s+2 jobs\s+{pt:.1f} GPU-h", text), text
 
 
+@pytest.mark.slow
 def test_lmms_tasks_command_writes_the_rule_only_mmbench_cn(tmp_path):
     r = subprocess.run([sys.executable, "-m", "llavakd.cli", "lmms-tasks", "--out", str(tmp_path / "t")],
                        capture_output=True, text=True, timeout=120)

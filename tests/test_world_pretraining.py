@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from llavakd.cli import main
-from llavakd.data.pretrain import CLASSES, cell_labels, pretrain_llm, pretrain_vision
-from llavakd.data.synth import write_world
+from llavakd.tiny.pretrain import CLASSES, cell_labels, pretrain_llm, pretrain_vision
+from llavakd.tiny.world import write_world
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_cell_labels_parse_every_object():
 def test_vision_pretraining_learns(world):
     from transformers import SiglipVisionModel
 
-    from llavakd.model.tiny import tiny_vision_config
+    from llavakd.tiny.components import tiny_vision_config
 
     torch.manual_seed(0)
     tower = SiglipVisionModel(tiny_vision_config())
@@ -46,6 +46,7 @@ def test_llm_pretraining_learns(world, tiny_components):
     assert rep["loss_last"] < 0.8 * rep["loss_first"]
 
 
+@pytest.mark.slow
 def test_cli_world_pretraining_records_the_probe(world, tmp_path, capsys):
     out = tmp_path / "comp"
     rc = main(["tiny-models", "--out", str(out), "--world", str(world), "--vision-steps", "20",

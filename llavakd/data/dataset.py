@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from llavakd.data.templates import IGNORE, TEMPLATES, Encoder, TemplateError
+from llavakd.data.templates import TEMPLATES, Encoder, TemplateError
 from llavakd.errors import LlavaKDError
+from llavakd.labels import IGNORE_INDEX
 from llavakd.model.build import image_token_count
 from llavakd.model.chat import IMAGE_TOKEN
 
@@ -195,7 +196,7 @@ class Collator:
         L = max(s["input_ids"].numel() for s in samples)
         B = len(samples)
         input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        labels = torch.full((B, L), IGNORE, dtype=torch.long)
+        labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
         attention = torch.zeros((B, L), dtype=torch.long)
         for b, s in enumerate(samples):
             n = s["input_ids"].numel()

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llavakd.data.dataset import BadRecord, LlavaDataset
+from llavakd.labels import IGNORE_INDEX
 
 
 def data_report(json_path, image_folder, processor, template: str = "chat", max_length: int = 2048,
@@ -31,7 +32,7 @@ def data_report(json_path, image_folder, processor, template: str = "chat", max_
                 bad_examples.append(str(err))
             continue
         lengths.append(s["input_ids"].numel())
-        supervised.append(int((s["labels"] != -100).sum()))
+        supervised.append(int((s["labels"] != IGNORE_INDEX).sum()))
         n_image += s["has_image"]
         conv = ds.records[i].get("conversations", [])
         turns.append(sum(t.get("from") == "gpt" for t in conv))

@@ -1,4 +1,4 @@
-"""Token/label layouts of the two LLaVA-KD templates (SPEC section 1).
+"""Token/label layouts of the two LLaVA-KD templates (docs/method.md, "Architecture").
 
 pretrain (PT/DPT):  <image>xN caption "\\n"                 labels: everything but the image
 chat (SFT/DFT):     SYSTEM " USER: " <image>xN "\\n" q1 " ASSISTANT:" " " a1 <|endoftext|>
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llavakd.labels import IGNORE_INDEX
 from llavakd.model.chat import ASSISTANT_TAG, END_TOKEN, IMAGE_TOKEN, SYSTEM_PROMPT, USER_TAG
 
-IGNORE = -100
 TEMPLATES = ("pretrain", "chat")
 
 
@@ -52,17 +52,17 @@ class Encoder:
     def pretrain(self, caption: str, with_image: bool = True) -> Encoded:
         image = [self.image_id] * self.n_image_tokens if with_image else []
         text = self._ids(caption.strip() + "\n")
-        return self._finish(image + text, [IGNORE] * len(image) + text)
+        return self._finish(image + text, [IGNORE_INDEX] * len(image) + text)
 
     def chat(self, turns: list[tuple[str, str]], with_image: bool, system: str = SYSTEM_PROMPT) -> Encoded:
         ids = self._ids(system)
-        labels = [IGNORE] * len(ids)
+        labels = [IGNORE_INDEX] * len(ids)
         for k, (question, answer) in enumerate(turns):
             image = IMAGE_TOKEN + "\n" if (k == 0 and with_image) else ""
             prompt = self._ids(f"{USER_TAG}{image}{question}{ASSISTANT_TAG}")
             reply = self._ids(" " + answer) + [self.eos_id]
             ids += prompt + reply
-            labels += [IGNORE] * len(prompt) + reply
+            labels += [IGNORE_INDEX] * len(prompt) + reply
         return self._finish(ids, labels)
 
     def _finish(self, ids: list[int], labels: list[int]) -> Encoded:
@@ -75,6 +75,6 @@ class Encoder:
                 f"the image does not fit max_length {self.max_length}"
             )
         ids, labels = ids[: self.max_length], labels[: self.max_length]
-        if all(x == IGNORE for x in labels):
+        if all(x == IGNORE_INDEX for x in labels):
             raise TemplateError(f"no supervised token left within max_length {self.max_length}")
         return Encoded(ids, labels, truncated=True)

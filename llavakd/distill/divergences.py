@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-NAMES = ("forward_kl", "reverse_kl", "jsd", "tv", "skew_kl")
+from llavakd.config import DIVERGENCES as NAMES
 
 
 @dataclass(frozen=True)
@@ -101,3 +101,4 @@ def _skew_kl(d, s, t, need_grad):
 
 _FUNCS = {"forward_kl": _forward_kl, "reverse_kl": _reverse_kl, "jsd": _jsd, "tv": _tv,
           "skew_kl": _skew_kl}
+assert set(_FUNCS) == set(NAMES), "llavakd.config.DIVERGENCES and the implemented divergences differ"

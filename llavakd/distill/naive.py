@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llavakd.distill.common import LossOutput, res_divergence, vis_divergence
 from llavakd.distill.divergences import Divergence
-
-IGNORE = -100
+from llavakd.labels import IGNORE_INDEX
 
 
 def naive_divergence(div: Divergence, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -35,11 +35,9 @@ def naive_divergence(div: Divergence, s: torch.Tensor, t: torch.Tensor) -> torch
 
 
 def naive_distill_loss(student, teacher, labels, visual_mask, cfg):
-    from llavakd.distill.objective import LossOutput
-
     cdt = torch.float64 if student.dtype == torch.float64 else torch.float32
     T = cfg.temperature
-    sup = labels[:, 1:] != IGNORE
+    sup = labels[:, 1:] != IGNORE_INDEX
     s_all = student.to(cdt)
     t_all = teacher.to(cdt) if teacher is not None else None
     parts, counts = {}, {}
@@ -52,13 +50,13 @@ def naive_distill_loss(student, teacher, labels, visual_mask, cfg):
         total = total + cfg.ce_weight * ce
     if cfg.res:
         t_res = t_all[:, :-1][sup]
-        res = (naive_divergence(cfg.res_div(), s_res / T, t_res / T).sum() * T * T) / max(counts["res"], 1)
+        res = (naive_divergence(res_divergence(cfg), s_res / T, t_res / T).sum() * T * T) / max(counts["res"], 1)
         parts["res"] = res
         total = total + cfg.res_weight * res
     counts["vis"] = int(visual_mask.sum())
     if cfg.vis:
         s_vis, t_vis = s_all[visual_mask], t_all[visual_mask]
-        vis = (naive_divergence(cfg.vis_div(), s_vis / T, t_vis / T).sum() * T * T) / max(counts["vis"], 1)
+        vis = (naive_divergence(vis_divergence(cfg), s_vis / T, t_vis / T).sum() * T * T) / max(counts["vis"], 1)
         parts["vis"] = vis
         total = total + cfg.vis_weight * vis
     if cfg.rel:

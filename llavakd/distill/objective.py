@@ -1,10 +1,10 @@
-"""LLaVA-KD's objective: CE + L_res + L_vis + L_rel (SPEC section 2), chunked by default.
+"""LLaVA-KD's objective: CE + L_res + L_vis + L_rel (docs/method.md, "Losses"), chunked by default.
 
     from llavakd.distill import LossConfig, distill_loss
     out = distill_loss(student_logits, teacher_logits, labels, visual_mask, LossConfig())
     out.total.backward();  out.parts  # {"ce": ..., "res": ..., "vis": ..., "rel": ...}
 
-Shapes: logits [B, L, V] (teacher without grad), ``labels`` [B, L] with -100 for unsupervised
+Shapes: logits [B, L, V] (teacher without grad), ``labels`` [B, L] with IGNORE_INDEX (-100) for unsupervised
 tokens, ``visual_mask`` [B, L] bool marking each sample's own visual-token positions (text-only
 samples have none and contribute no visual term).
 
@@ -23,109 +23,14 @@ gradient. ``implementation="naive"`` is the straightforward autograd version (th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from llavakd.distill.divergences import NAMES, Divergence
+from llavakd.config import LossConfig
+from llavakd.distill.common import DistillShapeError, LossOutput, check_inputs, res_divergence, vis_divergence
+from llavakd.distill.naive import naive_distill_loss
+from llavakd.labels import IGNORE_INDEX
 
-IGNORE = -100
 DEFAULT_CHUNK_ELEMENTS = 1 << 23  # ~32 MB of fp32 per full-vocabulary temporary
-
-
-class DistillShapeError(ValueError):
-    """Teacher and student inputs disagree; distillation is never silently skipped."""
-
-
-@dataclass
-class LossConfig:
-    """Weights and switches of the four terms (paper: all on, weight 1, temperature 1)."""
-
-    ce: bool = True
-    res: bool = True
-    vis: bool = True
-    rel: bool = True
-    ce_weight: float = 1.0
-    res_weight: float = 1.0
-    vis_weight: float = 1.0
-    rel_weight: float = 1.0
-    divergence: str = "forward_kl"  # for L_res and L_vis; vis_divergence overrides for L_vis
-    vis_divergence: str | None = None
-    jsd_beta: float = 0.5
-    skew_alpha: float = 0.1
-    temperature: float = 1.0
-    rel_reduction: str = "batch"  # "batch" (upstream) or "per_sample"
-    implementation: str = "chunked"  # or "naive"
-    chunk_rows: int | None = None  # rows per chunk; default from DEFAULT_CHUNK_ELEMENTS
-    chunk_vocab: int | None = None  # vocabulary columns per Gram chunk
-
-    def validate(self) -> list[str]:
-        problems = []
-        for name in ("divergence", "vis_divergence"):
-            v = getattr(self, name)
-            if v is not None and v not in NAMES:
-                problems.append(f"{name}: unknown divergence {v!r} (choose from {', '.join(NAMES)})")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be > 0, got {self.temperature}")
-        if self.rel_reduction not in ("batch", "per_sample"):
-            problems.append(f"rel_reduction must be 'batch' or 'per_sample', got {self.rel_reduction!r}")
-        if self.implementation not in ("chunked", "naive"):
-            problems.append(f"implementation must be 'chunked' or 'naive', got {self.implementation!r}")
-        if not 0 < self.jsd_beta < 1:
-            problems.append(f"jsd_beta must be in (0, 1), got {self.jsd_beta}")
-        if not 0 <= self.skew_alpha < 1:
-            problems.append(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
-        for name in ("ce_weight", "res_weight", "vis_weight", "rel_weight"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("chunk_rows", "chunk_vocab"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                problems.append(f"{name} must be >= 1, got {v}")
-        return problems
-
-    def res_div(self) -> Divergence:
-        return Divergence(self.divergence, beta=self.jsd_beta, alpha=self.skew_alpha)
-
-    def vis_div(self) -> Divergence:
-        return Divergence(self.vis_divergence or self.divergence, beta=self.jsd_beta, alpha=self.skew_alpha)
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.res or self.vis or self.rel
-
-
-@dataclass
-class LossOutput:
-    total: torch.Tensor
-    parts: dict[str, float] = field(default_factory=dict)  # unweighted values of enabled terms
-    counts: dict[str, int] = field(default_factory=dict)  # positions each term averaged over
-
-
-def check_inputs(student, teacher, labels, visual_mask, teacher_labels=None, teacher_visual_mask=None):
-    """Raise DistillShapeError naming the first disagreement between teacher and student."""
-    if student.dim() != 3:
-        raise DistillShapeError(f"student logits must be [batch, length, vocab], got {tuple(student.shape)}")
-    if teacher is not None and teacher.shape != student.shape:
-        raise DistillShapeError(
-            f"teacher logits {tuple(teacher.shape)} and student logits {tuple(student.shape)} differ; "
-            "teacher and student must see the same tokens (same tokenizer, same visual-token count)"
-        )
-    if labels.shape != student.shape[:2]:
-        raise DistillShapeError(f"labels {tuple(labels.shape)} do not match logits {tuple(student.shape[:2])}")
-    if visual_mask.shape != student.shape[:2] or visual_mask.dtype != torch.bool:
-        raise DistillShapeError(
-            f"visual_mask must be bool {tuple(student.shape[:2])}, got {visual_mask.dtype} {tuple(visual_mask.shape)}"
-        )
-    if teacher_labels is not None and not torch.equal(teacher_labels, labels):
-        bad = (teacher_labels != labels).any(-1).nonzero().flatten().tolist()
-        raise DistillShapeError(f"teacher and student supervise different tokens in samples {bad}")
-    if teacher_visual_mask is not None and not torch.equal(teacher_visual_mask, visual_mask):
-        bad = (teacher_visual_mask != visual_mask).any(-1).nonzero().flatten().tolist()
-        raise DistillShapeError(f"teacher and student visual positions differ in samples {bad}")
-    sup = labels[labels != IGNORE]
-    if sup.numel() and (sup.min() < 0 or sup.max() >= student.shape[-1]):
-        raise DistillShapeError(f"labels outside [0, {student.shape[-1]}): {sup.min().item()}..{sup.max().item()}")
 
 
 def distill_loss(
@@ -146,8 +51,6 @@ def distill_loss(
         raise DistillShapeError("distillation terms are enabled but no teacher logits were given")
     check_inputs(student, teacher, labels, visual_mask, teacher_labels, teacher_visual_mask)
     if cfg.implementation == "naive":
-        from llavakd.distill.naive import naive_distill_loss
-
         return naive_distill_loss(student, teacher, labels, visual_mask, cfg)
     return _chunked(student, teacher, labels, visual_mask, cfg)
 
@@ -163,8 +66,8 @@ def _rows_plan(labels, visual_mask, cfg):
     """Dense per-row masks over the flattened [B*L] positions."""
     B, L = labels.shape
     res_rows = torch.zeros(B, L, dtype=torch.bool, device=labels.device)
-    res_rows[:, :-1] = labels[:, 1:] != IGNORE
-    target = torch.full((B, L), IGNORE, dtype=torch.long, device=labels.device)
+    res_rows[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    target = torch.full((B, L), IGNORE_INDEX, dtype=torch.long, device=labels.device)
     target[:, :-1] = labels[:, 1:]
     return res_rows.flatten(), visual_mask.flatten(), target.flatten()
 
@@ -198,7 +101,7 @@ class _FusedObjective(torch.autograd.Function):
         dev = student.device  # every accumulator lives beside the logits (CUDA: no host round trips)
         sums = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in ("ce", "res", "vis")}
         T = cfg.temperature
-        res_div, vis_div = cfg.res_div(), cfg.vis_div()
+        res_div, vis_div = res_divergence(cfg), vis_divergence(cfg)
         same_div = res_div == vis_div
 
         active = torch.zeros_like(res_rows)
@@ -219,7 +122,7 @@ class _FusedObjective(torch.autograd.Function):
             m_vis = vis_rows[idx].to(cdt)
             if cfg.ce:
                 y = target[idx]
-                ok = y != IGNORE
+                ok = y != IGNORE_INDEX
                 logp = torch.log_softmax(s, -1)
                 ce_rows = -logp.gather(1, y.clamp_min(0)[:, None]).squeeze(1) * ok
                 sums["ce"] += ce_rows.sum().double()

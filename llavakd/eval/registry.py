@@ -5,7 +5,7 @@
     reg["mme"].tasks                           # ('mme',)
     headline(reg["pope"], {"pope_adv": {...}, ...}, samples)   # -> score in the paper's scale
 
-The YAML is data (facts from SPEC section 4); this module only checks it and applies the scale.
+The YAML is data (facts in docs/method.md, "Benchmarks"); this module only checks it and applies the scale.
 """
 
 from __future__ import annotations

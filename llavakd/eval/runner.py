@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on the paper's benchmarks through lmms-eval, in process; fixed result files.
 
-    llavakd eval --model results/tiny/kd/dft/final --benchmarks all --out results/tiny/eval/kd \\
-        --world results/tiny/world                  # tiny mode: the synthetic stand-ins
+    llavakd eval --model results/demo/runs/qwen1.5-0.5b/s0/dpt--sft--dft/final --benchmarks all \\
+        --out /tmp/eval --world results/demo/world  # tiny mode: the synthetic stand-ins
     llavakd eval --model DIR --benchmarks gqa,mme --out DIR --hf-home /data/hf   # real tasks, offline cache
     llavakd eval --model DIR --benchmarks pope --out /tmp/e --world W --limit 20 --batch-size 8
 
@@ -39,6 +39,7 @@ from pathlib import Path
 
 from llavakd.errors import LlavaKDError
 from llavakd.eval.registry import Benchmark, headline, resolve
+from llavakd.io import atomic_write_text
 
 log = logging.getLogger("llavakd.eval")
 
@@ -176,29 +177,25 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_name
         "model": model_path, "seed": seed, "limit": limit,
         "lmms_eval_version": version("lmms_eval"),
     }
-    _write_atomic(out / f"{bench.name}.samples.jsonl",
+    atomic_write_text(out / f"{bench.name}.samples.jsonl",
                   "".join(json.dumps(s, sort_keys=True) + "\n" for t in bench.tasks for s in samples[t]))
-    _write_atomic(out / f"{bench.name}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / f"{bench.name}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def evaluate(model, benchmarks, out, *, world=None, limit=None, batch_size: int = 1, seed: int = 0,
+def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: int = 1, seed: int = 0,
              device: str = "auto", dtype: str = "float32", submission: bool = False, hf_home=None) -> dict:
     """Run the named benchmarks; returns {benchmark: record}. Raises EvalError on the first failure
     (benchmarks already finished keep their files; the failing one has none).
 
     ``model`` is a checkpoint folder, or an lmms-eval model object (tests drive the runner with a
-    scripted one)."""
+    scripted one). ``standins``: a task writer ``folder -> {registry task: task name}`` that swaps
+    the official tasks for stand-ins (tiny mode: ``llavakd.tiny.tasks.standin_tasks(world)``); it is
+    passed in, not imported, so the runner knows nothing of the tiny world."""
     from lmms_eval.api.model import lmms
     from lmms_eval.tasks import TaskManager
 
-    from llavakd.eval.tiny_tasks import write_task_yamls
+    from llavakd.eval.tasks import write_task_yamls
 
     benches = resolve(benchmarks)
     out = Path(out)
@@ -213,7 +210,7 @@ def evaluate(model, benchmarks, out, *, world=None, limit=None, batch_size: int 
         raise EvalError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
-    if submission and world is not None:
+    if submission and standins is not None:
         raise EvalError("--submission needs the official tasks: the tiny world has no server-scored splits")
     if hf_home:  # a pre-filled Hugging Face cache: the official task data without any network access
         os.environ.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
@@ -222,7 +219,7 @@ def evaluate(model, benchmarks, out, *, world=None, limit=None, batch_size: int 
         for suffix in (".json", ".samples.jsonl"):
             (out / f"{b.name}{suffix}").unlink(missing_ok=True)
     tasks_dir = out / ".work" / "tasks"
-    tiny_names = write_task_yamls(tasks_dir, world)
+    tiny_names = (standins or write_task_yamls)(tasks_dir)
     results = {}
     with _quiet_lmms():
         manager = TaskManager(include_path=str(tasks_dir))
@@ -233,7 +230,7 @@ def evaluate(model, benchmarks, out, *, world=None, limit=None, batch_size: int 
         for b in benches:
             log.info("evaluating %s (%s)", b.name, ", ".join(b.tasks))
             results[b.name] = run_benchmark(b, model, out, task_manager=manager,
-                                            tiny_names=tiny_names if world is not None else None, limit=limit,
+                                            tiny_names=tiny_names if standins is not None else None, limit=limit,
                                             batch_size=batch_size, seed=seed, model_path=model_path,
                                             submission=submission)
     return results

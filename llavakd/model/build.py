@@ -89,6 +89,14 @@ def _load_image_processor(src: Source, image_size: int):
     return proc
 
 
+def siglip_image_processor(image_size: int):
+    """SigLIP's own preprocessing at ``image_size``: bicubic resize, rescale, normalise with mean = std = 0.5."""
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(size={"height": image_size, "width": image_size}, resample=3,
+                                image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
+
 def _declares_token(folder: str, token: str) -> bool | None:
     """Whether a local tokenizer.json itself holds ``token`` (None: no file to look at).
 

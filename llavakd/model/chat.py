@@ -1,4 +1,5 @@
-"""The phi-style conversation template LLaVA-KD uses for Qwen (SPEC section 1).
+"""The phi-style conversation template LLaVA-KD uses for Qwen (docs/method.md, "Architecture"), and
+LLaVA-1.5's prompt suffixes.
 
 One source of truth for the template text: the data pipeline builds training sequences from
 these constants, and the Jinja version below is stored in every saved processor so that
@@ -15,6 +16,12 @@ USER_TAG = " USER: "
 ASSISTANT_TAG = " ASSISTANT:"
 END_TOKEN = "<|endoftext|>"
 IMAGE_TOKEN = "<image>"
+
+# LLaVA-1.5's instructions appended to a question (its training data and evaluation prompts).
+SHORT = "\nAnswer the question using a single word or phrase."
+LETTER = "\nAnswer with the option's letter from the given choices directly."
+LETTER_CN = "\n请直接回答选项字母。"
+UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
 
 # Messages follow the transformers convention: {"role": "user"|"assistant"|"system",
 # "content": str | [{"type": "image"} | {"type": "text", "text": str}]}.

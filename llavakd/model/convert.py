@@ -125,8 +125,7 @@ def convert_upstream(
         SiglipVisionConfig,
     )
 
-    from llavakd.model.build import DTYPES, save_llava
-    from llavakd.model.tiny import tiny_image_processor
+    from llavakd.model.build import DTYPES, save_llava, siglip_image_processor
 
     src = Path(src)
     if not src.is_dir():
@@ -157,8 +156,8 @@ def convert_upstream(
         ip = AutoImageProcessor.from_pretrained(ip_src.ref, **ip_src.kwargs)
     elif (src / "preprocessor_config.json").exists():
         ip = AutoImageProcessor.from_pretrained(str(src), local_files_only=True)
-    else:  # SigLIP's own preprocessing: resize, rescale, normalise with mean = std = 0.5
-        ip = tiny_image_processor()
+    else:
+        ip = siglip_image_processor(vision_config.image_size)
     ip.size = {"height": vision_config.image_size, "width": vision_config.image_size}
 
     config = llava_config(vision_config, text_config, image_token_id, strategy, layer)

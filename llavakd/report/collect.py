@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +24,7 @@ class Cell:
     @property
     def sd(self) -> float | None:
         """Sample standard deviation over seeds; None for a single seed."""
-        n = len(self.values)
-        if n < 2:
-            return None
-        return math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1))
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
 
     @property
     def ci95(self) -> float | None:

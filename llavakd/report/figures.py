@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from llavakd.io import atomic_file  # noqa: E402
 from llavakd.report.averages import COLUMNS, avg10  # noqa: E402
 from llavakd.report.reference import display_llm, llm_size_billions, paper_row  # noqa: E402
 from llavakd.report.tables import HEADERS  # noqa: E402
@@ -31,11 +32,11 @@ TERMS = ["ce", "res", "vis", "rel"]
 
 def _save(fig, out: str | Path) -> Path:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_file(out) as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return out
 
 

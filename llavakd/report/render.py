@@ -12,19 +12,18 @@ import math
 import struct
 from pathlib import Path
 
+from llavakd.io import atomic_write_text
+from llavakd.layout import model_name, parse_model
 from llavakd.report import figures
 from llavakd.report.collect import collect_row
 from llavakd.report.reference import load_paper
 from llavakd.report.tables import ablation_table, seed_table, table1, write_table
-
-
-def _eval_dir(study, model: str) -> str:
-    return f"{study.root}/eval/{model}"
+from llavakd.stages import Chain
 
 
 def _row(study, label, role, llm, models, family=""):
     return collect_row({"label": label, "role": role, "llm": llm, "family": family,
-                        "eval_dirs": [_eval_dir(study, m) for m in models]})
+                        "eval_dirs": [study.layout.eval_dir(m) for m in models]})
 
 
 def study_families(study) -> list[dict]:
@@ -35,7 +34,7 @@ def study_families(study) -> list[dict]:
                  "students": []}
         for s in fam["students"]:
             entry["students"].append({
-                role: _row(study, role, role, s, [f"{s}/s{seed}/{study.variants[role]}" for seed in study.seeds], name)
+                role: _row(study, role, role, s, [model_name(s, seed, study.variants[role]) for seed in study.seeds], name)
                 for role in ("baseline", "llava_kd")})
         fams.append(entry)
     return fams
@@ -47,9 +46,7 @@ def render_table1(study, reports_dir, formats=("md", "csv", "tex", "html")):
     paths = write_table(table1(fams, load_paper()), Path(reports_dir) / "table1", formats)
     md, csv_text = seed_table(fams, study.seeds)
     for ext, text in (("md", md), ("csv", csv_text)):
-        path = Path(reports_dir) / f"seeds.{ext}"
-        path.write_text(text, encoding="utf-8")
-        paths.append(path)
+        paths.append(atomic_write_text(Path(reports_dir) / f"seeds.{ext}", text))
     return paths
 
 
@@ -59,8 +56,8 @@ def render_ablation(study, kind: str, reports_dir, formats=("md", "csv", "tex", 
     rows = []
     for name, names in models.items():
         for s in study.ablation_students():
-            mine = [m for m in names if m.startswith(f"{s}/")]
-            chain = mine[0].split("/", 2)[2]
+            mine = [m for m in names if parse_model(m).llm == s]
+            chain = parse_model(mine[0]).chain
             rows.append((f"{name}, {s}", chain, _row(study, name, name, s, mine)))
     title = {"losses": "Ablation: distillation terms in DPT/DFT", "stages": "Ablation: training stages"}[kind]
     return write_table(ablation_table(title, rows), Path(reports_dir) / f"ablation_{kind}", formats)
@@ -86,14 +83,13 @@ def render_figures(study, reports_dir) -> list[Path]:
     params = {}
     for fam in study.families.values():
         for llm, model in [(fam["teacher"], study.teacher_model(fam["teacher"]))] + [
-                (s, f"{s}/s{study.seeds[0]}/{study.variants['baseline']}") for s in fam["students"]]:
+                (s, model_name(s, study.seeds[0], study.variants["baseline"])) for s in fam["students"]]:
             params[llm] = llm_parameters(study.model_dir(model))
     runs = []
-    chain = study.variants["llava_kd"].split("--")
+    seed = study.seeds[0]
     for s in study.students():
-        for i in range(len(chain)):
-            prefix = "--".join(chain[: i + 1])
-            runs.append((s, chain[i].split("~")[0], f"{study.root}/runs/{s}/s{study.seeds[0]}/{prefix}/metrics.jsonl"))
+        for prefix in Chain.parse(study.variants["llava_kd"]).prefixes():
+            runs.append((s, prefix.last.name, study.layout.metrics_file(s, seed, prefix)))
     return [figures.benchmark_bars(fams, paper, fig_dir / "benchmarks.png"),
             figures.overview(fams, paper, params, fig_dir / "overview.png"),
             figures.training_curves(runs, fig_dir / "training_curves.png")]
@@ -104,9 +100,9 @@ def render_protocol_offset(study, reports_dir) -> list[Path]:
 
     released = []
     for model in study.released_models():
-        name = model.split("/", 1)[1]
+        name = parse_model(model).llm
         spec = study.config["released"][name]
-        scores = {c: float(r["headline"]) for c, r in read_scores(_eval_dir(study, model)).items()}
+        scores = {c: float(r["headline"]) for c, r in read_scores(study.layout.eval_dir(model)).items()}
         released.append({"name": name, "method": spec["method"], "llm": spec["llm"], "scores": scores})
     return [figures.protocol_offset(released, load_paper(), Path(reports_dir) / "figures" / "protocol_offset.png")]
 

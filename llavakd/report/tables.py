@@ -16,6 +16,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llavakd.io import atomic_write_text
 from llavakd.report.averages import COLUMNS, avg7, avg10
 from llavakd.report.collect import Row
 from llavakd.report.reference import TEACHER_METHOD, display_llm, paper_row
@@ -97,7 +98,8 @@ def table1(families: list[dict], paper) -> Table:
 
 def ablation_table(title: str, rows: list[tuple[str, str, Row]]) -> Table:
     """``rows``: (variant name, chain, Row). The paper's ablation numbers are not available."""
-    lines = [Line("paper", "", "info", text="the paper's ablation numbers are not available (see SPEC section 3)")]
+    note = "the paper's ablation numbers are not available (see docs/method.md, Ablations)"
+    lines = [Line("paper", "", "info", text=note)]
     for name, chain, row in rows:
         line = _ours_line(f"{name} ({chain})", row)
         lines.append(line)
@@ -177,15 +179,7 @@ WRITERS = {"md": to_markdown, "csv": to_csv, "tex": to_latex, "html": to_html}
 
 def write_table(t: Table, stem: str | Path, formats=tuple(WRITERS)) -> list[Path]:
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for ext in formats:
-        path = stem.with_name(f"{stem.name}.{ext}")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(WRITERS[ext](t), encoding="utf-8")
-        tmp.replace(path)
-        out.append(path)
-    return out
+    return [atomic_write_text(stem.with_name(f"{stem.name}.{ext}"), WRITERS[ext](t)) for ext in formats]
 
 
 def seed_table(families: list[dict], seeds: list[int]) -> tuple[str, str]:

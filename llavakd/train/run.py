@@ -59,11 +59,8 @@ def apply_freeze_plan(model, trainable: tuple[str, ...]) -> dict[str, int]:
 
 
 def dataset_fingerprint(json_path: str) -> str:
-    h = hashlib.sha256()
     with open(json_path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+        return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
 
 
 def _git_commit() -> str | None:
@@ -168,30 +165,31 @@ def load_teacher(cfg: StageConfig, student, dtype):
     return teacher
 
 
-def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train one stage; returns the final model folder (or the run dir if stopped early)."""
-    from transformers import TrainingArguments, set_seed
-
-    from llavakd.data.dataset import Collator, LlavaDataset
-    from llavakd.train.trainer import JsonlLogger, KDTrainer, NonFiniteGradGuard, StopAfter, complete_checkpoints
-
-    t0 = time.perf_counter()
-    out = prepare_run_dir(cfg, resume, overwrite)
-    check_resume_config(out, cfg, resume)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    set_seed(cfg.train.seed)
-    dtype = DTYPE[cfg.train.precision]
+def setup_models(cfg: StageConfig):
+    """Student (freeze plan applied) and, for a distillation stage, the frozen teacher."""
     cuda = torch.cuda.is_available()
     if not cuda and cfg.train.precision == "fp16":
         raise LlavaKDError("train.precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    dtype = DTYPE[cfg.train.precision]
     # weights stay fp32 under mixed precision; the Trainer autocasts
     model, processor = load_student(cfg, torch.float32 if cfg.train.precision != "fp32" else dtype)
-    counts = apply_freeze_plan(model, cfg.spec["trainable"])
+    counts = apply_freeze_plan(model, cfg.spec.trainable)
     teacher = load_teacher(cfg, model, torch.float32 if not cuda else dtype) if cfg.distill else None
+    return model, processor, teacher, counts
 
-    dataset = LlavaDataset(cfg.data.json, cfg.data.images, processor, template=cfg.spec["template"],
-                           max_length=cfg.data.max_length, skip_bad=cfg.data.skip_bad)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+
+def setup_data(cfg: StageConfig, processor):
+    """The stage's dataset in its template (nothing is read beyond the JSON until a batch is drawn)."""
+    from llavakd.data.dataset import LlavaDataset
+
+    return LlavaDataset(cfg.data.json, cfg.data.images, processor, template=cfg.spec.template,
+                        max_length=cfg.data.max_length, skip_bad=cfg.data.skip_bad)
+
+
+def setup_training_args(cfg: StageConfig, out: Path, world: int):
+    """transformers' TrainingArguments for the stage; the global batch is kept whatever the world size."""
+    from transformers import TrainingArguments
+
     accum = batch_decomposition(cfg.train.global_batch, cfg.train.per_device_batch, world)
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -217,17 +215,65 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
         remove_unused_columns=False,
         dataloader_num_workers=cfg.data.num_workers,
         optim="adamw_torch",
-        use_cpu=not cuda,
+        use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
+    return args, accum
+
+
+def setup_trainer(cfg: StageConfig, out: Path, model, processor, teacher, dataset, args):
+    """KDTrainer with the objective, the guards, the metrics log and the checkpoint policy."""
+    from llavakd.data.dataset import Collator
+    from llavakd.train.trainer import JsonlLogger, KDTrainer, NonFiniteGradGuard, StopAfter
+
     callbacks = [NonFiniteGradGuard(model), JsonlLogger(out / "metrics.jsonl")]
     if cfg.train.stop_after_steps:
         callbacks.append(StopAfter(cfg.train.stop_after_steps))
     trainer = KDTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer),
-                        loss_config=cfg.loss, teacher=teacher, callbacks=callbacks)
-    trainer._keep_checkpoints = cfg.train.keep_checkpoints
+                        loss_config=cfg.loss, teacher=teacher, keep_checkpoints=cfg.train.keep_checkpoints,
+                        callbacks=callbacks)
     if teacher is not None and not trainer.is_deepspeed_enabled:
         teacher.to(args.device)  # under DeepSpeed the trainer wraps it into an engine at the first step
+    return trainer
+
+
+def run_metadata(cfg: StageConfig, trainer, dataset, counts: dict, *, world: int, accum: int, start, elapsed: float):
+    """What metadata.json (and final/llavakd_run.json) records about the run."""
+    cuda = torch.cuda.is_available()
+    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {
+        "stage": cfg.stage, "git_commit": _git_commit(), "versions": _versions(),
+        "world_size": world, "per_device_batch": cfg.train.per_device_batch, "grad_accumulation": accum,
+        "global_batch": cfg.train.global_batch, "precision": cfg.train.precision,
+        "template": cfg.spec.template, "seed": cfg.train.seed, "trainable_modules": list(cfg.spec.trainable),
+        "parameters": counts, "dataset": {"json": cfg.data.json, "records": len(dataset),
+                                          "sha256_16": dataset_fingerprint(cfg.data.json),
+                                          "skipped": dict(dataset.skipped), "truncated": dataset.truncated},
+        "steps": trainer.state.global_step, "tokens_per_s": round(trainer.tokens_seen / max(elapsed, 1e-9), 1),
+        "peak_memory_mb": round(peak / 2**20, 1), "wall_time_s": round(elapsed, 1),
+        "resumed_from": str(start) if start else None,
+        "device": "cuda" if cuda else "cpu", "loss": dataclasses.asdict(cfg.loss),
+        "teacher_placement": _teacher_placement(trainer.teacher),
+    }
+
+
+def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train one stage; returns the final model folder (or the run dir if stopped early)."""
+    from transformers import set_seed
+
+    from llavakd.train.trainer import complete_checkpoints
+
+    t0 = time.perf_counter()
+    out = prepare_run_dir(cfg, resume, overwrite)
+    check_resume_config(out, cfg, resume)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    set_seed(cfg.train.seed)
+    model, processor, teacher, counts = setup_models(cfg)
+    dataset = setup_data(cfg, processor)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    args, accum = setup_training_args(cfg, out, world)
+    trainer = setup_trainer(cfg, out, model, processor, teacher, dataset, args)
+
     ckpts = complete_checkpoints(out / "checkpoints") if resume else []
     start = ckpts[-1] if ckpts else None
     if start:
@@ -236,22 +282,8 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     state = trainer.state
     if cfg.train.stop_after_steps and state.global_step < state.max_steps:
         return out
-    elapsed = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    meta = {
-        "stage": cfg.stage, "git_commit": _git_commit(), "versions": _versions(),
-        "world_size": world, "per_device_batch": cfg.train.per_device_batch, "grad_accumulation": accum,
-        "global_batch": cfg.train.global_batch, "precision": cfg.train.precision,
-        "template": cfg.spec["template"], "seed": cfg.train.seed, "trainable_modules": list(cfg.spec["trainable"]),
-        "parameters": counts, "dataset": {"json": cfg.data.json, "records": len(dataset),
-                                          "sha256_16": dataset_fingerprint(cfg.data.json),
-                                          "skipped": dict(dataset.skipped), "truncated": dataset.truncated},
-        "steps": state.global_step, "tokens_per_s": round(trainer._tokens / max(elapsed, 1e-9), 1),
-        "peak_memory_mb": round(peak / 2**20, 1), "wall_time_s": round(elapsed, 1),
-        "resumed_from": str(start) if start else None,
-        "device": "cuda" if cuda else "cpu", "loss": dataclasses.asdict(cfg.loss),
-        "teacher_placement": _teacher_placement(trainer.teacher),
-    }
+    meta = run_metadata(cfg, trainer, dataset, counts, world=world, accum=accum, start=start,
+                        elapsed=time.perf_counter() - t0)
     (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     with atomic_dir(out / "final", overwrite=True) as tmp:  # the run's completion: written last
         trainer.save_model(str(tmp))

@@ -36,15 +36,16 @@ def complete_checkpoints(folder: str | Path) -> list[Path]:
 class KDTrainer(Trainer):
     """CE (+ L_res + L_vis + L_rel with a frozen teacher) computed by llavakd.distill."""
 
-    def __init__(self, *args, loss_config: LossConfig, teacher=None, **kwargs):
+    def __init__(self, *args, loss_config: LossConfig, teacher=None, keep_checkpoints: int = 2, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_config = loss_config
         self.teacher = teacher
+        self.keep_checkpoints = max(1, int(keep_checkpoints))  # complete checkpoints kept; older ones go
         # our loss is already a per-micro-batch mean: let the Trainer average over accumulation
         self.model_accepts_loss_kwargs = False
         self._parts_sum: dict[str, float] = {}
         self._parts_n = 0
-        self._tokens = 0
+        self.tokens_seen = 0  # attended tokens of the student's micro-batches (tokens/s in logs and metadata)
         self._t_start = time.perf_counter()
         self._staging: str | None = None
         self._teacher_ready = False
@@ -84,7 +85,7 @@ class KDTrainer(Trainer):
         for k, v in res.parts.items():
             self._parts_sum[k] = self._parts_sum.get(k, 0.0) + v
         self._parts_n += 1
-        self._tokens += int(fwd["attention_mask"].sum())
+        self.tokens_seen += int(fwd["attention_mask"].sum())
         return (res.total, out) if return_outputs else res.total
 
     def log(self, logs: dict, start_time=None) -> None:
@@ -97,7 +98,7 @@ class KDTrainer(Trainer):
                 logs[f"loss_{k}"] = round(v, 6)
             self._parts_sum, self._parts_n = {}, 0
             elapsed = time.perf_counter() - self._t_start
-            logs["tokens_per_s"] = round(self._tokens / max(elapsed, 1e-9), 1)
+            logs["tokens_per_s"] = round(self.tokens_seen / max(elapsed, 1e-9), 1)
         super().log(logs, start_time) if start_time is not None else super().log(logs)
 
     # -- resume ------------------------------------------------------------------------------
@@ -144,8 +145,7 @@ class KDTrainer(Trainer):
             os.replace(staging / name, target)  # rename: the folder appears complete or not at all
             (target / COMPLETE_MARKER).write_text("ok\n")  # marker last
             shutil.rmtree(staging, ignore_errors=True)
-            keep = max(1, int(getattr(self, "_keep_checkpoints", 2)))
-            for old in complete_checkpoints(final_root)[:-keep]:
+            for old in complete_checkpoints(final_root)[:-self.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 

@@ -1,23 +1,29 @@
 # Shared set-up: the validated study, paths, wildcard constraints, the command prefix.
+# Paths come from llavakd.layout and chains from llavakd.stages: nothing here spells either.
 import os
 import sys
 
 from snakemake.exceptions import WorkflowError
 
 from llavakd.errors import ConfigError
+from llavakd.io import atomic_write_text
 from llavakd.eval.registry import resolve
-from llavakd.plan import Study, cost_report
+from llavakd.layout import MODEL_REGEX, NAME_REGEX, SEED_REGEX, marker, parse_model
+from llavakd.plan import Study, cost_report, train_jobs
 from llavakd.report.render import render_for_rule
+from llavakd.stages import CHAIN_REGEX
+from llavakd.tiny.family import LLM_NAMES as TINY_LLMS
 
 try:
-    STUDY = Study.load(config, source="snakemake config")
+    STUDY = Study.load(config, source="snakemake config", tiny_llms=TINY_LLMS)
 except ConfigError as err:
     raise WorkflowError(str(err))
 
-R = STUDY.root
-REPORTS = f"reports/{STUDY.run}"
+L = STUDY.layout
+R = L.root
+REPORTS = L.reports
 TINY = STUDY.mode == "tiny"
-WORLD = [f"{R}/world/COMPLETE"] if TINY else []
+WORLD = [marker(L.world_dir())] if TINY else []
 BENCHMARKS = [b.name for b in resolve(config["eval"].get("benchmarks", "all"))]
 TABLE_FORMATS = ["md", "csv", "tex", "html"]
 FIGURES = [
@@ -31,10 +37,10 @@ os.environ.setdefault("LLAVAKD_PY", sys.executable)
 
 
 wildcard_constraints:
-    llm=r"[A-Za-z0-9._-]+",
-    seed=r"\d+",
-    chain=r"(pt|sft|dpt|dft)(~[a-z+]+)?(--(pt|sft|dpt|dft)(~[a-z+]+)?)*",
-    model=r"[A-Za-z0-9._-]+/(s\d+/[a-z~+-]+|given)|released/[A-Za-z0-9._-]+",
+    llm=NAME_REGEX,
+    seed=SEED_REGEX,
+    chain=CHAIN_REGEX,
+    model=MODEL_REGEX,
 
 
 def res(rule_name, key, default):
@@ -62,16 +68,13 @@ def train_cmd(wildcards, threads, resources):
 
 
 def eval_inputs(wc):
-    if os.path.basename(wc.model) == "given" or wc.model.startswith("released"):
+    if parse_model(wc.model).kind != "run":
         return {"world": WORLD}  # a given checkpoint is a parameter, not a job input
-    return {
-        "model": os.path.join(STUDY.model_dir(wc.model), "COMPLETE"),
-        "world": WORLD,
-    }
+    return {"model": marker(STUDY.model_dir(wc.model)), "world": WORLD}
 
 
 def eval_files(models):
-    return [f"{R}/eval/{m}/{b}.json" for m in models for b in BENCHMARKS]
+    return [L.eval_file(m, b) for m in models for b in BENCHMARKS]
 
 
 def ablation_eval_files(kind):
@@ -85,9 +88,9 @@ def ablation_eval_files(kind):
 
 def kd_run_markers():
     """Every stage of every LLaVA-KD student (first seed): the training curves read them."""
-    chain = STUDY.variants["llava_kd"].split("--")
     return [
-        f"{R}/runs/{s}/s{STUDY.seeds[0]}/{'--'.join(chain[:i + 1])}/final/COMPLETE"
-        for s in STUDY.students()
-        for i in range(len(chain))
+        L.final_marker(llm, seed, chain)
+        for llm, seed, chain in train_jobs(
+            STUDY, STUDY.variant_models("llava_kd", seeds=STUDY.seeds[:1])
+        )
     ]

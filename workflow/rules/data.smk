@@ -4,11 +4,11 @@
 rule world:
     """Images, the caption and instruction sets, and the ten benchmark stand-ins."""
     output:
-        f"{R}/world/COMPLETE",
+        marker(L.world_dir()),
     log:
-        f"{R}/logs/world.log",
+        L.log("world"),
     benchmark:
-        f"{R}/benchmarks/world.tsv"
+        L.timing("world")
     threads: res("world", "threads", 1)
     resources:
         mem_mb=res("world", "mem_mb", 4000),

@@ -7,11 +7,11 @@ rule evaluate:
     input:
         unpack(eval_inputs),
     output:
-        expand(f"{R}/eval/{{{{model}}}}/{{bench}}.json", bench=BENCHMARKS),
+        [L.eval_file("{model}", b) for b in BENCHMARKS],
     log:
-        f"{R}/logs/eval/{{model}}.log",
+        L.log("eval", "{model}"),
     benchmark:
-        f"{R}/benchmarks/eval/{{model}}.tsv"
+        L.timing("eval", "{model}")
     threads: res("eval", "threads", 1)
     resources:
         gpu=res("eval", "gpus", 0),
@@ -21,7 +21,7 @@ rule evaluate:
         model=lambda wc: STUDY.model_dir(wc.model),
         out=lambda wc, output: parent(output[0]),
         benchmarks=",".join(BENCHMARKS),
-        world=f"--world {R}/world" if TINY else "",
+        world=f"--world {L.world_dir()}" if TINY else "",
         limit=(
             f"--limit {config['eval']['limit']}" if config["eval"].get("limit") else ""
         ),

@@ -7,11 +7,11 @@ rule components:
     input:
         WORLD,
     output:
-        f"{R}/components/COMPLETE",
+        marker(L.components_dir()),
     log:
-        f"{R}/logs/components.log",
+        L.log("components"),
     benchmark:
-        f"{R}/benchmarks/components.tsv"
+        L.timing("components")
     threads: res("components", "threads", 1)
     resources:
         mem_mb=res("components", "mem_mb", 8000),
@@ -32,13 +32,13 @@ rule components:
 rule init_model:
     """A LLaVA checkpoint assembled from the vision tower and a base LLM (projector seeded)."""
     input:
-        [f"{R}/components/COMPLETE"] if TINY else [],
+        [marker(L.components_dir())] if TINY else [],
     output:
-        f"{R}/models/{{llm}}/s{{seed}}/init/COMPLETE",
+        marker(L.init_dir("{llm}", "{seed}")),
     log:
-        f"{R}/logs/init/{{llm}}/s{{seed}}.log",
+        L.log("init", "{llm}", "s{seed}"),
     benchmark:
-        f"{R}/benchmarks/init/{{llm}}/s{{seed}}.tsv"
+        L.timing("init", "{llm}", "s{seed}")
     threads: res("build", "threads", 1)
     resources:
         mem_mb=res("build", "mem_mb", 8000),

@@ -24,9 +24,9 @@ rule table1:
             for ext in ("md", "csv")
         ],
     log:
-        f"{R}/logs/report/table1.log",
+        L.log("report", "table1"),
     benchmark:
-        f"{R}/benchmarks/report/table1.tsv"
+        L.timing("report", "table1")
     localrule: True
     run:
         render_for_rule("table1", STUDY, REPORTS, log[0], TABLE_FORMATS)
@@ -46,9 +46,9 @@ rule ablation_table:
             for ext in TABLE_FORMATS
         ],
     log:
-        f"{R}/logs/report/ablation_{{kind}}.log",
+        L.log("report", "ablation_{kind}"),
     benchmark:
-        f"{R}/benchmarks/report/ablation_{{kind}}.tsv"
+        L.timing("report", "ablation_{kind}")
     wildcard_constraints:
         kind="losses|stages",
     localrule: True
@@ -68,9 +68,9 @@ rule figures_render:
             if not path.endswith("protocol_offset.png")
         ],
     log:
-        f"{R}/logs/report/figures.log",
+        L.log("report", "figures"),
     benchmark:
-        f"{R}/benchmarks/report/figures.tsv"
+        L.timing("report", "figures")
     localrule: True
     run:
         render_for_rule("figures", STUDY, REPORTS, log[0])
@@ -87,9 +87,9 @@ rule protocol_offset:
             category="Figures",
         ),
     log:
-        f"{R}/logs/report/protocol_offset.log",
+        L.log("report", "protocol_offset"),
     benchmark:
-        f"{R}/benchmarks/report/protocol_offset.tsv"
+        L.timing("report", "protocol_offset")
     localrule: True
     run:
         render_for_rule("offset", STUDY, REPORTS, log[0])

@@ -4,17 +4,31 @@
 # from the newest complete one (llavakd train --resume).
 
 
+rule job_config:
+    """One training job's validated stage config (built and checked when the DAG is planned)."""
+    output:
+        L.config_file("{llm}", "{seed}", "{chain}"),
+    log:
+        L.log("configs", "{llm}", "s{seed}", "{chain}"),
+    localrule: True
+    params:
+        text=lambda wc: STUDY.stage_config_text(wc.llm, int(wc.seed), wc.chain),
+    run:
+        atomic_write_text(output[0], params.text)
+        atomic_write_text(log[0], f"wrote {output[0]}\n")
+
+
 rule train:
-    """One stage (pt, sft, dpt, dft) of one chain for one LLM and seed."""
+    """One stage (pt, sft, dpt, dft) of one chain for one LLM and seed, from its config file."""
     input:
         unpack(lambda wc: STUDY.train_inputs(wc.llm, int(wc.seed), wc.chain)),
         world=WORLD,
     output:
-        f"{R}/runs/{{llm}}/s{{seed}}/{{chain}}/final/COMPLETE",
+        L.final_marker("{llm}", "{seed}", "{chain}"),
     log:
-        f"{R}/logs/train/{{llm}}/s{{seed}}/{{chain}}.log",
+        L.log("train", "{llm}", "s{seed}", "{chain}"),
     benchmark:
-        f"{R}/benchmarks/train/{{llm}}/s{{seed}}/{{chain}}.tsv"
+        L.timing("train", "{llm}", "s{seed}", "{chain}")
     threads: res("train", "threads", 1)
     resources:
         gpu=res("train", "gpus", 0),
@@ -22,17 +36,5 @@ rule train:
         runtime=res("train", "runtime", 60),
     params:
         cmd=train_cmd,
-        stage=lambda wc: wc.chain.split("--")[-1].split("~")[0],
-        model=lambda wc, input: parent(input.model),
-        teacher=lambda wc: (
-            f"teacher={STUDY.teacher_dir(wc.llm, wc.chain)}"
-            if STUDY.teacher_dir(wc.llm, wc.chain)
-            else ""
-        ),
-        out=lambda wc, output: parent(parent(output[0])),
-        overrides=lambda wc: " ".join(
-            STUDY.train_overrides(wc.llm, int(wc.seed), wc.chain)
-        ),
     shell:
-        "OMP_NUM_THREADS={threads} {params.cmd} --stage {params.stage} model={params.model} {params.teacher} "
-        "output_dir={params.out} {params.overrides} --resume >> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.cmd} --config {input.config} --resume >> {log} 2>&1"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from llavakd.data.synth import (
+from llavakd.tiny.scenes import (
     CELLS,
     ITEMS,
     LETTERS,
@@ -227,3 +227,10 @@ def mmmu(images: list[Image], rng):
 
 
 __all__ = ["gqa", "mmbench_cn", "mmbench_en", "mme", "mmmu", "pope", "scienceqa", "textvqa", "vizwiz_vqa", "vqav2"]
+
+
+# stand-in name -> writer, in the order the world writes them (the folder names under bench/)
+WRITERS = {
+    "vqav2": vqav2, "gqa": gqa, "vizwiz_vqa": vizwiz_vqa, "scienceqa": scienceqa, "textvqa": textvqa,
+    "mme": mme, "mmbench_en": mmbench_en, "mmbench_cn": mmbench_cn, "pope": pope, "mmmu": mmmu,
+}

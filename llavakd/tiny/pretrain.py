@@ -1,9 +1,9 @@
 """Stand-ins for *pretrained* components: train the tiny tower and LLMs on the synthetic world.
 
-    llavakd tiny-models --out results/tiny/components --world results/tiny/world --seed 0
+    llavakd tiny-models --out results/demo/components --world results/demo/world --seed 0
 
 The real recipe freezes a pretrained SigLIP and starts from a pretrained base LLM; random tiny
-ones would make PT/DPT meaningless (shared/research/tiny-world.md measured this). So:
+ones would make PT/DPT meaningless (docs/world.md, "Why the components are pre-trained"). So:
 
 * vision tower: a per-cell classifier (empty / digit 0-9 / 5 colours x 3 shapes = 26 classes) on
   the mean of each cell's patch features at layer -2 (the layer LLaVA reads), trained on the
@@ -24,15 +24,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llavakd.data.synth import CELLS, COLORS, SHAPES
 from llavakd.errors import LlavaKDError
+from llavakd.labels import IGNORE_INDEX
+from llavakd.tiny.components import write_tiny_components
+from llavakd.tiny.scenes import CELLS, COLORS, SHAPES
 
 CLASSES = ["empty"] + [f"digit {d}" for d in range(10)] + [f"{c} {s}" for c in COLORS for s in SHAPES]
 _ITEM = re.compile(r"(?:a (\w+) (\w+)|the number (\d)) at (top left|top right|bottom left|bottom right) \.")
 
 
 def warmup_cosine(opt, steps: int, warmup: int):
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    """Linear warm-up over ``warmup`` steps times a cosine decay to 0 at ``steps``.
+
+    Not transformers' ``get_cosine_schedule_with_warmup``: that one starts its cosine after the
+    warm-up, this one multiplies the warm-up ramp into a cosine that runs from step 0. Every tiny
+    component (and so every tiny number measured so far) was trained with this one; switching would
+    change them all for no gain in what the world tests."""
     return torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
@@ -139,7 +146,7 @@ def pretrain_llm(lm, tokenizer, world: Path, seed: int, steps: int = 150, batch:
         seqs = [encoded[i] for i in idx]
         L = max(len(s) for s in seqs)
         ids = torch.full((batch, L), eos, dtype=torch.long)
-        labels = torch.full((batch, L), -100, dtype=torch.long)
+        labels = torch.full((batch, L), IGNORE_INDEX, dtype=torch.long)
         att = torch.zeros((batch, L), dtype=torch.long)
         for b, s in enumerate(seqs):
             ids[b, : len(s)] = torch.tensor(s)
@@ -156,3 +163,27 @@ def pretrain_llm(lm, tokenizer, world: Path, seed: int, steps: int = 150, batch:
     return {"steps": steps, "batch": batch, "lr": lr, "documents": len(docs),
             "loss_first": round(float(np.mean(losses[:10])), 4), "loss_last": round(float(np.mean(losses[-10:])), 4),
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def write_pretrained_components(out, world: Path, *, seed: int = 0, vision_steps: int = 1500, llm_steps: int = 150,
+                                min_probe: float = 0.9) -> dict:
+    """The tiny components, pre-trained on ``world``: the tower until its held-out probe reaches
+    ``min_probe`` (else LlavaKDError, nothing written), each LLM for ``llm_steps``."""
+    world = Path(world)
+
+    def train_vision(tower):
+        rep = pretrain_vision(tower, world, seed=seed, steps=vision_steps)
+        if rep["probe_cell_accuracy"] < min_probe:
+            raise LlavaKDError(
+                f"vision pre-training reached a held-out cell accuracy of {rep['probe_cell_accuracy']:.3f} "
+                f"< --min-probe {min_probe}; raise --vision-steps"
+            )
+        print(f"vision tower: held-out cell accuracy {rep['probe_cell_accuracy']:.3f} ({rep['seconds']} s)")
+        return rep
+
+    def train_llm(name, lm, tok):
+        rep = pretrain_llm(lm, tok, world, seed=seed, steps=llm_steps, name=name)
+        print(f"{name}: LM loss {rep['loss_first']:.3f} -> {rep['loss_last']:.3f} ({rep['seconds']} s)")
+        return rep
+
+    return write_tiny_components(out, seed=seed, train_vision=train_vision, train_llm=train_llm)

@@ -1,4 +1,4 @@
-"""The tiny model family: offline stand-ins for SigLIP-so400m and the paper's Qwen LLMs.
+"""The tiny model family on disk: a vision tower, a tokenizer and the LLMs of ``family``.
 
     llavakd tiny-models --out results/tiny/components --seed 0
 
@@ -7,8 +7,7 @@ writes, with no network:
     llm/<name>/             Qwen2ForCausalLM + tokenizer, one folder per LLM
     manifest.json           the components and the teacher -> student pairs
 
-The LLMs mirror Table 1's pairs in miniature (a Qwen1.5-like family without GQA and a
-Qwen2.5-like family with GQA, one teacher and two students each). All share one byte-level BPE
+All LLMs share one byte-level BPE
 tokenizer with ``<|endoftext|>``, ``<image>`` and the chat template, so the real build path
 (``llavakd build``) assembles them exactly as it assembles hub checkpoints.
 """
@@ -20,36 +19,9 @@ from pathlib import Path
 
 import torch
 
+from llavakd.model.build import siglip_image_processor
 from llavakd.model.chat import CHAT_TEMPLATE, END_TOKEN, IMAGE_TOKEN, SYSTEM_PROMPT
-
-TINY_IMAGE_SIZE = 32
-TINY_PATCH = 8
-TINY_VOCAB = 1024  # BPE target; embeddings are padded above it, as Qwen pads 151,646 -> 151,936
-
-VISION = dict(
-    image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH, hidden_size=64, intermediate_size=256,
-    num_hidden_layers=3, num_attention_heads=4, vision_use_head=False,
-)
-
-# name -> Qwen2Config overrides.  "Qwen1.5"-like: full multi-head attention; "Qwen2.5"-like: GQA.
-LLMS: dict[str, dict] = {
-    "qwen1.5-4b": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
-    "qwen1.5-1.8b": dict(hidden_size=160, intermediate_size=384, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False),
-    "qwen1.5-0.5b": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
-    "qwen2.5-3b": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
-    "qwen2.5-1.5b": dict(hidden_size=160, intermediate_size=384, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
-    "qwen2.5-0.5b": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
-}
-PAIRS = {  # teacher -> students, as in Table 1
-    "qwen1.5-4b": ["qwen1.5-0.5b", "qwen1.5-1.8b"],
-    "qwen2.5-3b": ["qwen2.5-0.5b", "qwen2.5-1.5b"],
-}
+from llavakd.tiny.family import LLMS, PAIRS, TINY_IMAGE_SIZE, TINY_VOCAB, VISION
 
 # Words of the synthetic world and of the benchmark prompts: what the tokenizer learns merges for.
 # Anything else still tokenizes (byte-level BPE), only into more pieces.
@@ -116,14 +88,7 @@ def tiny_vision_config():
 
 
 def tiny_image_processor():
-    from transformers import SiglipImageProcessor
-
-    return SiglipImageProcessor(
-        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
-        resample=3,  # bicubic, as SigLIP
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
+    return siglip_image_processor(TINY_IMAGE_SIZE)
 
 
 def tiny_llm_config(name: str, vocab_size: int, eos_id: int):

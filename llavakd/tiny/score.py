@@ -1,6 +1,6 @@
 """Score a model on the synthetic stand-ins with lmms-eval's own task functions.
 
-    llavakd score-standins --model results/tiny/models/.../final --world results/tiny/world
+    llavakd score-standins --model results/demo/runs/.../final --world results/demo/world
 
 For each stand-in split this runs the lmms-eval 0.7.3 task's ``doc_to_visual`` and
 ``doc_to_text`` (default prompt kwargs), generates greedily with our chat template, and scores
@@ -17,9 +17,10 @@ import importlib
 from collections import Counter
 from pathlib import Path
 
-SHORT = "\nAnswer the question using a single word or phrase."
-LETTER = "\nAnswer with the option's letter from the given choices directly."
-VIZWIZ = "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + SHORT
+from llavakd.errors import LlavaKDError
+from llavakd.model.chat import LETTER, SHORT, UNANSWERABLE, render_prompt
+
+VIZWIZ = UNANSWERABLE + SHORT
 
 # lmms-eval task -> (stand-in folder, split, utils module, function prefix, prompt kwargs)
 STANDIN_TASKS = {
@@ -85,8 +86,6 @@ def task_functions(task: str):
 def load_docs(world: Path, task: str):
     import datasets
 
-    from llavakd.errors import LlavaKDError
-
     folder, split, *_ = STANDIN_TASKS[task]
     path = Path(world) / "bench" / folder / f"{split}.parquet"
     if not path.is_file():
@@ -97,8 +96,7 @@ def load_docs(world: Path, task: str):
 def generate_answers(model, processor, prompts: list[str], images: list, max_new_tokens: int = 8,
                      batch_size: int = 16) -> list[str]:
     """Greedy answers with the training template (the lmms-eval adapter's generation loop)."""
-    from llavakd.eval.adapter import generate_grouped
-    from llavakd.model.chat import render_prompt
+    from llavakd.eval.adapter import generate_grouped  # imports lmms-eval: only when generating
 
     enc = [processor(text=render_prompt(p), images=im, return_tensors="pt") for p, im in zip(prompts, images)]
     answers = generate_grouped(model, processor, enc, [max_new_tokens] * len(enc), batch_size)

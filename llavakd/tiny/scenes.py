@@ -1,19 +1,8 @@
-"""The synthetic world: images, LLaVA-format training sets and the ten benchmark stand-ins.
-
-    llavakd synth-world --out results/tiny/world --seed 0 --size tiny
+"""Scenes of the synthetic world and the questions asked about them (training and stand-ins alike).
 
 Images are 32x32 px with a 2x2 grid of cells; a cell is empty, holds a coloured shape (5 colours
-x 3 shapes) or a white digit (3x5 bitmap font, scaled x2). Everything derives from ``--seed``:
-the same seed gives byte-identical files.
-
-    images/<split>/<id>.png          every image (train and benchmark)
-    train/captions.json              pre-training captions, blip_laion_cc_sbu_558k.json format
-    train/instruct.json              instructions, llava_v1_5_mix665k.json format (multi-turn,
-                                     short answers, yes/no, multiple choice EN/CN, counting,
-                                     reading digits, unanswerable, ~10% text-only)
-    bench/<task>/<split>.parquet     one held-out stand-in per benchmark, in the columns its
-                                     lmms-eval task reads (images embedded)
-    manifest.json                    counts, seed, size and a sha256 of every file
+x 3 shapes) or a white digit (3x5 bitmap font, scaled x2). Every function takes a numpy Generator,
+so the same seed gives the same scenes and questions.
 
 Multiple-choice options are listed in the world's fixed order (colours red, green, blue, yellow,
 purple; shapes circle, square, triangle; counts; cells; digits ascending), whole when there are at
@@ -22,13 +11,12 @@ most five, so an answer always has the same letter; see ``_options`` for why.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
+from llavakd.model.chat import LETTER, LETTER_CN, SHORT, UNANSWERABLE
 
 IMAGE_SIZE = 32
 COLORS = {"red": (220, 45, 45), "green": (45, 200, 70), "blue": (60, 100, 240),
@@ -38,21 +26,9 @@ SHAPES = ("circle", "square", "triangle")
 SHAPES_CN = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
 CELLS = ("top left", "top right", "bottom left", "bottom right")
 COUNT_WORDS = ("zero", "one", "two", "three", "four")
-SHORT = "\nAnswer the question using a single word or phrase."
-LETTER = "\nAnswer with the option's letter from the given choices directly."
-LETTER_CN = "\n请直接回答选项字母。"
-UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
 LETTERS = "ABCDE"
 MAX_OPTIONS = 5  # MMBench rows hold options A-E
 DIGIT_SHARE = 0.7  # of images with a free cell: reading digits is the slowest skill to learn
-
-SIZES = {  # images per split
-    "tiny": {"train": 1500, "bench": 40},
-    "small": {"train": 6000, "bench": 150},
-}
-
-BENCHMARKS = ("vqav2", "gqa", "vizwiz_vqa", "scienceqa", "textvqa", "mme", "mmbench_en", "mmbench_cn",
-              "pope", "mmmu")
 
 # 3x5 bitmap digits, rows top to bottom
 _FONT = {
@@ -379,126 +355,3 @@ def instruction_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[s
     return [turns[i] for i in order]
 
 
-# ----------------------------------------------------------------------------- writers
-
-
-def _conversation(turns: list[tuple[str, str]], with_image: bool) -> list[dict]:
-    conv = []
-    for k, (q, a) in enumerate(turns):
-        prefix = "<image>\n" if (k == 0 and with_image) else ""
-        conv += [{"from": "human", "value": prefix + q}, {"from": "gpt", "value": a}]
-    return conv
-
-
-def _dump_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _write_parquet(path: Path, rows: list[dict], image_cols: tuple[str, ...]) -> None:
-    """Rows -> parquet with images as {"bytes", "path"} structs (the datasets Image feature)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    cols = {}
-    for key in rows[0]:
-        vals = [r[key] for r in rows]
-        if key in image_cols:
-            cols[key] = pa.array([None if v is None else {"bytes": v, "path": None} for v in vals], type=img_type)
-        else:
-            arr = pa.array(vals)
-            cols[key] = arr.cast(pa.string()) if pa.types.is_null(arr.type) else arr  # an all-empty column
-    table = pa.table(cols)
-    feats = {k: ({"_type": "Image"} if k in image_cols else _feature_of(table.schema.field(k).type))
-             for k in table.column_names}
-    meta = {b"huggingface": json.dumps({"info": {"features": feats}}).encode()}
-    table = table.replace_schema_metadata(meta)
-    pq.write_table(table, path, compression="snappy", write_statistics=False)
-
-
-def _feature_of(t) -> dict:
-    import pyarrow as pa
-
-    if pa.types.is_list(t):
-        return {"feature": _feature_of(t.value_type), "_type": "List"}
-    if pa.types.is_struct(t):
-        return {f.name: _feature_of(f.type) for f in t}
-    name = {"int64": "int64", "double": "float64", "string": "string", "bool": "bool"}.get(str(t), "string")
-    return {"dtype": name, "_type": "Value"}
-
-
-class World:
-    def __init__(self, out: Path, seed: int, size: str):
-        if size not in SIZES:
-            raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-        self.out, self.seed, self.size = Path(out), seed, size
-        self.counts = SIZES[size]
-
-    def rng(self, stream: str) -> np.random.Generator:
-        key = int.from_bytes(hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()[:8], "little")
-        return np.random.default_rng(key)
-
-    def images(self, split: str, n: int):
-        """n (id, objects, png bytes) for a split, written under images/<split>/."""
-        rng = self.rng(f"images:{split}")
-        folder = self.out / "images" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        out = []
-        for i in range(n):
-            objs = sample_scene(rng)
-            data = png_bytes(render(objs, rng))
-            iid = f"{split}_{i:05d}"
-            (folder / f"{iid}.png").write_bytes(data)
-            out.append((iid, objs, data))
-        return out
-
-    def write_train(self):
-        imgs = self.images("train", self.counts["train"])
-        rng = self.rng("train:text")
-        captions, instruct = [], []
-        for iid, objs, _ in imgs:
-            captions.append({"id": iid, "image": f"train/{iid}.png",
-                             "conversations": _conversation([("", caption(objs))], True)})
-            instruct.append({"id": iid, "image": f"train/{iid}.png",
-                             "conversations": _conversation(instruction_turns(objs, rng), True)})
-        n_text = len(imgs) // 9  # ~10% of the instruction set is text-only
-        for i in range(n_text):
-            instruct.append({"id": f"text_{i:05d}", "conversations": _conversation(text_only_turns(rng), False)})
-        order = rng.permutation(len(instruct))
-        instruct = [instruct[i] for i in order]
-        _dump_json(self.out / "train" / "captions.json", captions)
-        _dump_json(self.out / "train" / "instruct.json", instruct)
-        return {"captions": len(captions), "instruct": len(instruct), "text_only": n_text}
-
-    def write_benchmarks(self) -> dict:
-        from llavakd.data import standins
-
-        counts = {}
-        for name in BENCHMARKS:
-            imgs = self.images(f"bench_{name}", self.counts["bench"])
-            rng = self.rng(f"bench:{name}")
-            splits = getattr(standins, name)(imgs, rng)
-            for split, (rows, image_cols) in splits.items():
-                _write_parquet(self.out / "bench" / name / f"{split}.parquet", rows, image_cols)
-                counts[f"{name}/{split}"] = len(rows)
-        return counts
-
-    def write(self) -> dict:
-        train = self.write_train()
-        bench = self.write_benchmarks()
-        files = sorted(p for p in self.out.rglob("*") if p.is_file() and p.name != "manifest.json")
-        manifest = {
-            "seed": self.seed, "size": self.size, "image_size": IMAGE_SIZE,
-            "train": train, "bench": bench,
-            "sha256": {str(p.relative_to(self.out)): hashlib.sha256(p.read_bytes()).hexdigest()
-                       for p in files if "images" not in p.parts},
-            "images": len([p for p in files if "images" in p.parts]),
-        }
-        _dump_json(self.out / "manifest.json", manifest)
-        return manifest
-
-
-def write_world(out: str | Path, seed: int = 0, size: str = "tiny") -> dict:
-    return World(Path(out), seed, size).write()

@@ -1,0 +1,116 @@
+"""The one home of a study's file layout and of model names; the rules, the planner and the reports use it.
+
+    layout = Layout("demo")
+    layout.final_marker("qwen1.5-0.5b", 0, "dpt--sft")  # results/demo/runs/qwen1.5-0.5b/s0/dpt--sft/final/COMPLETE
+    layout.eval_file("qwen1.5-0.5b/s0/pt--sft", "gqa")  # results/demo/eval/qwen1.5-0.5b/s0/pt--sft/gqa.json
+
+    results/<run>/world/                          the synthetic world (tiny mode)
+    results/<run>/components/                     tiny SigLIP + LLMs (tiny mode)
+    results/<run>/models/<llm>/s<seed>/init/      the freshly assembled LLaVA a chain starts from
+    results/<run>/configs/<llm>/s<seed>/<chain>.yaml   the validated config of one training job
+    results/<run>/runs/<llm>/s<seed>/<chain>/     one training job: checkpoints, metrics, final/
+    results/<run>/eval/<model>/<benchmark>.json   one benchmark's result for one model
+    results/<run>/logs/..., results/<run>/benchmarks/...   Snakemake logs and timings
+    reports/<run>/                                tables and figures
+
+A *model name* is ``<llm>/s<seed>/<chain>`` for a trained run, ``<llm>/given`` for a teacher given as a
+checkpoint, ``released/<name>`` for a released checkpoint. Every method accepts Snakemake wildcard
+placeholders (``"{llm}"``) as well as values, so the rules build their patterns from the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llavakd.io import COMPLETE_MARKER
+from llavakd.stages import CHAIN_REGEX
+
+NAME_REGEX = r"[A-Za-z0-9._-]+"  # an LLM or a released checkpoint's name
+SEED_REGEX = r"\d+"
+MODEL_REGEX = rf"{NAME_REGEX}/(?:s{SEED_REGEX}/{CHAIN_REGEX}|given)|released/{NAME_REGEX}"
+
+
+@dataclass(frozen=True)
+class ModelName:
+    kind: str  # "run" | "given" | "released"
+    llm: str  # the LLM (for "released": the checkpoint's name)
+    seed: int | None = None
+    chain: str | None = None
+
+
+def model_name(llm: str, seed, chain) -> str:
+    return f"{llm}/s{seed}/{chain}"
+
+
+def given_name(llm: str) -> str:
+    return f"{llm}/given"
+
+
+def released_name(name: str) -> str:
+    return f"released/{name}"
+
+
+def parse_model(name: str) -> ModelName:
+    head, _, rest = name.partition("/")
+    if head == "released":
+        return ModelName("released", rest)
+    if rest == "given":
+        return ModelName("given", head)
+    seed, _, chain = rest.partition("/")
+    if not (seed.startswith("s") and seed[1:].isdigit() and chain):
+        raise ValueError(f"bad model name {name!r}: expected <llm>/s<seed>/<chain>, <llm>/given or released/<name>")
+    return ModelName("run", head, int(seed[1:]), chain)
+
+
+def marker(folder: str) -> str:
+    """The completion marker of an output folder (written last; a folder without one is unfinished)."""
+    return f"{folder}/{COMPLETE_MARKER}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    run: str
+
+    @property
+    def root(self) -> str:
+        return f"results/{self.run}"
+
+    @property
+    def reports(self) -> str:
+        return f"reports/{self.run}"
+
+    def world_dir(self) -> str:
+        return f"{self.root}/world"
+
+    def components_dir(self) -> str:
+        return f"{self.root}/components"
+
+    def init_dir(self, llm, seed) -> str:
+        return f"{self.root}/models/{llm}/s{seed}/init"
+
+    def config_file(self, llm, seed, chain) -> str:
+        return f"{self.root}/configs/{llm}/s{seed}/{chain}.yaml"
+
+    def run_dir(self, llm, seed, chain) -> str:
+        return f"{self.root}/runs/{llm}/s{seed}/{chain}"
+
+    def final_dir(self, llm, seed, chain) -> str:
+        return f"{self.run_dir(llm, seed, chain)}/final"
+
+    def final_marker(self, llm, seed, chain) -> str:
+        return marker(self.final_dir(llm, seed, chain))
+
+    def metrics_file(self, llm, seed, chain) -> str:
+        return f"{self.run_dir(llm, seed, chain)}/metrics.jsonl"
+
+    def eval_dir(self, model) -> str:
+        return f"{self.root}/eval/{model}"
+
+    def eval_file(self, model, benchmark) -> str:
+        return f"{self.eval_dir(model)}/{benchmark}.json"
+
+    def log(self, *parts) -> str:
+        return f"{self.root}/logs/{'/'.join(str(p) for p in parts)}.log"
+
+    def timing(self, *parts) -> str:
+        return f"{self.root}/benchmarks/{'/'.join(str(p) for p in parts)}.tsv"

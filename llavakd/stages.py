@@ -1,0 +1,153 @@
+"""The one home of stage knowledge: the four stages, and the chain grammar that strings them together.
+
+    from llavakd.stages import STAGES, Chain
+    STAGES["dft"].trainable          # ('projector', 'llm')
+    chain = Chain.parse("dpt~res+vis--sft--dft")
+    chain.last.name, chain.last.terms  # 'dft', ('res', 'vis', 'rel')
+    str(chain.prefix(2))             # 'dpt~res+vis--sft'
+
+A stage (docs/method.md, "Three stages") says what trains, which template and dataset it reads, whether
+a frozen teacher distils into it, and the paper's batch, learning rate and precision. A *chain*
+lists stages in order, joined by ``--``; a distillation stage may name the terms it adds to CE
+after ``~`` (``dpt~res+vis``; no list means all of L_res, L_vis, L_rel). ``pt--sft`` is the
+TinyLLaVA recipe of teachers and baselines, ``dpt--sft--dft`` LLaVA-KD. Every prefix of a chain is
+itself a run, so variants that share stages share their training jobs.
+
+Nothing else parses or formats a chain: the planner, the rules (through ``CHAIN_REGEX``), the
+trainer and the reports all go through ``Chain``. Torch-free, so the planner can import it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+TERMS = ("res", "vis", "rel")  # the distillation terms a distillation stage may add to CE
+SEPARATOR = "--"  # between the stages of a chain
+TERM_MARK = "~"  # after a distillation stage's name: the terms it uses
+TERM_JOIN = "+"  # between those terms
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one stage is (the paper's hyper-parameters are the defaults a study may override)."""
+
+    name: str
+    trainable: tuple[str, ...]  # modules that train; the vision tower is always frozen
+    template: str  # "pretrain" (image + caption) or "chat" (the phi conversation template)
+    dataset: str  # "captions" (558K) or "instruct" (mix-665K): the study's data key it reads
+    distill: bool  # a frozen teacher adds L_res, L_vis, L_rel to CE
+    global_batch: int
+    lr: float
+    precision: str  # fp32 | bf16 | fp16
+    starts_chain: bool  # trains a fresh projector: only allowed as a chain's first stage
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.distill
+
+
+STAGES: dict[str, StageSpec] = {
+    "pt": StageSpec("pt", ("projector",), "pretrain", "captions", False, 256, 1e-3, "fp16", True),
+    "sft": StageSpec("sft", ("projector", "llm"), "chat", "instruct", False, 128, 2e-5, "bf16", False),
+    "dpt": StageSpec("dpt", ("projector",), "pretrain", "captions", True, 256, 1e-3, "fp16", True),
+    "dft": StageSpec("dft", ("projector", "llm"), "chat", "instruct", True, 128, 2e-5, "bf16", False),
+}
+NAMES = tuple(STAGES)
+DISTILL_STAGES = tuple(n for n, s in STAGES.items() if s.distill)
+FIRST_STAGES = tuple(n for n, s in STAGES.items() if s.starts_chain)
+
+_ALT = "|".join
+TOKEN_REGEX = (rf"(?:{_ALT(NAMES)})(?:{re.escape(TERM_MARK)}(?:{_ALT(TERMS)})"
+               rf"(?:{re.escape(TERM_JOIN)}(?:{_ALT(TERMS)}))*)?")
+CHAIN_REGEX = rf"{TOKEN_REGEX}(?:{SEPARATOR}{TOKEN_REGEX})*"  # Snakemake's {chain} wildcard
+_TOKEN = re.compile(rf"^({_ALT(NAMES)})(?:{re.escape(TERM_MARK)}(.*))?$")
+
+
+class ChainError(ValueError):
+    """A chain or stage token that the grammar above does not accept."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage of a chain: its name and, for a distillation stage, the terms it adds to CE."""
+
+    name: str
+    terms: tuple[str, ...] = ()
+
+    @property
+    def spec(self) -> StageSpec:
+        return STAGES[self.name]
+
+    @property
+    def distill(self) -> bool:
+        return self.spec.distill
+
+    @classmethod
+    def parse(cls, token: str) -> Step:
+        m = _TOKEN.match(token)
+        if not m:
+            raise ChainError(f"bad stage token {token!r}: expected one of {', '.join(NAMES)}, "
+                             f"optionally {TERM_MARK}{TERM_JOIN.join(TERMS)}")
+        name, listed = m.group(1), m.group(2)
+        if listed is None:
+            return cls(name, TERMS if STAGES[name].distill else ())
+        if not STAGES[name].distill:
+            raise ChainError(f"stage token {token!r}: only {' and '.join(DISTILL_STAGES)} take loss terms")
+        chosen = listed.split(TERM_JOIN)
+        unknown = [t for t in chosen if t not in TERMS]
+        if unknown or not listed:
+            raise ChainError(f"stage token {token!r}: terms must be some of {', '.join(TERMS)}")
+        return cls(name, tuple(t for t in TERMS if t in chosen))
+
+    def __str__(self) -> str:
+        if not self.distill or set(self.terms) == set(TERMS):
+            return self.name
+        return self.name + TERM_MARK + TERM_JOIN.join(self.terms)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Stages in training order; ``str(chain)`` is the canonical text used in run names."""
+
+    steps: tuple[Step, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Chain:
+        steps = tuple(Step.parse(t) for t in str(text).split(SEPARATOR))
+        if steps[0].name not in FIRST_STAGES:
+            raise ChainError(f"chain {text!r} must start with {' or '.join(FIRST_STAGES)} "
+                             "(the projector is trained first)")
+        if any(s.name in FIRST_STAGES for s in steps[1:]):
+            raise ChainError(f"chain {text!r}: {'/'.join(FIRST_STAGES)} may only come first")
+        return cls(steps)
+
+    @classmethod
+    def of(cls, *steps: Step) -> Chain:
+        return cls(tuple(steps))
+
+    def __str__(self) -> str:
+        return SEPARATOR.join(str(s) for s in self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def last(self) -> Step:
+        return self.steps[-1]
+
+    def prefix(self, n: int) -> Chain:
+        """The first ``n`` stages (a run of its own)."""
+        return Chain(self.steps[:n])
+
+    def prefixes(self) -> list[Chain]:
+        return [self.prefix(i + 1) for i in range(len(self.steps))]
+
+    def parent(self) -> Chain | None:
+        """The run this chain's last stage starts from (None: the freshly built model)."""
+        return self.prefix(len(self.steps) - 1) if len(self.steps) > 1 else None
+
+
+def with_terms(name: str, terms) -> Step:
+    """A stage with an explicit list of distillation terms (``None``: all of them)."""
+    return Step(name, TERMS if terms is None else tuple(t for t in TERMS if t in terms))
