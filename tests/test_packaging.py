@@ -23,3 +23,32 @@ def test_torch_is_pinned_exactly():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
     assert any(d.startswith("filelock<4") for d in deps)
+
+
+def _tracked_text_files():
+    import subprocess
+
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for rel in out.splitlines():
+        path = ROOT / rel
+        if path.suffix in (".py", ".smk", ".yaml", ".yml", ".sh", ".md", ".rst", ".toml") or path.name in (
+                "Snakefile", "Makefile"):
+            if not rel.startswith("benchmarks/measured/") and path.is_file():
+                yield rel, path.read_text(encoding="utf-8")
+
+
+def test_nothing_cites_a_file_outside_the_repository():
+    # the method's facts live in docs/method.md; SPEC.md and shared/ are not part of a clone
+    bad = [rel for rel, text in _tracked_text_files()
+           if rel != "tests/test_packaging.py" and ("SPEC.md" in text or "SPEC section" in text or "shared/" in text)]
+    assert bad == []
+    assert (ROOT / "docs" / "method.md").is_file()
+
+
+def test_readme_is_a_short_front_door():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.encode()) <= 16_000
+    first_block = text.split("```")[1]
+    assert "make demo" in first_block and "make test" in first_block
+    for link in __import__("re").findall(r"\]\(((?:docs)/[^)#]+)\)", text):
+        assert (ROOT / link).exists(), link
