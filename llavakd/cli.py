@@ -165,7 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         standins = standin_tasks(args.world)
     res = evaluate(args.model, args.benchmarks, args.out, standins=standins, limit=args.limit,
                    batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype,
-                   submission=args.submission, hf_home=args.hf_home)
+                   submission=args.submission, hf_home=args.hf_home, recompute=args.recompute)
     print(f"{'benchmark':10s} {'column':8s} {'score':>8s}  docs")
     for name, r in res.items():
         docs = sum(t["docs"] for t in r["tasks"].values())
@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--recompute", action="store_true",
+                   help="score every benchmark again, even one finished earlier for this model and settings")
     s.add_argument("--submission", action="store_true",
                    help="also run the server-scored splits (VQAv2 test-dev, VizWiz test) to write submission files")
     s.add_argument("--hf-home", type=Path, help="a pre-filled Hugging Face cache with the official task data (offline)")

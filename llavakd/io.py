@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -33,7 +35,7 @@ def atomic_dir(final: str | Path, *, overwrite: bool = False):
     tmp.mkdir()
     try:
         yield tmp
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        write_marker(tmp)
         if final.exists():
             old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
             final.rename(old)
@@ -65,3 +67,38 @@ def atomic_write_text(final: str | Path, text: str) -> Path:
     with atomic_file(final) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(final)
+
+
+def _digest(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def write_marker(folder: str | Path) -> None:
+    """Write ``folder``'s completion marker, last: the size and sha256 of every file in it (JSON)."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _digest(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != COMPLETE_MARKER}
+    atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
+
+
+def marker_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` is not intact (no marker; a file missing, resized or changed since its marker
+    was written), or None. A marker written before checksums existed only proves completion."""
+    folder = Path(folder)
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return "no completion marker"
+    try:
+        files = json.loads(marker.read_text()).get("files", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None if marker.read_text(errors="replace").strip() == "ok" else "unreadable completion marker"
+    for rel, want in sorted(files.items()):
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != want["size"]:
+            return f"{rel} has {path.stat().st_size} bytes, its marker says {want['size']}"
+        if _digest(path) != want["sha256"]:
+            return f"{rel} does not match its sha256 in the completion marker"
+    return None

@@ -14,12 +14,17 @@ on its tasks with the ``llavakd`` model class, in a working folder of its own
     <out>/<benchmark>.samples.jsonl  one line per scored document: task, doc id, target, prediction,
                                      the task's per-sample metric records
 
-Both appear only when the benchmark succeeded (written to temporary names, then renamed). A
-failure (unknown benchmark, missing data, an exception inside lmms-eval, zero scored documents,
-a missing or non-finite metric) raises ``EvalError``; the CLI exits non-zero and leaves no result
-file for that benchmark. Nothing in a result file depends on time, host or batch size, so two runs
-give identical files. Seeds: Python's ``random`` (MMMU's guess on an unparsable answer), numpy and
-torch are seeded before every benchmark.
+Both appear only when the benchmark succeeded (written to temporary names, then renamed); once
+every requested benchmark has its files, ``<out>/COMPLETE`` (sizes and sha256 of the folder's files)
+marks the folder done. A run killed mid-benchmark leaves that benchmark without files and every
+finished one intact; run again, it reuses each finished benchmark whose recorded request (model
+fingerprint, seed, limit, dtype, task files, lmms-eval version) equals the new one and scores only
+what is missing (``--recompute`` scores everything again). A failure (unknown benchmark, missing
+data, an exception inside lmms-eval, zero scored documents, a missing or non-finite metric) raises
+``EvalError``; the CLI exits non-zero and leaves no result file for that benchmark. Nothing in a
+result file depends on time, host or batch size, so two runs give identical files. Seeds: Python's
+``random`` (MMMU's guess on an unparsable answer), numpy and torch are seeded before every
+benchmark.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from pathlib import Path
 
 from llavakd.errors import LlavaKDError
 from llavakd.eval.registry import Benchmark, headline, resolve
-from llavakd.io import atomic_write_text
+from llavakd.io import COMPLETE_MARKER, atomic_write_text, write_marker
 
 log = logging.getLogger("llavakd.eval")
 
@@ -122,9 +127,41 @@ def _quiet_lmms():
             loguru_logger.remove(handle)
 
 
+def model_fingerprint(model_dir: Path) -> str:
+    """What identifies a checkpoint's weights: its completion marker (sizes and sha256 of its files,
+    when llavakd wrote it) and the name, size and mtime of each of its files."""
+    h = hashlib.sha256()
+    for p in sorted(model_dir.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            if p.name == COMPLETE_MARKER:
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _tasks_hash(tasks_dir: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(tasks_dir.glob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def _reusable(out: Path, bench: Benchmark, request: dict) -> bool:
+    """A finished benchmark from an earlier run of the same request: both files there, same request."""
+    path, samples = out / f"{bench.name}.json", out / f"{bench.name}.samples.jsonl"
+    if not (path.is_file() and samples.is_file()):
+        return False
+    try:
+        return json.loads(path.read_text()).get("request") == request
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
 def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_names=None, limit=None,
                   batch_size: int = 1, seed: int = 0, model_path: str | None = None,
-                  submission: bool = False) -> dict:
+                  submission: bool = False, request: dict | None = None) -> dict:
     """Evaluate one benchmark and write its two files; returns the result record."""
     import numpy as np
     import torch
@@ -175,7 +212,7 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_name
                   for t, n in zip(bench.tasks, local)},
         "submission_files": sorted(p.name for p in (work / "submissions").glob("*")) if submission else [],
         "model": model_path, "seed": seed, "limit": limit,
-        "lmms_eval_version": version("lmms_eval"),
+        "lmms_eval_version": version("lmms_eval"), "request": request,
     }
     atomic_write_text(out / f"{bench.name}.samples.jsonl",
                   "".join(json.dumps(s, sort_keys=True) + "\n" for t in bench.tasks for s in samples[t]))
@@ -184,7 +221,8 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_name
 
 
 def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: int = 1, seed: int = 0,
-             device: str = "auto", dtype: str = "float32", submission: bool = False, hf_home=None) -> dict:
+             device: str = "auto", dtype: str = "float32", submission: bool = False, hf_home=None,
+             recompute: bool = False) -> dict:
     """Run the named benchmarks; returns {benchmark: record}. Raises EvalError on the first failure
     (benchmarks already finished keep their files; the failing one has none).
 
@@ -199,6 +237,7 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
 
     benches = resolve(benchmarks)
     out = Path(out)
+    fingerprint = None  # a scripted model object has none: it is never reused
     if isinstance(model, lmms):
         model_path = f"<{type(model).__name__}>"
     else:
@@ -206,6 +245,7 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
         if not (model_dir / "config.json").is_file():
             raise EvalError(f"{model_dir}: not a checkpoint folder (no config.json)")
         model_path = str(model_dir.resolve())
+        fingerprint = model_fingerprint(model_dir)
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
@@ -215,22 +255,37 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
     if hf_home:  # a pre-filled Hugging Face cache: the official task data without any network access
         os.environ.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     out.mkdir(parents=True, exist_ok=True)
-    for b in benches:  # a failed re-run must not leave an older result looking current
-        for suffix in (".json", ".samples.jsonl"):
-            (out / f"{b.name}{suffix}").unlink(missing_ok=True)
+    (out / COMPLETE_MARKER).unlink(missing_ok=True)  # the folder is complete again only when this run is
+    for stale in out.glob(".*.tmp-*"):  # a killed run's half-written files
+        stale.unlink(missing_ok=True)
     tasks_dir = out / ".work" / "tasks"
     tiny_names = (standins or write_task_yamls)(tasks_dir)
-    results = {}
+    request = None if fingerprint is None else {
+        "model": model_path, "model_fingerprint": fingerprint, "seed": seed, "limit": limit, "dtype": dtype,
+        "submission": submission, "tasks_hash": _tasks_hash(tasks_dir), "lmms_eval_version": version("lmms_eval")}
+    results, todo = {}, []
+    for b in benches:
+        if request is not None and not recompute and _reusable(out, b, request):
+            log.info("reusing %s: finished earlier for this model and settings", b.name)
+            results[b.name] = json.loads((out / f"{b.name}.json").read_text())
+            continue
+        for suffix in (".json", ".samples.jsonl"):  # an older result must not look current
+            (out / f"{b.name}{suffix}").unlink(missing_ok=True)
+        todo.append(b)
+    if not todo:
+        write_marker(out)
+        return results
     with _quiet_lmms():
         manager = TaskManager(include_path=str(tasks_dir))
         if not isinstance(model, lmms):
             from llavakd.eval.adapter import LlavaKD
 
             model = LlavaKD(pretrained=model_path, batch_size=batch_size, device=device, dtype=dtype)
-        for b in benches:
+        for b in todo:
             log.info("evaluating %s (%s)", b.name, ", ".join(b.tasks))
             results[b.name] = run_benchmark(b, model, out, task_manager=manager,
                                             tiny_names=tiny_names if standins is not None else None, limit=limit,
                                             batch_size=batch_size, seed=seed, model_path=model_path,
-                                            submission=submission)
-    return results
+                                            submission=submission, request=request)
+    write_marker(out)
+    return {b.name: results[b.name] for b in benches}

@@ -94,6 +94,26 @@ def _teacher_placement(teacher) -> str | None:
     return "module"
 
 
+def _teacher_partition(teacher) -> list[dict] | None:
+    """Under ZeRO-3, how much of the teacher each rank holds, from DeepSpeed's partition metadata:
+    its partitions (``ds_tensor``), what is resident in full (small persistent parameters), and the
+    teacher's size (``ds_numel``). A collective call: every rank reaches it at the end of a run."""
+    params = [p for p in getattr(getattr(teacher, "module", None), "parameters", list)() if hasattr(p, "ds_numel")]
+    if not params:
+        return None
+    import torch.distributed as dist
+
+    mine = {"rank": dist.get_rank() if dist.is_initialized() else 0,
+            "partition_numel": sum(p.ds_tensor.numel() for p in params),
+            "resident_numel": sum(p.data.numel() for p in params),
+            "total_numel": sum(p.ds_numel for p in params)}
+    if not dist.is_initialized():
+        return [mine]
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every
+
+
 def prepare_run_dir(cfg: StageConfig, resume: bool, overwrite: bool) -> Path:
     from llavakd.train.trainer import complete_checkpoints
 
@@ -254,6 +274,7 @@ def run_metadata(cfg: StageConfig, trainer, dataset, counts: dict, *, world: int
         "resumed_from": str(start) if start else None,
         "device": "cuda" if cuda else "cpu", "loss": dataclasses.asdict(cfg.loss),
         "teacher_placement": _teacher_placement(trainer.teacher),
+        "teacher_partition": _teacher_partition(trainer.teacher),
     }
 
 
@@ -261,7 +282,7 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     """Train one stage; returns the final model folder (or the run dir if stopped early)."""
     from transformers import set_seed
 
-    from llavakd.train.trainer import complete_checkpoints
+    from llavakd.train.trainer import intact_checkpoints
 
     t0 = time.perf_counter()
     out = prepare_run_dir(cfg, resume, overwrite)
@@ -274,7 +295,11 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     args, accum = setup_training_args(cfg, out, world)
     trainer = setup_trainer(cfg, out, model, processor, teacher, dataset, args)
 
-    ckpts = complete_checkpoints(out / "checkpoints") if resume else []
+    ckpts, damaged = intact_checkpoints(out / "checkpoints") if resume else ([], [])
+    for line in damaged:
+        print(line)
+    if damaged and not ckpts:
+        raise LlavaKDError(f"{out}: every checkpoint is damaged ({damaged[-1]}); pass --overwrite to start again")
     start = ckpts[-1] if ckpts else None
     if start:
         print(f"resuming from {start}")

@@ -15,13 +15,17 @@ from transformers import Trainer, TrainerCallback
 
 from llavakd.distill import LossConfig, distill_loss
 from llavakd.errors import LlavaKDError
-from llavakd.io import COMPLETE_MARKER
+from llavakd.io import COMPLETE_MARKER, marker_problem, write_marker
 
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class NonFiniteError(LlavaKDError):
     """A loss or gradient became NaN/inf; raised before the optimizer step touches the weights."""
+
+
+class CheckpointWriteError(LlavaKDError):
+    """A checkpoint could not be written (disk full, quota, I/O error); the earlier ones are intact."""
 
 
 def complete_checkpoints(folder: str | Path) -> list[Path]:
@@ -31,6 +35,19 @@ def complete_checkpoints(folder: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found) if (p / COMPLETE_MARKER).exists()]
+
+
+def intact_checkpoints(folder: str | Path) -> tuple[list[Path], list[str]]:
+    """Complete checkpoints whose files still match their marker (oldest first), and one line for
+    each complete checkpoint skipped because a file changed after its marker was written."""
+    intact, skipped = [], []
+    for ckpt in complete_checkpoints(folder):
+        problem = marker_problem(ckpt)
+        if problem is None:
+            intact.append(ckpt)
+        else:
+            skipped.append(f"skipping damaged checkpoint {ckpt}: {problem}")
+    return intact, skipped
 
 
 class KDTrainer(Trainer):
@@ -134,19 +151,29 @@ class KDTrainer(Trainer):
             shutil.rmtree(staging)
         self._staging = str(staging)
         try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging = None
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            target = final_root / name
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging / name, target)  # rename: the folder appears complete or not at all
-            (target / COMPLETE_MARKER).write_text("ok\n")  # marker last
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = None
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                target = final_root / name
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(staging / name, target)  # rename: the folder appears complete or not at all
+                write_marker(target)  # sizes and sha256 of every file, written last
+                shutil.rmtree(staging, ignore_errors=True)
+                for old in complete_checkpoints(final_root)[:-self.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+        except OSError as err:  # disk full, quota, I/O error: keep what is intact, say so, stop
             shutil.rmtree(staging, ignore_errors=True)
-            for old in complete_checkpoints(final_root)[:-self.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            if (final_root / name).exists() and not (final_root / name / COMPLETE_MARKER).exists():
+                shutil.rmtree(final_root / name, ignore_errors=True)
+            earlier = complete_checkpoints(final_root)
+            kept = f"{earlier[-1].name} is intact" if earlier else "there is no earlier checkpoint"
+            raise CheckpointWriteError(
+                f"{final_root / name}: could not write the checkpoint ({err.strerror or err}); {kept}; "
+                "free space and rerun with --resume") from err
         self.accelerator.wait_for_everyone()
 
 

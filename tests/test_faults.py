@@ -1,0 +1,235 @@
+"""Real faults: a training process killed with SIGKILL mid-step, a disk that fills while a checkpoint
+is written, a checkpoint damaged after its completion marker, an evaluation killed mid-benchmark.
+
+Each fault is produced for real (a signal to a subprocess, an ENOSPC raised inside the writer, bytes
+flipped on disk) and each comparison has a negative control that must fail.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_pair
+from safetensors.torch import load_file
+
+from llavakd.config import load_stage_config
+from llavakd.errors import LlavaKDError
+from llavakd.train.run import run_stage
+from llavakd.train.trainer import complete_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"sft": ("loss", "loss_ce", "learning_rate", "grad_norm"),
+        "dft": ("loss", "loss_ce", "loss_res", "loss_vis", "loss_rel", "learning_rate", "grad_norm")}
+STEPS = 8  # 24 records at global batch 8: 3 steps an epoch, so the run crosses two epoch boundaries
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_components, tmp_path_factory):
+    root = build_pair(tiny_components, tmp_path_factory.mktemp("faults"), "qwen1.5-0.5b", "qwen1.5-1.8b",
+                      world_seed=7)
+    cfg_path = root / "student" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["text_config"]["attention_dropout"] = 0.1  # dropout in the LLM: a lost RNG state changes the losses
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    records = json.loads((root / "world" / "train" / "instruct.json").read_text())
+    (root / "small.json").write_text(json.dumps(records[:24]))
+    return root
+
+
+def _args(pair, stage, out, *extra):
+    args = [f"model={pair / 'student'}", f"output_dir={out}", f"data.json={pair / 'small.json'}",
+            f"data.images={pair / 'world' / 'images'}", "train.precision=fp32", "train.global_batch=8",
+            "train.per_device_batch=4", f"train.max_steps={STEPS}", "train.save_steps=2", "train.logging_steps=1",
+            "train.lr=1e-3", *extra]
+    if stage == "dft":
+        args.append(f"teacher={pair / 'teacher'}")
+    return args
+
+
+def _cli(pair, stage, out, *extra, resume=False, wait=True):
+    cmd = [sys.executable, "-m", "llavakd.cli", "train", "--stage", stage, *_args(pair, stage, out, *extra)]
+    cmd += ["--resume"] if resume else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _metrics(run_dir) -> dict:
+    steps = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            steps[rec["step"]] = rec  # a resumed run logs the steps after its checkpoint again: the last counts
+    return steps
+
+
+def _differences(stage, ref_dir, run_dir, tol=1e-5) -> list[str]:
+    a, b = _metrics(ref_dir), _metrics(run_dir)
+    out = [] if sorted(a) == sorted(b) == list(range(1, STEPS + 1)) else [f"steps {sorted(a)} vs {sorted(b)}"]
+    for step in sorted(set(a) & set(b)):
+        for key in KEYS[stage]:
+            if abs(a[step][key] - b[step][key]) > tol * max(abs(a[step][key]), 1e-3):
+                out.append(f"step {step} {key}: {a[step][key]} vs {b[step][key]}")
+    wa, wb = load_file(ref_dir / "final" / "model.safetensors"), load_file(run_dir / "final" / "model.safetensors")
+    for name in wa:
+        d = (wa[name] - wb[name]).abs().max().item()
+        if d > tol:
+            out.append(f"weight {name}: {d:.3g}")
+    return out
+
+
+def _kill_mid_step(proc, run_dir, after_step: int):
+    """SIGKILL once checkpoint-2 is complete and step ``after_step`` is logged: the next step is in flight."""
+    t0 = time.time()
+    while True:
+        assert proc.poll() is None, "the run finished before it could be killed"
+        assert time.time() - t0 < 600
+        done = (run_dir / "metrics.jsonl").is_file() and any(
+            json.loads(line).get("step", 0) >= after_step and "loss" in line
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+        if done and complete_checkpoints(run_dir / "checkpoints"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "final").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "dft"])
+def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(pair, tmp_path, stage):
+    ref = tmp_path / "ref"
+    _cli(pair, stage, ref)
+    killed = tmp_path / "killed"
+    _kill_mid_step(_cli(pair, stage, killed, wait=False), killed, after_step=3)
+    control = tmp_path / "control"  # the same killed run, resumed without its RNG state
+    shutil.copytree(killed, control)
+    stored = control / "config.yaml"
+    stored.write_text(stored.read_text().replace(str(killed), str(control)))
+    from llavakd.io import write_marker
+
+    for rng in control.glob("checkpoints/checkpoint-*/rng_state*.pth"):
+        rng.unlink()  # as a checkpoint written without its RNG state would be (marked as such)
+        write_marker(rng.parent)
+    _cli(pair, stage, killed, resume=True)
+    meta = json.loads((killed / "metadata.json").read_text())
+    assert meta["resumed_from"] and meta["grad_accumulation"] == 2
+    assert _differences(stage, ref, killed) == []
+    _cli(pair, stage, control, resume=True)
+    assert _differences(stage, ref, control) != []  # negative control: the comparison sees a lost RNG state
+
+
+def _cfg(pair, out, *extra):
+    return load_stage_config(None, _args(pair, "sft", out, "train.max_steps=6", *extra), stage="sft")
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(pair, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):  # the optimizer state of checkpoint-4 hits a full disk half-way
+        if "checkpoint-4" in str(f):
+            Path(f).write_bytes(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(LlavaKDError) as err:
+        run_stage(_cfg(pair, out))
+    message = str(err.value)
+    assert "\n" not in message and str(out / "checkpoints" / "checkpoint-4") in message
+    assert "No space left on device" in message and "checkpoint-2 is intact" in message
+    assert [p.name for p in complete_checkpoints(out / "checkpoints")] == ["checkpoint-2"]
+    assert not list((out / "checkpoints").glob(".staging-*")) and not (out / "final").exists()
+    from llavakd.io import marker_problem
+
+    assert marker_problem(out / "checkpoints" / "checkpoint-2") is None
+    monkeypatch.setattr(torch, "save", real_save)
+    run_stage(_cfg(pair, out), resume=True)  # the rerun resumes from the intact checkpoint
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["resumed_from"].endswith("checkpoint-2") and meta["steps"] == 6
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(pair, tmp_path, capsys):
+    out = tmp_path / "run"
+    run_stage(_cfg(pair, out, "train.stop_after_steps=4"))
+    ckpts = complete_checkpoints(out / "checkpoints")
+    assert [p.name for p in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    weights = ckpts[-1] / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # bit rot after the marker was written: same size, other bytes
+    weights.write_bytes(bytes(data))
+    run_stage(_cfg(pair, out), resume=True)
+    said = capsys.readouterr().out
+    assert f"skipping damaged checkpoint {ckpts[-1]}: model.safetensors does not match its sha256" in said
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["resumed_from"].endswith("checkpoint-2")
+
+
+def test_the_marker_catches_a_missing_or_resized_file(tmp_path):
+    from llavakd.io import atomic_dir, marker_problem
+
+    with atomic_dir(tmp_path / "m") as tmp:
+        (tmp / "a.bin").write_bytes(b"abc")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "b.txt").write_text("b")
+    assert marker_problem(tmp_path / "m") is None
+    (tmp_path / "m" / "a.bin").write_bytes(b"abcd")
+    assert marker_problem(tmp_path / "m") == "a.bin has 4 bytes, its marker says 3"
+    (tmp_path / "m" / "sub" / "b.txt").unlink()
+    assert marker_problem(tmp_path / "m") == "a.bin has 4 bytes, its marker says 3"  # first problem in order
+    (tmp_path / "m" / "a.bin").write_bytes(b"abc")
+    assert marker_problem(tmp_path / "m") == "sub/b.txt is missing"
+
+
+def _eval_cmd(pair, out, *extra):
+    return [sys.executable, "-m", "llavakd.cli", "eval", "--model", str(pair / "student"), "--world",
+            str(pair / "world"), "--benchmarks", "gqa,pope,mme", "--out", str(out), "--batch-size", "8", *extra]
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_mid_benchmark_recomputes_only_what_is_missing(pair, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = tmp_path / "ref"
+    subprocess.run(_eval_cmd(pair, ref), cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_eval_cmd(pair, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not (out / "gqa.json").is_file():  # gqa done: pope is being generated
+        assert proc.poll() is None and time.time() - t0 < 600
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert (out / "gqa.json").is_file() and (out / "gqa.samples.jsonl").is_file()
+    assert not any((out / f"{b}{s}").exists() for b in ("pope", "mme") for s in (".json", ".samples.jsonl"))
+    assert not (out / "COMPLETE").exists()
+    kept = (out / "gqa.json").stat().st_mtime_ns
+    again = subprocess.run(_eval_cmd(pair, out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing gqa" in again.stderr and "evaluating pope" in again.stderr and "reusing pope" not in again.stderr
+    assert (out / "gqa.json").stat().st_mtime_ns == kept and (out / "COMPLETE").is_file()
+    for name in ("gqa", "pope", "mme"):  # the resumed folder equals an uninterrupted run's
+        for suffix in (".json", ".samples.jsonl"):
+            assert (out / f"{name}{suffix}").read_bytes() == (ref / f"{name}{suffix}").read_bytes(), name
+    # control: another request (here a --limit; MME needs its pairs whole) is not served from earlier files
+    limited = subprocess.run(_eval_cmd(pair, out, "--limit", "6"), cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert limited.returncode == 0 and "reusing" not in limited.stderr
+    assert (out / "gqa.json").stat().st_mtime_ns != kept
