@@ -35,17 +35,25 @@ def atomic_dir(final: str | Path, *, overwrite: bool = False):
     tmp.mkdir()
     try:
         yield tmp
-        write_marker(tmp)
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
+        publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(tmp: str | Path, final: str | Path) -> Path:
+    """Mark a fully written folder complete and move it to ``final`` in one rename (an older
+    ``final`` is moved aside first and removed after)."""
+    tmp, final = Path(tmp), Path(final)
+    write_marker(tmp)
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    return final
 
 
 @contextlib.contextmanager

@@ -233,3 +233,20 @@ def test_an_evaluation_killed_mid_benchmark_recomputes_only_what_is_missing(pair
                              text=True, timeout=900)
     assert limited.returncode == 0 and "reusing" not in limited.stderr
     assert (out / "gqa.json").stat().st_mtime_ns != kept
+
+
+@pytest.mark.slow
+def test_killed_after_the_last_checkpoint_writes_final_without_another_step(pair, tmp_path):
+    """A job killed after its last checkpoint but before final/ (transformers alone would train one
+    step past max_steps on resume)."""
+    out = tmp_path / "run"
+    run_stage(_cfg(pair, out))  # 6 steps, checkpoint-6 is the last step
+    before = load_file(out / "final" / "model.safetensors")
+    shutil.rmtree(out / "final")
+    (out / "metadata.json").unlink()
+    run_stage(_cfg(pair, out), resume=True)
+    assert max(_metrics(out)) == 6
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["steps"] == 6 and meta["resumed_from"].endswith("checkpoint-6")
+    after = load_file(out / "final" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -29,7 +29,7 @@ import yaml
 
 from llavakd.config import StageConfig, to_dict
 from llavakd.errors import LlavaKDError
-from llavakd.io import COMPLETE_MARKER, atomic_dir
+from llavakd.io import COMPLETE_MARKER, publish_dir
 
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -278,11 +278,34 @@ def run_metadata(cfg: StageConfig, trainer, dataset, counts: dict, *, world: int
     }
 
 
+def save_final(trainer, processor, out: Path, meta: dict, *, trained: bool) -> Path:
+    """Write metadata.json and final/ (the run's completion, marked last) from the main process.
+
+    Every rank takes part (under ZeRO-3 saving gathers the weights), into one staging folder that
+    the main process then marks and renames: a rank never renames a half-written folder."""
+    staging, main = out / ".final-staging", trainer.args.should_save
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if trained:
+        trainer.save_model(str(staging))  # writes on the main process only
+    elif main:  # loaded from the last checkpoint in this process: a plain module, nothing to gather
+        trainer._save(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        processor.save_pretrained(str(staging))
+        shutil.copy(out / "metadata.json", staging / "llavakd_run.json")
+        publish_dir(staging, out / "final")
+    trainer.accelerator.wait_for_everyone()
+    return out / "final"
+
+
 def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Train one stage; returns the final model folder (or the run dir if stopped early)."""
     from transformers import set_seed
 
-    from llavakd.train.trainer import intact_checkpoints
+    from llavakd.train.trainer import intact_checkpoints, last_step_reached
 
     t0 = time.perf_counter()
     out = prepare_run_dir(cfg, resume, overwrite)
@@ -301,19 +324,20 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     if damaged and not ckpts:
         raise LlavaKDError(f"{out}: every checkpoint is damaged ({damaged[-1]}); pass --overwrite to start again")
     start = ckpts[-1] if ckpts else None
-    if start:
-        print(f"resuming from {start}")
-    trainer.train(resume_from_checkpoint=str(start) if start else None)
+    finished = bool(start) and last_step_reached(start)
+    if finished:
+        print(f"resuming from {start}: it holds the last step; writing final/ from it")
+        trainer.finish_from_checkpoint(start)
+    else:
+        if start:
+            print(f"resuming from {start}")
+        trainer.train(resume_from_checkpoint=str(start) if start else None)
     state = trainer.state
     if cfg.train.stop_after_steps and state.global_step < state.max_steps:
         return out
     meta = run_metadata(cfg, trainer, dataset, counts, world=world, accum=accum, start=start,
-                        elapsed=time.perf_counter() - t0)
-    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-    with atomic_dir(out / "final", overwrite=True) as tmp:  # the run's completion: written last
-        trainer.save_model(str(tmp))
-        processor.save_pretrained(str(tmp))
-        shutil.copy(out / "metadata.json", tmp / "llavakd_run.json")
+                        elapsed=time.perf_counter() - t0)  # every rank: the teacher's partition is gathered
+    save_final(trainer, processor, out, meta, trained=not finished)
     if dataset.skipped:
         print(dataset.skip_report())
     return out / "final"

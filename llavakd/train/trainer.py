@@ -128,16 +128,19 @@ class KDTrainer(Trainer):
         """
         if self.is_deepspeed_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        target = model or self.model
-        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
-        result = target.load_state_dict(loaded.state_dict(), strict=False)
-        tied = {"lm_head.weight"} if target.config.tie_word_embeddings else set()
-        missing = [k for k in result.missing_keys if k not in tied]
-        if missing or result.unexpected_keys:
-            raise LlavaKDError(
-                f"{resume_from_checkpoint}: checkpoint does not match the model "
-                f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
-            )
+        load_weights_strictly(model or self.model, resume_from_checkpoint)
+
+    def finish_from_checkpoint(self, checkpoint: Path) -> None:
+        """Take a checkpoint of the run's last step as the trained state, without training.
+
+        A job killed after its last checkpoint but before final/ was written resumes here:
+        transformers' resume would run one step more than max_steps. The checkpoint's weights
+        (consolidated ones under ZeRO-3, whose config gathers them on save) and its trainer state
+        are loaded into the plain model; ``save_final`` then writes them."""
+        from transformers import TrainerState
+
+        load_weights_strictly(self.model, checkpoint)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
     # -- atomic checkpoints ----------------------------------------------------------------
     def _get_output_dir(self, trial):
@@ -175,6 +178,25 @@ class KDTrainer(Trainer):
                 f"{final_root / name}: could not write the checkpoint ({err.strerror or err}); {kept}; "
                 "free space and rerun with --resume") from err
         self.accelerator.wait_for_everyone()
+
+
+def load_weights_strictly(target, folder) -> None:
+    """Load a saved checkpoint's weights into ``target`` through from_pretrained's key conversion;
+    refuse (naming the keys) when they do not match, instead of warning and going on."""
+    loaded = type(target).from_pretrained(folder, dtype=next(target.parameters()).dtype)
+    result = target.load_state_dict(loaded.state_dict(), strict=False)
+    tied = {"lm_head.weight"} if target.config.tie_word_embeddings else set()
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise LlavaKDError(
+            f"{folder}: checkpoint does not match the model (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+
+
+def last_step_reached(checkpoint: Path) -> bool:
+    """Whether a checkpoint holds the run's last optimizer step (its trainer state says so)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
 
 
 def shard_teacher(teacher, ds_config: dict):
