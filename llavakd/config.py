@@ -97,6 +97,8 @@ class DataConfig:
     max_length: int = 2048
     skip_bad: bool = False
     num_workers: int = 0
+    subset_fraction: float = 1.0  # train on a deterministic random subset of the records (speedrun)
+    subset_seed: int = 0
 
 
 @dataclass
@@ -182,6 +184,8 @@ class StageConfig:
             p.append(f"train.save_steps: must be >= 1, got {t.save_steps}")
         if t.deepspeed and not Path(t.deepspeed).is_file():
             p.append(f"train.deepspeed: {t.deepspeed} does not exist")
+        if not 0 < self.data.subset_fraction <= 1:
+            p.append(f"data.subset_fraction: must be in (0, 1], got {self.data.subset_fraction}")
         if self.data.max_length < 8:
             p.append(f"data.max_length: must be >= 8, got {self.data.max_length}")
         p += [f"loss.{x}" if not x.startswith("loss.") else x for x in self.loss.validate()]

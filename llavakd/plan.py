@@ -216,6 +216,9 @@ class Study:
         data = self.data_paths()
         merged["data.json"] = data[step.spec.dataset]
         merged["data.images"] = data["images"]
+        subset = self.data_subset()
+        if subset["fraction"] < 1:
+            merged["data.subset_fraction"], merged["data.subset_seed"] = subset["fraction"], subset["seed"]
         raw: dict = {"stage": step.name, "model": self.start_dir(llm, seed, chain),
                      "teacher": self.teacher_dir(llm, chain), "output_dir": self.layout.run_dir(llm, seed, chain)}
         for key, value in merged.items():
@@ -250,6 +253,11 @@ class Study:
             w = self.layout.world_dir()
             return {"captions": f"{w}/train/captions.json", "instruct": f"{w}/train/instruct.json", "images": f"{w}/images"}
         return dict(self.config["data"])
+
+    def data_subset(self) -> dict:
+        """The fraction of every stage's records a study trains on, and the subset's seed."""
+        sub = (self.config.get("data") or {}).get("subset") or {}
+        return {"fraction": float(sub.get("fraction", 1.0)), "seed": int(sub.get("seed", 0))}
 
     def build_args(self, llm: str, seed: int) -> list[str]:
         if self.mode == "tiny":
@@ -299,10 +307,11 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
     c = study.config["cost"]
     rate = c["peak_tflops"] * 1e12 * c["mfu"]
     samples, per = c["samples"], c["tokens_per_sample"]
+    fraction = study.data_subset()["fraction"]
 
     def stage_tokens(stage: str) -> float:
         kind = "pt" if STAGES[stage].dataset == "captions" else "sft"  # the cost config's keys
-        return samples[kind] * per[kind]
+        return samples[kind] * fraction * per[kind]
 
     def job_hours(llm, chain) -> float:
         st = Chain.parse(chain).last
@@ -315,7 +324,8 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         return 2 * llm_params(study, parse_model(model).llm) * c.get("eval_tokens", 0) / rate / 3600
 
     lines = [f"llavakd cost estimate (run {study.run}): 6N per trained token, 2N per teacher and evaluated token, "
-             f"MFU {c['mfu']:.0%} of {c['peak_tflops']:g} TFLOP/s per GPU"]
+             f"MFU {c['mfu']:.0%} of {c['peak_tflops']:g} TFLOP/s per GPU"
+             + (f", {fraction:g} of the training records" if fraction < 1 else "")]
     targets = {"reproduce_table1": study.table1_models()}
     for name, groups in (("ablation_losses", study.ablation_loss_models()),
                          ("ablation_stages", study.ablation_stage_models())):

@@ -123,3 +123,18 @@ def test_pretrain_template_reads_the_caption(world, processor):
     assert (s["labels"][:16] == -100).all()
     sup = s["labels"][s["labels"] != -100]
     assert processor.tokenizer.decode(sup) == "a blue square at top right .\n"
+
+
+def test_a_subset_is_deterministic_and_keeps_file_order(world, processor):
+    tmp_path, records = world
+    many = [dict(records[1], id=f"r{i}") for i in range(40)]  # text-only records need no image
+    path = _write(tmp_path, many)
+    full = LlavaDataset(path, tmp_path / "img", processor)
+    half = LlavaDataset(path, tmp_path / "img", processor, subset=(0.25, 7))
+    again = LlavaDataset(path, tmp_path / "img", processor, subset=(0.25, 7))
+    other = LlavaDataset(path, tmp_path / "img", processor, subset=(0.25, 8))
+    ids = [r["id"] for r in half.records]
+    assert len(full) == 40 and len(half) == 10 and half.records_in_file == 40
+    assert ids == [r["id"] for r in again.records] != [r["id"] for r in other.records]
+    assert ids == sorted(ids, key=lambda x: int(x[1:]))  # file order kept
+    assert len(LlavaDataset(path, tmp_path / "img", processor, subset=(0.001, 0))) == 1

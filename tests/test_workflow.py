@@ -29,7 +29,7 @@ def load(name):
 
 
 def test_shipped_configs_validate():
-    for name in ("config.yaml", "tiny-study.yaml", "paper.yaml"):
+    for name in ("config.yaml", "tiny-study.yaml", "paper.yaml", "speedrun.yaml"):
         Study.load(load(name), source=name)
 
 
@@ -145,6 +145,19 @@ def test_paper_dry_run_plans_everything_and_prints_the_cost():
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_the_speedrun_plans_within_eight_gpu_hours():
+    out = _dry_run("reproduce_table1", "--configfile", "config/speedrun.yaml")
+    total = float(re.search(r"reproduce_table1:.*?total\s+([\d.]+) GPU-h", out, re.S).group(1))
+    assert 0 < total <= 8, total
+    counts = _job_counts(out)
+    assert counts["train"] == 7 and counts["evaluate"] == 3  # teacher, baseline and LLaVA-KD of one pair
+    study = Study.load(load("speedrun.yaml"))
+    cfg = study.stage_config("qwen2.5-0.5b", 1234, "dpt--sft--dft")
+    assert (cfg.data.subset_fraction, cfg.data.subset_seed) == (0.2, 0)
+    assert "0.2 of the training records" in out
+
+
 def test_paper_slurm_dry_run_requests_gpus():
     out = _dry_run("--executor", "slurm", "--workflow-profile", "profiles/slurm", "reproduce_table1",
                    "--configfile", "config/paper.yaml")

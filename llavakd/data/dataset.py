@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -49,6 +50,14 @@ def load_records(json_path: str | Path) -> list[dict]:
     if not isinstance(data, list):
         raise LlavaKDError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
+
+
+def subset_records(records: list, fraction: float, seed: int) -> list:
+    """A deterministic random subset: round(fraction x n) records (at least one), in file order.
+    The same file, fraction and seed give the same records on every machine."""
+    k = max(1, round(fraction * len(records)))
+    keep = sorted(random.Random(seed).sample(range(len(records)), k))
+    return [records[i] for i in keep]
 
 
 def visual_tokens_of(processor) -> int:
@@ -97,11 +106,14 @@ def parse_record(rec, template: str) -> tuple[list[tuple[str, str]], str | None]
 
 class LlavaDataset(torch.utils.data.Dataset):
     def __init__(self, json_path, image_folder, processor, template: str = "chat",
-                 max_length: int = 2048, skip_bad: bool = False):
+                 max_length: int = 2048, skip_bad: bool = False, subset: tuple[float, int] | None = None):
         if template not in TEMPLATES:
             raise LlavaKDError(f"unknown template {template!r}; choose from {TEMPLATES}")
         self.source = str(json_path)
         self.records = load_records(json_path)
+        self.records_in_file = len(self.records)
+        if subset is not None and subset[0] < 1:
+            self.records = subset_records(self.records, *subset)
         self.image_folder = Path(image_folder)
         self.processor = processor
         self.template = template

@@ -203,7 +203,8 @@ def setup_data(cfg: StageConfig, processor):
     from llavakd.data.dataset import LlavaDataset
 
     return LlavaDataset(cfg.data.json, cfg.data.images, processor, template=cfg.spec.template,
-                        max_length=cfg.data.max_length, skip_bad=cfg.data.skip_bad)
+                        max_length=cfg.data.max_length, skip_bad=cfg.data.skip_bad,
+                        subset=(cfg.data.subset_fraction, cfg.data.subset_seed))
 
 
 def setup_training_args(cfg: StageConfig, out: Path, world: int):
@@ -267,6 +268,8 @@ def run_metadata(cfg: StageConfig, trainer, dataset, counts: dict, *, world: int
         "global_batch": cfg.train.global_batch, "precision": cfg.train.precision,
         "template": cfg.spec.template, "seed": cfg.train.seed, "trainable_modules": list(cfg.spec.trainable),
         "parameters": counts, "dataset": {"json": cfg.data.json, "records": len(dataset),
+                                          "records_in_file": dataset.records_in_file,
+                                          "subset": {"fraction": cfg.data.subset_fraction, "seed": cfg.data.subset_seed},
                                           "sha256_16": dataset_fingerprint(cfg.data.json),
                                           "skipped": dict(dataset.skipped), "truncated": dataset.truncated},
         "steps": trainer.state.global_step, "tokens_per_s": round(trainer.tokens_seen / max(elapsed, 1e-9), 1),
