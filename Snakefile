@@ -5,7 +5,7 @@
     snakemake -n reproduce_table1 --configfile config/paper.yaml                  # plan + cost of the paper
     snakemake --executor slurm --workflow-profile profiles/slurm reproduce_table1 --configfile config/paper.yaml
 
-Targets: reproduce_table1, ablation_losses, ablation_stages, figures, all. Rules are split by
+Targets: reproduce_table1, ablation_losses, ablation_stages, figures, prefetch_benchmarks, all. Rules are split by
 domain under workflow/rules/; the config is validated (every problem at once) by llavakd.plan
 against workflow/schemas/config.schema.yaml. Results go to results/<run>/, reports to reports/<run>/.
 """
@@ -42,6 +42,12 @@ rule ablation_stages:
     """PT or DPT, SFT, with or without DFT."""
     input:
         expand(f"{REPORTS}/ablation_stages.{{ext}}", ext=TABLE_FORMATS),
+
+
+rule prefetch_benchmarks:
+    """Real mode: fill eval.hf_home with the benchmarks' datasets (run on a login node)."""
+    input:
+        PREFETCHED,
 
 
 rule figures:

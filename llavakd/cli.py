@@ -174,6 +174,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prefetch_benchmarks(args: argparse.Namespace) -> int:
+    from llavakd.eval.prefetch import benchmark_datasets, missing, prefetch
+    from llavakd.eval.registry import resolve
+
+    wanted = benchmark_datasets(resolve(args.benchmarks), submission=args.submission)
+    if args.check:
+        gone = missing(wanted)
+        for d in gone:
+            print(f"missing: {d.label()} (for {d.used_by})")
+        print(f"{len(wanted) - len(gone)} of {len(wanted)} datasets are in {args.hf_home}")
+        return 1 if gone else 0
+    prefetch(wanted, args.hf_home)
+    if args.done:
+        args.done.parent.mkdir(parents=True, exist_ok=True)
+        args.done.write_text("".join(f"{d.label()}\n" for d in wanted))
+    print(f"{len(wanted)} datasets are in {args.hf_home}")
+    return 0
+
+
 def cmd_lmms_tasks(args: argparse.Namespace) -> int:
     if args.world is None:
         from llavakd.eval.tasks import write_task_yamls
@@ -281,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the server-scored splits (VQAv2 test-dev, VizWiz test) to write submission files")
     s.add_argument("--hf-home", type=Path, help="a pre-filled Hugging Face cache with the official task data (offline)")
     s.set_defaults(func=cmd_eval)
+    s = sub.add_parser("prefetch-benchmarks", help="download the benchmarks' datasets into a Hugging Face cache "
+                       "(on a login node), for evaluation offline", description=_doc("llavakd.eval.prefetch"),
+                       formatter_class=_RawFormatter)
+    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names")
+    s.add_argument("--hf-home", required=True, type=Path, help="the cache to fill (HF_HOME of the evaluation jobs)")
+    s.add_argument("--submission", action="store_true", help="also the server-scored splits' datasets")
+    s.add_argument("--check", action="store_true", help="only list what the cache lacks (offline); exit 1 if anything")
+    s.add_argument("--done", type=Path, help="write the list of datasets here once all are in (a workflow marker)")
+    s.set_defaults(func=cmd_prefetch_benchmarks)
     s = sub.add_parser("lmms-tasks", help="write llavakd's lmms-eval task YAMLs (rule-only MMBench-CN; stand-ins)")
     s.add_argument("--out", required=True, type=Path, help="folder to pass to lmms-eval's --include_path")
     s.add_argument("--world", type=Path, help="also write the tiny stand-in tasks for this synth-world")
@@ -290,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "hf_home", None):  # before transformers / datasets read the variables at import
+        from llavakd.eval.prefetch import use_cache
+
+        use_cache(args.hf_home, offline=args.command == "eval" or getattr(args, "check", False))
     _quiet_transformers()
     try:
         return args.func(args)

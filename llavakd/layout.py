@@ -109,6 +109,10 @@ class Layout:
     def eval_file(self, model, benchmark) -> str:
         return f"{self.eval_dir(model)}/{benchmark}.json"
 
+    def prefetch_marker(self) -> str:
+        """Written once the benchmarks' datasets are in eval.hf_home (real mode)."""
+        return f"{self.root}/benchmarks-prefetched.txt"
+
     def log(self, *parts) -> str:
         return f"{self.root}/logs/{'/'.join(str(p) for p in parts)}.log"
 

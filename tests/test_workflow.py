@@ -140,11 +140,18 @@ def test_paper_dry_run_plans_everything_and_prints_the_cost():
     assert "world" not in counts and "components" not in counts  # real mode: no tiny world
     assert "llavakd cost estimate (run paper)" in out and re.search(r"all targets\s+[\d.]+ GPU-h", out)
     assert "--nproc_per_node 8" in out and "--config results/paper/configs/" in out
+    assert counts["prefetch_benchmarks_data"] == 1 and "--hf-home /data/hf" in out  # eval.hf_home: offline jobs
     study = Study.load(load("paper.yaml"))  # the DeepSpeed config travels in each job's config file
     assert study.stage_config("qwen1.5-0.5b", 0, "dpt--sft--dft").train.deepspeed.endswith("deepspeed/zero3.json")
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_prefetch_benchmarks_plans_with_nothing_present():
+    counts = _job_counts(_dry_run("prefetch_benchmarks", "--configfile", "config/paper.yaml"))
+    assert counts["prefetch_benchmarks_data"] == 1 and "evaluate" not in counts
+
+
 @pytest.mark.slow
 def test_the_speedrun_plans_within_eight_gpu_hours():
     out = _dry_run("reproduce_table1", "--configfile", "config/speedrun.yaml")

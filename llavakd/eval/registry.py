@@ -21,7 +21,7 @@ from llavakd.errors import ConfigError, LlavaKDError
 REGISTRY_PATH = Path(__file__).resolve().parents[2] / "evals" / "benchmarks.yaml"
 SCALES = ("percent", "identity", "mme_perception")
 REDUCES = ("mean",)
-KEYS = {"column", "tasks", "submission", "metric", "scale", "reduce", "paper_split"}
+KEYS = {"column", "tasks", "submission", "metric", "scale", "reduce", "paper_split", "extra_datasets"}
 
 # MME's perception categories (lmms-eval's mme/utils.py eval_type_dict["Perception"]); a stand-in
 # may hold a subset, so the divisor counts the categories actually scored
@@ -39,6 +39,7 @@ class Benchmark:
     paper_split: str
     submission: tuple[str, ...] = ()
     reduce: str = "mean"
+    extra_datasets: tuple[tuple[str, str | None], ...] = ()  # (hub id, config) the task code loads itself
 
 
 def load_registry(path: str | Path = REGISTRY_PATH) -> dict[str, Benchmark]:
@@ -65,10 +66,14 @@ def load_registry(path: str | Path = REGISTRY_PATH) -> dict[str, Benchmark]:
         for k in ("tasks", "submission"):
             if k in spec and (not isinstance(spec[k], list) or not all(isinstance(t, str) for t in spec[k])):
                 problems.append(f"{name}.{k}: expected a list of task names")
+        extra = spec.get("extra_datasets", [])
+        if not isinstance(extra, list) or not all(isinstance(d, dict) and isinstance(d.get("path"), str) for d in extra):
+            problems.append(f"{name}.extra_datasets: expected a list of {{path: hub id, name: config}}")
         if not problems:
             out[name] = Benchmark(name=name, column=spec["column"], tasks=tuple(spec["tasks"]), metric=spec["metric"],
                                   scale=spec["scale"], paper_split=spec["paper_split"],
-                                  submission=tuple(spec.get("submission", ())), reduce=spec.get("reduce", "mean"))
+                                  submission=tuple(spec.get("submission", ())), reduce=spec.get("reduce", "mean"),
+                                  extra_datasets=tuple((d["path"], d.get("name")) for d in extra))
     if problems:
         raise ConfigError(path, problems)
     return out

@@ -253,7 +253,13 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
     if submission and standins is not None:
         raise EvalError("--submission needs the official tasks: the tiny world has no server-scored splits")
     if hf_home:  # a pre-filled Hugging Face cache: the official task data without any network access
-        os.environ.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        from llavakd.eval.prefetch import benchmark_datasets, missing, use_cache
+
+        use_cache(hf_home, offline=True)  # the CLI did this before any import; here for late importers
+        gone = [] if standins is not None else missing(benchmark_datasets(benches, submission))
+        if gone:
+            raise EvalError(f"not in the Hugging Face cache {hf_home}: {', '.join(d.label() for d in gone)}; fill it "
+                            "on a machine with network access (llavakd prefetch-benchmarks / snakemake prefetch_benchmarks)")
     out.mkdir(parents=True, exist_ok=True)
     (out / COMPLETE_MARKER).unlink(missing_ok=True)  # the folder is complete again only when this run is
     for stale in out.glob(".*.tmp-*"):  # a killed run's half-written files
@@ -262,7 +268,8 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
     tiny_names = (standins or write_task_yamls)(tasks_dir)
     request = None if fingerprint is None else {
         "model": model_path, "model_fingerprint": fingerprint, "seed": seed, "limit": limit, "dtype": dtype,
-        "submission": submission, "tasks_hash": _tasks_hash(tasks_dir), "lmms_eval_version": version("lmms_eval")}
+        "submission": submission, "tasks_hash": _tasks_hash(tasks_dir), "lmms_eval_version": version("lmms_eval"),
+        "hf_offline": os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_DATASETS_OFFLINE") == "1"}
     results, todo = {}, []
     for b in benches:
         if request is not None and not recompute and _reusable(out, b, request):

@@ -25,6 +25,10 @@ REPORTS = L.reports
 TINY = STUDY.mode == "tiny"
 WORLD = [marker(L.world_dir())] if TINY else []
 BENCHMARKS = [b.name for b in resolve(config["eval"].get("benchmarks", "all"))]
+HF_HOME = config["eval"].get("hf_home")
+# Real mode with a shared Hugging Face cache: evaluation runs offline, after prefetch_benchmarks
+# (a local rule: it runs where snakemake runs, a login node with network access).
+PREFETCHED = [L.prefetch_marker()] if HF_HOME and not TINY else []
 TABLE_FORMATS = ["md", "csv", "tex", "html"]
 FIGURES = [
     f"{REPORTS}/figures/{name}.png"
@@ -68,9 +72,12 @@ def train_cmd(wildcards, threads, resources):
 
 
 def eval_inputs(wc):
-    if parse_model(wc.model).kind != "run":
-        return {"world": WORLD}  # a given checkpoint is a parameter, not a job input
-    return {"model": marker(STUDY.model_dir(wc.model)), "world": WORLD}
+    out = {"world": WORLD, "prefetched": PREFETCHED}
+    if (
+        parse_model(wc.model).kind == "run"
+    ):  # a given checkpoint is a parameter, not a job input
+        out["model"] = marker(STUDY.model_dir(wc.model))
+    return out
 
 
 def eval_files(models):

@@ -38,3 +38,17 @@ rule evaluate:
         "$LLAVAKD_PY -m llavakd.cli eval --model {params.model} --benchmarks {params.benchmarks} --out {params.out} "
         "{params.world} {params.limit} --batch-size {params.batch} --dtype {params.dtype} {params.hf_home} "
         "> {log} 2>&1"
+
+
+rule prefetch_benchmarks_data:
+    """The configured benchmarks' datasets, downloaded into eval.hf_home for offline evaluation."""
+    output:
+        L.prefetch_marker(),
+    log:
+        L.log("prefetch_benchmarks"),
+    localrule: True
+    params:
+        benchmarks=",".join(BENCHMARKS),
+    shell:
+        "$LLAVAKD_PY -m llavakd.cli prefetch-benchmarks --benchmarks {params.benchmarks} "
+        "--hf-home {HF_HOME} --done {output} > {log} 2>&1"
