@@ -60,15 +60,42 @@ def parent(path):
     return os.path.dirname(path)
 
 
+TRAIN_NODES = int(res("train", "nodes", 1))
+TRAIN_GPUS = int(res("train", "gpus", 0))  # per node
+
+
 def train_cmd(wildcards, threads, resources):
-    """The training launcher: torchrun over the job's GPUs when it has several."""
-    gpus = int(resources.gpu)
+    """The training launcher: torchrun over the job's GPUs when it has several; on several nodes,
+    srun starts one torchrun agent per node (llavakd.multinode) with a c10d rendezvous.
+    """
+    if TRAIN_NODES > 1:
+        return (
+            f"srun --nodes {TRAIN_NODES} --ntasks-per-node 1 --kill-on-bad-exit=1 "
+            f"$LLAVAKD_PY -m llavakd.multinode --nodes {TRAIN_NODES} --gpus-per-node {TRAIN_GPUS} --"
+        )
     py = (
-        f"$LLAVAKD_PY -m torch.distributed.run --standalone --nproc_per_node {gpus}"
-        if gpus > 1
+        f"$LLAVAKD_PY -m torch.distributed.run --standalone --nproc_per_node {TRAIN_GPUS}"
+        if TRAIN_GPUS > 1
         else "$LLAVAKD_PY"
     )
-    return f"$LLAVAKD_PY -m llavakd.launch --gpus {gpus} -- {py} -m llavakd.cli train"
+    return f"$LLAVAKD_PY -m llavakd.launch --gpus {TRAIN_GPUS} -- {py} -m llavakd.cli train"
+
+
+# SLURM resources of a training job. One node: `gpu` (the plugin's --gpus) and one task. Several
+# nodes: the plugin's MPI-style job (its jobstep runs the command, which calls srun itself) with
+# one task per node and the GPUs as a per-node GRES.
+TRAIN_SLURM = (
+    dict(gpu=TRAIN_GPUS)
+    if TRAIN_NODES == 1
+    else dict(
+        gpu=0,
+        nodes=TRAIN_NODES,
+        tasks=TRAIN_NODES,
+        tasks_per_gpu=0,
+        mpi="srun",
+        gres=f"gpu:{TRAIN_GPUS}",
+    )
+)
 
 
 def eval_inputs(wc):

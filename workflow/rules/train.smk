@@ -31,7 +31,7 @@ rule train:
         L.timing("train", "{llm}", "s{seed}", "{chain}")
     threads: res("train", "threads", 1)
     resources:
-        gpu=res("train", "gpus", 0),
+        **TRAIN_SLURM,
         mem_mb=res("train", "mem_mb", 8000),
         runtime=res("train", "runtime", 60),
     params:
