@@ -44,6 +44,18 @@ rule ablation_stages:
         expand(f"{REPORTS}/ablation_stages.{{ext}}", ext=TABLE_FORMATS),
 
 
+rule prepare_data:
+    """Real mode: fetch what data.manifest lists (run on a login node); tiny mode: the world."""
+    input:
+        PREPARED_DATA,
+
+
+rule validate_data:
+    """Every dataset the study trains on, checked record by record (results/<run>/data/*.report.*)."""
+    input:
+        DATA_REPORTS,
+
+
 rule prefetch_benchmarks:
     """Real mode: fill eval.hf_home with the benchmarks' datasets (run on a login node)."""
     input:

@@ -123,6 +123,45 @@ def cmd_data_report(args: argparse.Namespace) -> int:
     return 1 if report["bad"] and args.strict else 0
 
 
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from llavakd.data.prepare import load_manifest, prepare
+    from llavakd.io import atomic_write_text
+
+    fetched: list = []
+    todo = prepare(load_manifest(args.manifest), args.root, only=args.only.split(",") if args.only else None,
+                   fetched=fetched)
+    if todo:
+        raise LlavaKDError("manual step(s) left: " + " | ".join(todo))
+    if args.done:
+        atomic_write_text(args.done, "".join(f"{n}\t{p}\t{size}\t{sha}\n" for n, p, size, sha in fetched))
+    print(f"{len(fetched)} file(s) in place under {args.root}")
+    return 0
+
+
+def cmd_validate_data(args: argparse.Namespace) -> int:
+    from transformers import AutoProcessor
+
+    from llavakd.data.report import data_report, format_report
+    from llavakd.io import atomic_write_text
+    from llavakd.model.build import resolve
+
+    src = resolve(args.processor, "processor")
+    processor = AutoProcessor.from_pretrained(src.ref, **src.kwargs)
+    report = data_report(args.json, args.images, processor, template=args.template, max_length=args.max_length)
+    n_bad = len(report["bad_records"])
+    report["max_bad_fraction"] = args.max_bad_fraction
+    text = format_report(report)
+    atomic_write_text(f"{args.out}.report.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(f"{args.out}.report.md", "```\n" + text + "\n```\n")
+    print(text)
+    if n_bad > args.max_bad_fraction * report["records"]:
+        raise LlavaKDError(f"{args.json}: {n_bad} of {report['records']} records are bad, more than "
+                           f"data.max_bad_fraction {args.max_bad_fraction:g} allows; see {args.out}.report.md")
+    if n_bad:
+        print(f"{n_bad} bad record(s) listed in {args.out}.report.json: training leaves them out")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from llavakd.config import load_stage_config
     from llavakd.train.run import run_stage
@@ -266,6 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json-output", action="store_true", help="print the report as JSON")
     s.add_argument("--strict", action="store_true", help="exit 1 when any record is bad")
     s.set_defaults(func=cmd_data_report)
+    s = sub.add_parser("prepare-data", help="download, verify and extract the training data a manifest lists",
+                       description=_doc("llavakd.data.prepare"), formatter_class=_RawFormatter)
+    s.add_argument("--manifest", required=True, type=Path, help="e.g. manifests/llava-1.5.yaml")
+    s.add_argument("--root", required=True, type=Path, help="folder the manifest's destinations are under")
+    s.add_argument("--only", help="comma list of item names (default: all)")
+    s.add_argument("--done", type=Path, help="when everything is in place, list each file's size and sha256 here")
+    s.set_defaults(func=cmd_prepare_data)
+    s = sub.add_parser("validate-data", help="check every record of a LLaVA JSON against its images; "
+                       "write <out>.report.{json,md}; fail above --max-bad-fraction")
+    s.add_argument("json", type=Path, help="LLaVA JSON file (558K / mix665k format)")
+    s.add_argument("--images", required=True, type=Path, help="image folder the records' paths are relative to")
+    s.add_argument("--processor", required=True, help="a model folder (or hub id) whose processor tokenizes")
+    s.add_argument("--template", choices=["chat", "pretrain"], default="chat")
+    s.add_argument("--max-length", type=int, default=2048)
+    s.add_argument("--max-bad-fraction", type=float, default=0.0,
+                   help="fail when more than this fraction of records is bad (default 0: any bad record fails)")
+    s.add_argument("--out", required=True, help="report path without suffix (writes .report.json and .report.md)")
+    s.set_defaults(func=cmd_validate_data)
     s = sub.add_parser("train", help="train one stage (pt, sft, dpt, dft) from a stage config")
     s.add_argument("--stage", choices=list(STAGE_NAMES),
                    help="the stage to train; optional with --config (must then agree with its stage)")

@@ -99,6 +99,7 @@ class DataConfig:
     num_workers: int = 0
     subset_fraction: float = 1.0  # train on a deterministic random subset of the records (speedrun)
     subset_seed: int = 0
+    skip_records: str | None = None  # a validate-data report: its bad records are left out up front
 
 
 @dataclass

@@ -109,6 +109,14 @@ class Layout:
     def eval_file(self, model, benchmark) -> str:
         return f"{self.eval_dir(model)}/{benchmark}.json"
 
+    def data_report(self, name) -> str:
+        """validate-data's report of one dataset (``captions`` or ``instruct``), without its suffix."""
+        return f"{self.root}/data/{name}"
+
+    def data_prepared(self) -> str:
+        """Written by prepare-data once the manifest's files are in place (real mode): each file's sha256."""
+        return f"{self.root}/data/prepared.tsv"
+
     def prefetch_marker(self) -> str:
         """Written once the benchmarks' datasets are in eval.hf_home (real mode)."""
         return f"{self.root}/benchmarks-prefetched.txt"

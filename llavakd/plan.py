@@ -193,8 +193,11 @@ class Study:
         return self.model_dir(self.teacher_model(self.teacher_of(llm)))
 
     def train_inputs(self, llm: str, seed: int, chain: str) -> dict:
-        """Input files of the job that trains the last stage of ``chain``: its config, start model, teacher."""
-        out = {"config": self.layout.config_file(llm, seed, chain), "model": marker(self.start_dir(llm, seed, chain))}
+        """Input files of the job that trains the last stage of ``chain``: its config, start model,
+        teacher, and the validation report of its dataset."""
+        dataset = Chain.parse(chain).last.spec.dataset
+        out = {"config": self.layout.config_file(llm, seed, chain), "model": marker(self.start_dir(llm, seed, chain)),
+               "data_report": f"{self.layout.data_report(dataset)}.report.json"}
         if Chain.parse(chain).last.distill:
             teacher = self.teacher_model(self.teacher_of(llm))
             if parse_model(teacher).kind == "run":  # a given checkpoint is a parameter, not a job input
@@ -216,6 +219,7 @@ class Study:
         data = self.data_paths()
         merged["data.json"] = data[step.spec.dataset]
         merged["data.images"] = data["images"]
+        merged["data.skip_records"] = f"{self.layout.data_report(step.spec.dataset)}.report.json"
         subset = self.data_subset()
         if subset["fraction"] < 1:
             merged["data.subset_fraction"], merged["data.subset_seed"] = subset["fraction"], subset["seed"]
@@ -253,6 +257,21 @@ class Study:
             w = self.layout.world_dir()
             return {"captions": f"{w}/train/captions.json", "instruct": f"{w}/train/instruct.json", "images": f"{w}/images"}
         return dict(self.config["data"])
+
+    def datasets(self) -> list[str]:
+        """The study's datasets as the stages name them (``captions``, ``instruct``) that its jobs read."""
+        used = {Chain.parse(chain).last.spec.dataset for _, _, chain in train_jobs(self, self.all_models())}
+        return sorted(used)
+
+    def data_check(self, dataset: str) -> dict:
+        """What validate-data checks one dataset with: the file, images, template and maximum length of
+        the first job that reads it, and the study's ``data.max_bad_fraction``."""
+        job = next(j for j in train_jobs(self, self.all_models()) if Chain.parse(j[2]).last.spec.dataset == dataset)
+        cfg = self.stage_config(*job)
+        first = self.students()[0]
+        return {"json": cfg.data.json, "images": cfg.data.images, "template": cfg.spec.template,
+                "max_length": cfg.data.max_length, "processor": self.layout.init_dir(first, self.seeds[0]),
+                "max_bad_fraction": float((self.config.get("data") or {}).get("max_bad_fraction", 0.0))}
 
     def data_subset(self) -> dict:
         """The fraction of every stage's records a study trains on, and the subset's seed."""

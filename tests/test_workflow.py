@@ -335,3 +335,35 @@ def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(
             for key in ("loss", "loss_ce", "loss_res", "loss_vis", "loss_rel", "learning_rate", "grad_norm"):
                 if key in a[step]:
                     assert b[step][key] == pytest.approx(a[step][key], rel=1e-5, abs=1e-7), (run, step, key)
+
+
+@pytest.mark.slow
+def test_validate_data_on_the_tiny_world_fails_on_a_planted_bad_record_or_leaves_it_out(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def smk(cfg: dict, *targets):
+        path = tmp_path / "micro.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return subprocess.run(SNAKEMAKE + [*targets, "--snakefile", str(REPO / "Snakefile"), "--directory",
+                                           str(tmp_path), "--cores", "2", "--configfile", str(path)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+    r = smk(MICRO, "validate_data")
+    assert r.returncode == 0, r.stderr[-3000:]
+    data = tmp_path / "results/micro/data"
+    assert json.loads((data / "captions.report.json").read_text())["bad_records"] == []
+    assert "tokens" in (data / "instruct.report.md").read_text()
+    captions = tmp_path / "results/micro/world/train/captions.json"
+    records = json.loads(captions.read_text())
+    records.insert(7, {"id": "planted", "image": "train/missing.png", "conversations": records[0]["conversations"]})
+    captions.write_text(json.dumps(records))
+    r = smk(MICRO, "validate_data", "--forcerun", "validate_data_file")
+    assert r.returncode != 0  # default data.max_bad_fraction 0: the DAG stops before any training
+    log = (tmp_path / "results/micro/logs/validate_data/captions.log").read_text()
+    assert f"{captions.relative_to(tmp_path)}: 1 of {len(records)} records are bad" in log
+    lenient = {**MICRO, "data": {"max_bad_fraction": 0.01}}
+    r = smk(lenient, "results/micro/runs/qwen1.5-0.5b/s0/pt/final/COMPLETE")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((data / "captions.report.json").read_text())["bad_records"] == [7]
+    meta = json.loads((tmp_path / "results/micro/runs/qwen1.5-0.5b/s0/pt/metadata.json").read_text())
+    assert meta["dataset"]["listed_bad_left_out"] == 1 and meta["dataset"]["records"] == len(records) - 1

@@ -106,12 +106,19 @@ def parse_record(rec, template: str) -> tuple[list[tuple[str, str]], str | None]
 
 class LlavaDataset(torch.utils.data.Dataset):
     def __init__(self, json_path, image_folder, processor, template: str = "chat",
-                 max_length: int = 2048, skip_bad: bool = False, subset: tuple[float, int] | None = None):
+                 max_length: int = 2048, skip_bad: bool = False, subset: tuple[float, int] | None = None,
+                 drop: set[int] | frozenset = frozenset()):
         if template not in TEMPLATES:
             raise LlavaKDError(f"unknown template {template!r}; choose from {TEMPLATES}")
         self.source = str(json_path)
         self.records = load_records(json_path)
         self.records_in_file = len(self.records)
+        out_of_range = sorted(i for i in drop if not 0 <= i < self.records_in_file)
+        if out_of_range:
+            raise LlavaKDError(f"{json_path}: records {out_of_range[:5]} listed as bad are not in the file "
+                               f"({self.records_in_file} records); was the report made from another version of it?")
+        self.dropped = len(drop)  # listed as bad by validate-data: left out up front
+        self.records = [r for i, r in enumerate(self.records) if i not in drop]
         if subset is not None and subset[0] < 1:
             self.records = subset_records(self.records, *subset)
         self.image_folder = Path(image_folder)

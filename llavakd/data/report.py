@@ -22,12 +22,14 @@ def data_report(json_path, image_folder, processor, template: str = "chat", max_
     lengths, supervised, turns = [], [], []
     bad: Counter[str] = Counter()
     bad_examples: list[str] = []
+    bad_records: list[int] = []
     n_image = 0
     for i in tqdm(range(len(ds)), desc="checking records", disable=not progress, unit="rec"):
         try:
             s = ds.encode(i, load_pixels=False)
         except BadRecord as err:
             bad[err.reason.split(" (")[0][:80]] += 1
+            bad_records.append(i)
             if len(bad_examples) < 5:
                 bad_examples.append(str(err))
             continue
@@ -48,7 +50,7 @@ def data_report(json_path, image_folder, processor, template: str = "chat", max_
         "file": str(json_path), "template": template, "records": len(ds), "good": len(lengths),
         "with_image": n_image, "text_only": len(lengths) - n_image,
         "tokens": stats(lengths), "supervised_tokens": stats(supervised), "gpt_turns": stats(turns),
-        "truncated": ds.truncated, "bad": dict(bad), "bad_examples": bad_examples,
+        "truncated": ds.truncated, "bad": dict(bad), "bad_examples": bad_examples, "bad_records": bad_records,
     }
 
 

@@ -202,9 +202,15 @@ def setup_data(cfg: StageConfig, processor):
     """The stage's dataset in its template (nothing is read beyond the JSON until a batch is drawn)."""
     from llavakd.data.dataset import LlavaDataset
 
+    drop: set[int] = set()
+    if cfg.data.skip_records:
+        report = Path(cfg.data.skip_records)
+        if not report.is_file():
+            raise LlavaKDError(f"data.skip_records: {report} does not exist (run llavakd validate-data first)")
+        drop = set(json.loads(report.read_text())["bad_records"])
     return LlavaDataset(cfg.data.json, cfg.data.images, processor, template=cfg.spec.template,
                         max_length=cfg.data.max_length, skip_bad=cfg.data.skip_bad,
-                        subset=(cfg.data.subset_fraction, cfg.data.subset_seed))
+                        subset=(cfg.data.subset_fraction, cfg.data.subset_seed), drop=drop)
 
 
 def setup_training_args(cfg: StageConfig, out: Path, world: int):
@@ -269,6 +275,7 @@ def run_metadata(cfg: StageConfig, trainer, dataset, counts: dict, *, world: int
         "template": cfg.spec.template, "seed": cfg.train.seed, "trainable_modules": list(cfg.spec.trainable),
         "parameters": counts, "dataset": {"json": cfg.data.json, "records": len(dataset),
                                           "records_in_file": dataset.records_in_file,
+                                          "listed_bad_left_out": dataset.dropped,
                                           "subset": {"fraction": cfg.data.subset_fraction, "seed": cfg.data.subset_seed},
                                           "sha256_16": dataset_fingerprint(cfg.data.json),
                                           "skipped": dict(dataset.skipped), "truncated": dataset.truncated},

@@ -25,6 +25,13 @@ REPORTS = L.reports
 TINY = STUDY.mode == "tiny"
 WORLD = [marker(L.world_dir())] if TINY else []
 BENCHMARKS = [b.name for b in resolve(config["eval"].get("benchmarks", "all"))]
+# Real mode with a data manifest: prepare_data fetches it first (a local rule). Tiny mode: the world.
+PREPARED_DATA = (
+    WORLD
+    if TINY
+    else ([L.data_prepared()] if config.get("data", {}).get("manifest") else [])
+)
+DATA_REPORTS = [f"{L.data_report(d)}.report.json" for d in STUDY.datasets()]
 HF_HOME = config["eval"].get("hf_home")
 # Real mode with a shared Hugging Face cache: evaluation runs offline, after prefetch_benchmarks
 # (a local rule: it runs where snakemake runs, a login node with network access).

@@ -19,3 +19,42 @@ rule world:
         size=config.get("world", {}).get("size", "tiny"),
     shell:
         "$LLAVAKD_PY -m llavakd.cli synth-world --out {params.out} --seed {params.seed} --size {params.size} --overwrite > {log} 2>&1"
+
+
+rule prepare_data_files:
+    """Real mode: download, verify and extract what data.manifest lists under data.root."""
+    output:
+        L.data_prepared(),
+    log:
+        L.log("prepare_data"),
+    localrule: True
+    params:
+        manifest=config.get("data", {}).get("manifest"),
+        root=config.get("data", {}).get("root"),
+    shell:
+        "$LLAVAKD_PY -m llavakd.cli prepare-data --manifest {params.manifest} --root {params.root} "
+        "--done {output} > {log} 2>&1"
+
+
+rule validate_data_file:
+    """Every record of one dataset checked against its images; fails above data.max_bad_fraction."""
+    input:
+        data=PREPARED_DATA,
+        processor=lambda wc: marker(STUDY.data_check(wc.dataset)["processor"]),
+    output:
+        json=f"{L.data_report('{dataset}')}.report.json",
+        md=f"{L.data_report('{dataset}')}.report.md",
+    log:
+        L.log("validate_data", "{dataset}"),
+    benchmark:
+        L.timing("validate_data", "{dataset}")
+    wildcard_constraints:
+        dataset="captions|instruct",
+    params:
+        check=lambda wc: STUDY.data_check(wc.dataset),
+        out=lambda wc: L.data_report(wc.dataset),
+    shell:
+        "$LLAVAKD_PY -m llavakd.cli validate-data {params.check[json]} --images {params.check[images]} "
+        "--processor {params.check[processor]} --template {params.check[template]} "
+        "--max-length {params.check[max_length]} --max-bad-fraction {params.check[max_bad_fraction]} "
+        "--out {params.out} > {log} 2>&1"
