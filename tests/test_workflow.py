@@ -153,6 +153,12 @@ def test_prefetch_benchmarks_plans_with_nothing_present():
 
 
 @pytest.mark.slow
+def test_prepare_and_validate_data_plan_with_nothing_present():
+    counts = _job_counts(_dry_run("prepare_data", "validate_data", "--configfile", "config/paper.yaml"))
+    assert counts["prepare_data_files"] == 1 and counts["validate_data_file"] == 2 and "train" not in counts
+
+
+@pytest.mark.slow
 def test_the_speedrun_plans_within_eight_gpu_hours():
     out = _dry_run("reproduce_table1", "--configfile", "config/speedrun.yaml")
     total = float(re.search(r"reproduce_table1:.*?total\s+([\d.]+) GPU-h", out, re.S).group(1))
