@@ -3,6 +3,7 @@ torchrun agents meeting at a c10d rendezvous (two "nodes" on localhost, gloo).""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -66,7 +67,7 @@ def setup(tiny_components, tmp_path_factory):
 
 
 def test_two_agents_on_localhost_match_one_process(setup, tmp_path):
-    from test_train_distributed import _free_port, _train, mismatches
+    from test_train_distributed import _free_port, _train, mismatches, read_run
 
     one = _train(setup, tmp_path / "one")
     port = _free_port()
@@ -82,18 +83,6 @@ def test_two_agents_on_localhost_match_one_process(setup, tmp_path):
              for _ in range(2)]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
-    import json
-
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["world_size"] == 2 and meta["grad_accumulation"] == 1 and meta["global_batch"] == 8
-    from safetensors.torch import load_file
-
-    steps = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            steps[rec["step"]] = rec
-    weights = {}
-    for f in sorted((out / "final").glob("*.safetensors")):
-        weights.update(load_file(f))
-    assert mismatches(one, (steps, weights)) == []
+    assert mismatches(one, read_run(out)) == []

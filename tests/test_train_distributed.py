@@ -56,6 +56,11 @@ def _train(setup, out: Path, *extra: str, launcher: list[str] | None = None, ent
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return read_run(out)
+
+
+def read_run(out: Path):
+    """A finished run's ({step: logged record}, final weights)."""
     steps = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
