@@ -1,7 +1,7 @@
 """The benchmarks' datasets in a Hugging Face cache, for compute nodes without network access.
 
-    llavakd prefetch-benchmarks --benchmarks all --hf-home /shared/hf      # on a login node
-    llavakd eval --model DIR --benchmarks all --out DIR --hf-home /shared/hf  # on a compute node: offline
+    llavakd prefetch-benchmarks --benchmarks all --hf-home /data/hf      # on a login node
+    llavakd eval --model DIR --benchmarks all --out DIR --hf-home /data/hf  # on a compute node: offline
 
 ``benchmark_datasets`` reads each lmms-eval task's YAML (its ``include`` chain, without building the
 task, which would download) for the dataset it loads, plus the registry's ``extra_datasets`` that a
