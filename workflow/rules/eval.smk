@@ -49,6 +49,7 @@ rule prefetch_benchmarks_data:
     localrule: True
     params:
         benchmarks=",".join(BENCHMARKS),
+        hf_home=HF_HOME,
     shell:
         "$LLAVAKD_PY -m llavakd.cli prefetch-benchmarks --benchmarks {params.benchmarks} "
-        "--hf-home {HF_HOME} --done {output} > {log} 2>&1"
+        "--hf-home {params.hf_home} --done {output} > {log} 2>&1"
