@@ -226,8 +226,9 @@ def cmd_prefetch_benchmarks(args: argparse.Namespace) -> int:
         return 1 if gone else 0
     prefetch(wanted, args.hf_home)
     if args.done:
-        args.done.parent.mkdir(parents=True, exist_ok=True)
-        args.done.write_text("".join(f"{d.label()}\n" for d in wanted))
+        from llavakd.io import atomic_write_text
+
+        atomic_write_text(args.done, "".join(f"{d.label()}\n" for d in wanted))
     print(f"{len(wanted)} datasets are in {args.hf_home}")
     return 0
 

@@ -266,19 +266,26 @@ def _build(cls, raw: dict, prefix: str, problems: list[str]):
     return cls(**kwargs)
 
 
+def set_dotted(raw: dict, key: str, value) -> str | None:
+    """Set ``a.b.c`` in nested dicts; returns the part that is not a section, if one is in the way."""
+    *sections, leaf = key.strip().split(".")
+    node = raw
+    for part in sections:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            return part
+    node[leaf] = value
+    return None
+
+
 def _apply_override(raw: dict, item: str, problems: list[str]) -> None:
     if "=" not in item:
         problems.append(f"override {item!r}: expected key=value")
         return
     key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            problems.append(f"override {item!r}: {part} is not a section")
-            return
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    blocked = set_dotted(raw, key, yaml.safe_load(value) if value.strip() else None)
+    if blocked:
+        problems.append(f"override {item!r}: {blocked} is not a section")
 
 
 def load_stage_config(path: str | Path | None, overrides: list[str] = (), stage: str | None = None) -> StageConfig:

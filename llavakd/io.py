@@ -77,7 +77,7 @@ def atomic_write_text(final: str | Path, text: str) -> Path:
     return Path(final)
 
 
-def _digest(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     with path.open("rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
@@ -85,7 +85,7 @@ def _digest(path: Path) -> str:
 def write_marker(folder: str | Path) -> None:
     """Write ``folder``'s completion marker, last: the size and sha256 of every file in it (JSON)."""
     folder = Path(folder)
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _digest(p)}
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_of(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != COMPLETE_MARKER}
     atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
 
@@ -107,6 +107,6 @@ def marker_problem(folder: str | Path) -> str | None:
             return f"{rel} is missing"
         if path.stat().st_size != want["size"]:
             return f"{rel} has {path.stat().st_size} bytes, its marker says {want['size']}"
-        if _digest(path) != want["sha256"]:
+        if sha256_of(path) != want["sha256"]:
             return f"{rel} does not match its sha256 in the completion marker"
     return None

@@ -109,9 +109,13 @@ class Layout:
     def eval_file(self, model, benchmark) -> str:
         return f"{self.eval_dir(model)}/{benchmark}.json"
 
-    def data_report(self, name) -> str:
-        """validate-data's report of one dataset (``captions`` or ``instruct``), without its suffix."""
+    def data_report_prefix(self, name) -> str:
+        """What ``llavakd validate-data --out`` gets for one dataset (``captions`` or ``instruct``)."""
         return f"{self.root}/data/{name}"
+
+    def data_report(self, name, ext: str = "json") -> str:
+        """validate-data's report of one dataset: ``<prefix>.report.json`` (bad records) or ``.md``."""
+        return f"{self.data_report_prefix(name)}.report.{ext}"
 
     def data_prepared(self) -> str:
         """Written by prepare-data once the manifest's files are in place (real mode): each file's sha256."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from llavakd.config import StageConfig, stage_config_from_dict, to_dict
+from llavakd.config import StageConfig, set_dotted, stage_config_from_dict, to_dict
 from llavakd.errors import ConfigError
 from llavakd.layout import Layout, given_name, marker, model_name, parse_model, released_name
 from llavakd.stages import STAGES, TERMS, Chain, ChainError, with_terms
@@ -195,10 +195,10 @@ class Study:
     def train_inputs(self, llm: str, seed: int, chain: str) -> dict:
         """Input files of the job that trains the last stage of ``chain``: its config, start model,
         teacher, and the validation report of its dataset."""
-        dataset = Chain.parse(chain).last.spec.dataset
+        step = Chain.parse(chain).last
         out = {"config": self.layout.config_file(llm, seed, chain), "model": marker(self.start_dir(llm, seed, chain)),
-               "data_report": f"{self.layout.data_report(dataset)}.report.json"}
-        if Chain.parse(chain).last.distill:
+               "data_report": self.layout.data_report(step.spec.dataset)}
+        if step.distill:
             teacher = self.teacher_model(self.teacher_of(llm))
             if parse_model(teacher).kind == "run":  # a given checkpoint is a parameter, not a job input
                 out["teacher"] = marker(self.model_dir(teacher))
@@ -219,18 +219,14 @@ class Study:
         data = self.data_paths()
         merged["data.json"] = data[step.spec.dataset]
         merged["data.images"] = data["images"]
-        merged["data.skip_records"] = f"{self.layout.data_report(step.spec.dataset)}.report.json"
+        merged["data.skip_records"] = self.layout.data_report(step.spec.dataset)
         subset = self.data_subset()
         if subset["fraction"] < 1:
             merged["data.subset_fraction"], merged["data.subset_seed"] = subset["fraction"], subset["seed"]
         raw: dict = {"stage": step.name, "model": self.start_dir(llm, seed, chain),
                      "teacher": self.teacher_dir(llm, chain), "output_dir": self.layout.run_dir(llm, seed, chain)}
         for key, value in merged.items():
-            node = raw
-            *sections, leaf = key.split(".")
-            for part in sections:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+            set_dotted(raw, key, value)
         return raw
 
     def stage_config(self, llm: str, seed: int, chain: str) -> StageConfig:

@@ -15,7 +15,6 @@ their own datasets, not these image collections' plain HTTP archives.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import urllib.error
 import urllib.request
@@ -27,7 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from llavakd.errors import ConfigError, LlavaKDError
-from llavakd.io import atomic_write_text
+from llavakd.io import atomic_write_text, sha256_of
 
 CHUNK = 1 << 20
 
@@ -65,11 +64,6 @@ def load_manifest(path: str | Path) -> list[Item]:
     if problems or not items:
         raise ConfigError(str(path), problems or ["no items"])
     return items
-
-
-def sha256_of(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def download(url: str, dest: Path, size: int | None = None, sha256: str | None = None, progress: bool = True) -> Path:

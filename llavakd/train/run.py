@@ -14,7 +14,6 @@ Run directory (``output_dir``):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -29,7 +28,7 @@ import yaml
 
 from llavakd.config import StageConfig, to_dict
 from llavakd.errors import LlavaKDError
-from llavakd.io import COMPLETE_MARKER, publish_dir
+from llavakd.io import COMPLETE_MARKER, publish_dir, sha256_of
 
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -59,8 +58,7 @@ def apply_freeze_plan(model, trainable: tuple[str, ...]) -> dict[str, int]:
 
 
 def dataset_fingerprint(json_path: str) -> str:
-    with open(json_path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()[:16]
+    return sha256_of(Path(json_path))[:16]
 
 
 def _git_commit() -> str | None:

@@ -31,7 +31,7 @@ PREPARED_DATA = (
     if TINY
     else ([L.data_prepared()] if config.get("data", {}).get("manifest") else [])
 )
-DATA_REPORTS = [f"{L.data_report(d)}.report.json" for d in STUDY.datasets()]
+DATA_REPORTS = [L.data_report(d) for d in STUDY.datasets()]
 HF_HOME = config["eval"].get("hf_home")
 # Real mode with a shared Hugging Face cache: evaluation runs offline, after prefetch_benchmarks
 # (a local rule: it runs where snakemake runs, a login node with network access).

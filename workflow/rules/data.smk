@@ -42,8 +42,8 @@ rule validate_data_file:
         data=PREPARED_DATA,
         processor=lambda wc: marker(STUDY.data_check(wc.dataset)["processor"]),
     output:
-        json=f"{L.data_report('{dataset}')}.report.json",
-        md=f"{L.data_report('{dataset}')}.report.md",
+        json=L.data_report("{dataset}"),
+        md=L.data_report("{dataset}", "md"),
     log:
         L.log("validate_data", "{dataset}"),
     benchmark:
@@ -52,7 +52,7 @@ rule validate_data_file:
         dataset="captions|instruct",
     params:
         check=lambda wc: STUDY.data_check(wc.dataset),
-        out=lambda wc: L.data_report(wc.dataset),
+        out=lambda wc: L.data_report_prefix(wc.dataset),
     shell:
         "$LLAVAKD_PY -m llavakd.cli validate-data {params.check[json]} --images {params.check[images]} "
         "--processor {params.check[processor]} --template {params.check[template]} "
