@@ -14,6 +14,20 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def metrics_by_step(run_dir) -> dict:
+    """{step: logged record} of a run's metrics.jsonl; a resumed run logs the steps after its
+    checkpoint again, and the last record of a step counts."""
+    import json
+    from pathlib import Path
+
+    steps = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            steps[rec["step"]] = rec
+    return steps
+
+
 @pytest.fixture(scope="session")
 def tiny_components(tmp_path_factory):
     from llavakd.tiny.components import write_tiny_components

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_pair
+from conftest import build_pair, metrics_by_step
 from safetensors.torch import load_file
 
 from llavakd.config import load_stage_config
@@ -67,17 +67,8 @@ def _cli(pair, stage, out, *extra, resume=False, wait=True):
     return proc
 
 
-def _metrics(run_dir) -> dict:
-    steps = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            steps[rec["step"]] = rec  # a resumed run logs the steps after its checkpoint again: the last counts
-    return steps
-
-
 def _differences(stage, ref_dir, run_dir, tol=1e-5) -> list[str]:
-    a, b = _metrics(ref_dir), _metrics(run_dir)
+    a, b = metrics_by_step(ref_dir), metrics_by_step(run_dir)
     out = [] if sorted(a) == sorted(b) == list(range(1, STEPS + 1)) else [f"steps {sorted(a)} vs {sorted(b)}"]
     for step in sorted(set(a) & set(b)):
         for key in KEYS[stage]:
@@ -245,7 +236,7 @@ def test_killed_after_the_last_checkpoint_writes_final_without_another_step(pair
     shutil.rmtree(out / "final")
     (out / "metadata.json").unlink()
     run_stage(_cfg(pair, out), resume=True)
-    assert max(_metrics(out)) == 6
+    assert max(metrics_by_step(out)) == 6
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["steps"] == 6 and meta["resumed_from"].endswith("checkpoint-6")
     after = load_file(out / "final" / "model.safetensors")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import build_pair
+from conftest import build_pair, metrics_by_step
 
 from llavakd.config import load_stage_config
 from llavakd.errors import ConfigError, LlavaKDError
@@ -40,15 +40,6 @@ def _cfg(setup, stage, out, *extra):
     if stage in ("dpt", "dft"):
         args.append(f"teacher={setup / 'teacher'}")
     return load_stage_config(None, args, stage=stage)
-
-
-def _metrics(run_dir):
-    steps = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            steps[rec["step"]] = rec  # a resumed run may log a step again: the last one counts
-    return steps
 
 
 def _weights(final):
@@ -124,7 +115,7 @@ def test_resume_equals_uninterrupted_run(setup, tmp_path):
     with pytest.raises(LlavaKDError, match=r"config changed since its checkpoints.*train\.lr: 0\.001 -> 0\.0005"):
         run_stage(_cfg(setup, "dft", tmp_path / "part", "train.lr=5e-4"), resume=True)
     resumed = run_stage(_cfg(setup, "dft", tmp_path / "part"), resume=True)
-    a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "part")
+    a, b = metrics_by_step(tmp_path / "full"), metrics_by_step(tmp_path / "part")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     for step in range(1, 7):
         for key in ("loss", "loss_ce", "loss_res", "loss_vis", "loss_rel"):
@@ -199,7 +190,7 @@ def test_each_distillation_term_decreases_when_trained(setup, tmp_path, term):
     off = [f"loss.{t}=false" for t in ("ce", "res", "vis", "rel") if t != term]
     run_stage(_cfg(setup, "dft", tmp_path / "d", "train.max_steps=16", "train.global_batch=8",
                    "train.per_device_batch=8", "train.save_steps=100", "train.lr=2e-3", *off))
-    m = _metrics(tmp_path / "d")
+    m = metrics_by_step(tmp_path / "d")
     key = f"loss_{term}"
     first, last = _first_last(m, (key,))
     assert first[key] > 0.01, "the fixture must leave the term room to fall"
@@ -234,7 +225,7 @@ def test_rdist_alone_is_minimised_by_an_optimizer():
 def test_sft_cross_entropy_decreases(setup, tmp_path):
     run_stage(_cfg(setup, "sft", tmp_path / "s", "train.max_steps=24", "train.global_batch=8",
                    "train.per_device_batch=8", "train.save_steps=100", "train.lr=2e-3"))
-    m = _metrics(tmp_path / "s")
+    m = metrics_by_step(tmp_path / "s")
     first, last = _first_last(m, ("loss_ce",))
     assert last["loss_ce"] < 0.8 * first["loss_ce"]
     assert set(m[1]) >= {"loss", "loss_ce", "learning_rate", "grad_norm", "tokens_per_s"}

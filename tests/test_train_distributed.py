@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_pair
+from conftest import build_pair, metrics_by_step
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +61,7 @@ def _train(setup, out: Path, *extra: str, launcher: list[str] | None = None, ent
 
 def read_run(out: Path):
     """A finished run's ({step: logged record}, final weights)."""
-    steps = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            steps[rec["step"]] = rec
+    steps = metrics_by_step(out)
     weights = {}
     for f in sorted((out / "final").glob("*.safetensors")):
         weights.update(load_file(f))

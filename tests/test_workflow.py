@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import metrics_by_step
 
 from llavakd.errors import ConfigError
 from llavakd.plan import Study, train_jobs
@@ -289,15 +290,6 @@ def _micro_cmd(tmp_path, cfg):
                         "--cores", "2", "--configfile", str(cfg), "--rerun-incomplete"]
 
 
-def _step_records(run_dir: Path) -> dict:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec
-    return out
-
-
 @pytest.mark.slow
 def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(tmp_path):
     """SIGKILL to snakemake and its jobs while the components are built, while a training job is
@@ -335,7 +327,7 @@ def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(
     runs = sorted(p.parent.relative_to(ref) for p in ref.glob("results/micro/runs/**/metrics.jsonl"))
     assert len(runs) == 7  # teacher pt, pt--sft; student pt, pt--sft, dpt, dpt--sft, dpt--sft--dft
     for run in runs:
-        a, b = _step_records(ref / run), _step_records(hit / run)
+        a, b = metrics_by_step(ref / run), metrics_by_step(hit / run)
         assert sorted(a) == sorted(b), run
         for step in a:
             for key in ("loss", "loss_ce", "loss_res", "loss_vis", "loss_rel", "learning_rate", "grad_norm"):
