@@ -5,6 +5,7 @@
     llavakd build --vision results/tiny/components/vision/siglip \
         --llm results/tiny/components/llm/qwen1.5-0.5b --strategy full --out results/tiny/student0
     llavakd convert-upstream SRC DST [--tokenizer Qwen/Qwen1.5-0.5B]
+    llavakd export-upstream MODEL DST
 
 Errors in the input (a missing path, a malformed file, an inconsistent model) print one message
 naming the culprit and exit with status 2; nothing half-written is left looking complete.
@@ -80,6 +81,16 @@ def cmd_convert_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_upstream(args: argparse.Namespace) -> int:
+    from llavakd.io import atomic_dir
+    from llavakd.model.convert import export_upstream
+
+    with atomic_dir(args.dst, overwrite=args.overwrite) as tmp:
+        export_upstream(args.model, tmp)
+    print(f"exported {args.model} -> {args.dst} (TinyLLaVA single-file layout)")
+    return 0
+
+
 class _Formatter(argparse.HelpFormatter):
     """Keeps every subcommand's explanation on its own line (argparse sizes the column too early)."""
 
@@ -111,13 +122,11 @@ def cmd_synth_world(args: argparse.Namespace) -> int:
 
 
 def cmd_data_report(args: argparse.Namespace) -> int:
-    from transformers import AutoProcessor
-
     from llavakd.data.report import data_report, format_report
-    from llavakd.model.build import resolve
+    from llavakd.model.build import load_processor, resolve
 
     src = resolve(args.processor, "processor")
-    processor = AutoProcessor.from_pretrained(src.ref, **src.kwargs)
+    processor = load_processor(src.ref, **src.kwargs)
     report = data_report(args.json, args.images, processor, template=args.template, max_length=args.max_length)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json_output else format_report(report))
     return 1 if report["bad"] and args.strict else 0
@@ -139,14 +148,12 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 
 def cmd_validate_data(args: argparse.Namespace) -> int:
-    from transformers import AutoProcessor
-
     from llavakd.data.report import data_report, format_report
     from llavakd.io import atomic_write_text
-    from llavakd.model.build import resolve
+    from llavakd.model.build import load_processor, resolve
 
     src = resolve(args.processor, "processor")
-    processor = AutoProcessor.from_pretrained(src.ref, **src.kwargs)
+    processor = load_processor(src.ref, **src.kwargs)
     report = data_report(args.json, args.images, processor, template=args.template, max_length=args.max_length)
     n_bad = len(report["bad_records"])
     report["max_bad_fraction"] = args.max_bad_fraction
@@ -290,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_convert_upstream)
+
+    s = sub.add_parser("export-upstream", help="write one of our checkpoints in upstream's TinyLLaVA layout")
+    s.add_argument("model", type=Path, help="our HF LLaVA checkpoint folder")
+    s.add_argument("dst", type=Path, help="output folder (model.safetensors, config.json, tokenizer, image processor)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.set_defaults(func=cmd_export_upstream)
+
     s = sub.add_parser("synth-world", help="generate the synthetic world: images, training sets, ten benchmark stand-ins")
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--seed", type=int, default=0, help="world seed (same seed, byte-identical files)")

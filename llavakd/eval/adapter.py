@@ -51,7 +51,9 @@ class LlavaKD(lmms):
     def __init__(self, pretrained: str, batch_size: int | str = 1, device: str = "auto",
                  dtype: str = "float32", max_new_tokens: int = 32, **kwargs) -> None:
         super().__init__()
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers import LlavaForConditionalGeneration
+
+        from llavakd.model.build import load_processor
 
         if kwargs:
             raise ValueError(f"llavakd model: unknown model_args {sorted(kwargs)}")
@@ -60,7 +62,7 @@ class LlavaKD(lmms):
         self.device = torch.device(device)
         self.model = LlavaForConditionalGeneration.from_pretrained(
             pretrained, dtype=getattr(torch, dtype), local_files_only=True).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(pretrained, local_files_only=True)
+        self.processor = load_processor(pretrained, local_files_only=True)
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.eos_id = self.processor.tokenizer.convert_tokens_to_ids(END_TOKEN)

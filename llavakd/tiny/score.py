@@ -106,11 +106,13 @@ def generate_answers(model, processor, prompts: list[str], images: list, max_new
 def score_standins(model_dir, world, tasks=None, batch_size: int = 16, limit: int | None = None) -> dict:
     import random
 
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.model.build import load_processor
 
     random.seed(0)  # MMMU guesses at random on an unparsable answer: keep that repeatable
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
+    processor = load_processor(model_dir)
     results = {}
     for task in tasks or list(STANDIN_TASKS):
         to_visual, to_text, process, kwargs = task_functions(task)

@@ -153,13 +153,13 @@ def check_resume_config(out: Path, cfg: StageConfig, resume: bool) -> None:
 
 
 def load_student(cfg: StageConfig, dtype):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    from llavakd.model.build import resolve
+    from llavakd.model.build import load_processor, resolve
 
     src = resolve(cfg.model, "model")
     model = LlavaForConditionalGeneration.from_pretrained(src.ref, dtype=dtype, **src.kwargs)
-    processor = AutoProcessor.from_pretrained(src.ref, **src.kwargs)
+    processor = load_processor(src.ref, **src.kwargs)
     return model, processor
 
 
