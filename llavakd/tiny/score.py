@@ -13,7 +13,9 @@ full ``simple_evaluate`` runner.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -67,9 +69,12 @@ def doc_score(task: str, out: dict) -> float:
         return float(next(iter(out.values()))["score"] > 0)
     if task.startswith("pope"):
         return float(out["pope_accuracy"]["score"])
-    if task.startswith("mmbench"):
-        rec = out["gpt_eval_score"]
-        return float(str(rec["prediction"]).strip().upper()[:1] == rec["answer"])
+    if task.startswith("mmbench"):  # lmms-eval's own rule-based matcher, as the static aggregation runs it
+        from lmms_eval.tasks.mmbench.mmbench_evals import MMBench_Evaluator
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints per-category accuracies
+            overall, _, _ = MMBench_Evaluator().eval_result([out["gpt_eval_score"]], eval_method="static")
+        return float(overall)
     if task == "mmmu_val":
         rec = out["mmmu_acc"]
         return float(rec["parsed_pred"][0] == rec["answer"])
@@ -120,11 +125,16 @@ def score_standins(model_dir, world, tasks=None, batch_size: int = 16, limit: in
         prompts = [to_text(d, dict(kwargs)) for d in docs]
         images = [to_visual(d)[0] for d in docs]
         preds = generate_answers(model, processor, prompts, images, batch_size=batch_size)
-        scores = [doc_score(task, process(dict(d), [p])) for d, p in zip(docs, preds)]
         majority = Counter(gold_answer(task, d) for d in docs).most_common(1)[0][0]
-        chance = [doc_score(task, process(dict(d), [majority])) for d in docs]
-        results[task] = {"n": len(docs), "score": round(100 * sum(scores) / len(docs), 1),
-                         "chance": round(100 * sum(chance) / len(docs), 1),
+        results[task] = {"n": len(docs), "score": round(quick_score(task, docs, preds), 1),
+                         "chance": round(quick_score(task, docs, [majority] * len(docs)), 1),
                          "examples": [{"prompt": prompts[i][:80], "prediction": preds[i],
-                                       "gold": gold_answer(task, docs[i])} for i in range(min(2, len(docs)))]}
+                                       "gold": gold_answer(task, docs[i])} for i in range(min(2, len(docs)))],
+                         "predictions": preds}  # every answer, so the split can be scored again later
     return results
+
+
+def quick_score(task: str, docs: list[dict], predictions: list[str]) -> float:
+    """Mean per-question score (percent) of ``predictions`` on ``docs``, by the task's own lmms-eval code."""
+    process = task_functions(task)[2]
+    return 100 * sum(doc_score(task, process(dict(d), [p])) for d, p in zip(docs, predictions, strict=True)) / len(docs)
