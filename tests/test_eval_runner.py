@@ -60,6 +60,9 @@ def scripted_answer(task, doc, doc_id) -> str:
     return "zzzz"
 
 
+SERVER_SPLIT_OF = {"vqav2_test": "vqav2_val", "vizwiz_vqa_test": "vizwiz_vqa_val"}  # stand-in: the val docs
+
+
 class Scripted(lmms):
     """An lmms-eval model that answers from the documents by a fixed rule (no network, no weights)."""
 
@@ -76,7 +79,8 @@ class Scripted(lmms):
             _, _, _, doc_id, task, split = req.args
             if self.fail_on and self.fail_on in task:
                 raise RuntimeError("scripted failure")
-            out.append(scripted_answer(self.local[task], self.task_dict[task][split][doc_id], doc_id))
+            local = SERVER_SPLIT_OF.get(self.local[task], self.local[task])
+            out.append(scripted_answer(local, self.task_dict[task][split][doc_id], doc_id))
         return out
 
     def loglikelihood(self, requests):
@@ -254,3 +258,25 @@ def test_mmbench_quick_score_equals_simple_evaluate(world, tmp_path, monkeypatch
         assert quick == pytest.approx(res[bench]["headline"], abs=1e-4), bench  # the file rounds to 4 places
         first_letter = 100 * sum(p.strip().upper()[:1] == gold(task, d) for p, d in zip(preds, ds)) / len(ds)
         assert quick != pytest.approx(first_letter)  # the old first-character rule scores these differently
+
+
+@pytest.mark.slow
+def test_submission_files_have_fixed_names_and_runs_are_identical(world, tmp_path, monkeypatch):
+    """--submission: the server files land under fixed names, listed in the result file; nothing depends on time."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    runs = {}
+    for tag in ("a", "b"):
+        res = evaluate(Scripted(), "vqav2,vizwiz", tmp_path / tag, standins=standin_tasks(world), limit=LIMIT,
+                       submission=True)
+        assert res["vqav2"]["submission_files"] == ["vqav2.submissions/vqav2-test-submission.json"]
+        assert res["vizwiz"]["submission_files"] == ["vizwiz.submissions/vizwiz_vqa-test-submission.json"]
+        runs[tag] = {str(p.relative_to(tmp_path / tag)): p.read_bytes()
+                     for p in sorted((tmp_path / tag).rglob("*")) if p.is_file() and ".work" not in p.parts
+                     and p.name != "COMPLETE"}
+        time.sleep(1.1)  # lmms-eval's own file names carry the time to the second
+    assert runs["a"] == runs["b"]
+    sub = json.loads(runs["a"]["vqav2.submissions/vqav2-test-submission.json"])
+    ds = docs(world, "vqav2_val")
+    assert [r["question_id"] for r in sub] == [d["question_id"] for d in ds]  # one answer per stand-in question

@@ -13,6 +13,8 @@ on its tasks with the ``llavakd`` model class, in a working folder of its own
                                      lmms-eval version, task config hash, model path, seed, doc counts
     <out>/<benchmark>.samples.jsonl  one line per scored document: task, doc id, target, prediction,
                                      the task's per-sample metric records
+    <out>/<benchmark>.submissions/   with --submission: the files for the evaluation server (VQAv2 and
+                                     VizWiz test), under fixed names (lmms-eval's minus the timestamp)
 
 Both appear only when the benchmark succeeded (written to temporary names, then renamed); once
 every requested benchmark has its files, ``<out>/COMPLETE`` (sizes and sha256 of the folder's files)
@@ -159,6 +161,29 @@ def _reusable(out: Path, bench: Benchmark, request: dict) -> bool:
         return False
 
 
+# the date-time lmms-eval's tasks put in submission file names: 2026-11-29-06-55-28 (VQAv2), 2026-1129-0655-28 (VizWiz)
+_TIMESTAMP = re.compile(r"[-_]\d{4}-?\d{2}-?\d{2}[-_]\d{2}-?\d{2}-?\d{2}(?=\.\w+$)")
+
+
+def _keep_submissions(work: Path, out: Path, bench: Benchmark) -> list[str]:
+    """Copy the files lmms-eval wrote for the evaluation server to fixed names beside the result file:
+    ``<out>/<benchmark>.submissions/<name without its timestamp>``; returns those paths, relative to ``out``."""
+    files = sorted((work / "submissions").glob("*"))
+    if bench.submission and not files:
+        raise EvalError(f"{bench.name}: lmms-eval wrote no submission file for {', '.join(bench.submission)}")
+    dest = out / f"{bench.name}.submissions"
+    shutil.rmtree(dest, ignore_errors=True)
+    kept = []
+    for f in files:
+        name = _TIMESTAMP.sub("", f.name)
+        if (dest / name).exists():
+            raise EvalError(f"{bench.name}: two submission files are both named {name} once their timestamps go")
+        dest.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dest / name, f.read_text())
+        kept.append(f"{dest.name}/{name}")
+    return kept
+
+
 def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_names=None, limit=None,
                   batch_size: int = 1, seed: int = 0, model_path: str | None = None,
                   submission: bool = False, request: dict | None = None) -> dict:
@@ -210,7 +235,7 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_name
         "tasks": {t: {"lmms_eval_task": n, "metrics": per_task[t], "docs": counts[t],
                       "config_hash": config_hash(res.get("configs", {}).get(n, {}))}
                   for t, n in zip(bench.tasks, local)},
-        "submission_files": sorted(p.name for p in (work / "submissions").glob("*")) if submission else [],
+        "submission_files": _keep_submissions(work, out, bench) if submission else [],
         "model": model_path, "seed": seed, "limit": limit,
         "lmms_eval_version": version("lmms_eval"), "request": request,
     }
@@ -250,8 +275,6 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
         raise EvalError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
-    if submission and standins is not None:
-        raise EvalError("--submission needs the official tasks: the tiny world has no server-scored splits")
     if hf_home:  # a pre-filled Hugging Face cache: the official task data without any network access
         from llavakd.eval.prefetch import benchmark_datasets, missing, use_cache
 
@@ -278,6 +301,7 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
             continue
         for suffix in (".json", ".samples.jsonl"):  # an older result must not look current
             (out / f"{b.name}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(out / f"{b.name}.submissions", ignore_errors=True)
         todo.append(b)
     if not todo:
         write_marker(out)

@@ -36,6 +36,9 @@ TASK_FILES = {
     "pope_pop": ("pope/pope_pop.yaml", "pope_pop"),
     "pope_random": ("pope/pope_random.yaml", "pope_random"),
     "mmmu_val": ("mmmu/mmmu_val.yaml", "mmmu_val"),
+    # the server-scored splits (--submission): the stock test task, run on the local stand-in
+    "vqav2_test": ("vqav2/vqav2_test.yaml", "vqav2_val"),
+    "vizwiz_vqa_test": ("vizwiz_vqa/vizwiz_vqa_test.yaml", "vizwiz_vqa_val"),
 }
 
 
