@@ -211,7 +211,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         standins = standin_tasks(args.world)
     res = evaluate(args.model, args.benchmarks, args.out, standins=standins, limit=args.limit,
                    batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype,
-                   submission=args.submission, hf_home=args.hf_home, recompute=args.recompute)
+                   submission=args.submission, hf_home=args.hf_home, recompute=args.recompute, protocol=args.protocol)
+    print(f"protocol: {args.protocol}")
     print(f"{'benchmark':10s} {'column':8s} {'score':>8s}  docs")
     for name, r in res.items():
         docs = sum(t["docs"] for t in r["tasks"].values())
@@ -241,6 +242,8 @@ def cmd_prefetch_benchmarks(args: argparse.Namespace) -> int:
 
 
 def cmd_lmms_tasks(args: argparse.Namespace) -> int:
+    from llavakd.eval.tasks import write_protocol_yamls
+
     if args.world is None:
         from llavakd.eval.tasks import write_task_yamls
 
@@ -249,6 +252,7 @@ def cmd_lmms_tasks(args: argparse.Namespace) -> int:
         from llavakd.tiny.tasks import write_standin_yamls
 
         names = write_standin_yamls(args.out, args.world)
+    names = write_protocol_yamls(args.out, names, args.protocol)
     extra = sorted(n for t, n in names.items() if n != t) or ["mmbench_cn_dev_static"]
     print(f"wrote {len(extra)} task YAML(s) to {args.out}; use: python -m lmms_eval --model llavakd "
           f"--model_args pretrained=DIR --include_path {args.out} --tasks {','.join(extra)}")
@@ -256,6 +260,8 @@ def cmd_lmms_tasks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llavakd.eval.paper import DEFAULT_PROTOCOL, PROTOCOLS
+
     p = argparse.ArgumentParser(
         prog="llavakd",
         description="Reproduce LLaVA-KD: build, distill, evaluate and report multimodal LLMs.",
@@ -371,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--submission", action="store_true",
                    help="also run the server-scored splits (VQAv2 test-dev, VizWiz test) to write submission files")
     s.add_argument("--hf-home", type=Path, help="a pre-filled Hugging Face cache with the official task data (offline)")
+    s.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                   help="lmms-eval: the stock tasks; paper: the variants that prompt and parse as upstream's "
+                   "evaluation scripts did (llavakd.eval.paper; docs/evaluation.md)")
     s.set_defaults(func=cmd_eval)
     s = sub.add_parser("prefetch-benchmarks", help="download the benchmarks' datasets into a Hugging Face cache "
                        "(on a login node), for evaluation offline", description=_doc("llavakd.eval.prefetch"),
@@ -384,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("lmms-tasks", help="write llavakd's lmms-eval task YAMLs (rule-only MMBench-CN; stand-ins)")
     s.add_argument("--out", required=True, type=Path, help="folder to pass to lmms-eval's --include_path")
     s.add_argument("--world", type=Path, help="also write the tiny stand-in tasks for this synth-world")
+    s.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                   help="paper: also write the paper protocol's variants (<task>_paper)")
     s.set_defaults(func=cmd_lmms_tasks)
     return p
 

@@ -45,6 +45,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from llavakd.errors import LlavaKDError
+from llavakd.eval.paper import DEFAULT_PROTOCOL, PROTOCOLS
 from llavakd.eval.registry import Benchmark, headline, resolve
 from llavakd.io import COMPLETE_MARKER, atomic_write_text, write_marker
 
@@ -100,14 +101,14 @@ def _sample_record(task: str, s: dict, metrics: list[str]) -> dict:
     return _jsonable(rec)
 
 
-def task_names(bench: Benchmark, tiny_names: dict[str, str] | None, submission: bool) -> list[str]:
-    names = list(bench.tasks) + (list(bench.submission) if submission else [])
-    if tiny_names is None:
-        return names
-    missing = [t for t in names if t not in tiny_names]
+def task_names(bench: Benchmark, names: dict[str, str], submission: bool) -> list[str]:
+    """The lmms-eval tasks to run for ``bench``: ``names`` maps each registry task to its stock task,
+    stand-in or protocol variant."""
+    wanted = list(bench.tasks) + (list(bench.submission) if submission else [])
+    missing = [t for t in wanted if t not in names]
     if missing:
-        raise EvalError(f"{bench.name}: no tiny stand-in for task(s) {', '.join(missing)}")
-    return [tiny_names[t] for t in names]
+        raise EvalError(f"{bench.name}: no task written for {', '.join(missing)} (no stand-in or variant)")
+    return [names[t] for t in wanted]
 
 
 @contextlib.contextmanager
@@ -184,15 +185,15 @@ def _keep_submissions(work: Path, out: Path, bench: Benchmark) -> list[str]:
     return kept
 
 
-def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_names=None, limit=None,
-                  batch_size: int = 1, seed: int = 0, model_path: str | None = None,
-                  submission: bool = False, request: dict | None = None) -> dict:
+def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, names: dict[str, str], tiny: bool = False,
+                  protocol: str = DEFAULT_PROTOCOL, limit=None, batch_size: int = 1, seed: int = 0,
+                  model_path: str | None = None, submission: bool = False, request: dict | None = None) -> dict:
     """Evaluate one benchmark and write its two files; returns the result record."""
     import numpy as np
     import torch
     from lmms_eval.evaluator import simple_evaluate
 
-    tasks = task_names(bench, tiny_names, submission)
+    tasks = task_names(bench, names, submission)
     work = out / ".work" / bench.name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -212,7 +213,7 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_name
     if not res or "results" not in res:
         raise EvalError(f"{bench.name}: lmms-eval returned no results for {', '.join(tasks)}")
 
-    local = task_names(bench, tiny_names, False)
+    local = task_names(bench, names, False)
     per_task, samples, counts = {}, {}, {}
     for official, name in zip(bench.tasks, local):
         raw = res["results"].get(name)
@@ -231,7 +232,7 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_name
         "benchmark": bench.name, "column": bench.column, "headline": round(score, 4), "scale": bench.scale,
         "paper_split": bench.paper_split,
         "local_split_differs": bool(bench.submission),
-        "mode": "tiny-standin" if tiny_names is not None else "lmms-eval",
+        "mode": "tiny-standin" if tiny else "official", "protocol": protocol,
         "tasks": {t: {"lmms_eval_task": n, "metrics": per_task[t], "docs": counts[t],
                       "config_hash": config_hash(res.get("configs", {}).get(n, {}))}
                   for t, n in zip(bench.tasks, local)},
@@ -247,7 +248,7 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, tiny_name
 
 def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: int = 1, seed: int = 0,
              device: str = "auto", dtype: str = "float32", submission: bool = False, hf_home=None,
-             recompute: bool = False) -> dict:
+             recompute: bool = False, protocol: str = DEFAULT_PROTOCOL) -> dict:
     """Run the named benchmarks; returns {benchmark: record}. Raises EvalError on the first failure
     (benchmarks already finished keep their files; the failing one has none).
 
@@ -258,7 +259,7 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
     from lmms_eval.api.model import lmms
     from lmms_eval.tasks import TaskManager
 
-    from llavakd.eval.tasks import write_task_yamls
+    from llavakd.eval.tasks import write_protocol_yamls, write_task_yamls
 
     benches = resolve(benchmarks)
     out = Path(out)
@@ -273,6 +274,8 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
         fingerprint = model_fingerprint(model_dir)
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
+    if protocol not in PROTOCOLS:
+        raise EvalError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
     if hf_home:  # a pre-filled Hugging Face cache: the official task data without any network access
@@ -288,10 +291,11 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
     for stale in out.glob(".*.tmp-*"):  # a killed run's half-written files
         stale.unlink(missing_ok=True)
     tasks_dir = out / ".work" / "tasks"
-    tiny_names = (standins or write_task_yamls)(tasks_dir)
+    names = write_protocol_yamls(tasks_dir, (standins or write_task_yamls)(tasks_dir), protocol)
     request = None if fingerprint is None else {
         "model": model_path, "model_fingerprint": fingerprint, "seed": seed, "limit": limit, "dtype": dtype,
-        "submission": submission, "tasks_hash": _tasks_hash(tasks_dir), "lmms_eval_version": version("lmms_eval"),
+        "submission": submission, "protocol": protocol, "tasks_hash": _tasks_hash(tasks_dir),
+        "lmms_eval_version": version("lmms_eval"),
         "hf_offline": os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_DATASETS_OFFLINE") == "1"}
     results, todo = {}, []
     for b in benches:
@@ -315,7 +319,7 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
         for b in todo:
             log.info("evaluating %s (%s)", b.name, ", ".join(b.tasks))
             results[b.name] = run_benchmark(b, model, out, task_manager=manager,
-                                            tiny_names=tiny_names if standins is not None else None, limit=limit,
+                                            names=names, tiny=standins is not None, protocol=protocol, limit=limit,
                                             batch_size=batch_size, seed=seed, model_path=model_path,
                                             submission=submission, request=request)
     write_marker(out)

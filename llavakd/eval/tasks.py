@@ -1,4 +1,5 @@
-"""lmms-eval task YAMLs that llavakd adds to the stock ones: a rule-only MMBench-CN.
+"""lmms-eval task YAMLs that llavakd adds to the stock ones: a rule-only MMBench-CN, and where every
+task's YAML lives.
 
     llavakd lmms-tasks --out evals_tasks
     python -m lmms_eval --model llavakd --model_args pretrained=DIR --include_path evals_tasks \\
@@ -7,7 +8,8 @@
 lmms-eval 0.7.3's own ``mmbench_cn_dev`` asks an OpenAI judge whenever its rule parser fails (and
 retries five times per item offline); ``mmbench_cn_dev_static`` keeps its prompts and data and
 swaps only the aggregation for the rule-based one. MMBench-EN has a stock static task
-(``mmbench_en_dev_static``). The tiny world's stand-in tasks build on these (``llavakd.tiny.tasks``).
+(``mmbench_en_dev_static``). The tiny world's stand-in tasks (``llavakd.tiny.tasks``) and the paper
+protocol's variants (``llavakd.eval.paper``) build on these.
 """
 
 from __future__ import annotations
@@ -22,6 +24,18 @@ CN_STATIC_SOURCE = "mmbench/mmbench_cn_dev.yaml"  # the stock task it includes, 
 CN_STATIC_METRIC = ("metric_list:\n  - metric: gpt_eval_score\n"
                     f"    aggregation: !function {HOOKS_MODULE}.{CN_STATIC}\n"
                     "    higher_is_better: true\n")
+
+
+# every task the registry runs (evals/benchmarks.yaml, submission splits included) -> its YAML,
+# relative to lmms_eval/tasks; CN_STATIC is ours and is written into the task folder
+STOCK_YAML = {
+    "vqav2_val": "vqav2/vqav2_val.yaml", "vqav2_test": "vqav2/vqav2_test.yaml", "gqa": "gqa/gqa.yaml",
+    "vizwiz_vqa_val": "vizwiz_vqa/vizwiz_vqa_val.yaml", "vizwiz_vqa_test": "vizwiz_vqa/vizwiz_vqa_test.yaml",
+    "scienceqa_img": "scienceqa/scienceqa_img.yaml", "textvqa_val": "textvqa/textvqa_val.yaml", "mme": "mme/mme.yaml",
+    "mmbench_en_dev_static": "mmbench/mmbench_en_dev_static.yaml", CN_STATIC: CN_STATIC_SOURCE,
+    "pope_adv": "pope/pope_adv.yaml", "pope_pop": "pope/pope_pop.yaml", "pope_random": "pope/pope_random.yaml",
+    "mmmu_val": "mmmu/mmmu_val.yaml",
+}
 
 
 def mmbench_cn_dev_static(results, args=None) -> float:
@@ -39,10 +53,33 @@ def lmms_tasks_root() -> Path:
 
 
 def write_task_yamls(folder: str | Path) -> dict[str, str]:
-    """Write llavakd's task YAMLs into ``folder``; returns {registry task: lmms-eval task name} (identity)."""
+    """Write llavakd's task YAMLs and their hooks module into ``folder``; returns {registry task: lmms-eval
+    task name} for every task of the registry (the stock tasks by their own names)."""
+    from llavakd.eval.paper import HOOK_FUNCTIONS
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{HOOKS_MODULE}.py").write_text(f"from llavakd.eval.tasks import {CN_STATIC}  # noqa: F401\n")
+    (folder / f"{HOOKS_MODULE}.py").write_text(
+        f"from llavakd.eval.tasks import {CN_STATIC}  # noqa: F401\n"
+        f"from llavakd.eval.paper import {', '.join(HOOK_FUNCTIONS)}  # noqa: F401\n")
     cn = {"include": str(lmms_tasks_root() / CN_STATIC_SOURCE), "task": CN_STATIC}
     (folder / f"{CN_STATIC}.yaml").write_text(yaml.safe_dump(cn, sort_keys=False) + CN_STATIC_METRIC)
-    return {CN_STATIC: CN_STATIC}
+    return {task: task for task in STOCK_YAML}
+
+
+def task_yaml(folder: str | Path, task: str, name: str) -> Path:
+    """The YAML file of ``name`` (run for registry task ``task``): written into ``folder``, or lmms-eval's own."""
+    written = Path(folder) / f"{name}.yaml"
+    return written if written.is_file() else lmms_tasks_root() / STOCK_YAML[task]
+
+
+def write_protocol_yamls(folder: str | Path, names: dict[str, str], protocol: str) -> dict[str, str]:
+    """The tasks to run under ``protocol``: ``names`` itself for lmms-eval's, the paper variants (written
+    into ``folder``) for the paper's."""
+    from llavakd.eval.paper import PROTOCOLS, write_paper_yamls
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if protocol == "lmms-eval":
+        return dict(names)
+    return write_paper_yamls(folder, names, lambda task, name: task_yaml(folder, task, name))

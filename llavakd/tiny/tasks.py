@@ -19,27 +19,18 @@ from pathlib import Path
 import yaml
 
 from llavakd.errors import LlavaKDError
-from llavakd.eval.tasks import CN_STATIC, CN_STATIC_METRIC, CN_STATIC_SOURCE, lmms_tasks_root, write_task_yamls
+from llavakd.eval.tasks import CN_STATIC, CN_STATIC_METRIC, STOCK_YAML, lmms_tasks_root, write_task_yamls
 from llavakd.tiny.score import STANDIN_TASKS
 
-# registry task name -> (the lmms-eval YAML it comes from, relative to lmms_eval/tasks; its stand-in)
-TASK_FILES = {
-    "vqav2_val": ("vqav2/vqav2_val.yaml", "vqav2_val"),
-    "gqa": ("gqa/gqa.yaml", "gqa"),
-    "vizwiz_vqa_val": ("vizwiz_vqa/vizwiz_vqa_val.yaml", "vizwiz_vqa_val"),
-    "scienceqa_img": ("scienceqa/scienceqa_img.yaml", "scienceqa_img"),
-    "textvqa_val": ("textvqa/textvqa_val.yaml", "textvqa_val"),
-    "mme": ("mme/mme.yaml", "mme"),
-    "mmbench_en_dev_static": ("mmbench/mmbench_en_dev_static.yaml", "mmbench_en_dev"),
-    CN_STATIC: (CN_STATIC_SOURCE, "mmbench_cn_dev"),
-    "pope_adv": ("pope/pope_adv.yaml", "pope_adv"),
-    "pope_pop": ("pope/pope_pop.yaml", "pope_pop"),
-    "pope_random": ("pope/pope_random.yaml", "pope_random"),
-    "mmmu_val": ("mmmu/mmmu_val.yaml", "mmmu_val"),
-    # the server-scored splits (--submission): the stock test task, run on the local stand-in
-    "vqav2_test": ("vqav2/vqav2_test.yaml", "vqav2_val"),
-    "vizwiz_vqa_test": ("vizwiz_vqa/vizwiz_vqa_test.yaml", "vizwiz_vqa_val"),
+# registry task -> the stand-in split it runs on (llavakd.tiny.score.STANDIN_TASKS); the server-scored
+# splits (--submission) run the stock test task on the local val stand-in
+STANDIN_OF = {
+    "vqav2_val": "vqav2_val", "vqav2_test": "vqav2_val", "gqa": "gqa", "vizwiz_vqa_val": "vizwiz_vqa_val",
+    "vizwiz_vqa_test": "vizwiz_vqa_val", "scienceqa_img": "scienceqa_img", "textvqa_val": "textvqa_val",
+    "mme": "mme", "mmbench_en_dev_static": "mmbench_en_dev", CN_STATIC: "mmbench_cn_dev", "pope_adv": "pope_adv",
+    "pope_pop": "pope_pop", "pope_random": "pope_random", "mmmu_val": "mmmu_val",
 }
+TASK_FILES = {task: (STOCK_YAML[task], standin) for task, standin in STANDIN_OF.items()}
 
 
 def write_standin_yamls(folder: str | Path, world: str | Path) -> dict[str, str]:
