@@ -9,7 +9,8 @@
     results/<run>/models/<llm>/s<seed>/init/      the freshly assembled LLaVA a chain starts from
     results/<run>/configs/<llm>/s<seed>/<chain>.yaml   the validated config of one training job
     results/<run>/runs/<llm>/s<seed>/<chain>/     one training job: checkpoints, metrics, final/
-    results/<run>/eval/<model>/<benchmark>.json   one benchmark's result for one model
+    results/<run>/eval/<model>/<benchmark>.json   one benchmark's result for one model (lmms-eval protocol)
+    results/<run>/eval-paper/<model>/...          the same under the paper's protocol (llavakd.eval.paper)
     results/<run>/logs/..., results/<run>/benchmarks/...   Snakemake logs and timings
     reports/<run>/                                tables and figures
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llavakd.eval.paper import DEFAULT_PROTOCOL
 from llavakd.io import COMPLETE_MARKER
 from llavakd.stages import CHAIN_REGEX
 
@@ -103,11 +105,17 @@ class Layout:
     def metrics_file(self, llm, seed, chain) -> str:
         return f"{self.run_dir(llm, seed, chain)}/metrics.jsonl"
 
-    def eval_dir(self, model) -> str:
-        return f"{self.root}/eval/{model}"
+    @staticmethod
+    def eval_name(protocol: str = DEFAULT_PROTOCOL) -> str:
+        """The folder (and log folder) of one evaluation protocol: ``eval`` for lmms-eval's, ``eval-<protocol>``."""
+        return "eval" if protocol == DEFAULT_PROTOCOL else f"eval-{protocol}"
 
-    def eval_file(self, model, benchmark) -> str:
-        return f"{self.eval_dir(model)}/{benchmark}.json"
+    def eval_dir(self, model, protocol: str = DEFAULT_PROTOCOL) -> str:
+        """One model's results under one evaluation protocol."""
+        return f"{self.root}/{self.eval_name(protocol)}/{model}"
+
+    def eval_file(self, model, benchmark, protocol: str = DEFAULT_PROTOCOL) -> str:
+        return f"{self.eval_dir(model, protocol)}/{benchmark}.json"
 
     def data_report_prefix(self, name) -> str:
         """What ``llavakd validate-data --out`` gets for one dataset (``captions`` or ``instruct``)."""

@@ -22,6 +22,7 @@ import yaml
 
 from llavakd.config import StageConfig, set_dotted, stage_config_from_dict, to_dict
 from llavakd.errors import ConfigError
+from llavakd.eval.paper import DEFAULT_PROTOCOL
 from llavakd.layout import Layout, given_name, marker, model_name, parse_model, released_name
 from llavakd.stages import STAGES, TERMS, Chain, ChainError, with_terms
 
@@ -51,6 +52,8 @@ class Study:
         self.ablations = config.get("ablations", {})
         self.layout = Layout(self.run)
         self.root = self.layout.root
+        protocol = config["eval"].get("protocol", DEFAULT_PROTOCOL)
+        self.protocols = [protocol] if isinstance(protocol, str) else list(protocol)  # the first is the main one
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -349,7 +352,7 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
     grand = 0.0
     for target, models in targets.items():
         jobs = [j for j in train_jobs(study, models) if j not in done]
-        evals = [m for m in dict.fromkeys(models) if ("eval", m) not in done]
+        evals = [m for m in dict.fromkeys(models) if ("eval", m) not in done for _ in study.protocols]
         per_stage: dict[str, list[float]] = {}
         for llm, seed, chain in jobs:
             per_stage.setdefault(Chain.parse(chain).last.name, []).append(job_hours(llm, chain))
@@ -359,7 +362,8 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         lines.append(f"  {target}{' (jobs not shared with the targets above)' if done else ''}:")
         for stage, hours in per_stage.items():
             lines.append(f"    train[{stage:3s}]  {len(hours):3d} jobs  {sum(hours):9.1f} GPU-h")
-        lines.append(f"    evaluate    {len(ev):3d} jobs  {sum(ev):9.1f} GPU-h  ({len(benchmarks)} benchmarks)")
+        lines.append(f"    evaluate    {len(ev):3d} jobs  {sum(ev):9.1f} GPU-h  ({len(benchmarks)} benchmarks, "
+                     f"protocol {' and '.join(study.protocols)})")
         lines.append(f"    total                {total:9.1f} GPU-h")
         done |= set(jobs) | {("eval", m) for m in evals}
     lines.append(f"  all targets            {grand:9.1f} GPU-h")

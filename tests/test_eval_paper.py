@@ -6,13 +6,13 @@ from __future__ import annotations
 import ast
 
 import pytest
+from test_eval_runner import LIMIT, Scripted, docs, world  # noqa: F401  (the world fixture, shared)
 
 from llavakd.eval.paper import VARIANTS, gqa_answer, pope_answer, sqa_letter
 from llavakd.eval.registry import load_registry
 from llavakd.eval.runner import evaluate
 from llavakd.tiny.score import gold_answer as gold
 from llavakd.tiny.tasks import standin_tasks
-from test_eval_runner import LIMIT, Scripted, docs, world  # noqa: F401  (the world fixture, shared)
 
 SHORT = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."

@@ -16,6 +16,7 @@ from llavakd.report.averages import AVG9, average, avg7, avg10
 from llavakd.report.collect import Cell, collect_row
 from llavakd.report.reference import PAPER_DIR, display_llm, load_paper, paper_row
 from llavakd.report.render import render_ablation, render_figures, render_table1
+from llavakd.report.tables import HEADERS as HEADER
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 COLS = ["vqav2", "gqa", "vizwiz", "sciqa", "textvqa", "mme", "mmb", "mmb_cn", "pope", "mmmu"]
@@ -164,9 +165,57 @@ def test_protocol_offset_figure(tmp_path, monkeypatch):
     d.mkdir(parents=True)
     for j, c in enumerate(COLS):
         (d / f"{c}.json").write_text(json.dumps({"headline": 50.0 + j}))
-    (path,) = render_protocol_offset(study, tmp_path / "out")
+    path, csv_path = render_protocol_offset(study, tmp_path / "out")
     assert path.name == "protocol_offset.png" and path.stat().st_size > 20_000
+    assert csv_path.name == "protocol_offset.csv"
     bad = dict(FIXTURE, released={"x": {"checkpoint": "/c", "method": "LLaVA-KD", "llm": "Qwen9-1B"}})
     (tmp_path / "results/golden/eval/released/x").mkdir(parents=True)
     with pytest.raises(ValueError, match="no paper row"):
         render_protocol_offset(Study.load(bad), tmp_path / "out")
+
+
+def test_protocol_offset_csv_is_ours_minus_paper(tmp_path, monkeypatch):
+    """One row per checkpoint, protocol and reported column; the arithmetic checked against the paper's csv."""
+    from llavakd.report.render import render_protocol_offset
+
+    monkeypatch.chdir(tmp_path)
+    cfg = dict(FIXTURE, eval={"benchmarks": "all", "protocol": ["lmms-eval", "paper"]},
+               released={"kd-1b": {"checkpoint": "/ckpt", "method": "LLaVA-KD", "llm": "Qwen1.5-0.5B"}})
+    study = Study.load(cfg)
+    for protocol, base in (("lmms-eval", 50.0), ("paper", 60.0)):
+        d = tmp_path / study.layout.eval_dir("released/kd-1b", protocol)
+        d.mkdir(parents=True)
+        for j, c in enumerate(COLS):
+            (d / f"{c}.json").write_text(json.dumps({"headline": base + j}))
+    _, csv_path = render_protocol_offset(study, tmp_path / "out")
+    got = pd.read_csv(csv_path)
+    paper = paper_row(load_paper(), "llava_kd", "qwen1.5-0.5b")
+    assert len(got) == 2 * len(COLS)  # every column of this row is reported
+    for _, r in got.iterrows():
+        c = COLS[[HEADER[x] for x in COLS].index(r["benchmark"])]
+        ours = (50.0 if r["protocol"] == "lmms-eval" else 60.0) + COLS.index(c)
+        assert r["ours"] == pytest.approx(ours) and r["paper"] == pytest.approx(paper[c])
+        assert r["offset"] == pytest.approx(ours - paper[c], abs=1e-4)
+
+
+def test_two_protocols_give_both_rows_and_their_difference(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = Study.load(dict(FIXTURE, eval={"benchmarks": "all", "protocol": ["lmms-eval", "paper"]}))
+    _write_results(tmp_path, study)
+    for model in study.table1_models():  # the paper protocol scores everything 2.5 points higher here
+        src, dst = tmp_path / study.layout.eval_dir(model), tmp_path / study.layout.eval_dir(model, "paper")
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in src.glob("*.json"):
+            rec = json.loads(f.read_text())
+            (dst / f.name).write_text(json.dumps(dict(rec, headline=rec["headline"] + 2.5)))
+    render_table1(study, tmp_path / "out", formats=("csv", "md"))
+    df = pd.read_csv(tmp_path / "out" / "table1.csv")
+    kd = df[df.method == "LLaVA-KD"]
+    assert list(kd.source) == ["paper", "ours", "delta", "ours", "delta", "protocol-delta"]
+    assert list(kd.protocol.fillna("")) == ["", "lmms-eval", "lmms-eval", "paper", "paper", ""]
+    lm, pp, diff = kd.iloc[1], kd.iloc[3], kd.iloc[5]
+    for c in (*COLS, "avg7", "avg10"):
+        assert diff[c] == pytest.approx(pp[c] - lm[c], abs=1e-3) == pytest.approx(2.5, abs=1e-3)
+    assert kd.iloc[4]["gqa"] == pytest.approx(pp["gqa"] - kd.iloc[0]["gqa"], abs=1e-3)
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert "| LLaVA-KD | Qwen1.5-0.5B | ours [paper] |" in md and "| Δ protocol |" in md

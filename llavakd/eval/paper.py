@@ -198,26 +198,26 @@ VARIANTS: dict[str, Variant] = {
 HOOK_FUNCTIONS = sorted({f for v in VARIANTS.values() for f in v.hooks.values()})
 
 
-def variant_yaml(task: str, base_yaml: Path, name: str) -> str:
-    """The YAML text of ``name``, the paper variant of registry task ``task`` whose lmms-eval YAML is ``base_yaml``."""
+def variant_yaml(task: str, base_yaml: Path, name: str, hooks_module: str) -> str:
+    """The YAML text of ``name``, the paper variant of registry task ``task`` whose lmms-eval YAML is
+    ``base_yaml``; its ``!function`` entries name this module's functions through ``hooks_module``, the
+    module written beside the YAMLs that re-exports them (llavakd.eval.tasks)."""
     v = VARIANTS[task]
     head = [f"# {name}: {task} as the paper's evaluation scripts score it (llavakd.eval.paper)"]
     head += [f"#   - {d}" for d in v.differences]
     body = yaml.safe_dump({"include": str(base_yaml), "task": name, **v.overrides}, sort_keys=False,
                           allow_unicode=True)
-    from llavakd.eval.tasks import HOOKS_MODULE
-
-    hooks = "".join(f"{key}: !function {HOOKS_MODULE}.{fn}\n" for key, fn in v.hooks.items())
+    hooks = "".join(f"{key}: !function {hooks_module}.{fn}\n" for key, fn in v.hooks.items())
     return "\n".join(head) + "\n" + body + hooks
 
 
-def write_paper_yamls(folder: str | Path, names: dict[str, str], base_yaml) -> dict[str, str]:
+def write_paper_yamls(folder: str | Path, names: dict[str, str], base_yaml, hooks_module: str) -> dict[str, str]:
     """Write the paper variant of every task in ``names`` ({registry task: task run}) into ``folder``;
     ``base_yaml(task, name)`` is the YAML file of the task run. Returns {registry task: variant name}."""
     folder = Path(folder)
     out = {}
     for task, name in names.items():
         variant = f"{name}{SUFFIX}"
-        (folder / f"{variant}.yaml").write_text(variant_yaml(task, base_yaml(task, name), variant))
+        (folder / f"{variant}.yaml").write_text(variant_yaml(task, base_yaml(task, name), variant, hooks_module))
         out[task] = variant
     return out

@@ -82,4 +82,4 @@ def write_protocol_yamls(folder: str | Path, names: dict[str, str], protocol: st
         raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if protocol == "lmms-eval":
         return dict(names)
-    return write_paper_yamls(folder, names, lambda task, name: task_yaml(folder, task, name))
+    return write_paper_yamls(folder, names, lambda task, name: task_yaml(folder, task, name), HOOKS_MODULE)

@@ -134,11 +134,11 @@ def training_curves(runs: list[tuple[str, str, str | Path]], out) -> Path:
     return _save(g.figure, out)
 
 
-def protocol_offset(released: list[dict], paper, out) -> Path:
-    """Released checkpoints scored by our protocol minus the paper's numbers, per benchmark.
+def protocol_offsets(released: list[dict], paper) -> pd.DataFrame:
+    """Released checkpoints scored here minus the paper's numbers: one row per checkpoint, protocol and column.
 
-    ``released``: [{"name", "method", "llm", "scores": {column: headline}}]; the paper's row is
-    looked up by its Method and LLM columns."""
+    ``released``: [{"name", "method", "llm", "protocol", "scores": {column: headline}}]; the paper's row
+    is looked up by its Method and LLM columns. Columns the paper does not report are left out."""
     recs = []
     for r in released:
         hit = paper[(paper["method"] == r["method"]) & (paper["llm"] == r["llm"])]
@@ -147,16 +147,28 @@ def protocol_offset(released: list[dict], paper, out) -> Path:
         row = hit.iloc[0]
         for c in COLUMNS:
             if c in r["scores"] and not pd.isna(row[c]):
-                recs.append({"benchmark": HEADERS[c], "offset": r["scores"][c] - float(row[c]),
-                             "checkpoint": f"{r['name']} ({r['method']} {r['llm']})"})
-    df = pd.DataFrame(recs)
+                recs.append({"checkpoint": r["name"], "method": r["method"], "llm": r["llm"], "protocol": r["protocol"],
+                             "benchmark": HEADERS[c], "ours": r["scores"][c], "paper": float(row[c]),
+                             "offset": r["scores"][c] - float(row[c])})
+    return pd.DataFrame(recs, columns=["checkpoint", "method", "llm", "protocol", "benchmark", "ours", "paper",
+                                       "offset"])
+
+
+def protocol_offset(released: list[dict], paper, out) -> list[Path]:
+    """The offsets as a bar chart (``out``) and a csv beside it (same stem): ours − paper per column and protocol."""
+    df = protocol_offsets(released, paper)
+    out = Path(out)
+    csv_path = out.with_suffix(".csv")
+    with atomic_file(csv_path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+    plot = df.assign(checkpoint=df["checkpoint"] + " (" + df["method"] + " " + df["llm"] + ") [" + df["protocol"] + "]")
     sns.set_theme(style="whitegrid", font_scale=0.9)
     fig, ax = plt.subplots(figsize=(10, 3.8))
-    sns.barplot(df, x="benchmark", y="offset", hue="checkpoint", ax=ax, palette="deep")
+    sns.barplot(plot, x="benchmark", y="offset", hue="checkpoint", ax=ax, palette="deep")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("")
     ax.set_ylabel("ours − paper (points)")
     ax.set_title("Protocol offset: released checkpoints scored by this harness minus the paper's numbers")
-    ax.legend(title=None, loc="best")
+    ax.legend(title="[evaluation protocol]", loc="best")
     ax.tick_params(axis="x", rotation=35)
-    return _save(fig, out)
+    return [_save(fig, out), csv_path]

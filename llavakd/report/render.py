@@ -21,29 +21,34 @@ from llavakd.report.tables import ablation_table, seed_table, table1, write_tabl
 from llavakd.stages import Chain
 
 
-def _row(study, label, role, llm, models, family=""):
+def _row(study, label, role, llm, models, family="", protocol=None):
+    protocol = protocol or study.protocols[0]
     return collect_row({"label": label, "role": role, "llm": llm, "family": family,
-                        "eval_dirs": [study.layout.eval_dir(m) for m in models]})
+                        "eval_dirs": [study.layout.eval_dir(m, protocol) for m in models]})
 
 
-def study_families(study) -> list[dict]:
+def study_families(study, protocol=None) -> list[dict]:
+    """Table 1's rows under one evaluation protocol (default: the study's first)."""
     fams = []
     for name, fam in study.families.items():
         t = fam["teacher"]
-        entry = {"name": name, "teacher": _row(study, "teacher", "teacher", t, [study.teacher_model(t)], name),
+        entry = {"name": name, "teacher": _row(study, "teacher", "teacher", t, [study.teacher_model(t)], name, protocol),
                  "students": []}
         for s in fam["students"]:
             entry["students"].append({
-                role: _row(study, role, role, s, [model_name(s, seed, study.variants[role]) for seed in study.seeds], name)
+                role: _row(study, role, role, s, [model_name(s, seed, study.variants[role]) for seed in study.seeds],
+                           name, protocol)
                 for role in ("baseline", "llava_kd")})
         fams.append(entry)
     return fams
 
 
 def render_table1(study, reports_dir, formats=("md", "csv", "tex", "html")):
-    """Table 1 in every format, plus ``seeds.{md,csv}`` (per-seed averages and their spread)."""
-    fams = study_families(study)
-    paths = write_table(table1(fams, load_paper()), Path(reports_dir) / "table1", formats)
+    """Table 1 in every format (rows of every configured protocol), plus ``seeds.{md,csv}`` (per-seed
+    averages and their spread, under the first protocol)."""
+    by_protocol = {p: study_families(study, p) for p in study.protocols}
+    fams = by_protocol[study.protocols[0]]
+    paths = write_table(table1(by_protocol, load_paper()), Path(reports_dir) / "table1", formats)
     md, csv_text = seed_table(fams, study.seeds)
     for ext, text in (("md", md), ("csv", csv_text)):
         paths.append(atomic_write_text(Path(reports_dir) / f"seeds.{ext}", text))
@@ -60,7 +65,7 @@ def render_ablation(study, kind: str, reports_dir, formats=("md", "csv", "tex", 
             chain = parse_model(mine[0]).chain
             rows.append((f"{name}, {s}", chain, _row(study, name, name, s, mine)))
     title = {"losses": "Ablation: distillation terms in DPT/DFT", "stages": "Ablation: training stages"}[kind]
-    return write_table(ablation_table(title, rows), Path(reports_dir) / f"ablation_{kind}", formats)
+    return write_table(ablation_table(title, rows, study.protocols[0]), Path(reports_dir) / f"ablation_{kind}", formats)
 
 
 def llm_parameters(model_dir: str | Path) -> float:
@@ -96,15 +101,18 @@ def render_figures(study, reports_dir) -> list[Path]:
 
 
 def render_protocol_offset(study, reports_dir) -> list[Path]:
+    """``figures/protocol_offset.{png,csv}``: each released checkpoint under each configured protocol."""
     from llavakd.report.collect import read_scores
 
     released = []
     for model in study.released_models():
         name = parse_model(model).llm
         spec = study.config["released"][name]
-        scores = {c: float(r["headline"]) for c, r in read_scores(study.layout.eval_dir(model)).items()}
-        released.append({"name": name, "method": spec["method"], "llm": spec["llm"], "scores": scores})
-    return [figures.protocol_offset(released, load_paper(), Path(reports_dir) / "figures" / "protocol_offset.png")]
+        for protocol in study.protocols:
+            scores = {c: float(r["headline"]) for c, r in read_scores(study.layout.eval_dir(model, protocol)).items()}
+            released.append({"name": name, "method": spec["method"], "llm": spec["llm"], "protocol": protocol,
+                             "scores": scores})
+    return figures.protocol_offset(released, load_paper(), Path(reports_dir) / "figures" / "protocol_offset.png")
 
 
 def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv", "tex", "html")) -> None:

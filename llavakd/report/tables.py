@@ -3,7 +3,9 @@
     tables = table1(rows_by_family, paper)      # -> Table
     write_table(tables, "reports/demo/table1")  # .md .csv .tex .html
 
-Our cells show the mean over seeds and, with several seeds, the 95% interval (``62.3 ± 1.2``).
+Our cells show the mean over seeds and, with several seeds, the 95% interval (``62.3 ± 1.2``); each
+of our lines names the evaluation protocol that scored it (``lmms-eval``: the stock tasks; ``paper``:
+upstream's prompts and parsing, llavakd.eval.paper). With both, a third line gives their difference.
 ``*`` marks a cell scored on a local split where the paper's number comes from an evaluation
 server (VQAv2 test-dev, VizWiz test): compare those with care. ``-``: not reported / not run.
 """
@@ -25,26 +27,34 @@ HEADERS = {"vqav2": "VQAv2", "gqa": "GQA", "vizwiz": "VizWiz", "sciqa": "SciQA",
            "mme": "MME", "mmb": "MMB", "mmb_cn": "MMB-CN", "pope": "POPE", "mmmu": "MMMU",
            "avg7": "Avg7", "avg10": "Avg10"}
 ALL = (*COLUMNS, "avg7", "avg10")
-NOTE = ("Ours: mean over seeds, ± the 95% t-interval when there are several. * local val split where the "
-        "paper used the evaluation server (VQAv2 test-dev, VizWiz test). Δ = ours − paper. - : not reported.")
+NOTE = ("Ours: mean over seeds, ± the 95% t-interval when there are several; [protocol]: the evaluation protocol "
+        "that scored the line. * local val split where the paper used the evaluation server (VQAv2 test-dev, "
+        "VizWiz test). Δ = ours − paper; Δ protocol = ours [paper] − ours [lmms-eval]. - : not reported.")
 
 
 @dataclass
 class Line:
     method: str
     llm: str
-    source: str                                   # paper | ours | delta | info
+    source: str                                   # paper | ours | delta | protocol-delta | info
     values: dict[str, float | None] = field(default_factory=dict)
     ci95: dict[str, float | None] = field(default_factory=dict)
     local: set[str] = field(default_factory=set)
     seeds: int | None = None
     text: str | None = None                      # a line that is a remark (e.g. "paper: not available")
+    protocol: str | None = None                  # ours and delta lines: the evaluation protocol that scored them
+
+    @property
+    def label(self) -> str:
+        """What the Source column says."""
+        base = {"delta": "Δ", "protocol-delta": "Δ protocol"}.get(self.source, self.source)
+        return f"{base} [{self.protocol}]" if self.protocol and self.source in ("ours", "delta") else base
 
     def cell(self, c: str) -> str:
         v = self.values.get(c)
         if v is None:
             return "-"
-        if self.source == "delta":
+        if self.source in ("delta", "protocol-delta"):
             return f"{v:+.1f}"
         s = f"{v:.1f}"
         if self.ci95.get(c) is not None:
@@ -65,43 +75,55 @@ def _paper_line(method, llm, values) -> Line:
     return Line(method, display_llm(llm), "paper", vals)
 
 
-def _ours_line(method, row: Row) -> Line:
+def _ours_line(method, row: Row, protocol: str | None = None) -> Line:
     return Line(method, display_llm(row.llm), "ours", {c: row.cells[c].mean for c in row.cells},
                 {c: row.cells[c].ci95 for c in row.cells}, {c for c, x in row.cells.items() if x.local_split},
-                seeds=row.seeds)
+                seeds=row.seeds, protocol=protocol)
 
 
-def _delta(method, llm, paper: Line, ours: Line) -> Line:
-    vals = {c: (ours.values[c] - paper.values[c]) if ours.values.get(c) is not None
-            and paper.values.get(c) is not None else None for c in ALL}
-    return Line(method, llm, "delta", vals, local=set(ours.local))
+def _delta(method, llm, base: Line, ours: Line, source: str = "delta") -> Line:
+    """ours − base, per column (both present)."""
+    vals = {c: (ours.values[c] - base.values[c]) if ours.values.get(c) is not None
+            and base.values.get(c) is not None else None for c in ALL}
+    return Line(method, llm, source, vals, local=set(ours.local), protocol=ours.protocol if source == "delta" else None)
 
 
-def table1(families: list[dict], paper) -> Table:
-    """``families``: [{"name", "teacher": Row, "students": [{"baseline": Row, "llava_kd": Row}]}]."""
+def _groups(fam: dict) -> list[tuple[str, str, Row]]:
+    groups = [("teacher", f"{TEACHER_METHOD} (teacher)", fam["teacher"])]
+    for st in fam["students"]:
+        groups += [("baseline", f"{TEACHER_METHOD} (baseline)", st["baseline"]), ("llava_kd", "LLaVA-KD", st["llava_kd"])]
+    return groups
+
+
+def table1(by_protocol: dict[str, list[dict]], paper) -> Table:
+    """``by_protocol``: {protocol: [{"name", "teacher": Row, "students": [{"baseline": Row, "llava_kd": Row}]}]},
+    the same families scored under each protocol (the first is the main one)."""
+    protocols = list(by_protocol)
     lines = []
-    for fam in families:
-        groups = [("teacher", f"{TEACHER_METHOD} (teacher)", fam["teacher"])]
-        for st in fam["students"]:
-            groups += [("baseline", f"{TEACHER_METHOD} (baseline)", st["baseline"]),
-                       ("llava_kd", "LLaVA-KD", st["llava_kd"])]
-        for role, method, row in groups:
-            ours = _ours_line(method, row)
+    for f, fam in enumerate(by_protocol[protocols[0]]):
+        for g, (role, method, row) in enumerate(_groups(fam)):
+            llm = display_llm(row.llm)
             ref = paper_row(paper, role, row.llm)
-            if ref is None:
-                lines += [Line(method, display_llm(row.llm), "paper", {}), ours]
-                continue
-            p = _paper_line(method, row.llm, ref)
-            lines += [p, ours, _delta(method, display_llm(row.llm), p, ours)]
+            p = _paper_line(method, row.llm, ref) if ref is not None else Line(method, llm, "paper", {})
+            lines.append(p)
+            ours = {}
+            for proto in protocols:
+                ours[proto] = _ours_line(method, _groups(by_protocol[proto][f])[g][2], proto)
+                lines.append(ours[proto])
+                if ref is not None:
+                    lines.append(_delta(method, llm, p, ours[proto]))
+            if len(protocols) > 1:
+                lines.append(_delta(method, llm, ours[protocols[0]], ours[protocols[1]], "protocol-delta"))
     return Table("Table 1: the paper's numbers, ours, and the difference", lines)
 
 
-def ablation_table(title: str, rows: list[tuple[str, str, Row]]) -> Table:
-    """``rows``: (variant name, chain, Row). The paper's ablation numbers are not available."""
+def ablation_table(title: str, rows: list[tuple[str, str, Row]], protocol: str | None = None) -> Table:
+    """``rows``: (variant name, chain, Row), scored under ``protocol``. The paper's ablation numbers are not
+    available."""
     note = "the paper's ablation numbers are not available (see docs/method.md, Ablations)"
     lines = [Line("paper", "", "info", text=note)]
     for name, chain, row in rows:
-        line = _ours_line(f"{name} ({chain})", row)
+        line = _ours_line(f"{name} ({chain})", row, protocol)
         lines.append(line)
     return Table(title, lines)
 
@@ -114,19 +136,20 @@ def to_markdown(t: Table) -> str:
         if ln.text:
             out.append(f"| {ln.method} | {ln.llm} | {ln.source} | " + ln.text + " |" + " |" * (len(ALL) - 1))
             continue
-        src = {"delta": "Δ"}.get(ln.source, ln.source)
-        out.append("| " + " | ".join([ln.method, ln.llm, src] + [ln.cell(c) for c in ALL]) + " |")
+        out.append("| " + " | ".join([ln.method, ln.llm, ln.label] + [ln.cell(c) for c in ALL]) + " |")
     return "\n".join(out + ["", t.note, ""])
 
 
 def to_csv(t: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "llm", "source", "seeds", *ALL, *(f"{c}_ci95" for c in ALL), "local_split", "remark"])
+    w.writerow(["method", "llm", "source", "protocol", "seeds", *ALL, *(f"{c}_ci95" for c in ALL), "local_split",
+                "remark"])
     for ln in t.lines:
         vals = ["" if ln.values.get(c) is None else f"{ln.values[c]:.4f}" for c in ALL]
         cis = ["" if ln.ci95.get(c) is None else f"{ln.ci95[c]:.4f}" for c in ALL]
-        w.writerow([ln.method, ln.llm, ln.source, ln.seeds or "", *vals, *cis, ";".join(sorted(ln.local)), ln.text or ""])
+        w.writerow([ln.method, ln.llm, ln.source, ln.protocol or "", ln.seeds or "", *vals, *cis,
+                    ";".join(sorted(ln.local)), ln.text or ""])
     return buf.getvalue()
 
 
@@ -145,9 +168,8 @@ def to_latex(t: Table) -> str:
         if ln.text:
             out.append(f"{_tex(ln.method)} & & & \\multicolumn{{{len(ALL)}}}{{l}}{{{_tex(ln.text)}}} \\\\")
             continue
-        src = {"delta": "Δ"}.get(ln.source, ln.source)
-        out.append(" & ".join(_tex(x) for x in [ln.method, ln.llm, src] + [ln.cell(c) for c in ALL]) + " \\\\")
-        if ln.source == "delta" and i + 1 < len(t.lines):
+        out.append(" & ".join(_tex(x) for x in [ln.method, ln.llm, ln.label] + [ln.cell(c) for c in ALL]) + " \\\\")
+        if ln.source in ("delta", "protocol-delta") and i + 1 < len(t.lines) and t.lines[i + 1].source == "paper":
             out.append("\\midrule")
     out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{_tex(t.title)}. {_tex(t.note)}}}", "\\end{table*}", ""]
     return "\n".join(out)
@@ -162,13 +184,12 @@ def to_html(t: Table) -> str:
             body.append(f"<tr class='info'><td>{esc(ln.method)}</td><td></td><td>{esc(ln.source)}</td>"
                         f"<td colspan='{len(ALL)}'>{esc(ln.text)}</td></tr>")
             continue
-        src = {"delta": "Δ"}.get(ln.source, ln.source)
         cells = "".join(f"<td>{esc(ln.cell(c))}</td>" for c in ALL)
         body.append(f"<tr class='{ln.source}'><td>{esc(ln.method)}</td><td>{esc(ln.llm)}</td>"
-                    f"<td>{esc(src)}</td>{cells}</tr>")
+                    f"<td>{esc(ln.label)}</td>{cells}</tr>")
     style = ("table{border-collapse:collapse;font:13px sans-serif}td,th{padding:3px 7px;border-bottom:1px solid #ddd;"
              "text-align:right}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}tr.ours{background:#eef5ff}"
-             "tr.delta{color:#555;font-style:italic}")
+             "tr.delta,tr.protocol-delta{color:#555;font-style:italic}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{esc(t.title)}</title><style>{style}</style>"
             f"</head><body><h3>{esc(t.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>\n"
             + "\n".join(body) + f"\n</tbody></table><p>{esc(t.note)}</p></body></html>\n")

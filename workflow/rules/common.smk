@@ -40,7 +40,11 @@ TABLE_FORMATS = ["md", "csv", "tex", "html"]
 FIGURES = [
     f"{REPORTS}/figures/{name}.png"
     for name in ("benchmarks", "overview", "training_curves")
-] + ([f"{REPORTS}/figures/protocol_offset.png"] if config.get("released") else [])
+] + (
+    [f"{REPORTS}/figures/protocol_offset.{ext}" for ext in ("png", "csv")]
+    if config.get("released")
+    else []
+)
 # Shell commands run the interpreter that runs Snakemake (it has llavakd installed), named through
 # the environment so that its path stays out of the rules' provenance: moving the checkout or the
 # virtual environment does not make finished jobs look out of date.
@@ -117,7 +121,7 @@ def eval_inputs(wc):
 def eval_files(models):
     """What the reports wait for: each model's evaluation folder, complete (its <benchmark>.json
     files are not declared outputs, so a rerun after a kill keeps the finished ones)."""
-    return [marker(L.eval_dir(m)) for m in models]
+    return [marker(L.eval_dir(m, p)) for m in models for p in STUDY.protocols]
 
 
 def ablation_eval_files(kind):

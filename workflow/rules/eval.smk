@@ -1,43 +1,51 @@
-# Evaluation: one job per model scores every configured benchmark through lmms-eval (llavakd eval:
+# Evaluation: one job per model and protocol scores every configured benchmark through lmms-eval (llavakd eval:
 # fixed <benchmark>.json files, nothing written on failure, COMPLETE once all are there; a rerun after
 # a kill reuses the benchmarks that finished, so those files are not declared outputs).
 
 
-rule evaluate:
-    """The configured benchmarks for one model."""
-    input:
-        unpack(eval_inputs),
-    output:
-        marker(L.eval_dir("{model}")),
-    log:
-        L.log("eval", "{model}"),
-    benchmark:
-        L.timing("eval", "{model}")
-    threads: res("eval", "threads", 1)
-    resources:
-        gpu=res("eval", "gpus", 0),
-        mem_mb=res("eval", "mem_mb", 8000),
-        runtime=res("eval", "runtime", 60),
-    params:
-        model=lambda wc: STUDY.model_dir(wc.model),
-        out=lambda wc, output: parent(output[0]),
-        benchmarks=",".join(BENCHMARKS),
-        world=f"--world {L.world_dir()}" if TINY else "",
-        limit=(
-            f"--limit {config['eval']['limit']}" if config["eval"].get("limit") else ""
-        ),
-        batch=config["eval"].get("batch_size", 8),
-        dtype=config["eval"].get("dtype", "float32"),
-        hf_home=(
-            f"--hf-home {config['eval']['hf_home']}"
-            if config["eval"].get("hf_home")
-            else ""
-        ),
-    shell:
-        "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.launch --gpus {resources.gpu} -- "
-        "$LLAVAKD_PY -m llavakd.cli eval --model {params.model} --benchmarks {params.benchmarks} --out {params.out} "
-        "{params.world} {params.limit} --batch-size {params.batch} --dtype {params.dtype} {params.hf_home} "
-        "> {log} 2>&1"
+# One rule per configured protocol (eval.protocol): `evaluate` scores lmms-eval's stock tasks into
+# eval/<model>/, `evaluate_paper` the paper protocol's variants into eval-paper/<model>/.
+for _protocol in STUDY.protocols:
+
+    rule:
+        name:
+            "evaluate" if _protocol == "lmms-eval" else f"evaluate_{_protocol}"
+        input:
+            unpack(eval_inputs),
+        output:
+            marker(L.eval_dir("{model}", _protocol)),
+        log:
+            L.log(L.eval_name(_protocol), "{model}"),
+        benchmark:
+            L.timing(L.eval_name(_protocol), "{model}")
+        threads: res("eval", "threads", 1)
+        resources:
+            gpu=res("eval", "gpus", 0),
+            mem_mb=res("eval", "mem_mb", 8000),
+            runtime=res("eval", "runtime", 60),
+        params:
+            model=lambda wc: STUDY.model_dir(wc.model),
+            out=lambda wc, output: parent(output[0]),
+            benchmarks=",".join(BENCHMARKS),
+            world=f"--world {L.world_dir()}" if TINY else "",
+            limit=(
+                f"--limit {config['eval']['limit']}"
+                if config["eval"].get("limit")
+                else ""
+            ),
+            batch=config["eval"].get("batch_size", 8),
+            dtype=config["eval"].get("dtype", "float32"),
+            hf_home=(
+                f"--hf-home {config['eval']['hf_home']}"
+                if config["eval"].get("hf_home")
+                else ""
+            ),
+            protocol=_protocol,
+        shell:
+            "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.launch --gpus {resources.gpu} -- "
+            "$LLAVAKD_PY -m llavakd.cli eval --model {params.model} --benchmarks {params.benchmarks} --out {params.out} "
+            "{params.world} {params.limit} --batch-size {params.batch} --dtype {params.dtype} {params.hf_home} "
+            "--protocol {params.protocol} > {log} 2>&1"
 
 
 rule prefetch_benchmarks_data:

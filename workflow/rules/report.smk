@@ -65,7 +65,7 @@ rule figures_render:
         [
             report(path, caption="../report/figures.rst", category="Figures")
             for path in FIGURES
-            if not path.endswith("protocol_offset.png")
+            if "protocol_offset" not in path
         ],
     log:
         L.log("report", "figures"),
@@ -86,6 +86,7 @@ rule protocol_offset:
             caption="../report/offset.rst",
             category="Figures",
         ),
+        f"{REPORTS}/figures/protocol_offset.csv",
     log:
         L.log("report", "protocol_offset"),
     benchmark:
