@@ -181,6 +181,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chance(args: argparse.Namespace) -> int:
+    from llavakd.tiny.chance import write_chance
+
+    res = write_chance(args.world, args.out, args.benchmarks)
+    print(f"{'benchmark':10s} {'chance':>7s}  best constant answer")
+    for name, r in res.items():
+        print(f"{name:10s} {r['headline']:7.2f}  " + ", ".join(f"{t}: {a!r}" for t, a in r["answers"].items()))
+    return 0
+
+
 def cmd_score_standins(args: argparse.Namespace) -> int:
     from llavakd.tiny.score import STANDIN_TASKS, score_standins
 
@@ -360,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--out", type=Path, help="also write the scores as JSON here")
     s.set_defaults(func=cmd_score_standins)
+    s = sub.add_parser("chance", help="chance on the stand-ins: each task's best constant answer, scored by "
+                       "lmms-eval", description=_doc("llavakd.tiny.chance"), formatter_class=_RawFormatter)
+    s.add_argument("--world", required=True, type=Path, help="a synth-world folder")
+    s.add_argument("--out", required=True, type=Path, help="JSON file: per benchmark, chance and the best answers")
+    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names")
+    s.set_defaults(func=cmd_chance)
     s = sub.add_parser("eval", help="score a model on the paper's benchmarks through lmms-eval (fixed result files)",
                        description=_doc("llavakd.eval.runner"), formatter_class=_RawFormatter)
     s.add_argument("--model", required=True, type=Path, help="checkpoint folder (HF LlavaForConditionalGeneration)")

@@ -5,6 +5,7 @@
     layout.eval_file("qwen1.5-0.5b/s0/pt--sft", "gqa")  # results/demo/eval/qwen1.5-0.5b/s0/pt--sft/gqa.json
 
     results/<run>/world/                          the synthetic world (tiny mode)
+    results/<run>/chance.json                     chance on its stand-ins (tiny mode)
     results/<run>/components/                     tiny SigLIP + LLMs (tiny mode)
     results/<run>/models/<llm>/s<seed>/init/      the freshly assembled LLaVA a chain starts from
     results/<run>/configs/<llm>/s<seed>/<chain>.yaml   the validated config of one training job
@@ -116,6 +117,10 @@ class Layout:
 
     def eval_file(self, model, benchmark, protocol: str = DEFAULT_PROTOCOL) -> str:
         return f"{self.eval_dir(model, protocol)}/{benchmark}.json"
+
+    def chance_file(self) -> str:
+        """Chance on the stand-ins (tiny mode): each benchmark's best constant answer, scored."""
+        return f"{self.root}/chance.json"
 
     def data_report_prefix(self, name) -> str:
         """What ``llavakd validate-data --out`` gets for one dataset (``captions`` or ``instruct``)."""

@@ -41,6 +41,9 @@ def _schema_problems(config: dict) -> list[str]:
     return out
 
 
+STUDENT_VARIANTS = ("baseline", "baseline_plus", "llava_kd")  # every student's rows in Table 1, in order
+
+
 class Study:
     def __init__(self, config: dict):
         self.config = config
@@ -48,7 +51,9 @@ class Study:
         self.mode = config["mode"]
         self.seeds = list(config["seeds"])
         self.families = config["families"]
-        self.variants = config["variants"]
+        # baseline_plus, the step-matched control, is part of every study: the baseline, then CE-only
+        # fine-tuning as long as DFT (llavakd.stages, "cft")
+        self.variants = {"baseline_plus": f"{config['variants'].get('baseline', 'pt--sft')}--cft", **config["variants"]}
         self.ablations = config.get("ablations", {})
         self.layout = Layout(self.run)
         self.root = self.layout.root
@@ -154,7 +159,7 @@ class Study:
         out = [self.teacher_model(f["teacher"]) for f in self.families.values()]
         for s in self.students():
             for seed in self.seeds:
-                out += [model_name(s, seed, self.variants["baseline"]), model_name(s, seed, self.variants["llava_kd"])]
+                out += [model_name(s, seed, self.variants[v]) for v in STUDENT_VARIANTS]
         return out
 
     def ablation_loss_models(self) -> dict[str, list[str]]:
@@ -210,11 +215,12 @@ class Study:
     def stage_raw(self, llm: str, seed: int, chain: str) -> dict:
         """One job's stage config before validation: the study's overrides, the chain, the seed."""
         step = Chain.parse(chain).last
+        settings = step.spec.settings_of or step.name  # cft runs with DFT's steps and learning rate
         tr = self.config.get("train", {})
         merged = dict(tr.get("common", {}))
-        merged.update(tr.get(step.name, {}) or {})
+        merged.update(tr.get(settings, {}) or {})
         if llm in {f["teacher"] for f in self.families.values()}:
-            merged.update((tr.get("teacher", {}) or {}).get(step.name, {}) or {})
+            merged.update((tr.get("teacher", {}) or {}).get(settings, {}) or {})
         merged.setdefault("train.seed", seed)
         if step.distill:
             for t in TERMS:

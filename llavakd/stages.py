@@ -1,4 +1,4 @@
-"""The one home of stage knowledge: the four stages, and the chain grammar that strings them together.
+"""The one home of stage knowledge: the stages, and the chain grammar that strings them together.
 
     from llavakd.stages import STAGES, Chain
     STAGES["dft"].trainable          # ('projector', 'llm')
@@ -11,7 +11,9 @@ a frozen teacher distils into it, and the paper's batch, learning rate and preci
 lists stages in order, joined by ``--``; a distillation stage may name the terms it adds to CE
 after ``~`` (``dpt~res+vis``; no list means all of L_res, L_vis, L_rel). ``pt--sft`` is the
 TinyLLaVA recipe of teachers and baselines, ``dpt--sft--dft`` LLaVA-KD. Every prefix of a chain is
-itself a run, so variants that share stages share their training jobs.
+itself a run, so variants that share stages share their training jobs. ``cft`` is not a stage of the
+paper: CE-only fine-tuning with DFT's data, steps and learning rate, so that ``pt--sft--cft`` (the
+``baseline_plus`` variant) takes as many optimizer steps as LLaVA-KD without a teacher.
 
 Nothing else parses or formats a chain: the planner, the rules (through ``CHAIN_REGEX``), the
 trainer and the reports all go through ``Chain``. Torch-free, so the planner can import it.
@@ -41,6 +43,7 @@ class StageSpec:
     lr: float
     precision: str  # fp32 | bf16 | fp16
     starts_chain: bool  # trains a fresh projector: only allowed as a chain's first stage
+    settings_of: str | None = None  # a control stage: takes this stage's study settings (train.<stage>)
 
     @property
     def needs_teacher(self) -> bool:
@@ -52,6 +55,8 @@ STAGES: dict[str, StageSpec] = {
     "sft": StageSpec("sft", ("projector", "llm"), "chat", "instruct", False, 128, 2e-5, "bf16", False),
     "dpt": StageSpec("dpt", ("projector",), "pretrain", "captions", True, 256, 1e-3, "fp16", True),
     "dft": StageSpec("dft", ("projector", "llm"), "chat", "instruct", True, 128, 2e-5, "bf16", False),
+    # the step-matched control of DFT: the same stage without the teacher (settings_of: always DFT's)
+    "cft": StageSpec("cft", ("projector", "llm"), "chat", "instruct", False, 128, 2e-5, "bf16", False, "dft"),
 }
 NAMES = tuple(STAGES)
 DISTILL_STAGES = tuple(n for n, s in STAGES.items() if s.distill)

@@ -62,6 +62,7 @@ def test_seed_interval_is_the_t_interval():
     assert Cell([50.0]).ci95 is None
 
 
+CHANCE = {c: 44.0 + 0.5 * j for j, c in enumerate(COLS)}
 FIXTURE = {
     "run": "golden", "mode": "tiny", "seeds": [0, 1],
     "families": {"qwen1.5": {"teacher": "qwen1.5-4b", "students": ["qwen1.5-0.5b"]}},
@@ -85,6 +86,9 @@ def _write_results(root: Path, study: Study):
             seed = int(model.split("/")[1][1:]) if "/s" in model else 0
             rec = {"headline": 40.0 + 3 * k + j + 0.5 * seed, "local_split_differs": c in ("vqav2", "vizwiz")}
             (d / f"{c}.json").write_text(json.dumps(rec))
+    # the stand-ins' chance (tiny mode): some fixture cells sit below it, some above
+    chance = {c: {"headline": CHANCE[c], "answers": {}} for c in COLS}
+    (root / study.layout.chance_file()).write_text(json.dumps(chance))
 
 
 @pytest.fixture
@@ -219,3 +223,21 @@ def test_two_protocols_give_both_rows_and_their_difference(tmp_path, monkeypatch
     assert kd.iloc[4]["gqa"] == pytest.approx(pp["gqa"] - kd.iloc[0]["gqa"], abs=1e-3)
     md = (tmp_path / "out" / "table1.md").read_text()
     assert "| LLaVA-KD | Qwen1.5-0.5B | ours [paper] |" in md and "| Δ protocol |" in md
+
+
+def test_cells_not_above_chance_are_marked(golden_study, tmp_path):
+    render_table1(golden_study, tmp_path / "out", formats=("csv",))
+    df = pd.read_csv(tmp_path / "out" / "table1.csv", keep_default_na=False)
+    chance = df[df.source == "chance"].iloc[0]
+    assert float(chance["gqa"]) == CHANCE["gqa"] and float(chance["avg10"]) == pytest.approx(sum(CHANCE.values()) / 10)
+    for _, line in df[df.source == "ours"].iterrows():
+        marked = set(filter(None, line["not_above_chance"].split(";")))
+        for c in (*COLS, "avg7", "avg10"):
+            if line[c] == "":
+                continue
+            ci = float(line[f"{c}_ci95"]) if line[f"{c}_ci95"] != "" else 0.0
+            expected = float(line[c]) - ci <= float(chance[c]) + 1e-9  # the csv rounds to 4 places
+            assert (c in marked) == expected, (line["method"], c)
+    teacher = df[(df.source == "ours") & (df.method == "TinyLLaVA† (teacher)")].iloc[0]
+    kd = df[(df.source == "ours") & (df.method == "LLaVA-KD")].iloc[0]
+    assert "gqa" in teacher["not_above_chance"] and kd["not_above_chance"] == ""  # the fixture has both kinds

@@ -17,6 +17,7 @@ import yaml
 from conftest import metrics_by_step
 
 from llavakd.errors import ConfigError
+from llavakd.layout import model_name
 from llavakd.plan import Study, train_jobs
 from llavakd.stages import Chain, Step
 from llavakd.tiny.family import LLM_NAMES
@@ -73,14 +74,30 @@ def test_chains_and_shared_prefixes():
         Chain.parse("pt--sft--dpt")
     study = Study.load(load("config.yaml"))
     jobs = train_jobs(study, study.table1_models())
-    # 2 teachers x (pt, sft) + 4 students x (pt, sft) + 4 x (dpt, dpt--sft, dpt--sft--dft): each once
-    assert len(jobs) == 2 * 2 + 4 * 2 + 4 * 3 and len(set(jobs)) == len(jobs)
+    # 2 teachers x (pt, sft) + 4 students x (pt, sft, pt--sft--cft) + 4 x (dpt, dpt--sft, dpt--sft--dft): each once
+    assert len(jobs) == 2 * 2 + 4 * 3 + 4 * 3 and len(set(jobs)) == len(jobs)
     # the stage ablation reuses the baseline and LLaVA-KD prefixes: only pt--sft--dft is new
     new = set(train_jobs(study, [m for ms in study.ablation_stage_models().values() for m in ms])) - set(jobs)
     assert new == {("qwen1.5-0.5b", 0, "pt--sft--dft")}
     cfg = study.stage_config("qwen1.5-0.5b", 0, "dpt~res--sft--dft~res+rel")
     assert cfg.loss.res and not cfg.loss.vis and cfg.loss.rel
     assert cfg.data.json.endswith("train/instruct.json")
+
+
+def test_baseline_plus_is_the_baseline_then_ce_only_fine_tuning_as_long_as_dft():
+    """The step-matched control: every study has it; its last stage takes DFT's data, steps and lr, no teacher."""
+    for name in ("config.yaml", "tiny-study.yaml", "paper.yaml", "speedrun.yaml"):
+        study = Study.load(load(name))
+        assert study.variants["baseline_plus"] == study.variants["baseline"] + "--cft", name
+        s, seed = study.students()[0], study.seeds[0]
+        cft = study.stage_config(s, seed, study.variants["baseline_plus"])
+        dft = study.stage_config(s, seed, study.variants["llava_kd"])
+        assert (cft.train.max_steps, cft.train.lr, cft.train.global_batch) == (
+            dft.train.max_steps, dft.train.lr, dft.train.global_batch), name
+        assert cft.data.json == dft.data.json and cft.teacher is None and dft.teacher is not None
+        assert cft.model == study.model_dir(model_name(s, seed, study.variants["baseline"]))  # starts from the baseline
+    study = Study.load(_with_dft_overrides(**{"train.max_steps": 33}))
+    assert study.stage_config("qwen1.5-0.5b", 0, "pt--sft--cft").train.max_steps == 33  # follows DFT's settings
 
 
 def _with_dft_overrides(**overrides):
@@ -137,7 +154,8 @@ def _job_counts(text):
 def test_paper_dry_run_plans_everything_and_prints_the_cost():
     out = _dry_run("reproduce_table1", "--configfile", "config/paper.yaml")
     counts = _job_counts(out)
-    assert counts["train"] == 24 and counts["evaluate"] == 10 and counts["init_model"] == 6
+    assert counts["train"] == 28 and counts["evaluate"] == 14 and counts["init_model"] == 6
+    assert counts["evaluate_paper"] == 14  # config/paper.yaml scores both protocols
     assert "world" not in counts and "components" not in counts  # real mode: no tiny world
     assert "llavakd cost estimate (run paper)" in out and re.search(r"all targets\s+[\d.]+ GPU-h", out)
     assert "--nproc_per_node 8" in out and "--config results/paper/configs/" in out
@@ -165,7 +183,7 @@ def test_the_speedrun_plans_within_eight_gpu_hours():
     total = float(re.search(r"reproduce_table1:.*?total\s+([\d.]+) GPU-h", out, re.S).group(1))
     assert 0 < total <= 8, total
     counts = _job_counts(out)
-    assert counts["train"] == 7 and counts["evaluate"] == 3  # teacher, baseline and LLaVA-KD of one pair
+    assert counts["train"] == 8 and counts["evaluate"] == 4  # teacher, baseline, baseline+ and LLaVA-KD of one pair
     study = Study.load(load("speedrun.yaml"))
     cfg = study.stage_config("qwen2.5-0.5b", 1234, "dpt--sft--dft")
     assert (cfg.data.subset_fraction, cfg.data.subset_seed) == (0.2, 0)

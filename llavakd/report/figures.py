@@ -23,9 +23,10 @@ from llavakd.report.averages import COLUMNS, avg10  # noqa: E402
 from llavakd.report.reference import display_llm, llm_size_billions, paper_row  # noqa: E402
 from llavakd.report.tables import HEADERS  # noqa: E402
 
-SOURCES = ["paper LLaVA-KD", "ours LLaVA-KD", "ours baseline (PT+SFT)", "ours teacher"]
+SOURCES = ["paper LLaVA-KD", "ours LLaVA-KD", "ours baseline (PT+SFT)", "ours baseline+ (PT+SFT+CFT)", "ours teacher"]
 # one colour and marker per kind of model in every panel
 KIND_STYLE = {"LLaVA-KD": ("C0", "s"), "TinyLLaVA†": ("C1", "X"), "baseline (PT+SFT)": ("C1", "X"),
+              "baseline+ (PT+SFT+CFT)": ("C2", "P"),
               "teacher": ("C3", "o"), "others": ("C7", "o")}
 TERMS = ["ce", "res", "vis", "rel"]
 
@@ -40,17 +41,20 @@ def _save(fig, out: str | Path) -> Path:
     return out
 
 
-def benchmark_bars(families: list[dict], paper, out) -> Path:
-    """One panel per student: each benchmark's score from the paper and from our runs."""
+def benchmark_bars(families: list[dict], paper, out, chance: dict[str, float] | None = None) -> Path:
+    """One panel per student: each benchmark's score from the paper and from our runs; in tiny mode a
+    black tick per benchmark marks chance (the best constant answer)."""
     recs = []
     for fam in families:
         teacher = fam["teacher"].means()
         for st in fam["students"]:
-            kd, base = st["llava_kd"], st["baseline"]
+            kd, base, plus = st["llava_kd"], st["baseline"], st.get("baseline_plus")
             ref = paper_row(paper, "llava_kd", kd.llm) or {}
             student = f"{display_llm(kd.llm)} (teacher {display_llm(fam['teacher'].llm)})"
+            plus_means = plus.means() if plus is not None else {}
             for c in COLUMNS:
-                for source, v in zip(SOURCES, (ref.get(c), kd.means().get(c), base.means().get(c), teacher.get(c))):
+                values = (ref.get(c), kd.means().get(c), base.means().get(c), plus_means.get(c), teacher.get(c))
+                for source, v in zip(SOURCES, values):
                     if v is not None:
                         recs.append({"student": student, "benchmark": HEADERS[c], "source": source, "score": v})
     df = pd.DataFrame(recs)
@@ -64,14 +68,23 @@ def benchmark_bars(families: list[dict], paper, out) -> Path:
         ax.tick_params(axis="x", rotation=35)
         for lbl in ax.get_xticklabels():
             lbl.set_horizontalalignment("right")
-    sns.move_legend(g, "upper center", bbox_to_anchor=(0.5, 1.04), ncol=4, title=None, frameon=False)
-    g.figure.suptitle("Per-benchmark scores: the paper's LLaVA-KD vs our reproduction, teacher and baseline",
-                      y=1.09)
+    if chance:
+        order = [HEADERS[c] for c in COLUMNS if HEADERS[c] in set(df["benchmark"])]
+        for ax in g.axes.flat:
+            for i, name in enumerate(order):
+                c = next(k for k in COLUMNS if HEADERS[k] == name)
+                if chance.get(c) is not None:
+                    ax.hlines(chance[c], i - 0.45, i + 0.45, colors="black", lw=1.6)
+    sns.move_legend(g, "upper center", bbox_to_anchor=(0.5, 1.04), ncol=5, title=None, frameon=False)
+    g.figure.suptitle("Per-benchmark scores: the paper's LLaVA-KD vs our reproduction, teacher and baselines"
+                      + ("\n(black ticks: chance, the best constant answer on each stand-in)" if chance else ""),
+                      y=1.12 if chance else 1.09)
     return _save(g.figure, out)
 
 
-def overview(families: list[dict], paper, params: dict[str, float], out) -> Path:
-    """Avg10 against LLM size: the paper's rows (left) and ours (right, the LLMs of this run)."""
+def overview(families: list[dict], paper, params: dict[str, float], out, chance: dict[str, float] | None = None) -> Path:
+    """Avg10 against LLM size: the paper's rows (left) and ours (right, the LLMs of this run; in tiny
+    mode a dashed line at chance's Avg10)."""
     sns.set_theme(style="whitegrid", font_scale=0.9)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     prec = []
@@ -88,9 +101,10 @@ def overview(families: list[dict], paper, params: dict[str, float], out) -> Path
     a.set_title("paper (Table 1, rows with all ten columns)")
     a.legend(title=None, loc="lower right")
     ours = []
-    role_name = {"teacher": "teacher", "baseline": "baseline (PT+SFT)", "llava_kd": "LLaVA-KD"}
+    role_name = {"teacher": "teacher", "baseline": "baseline (PT+SFT)", "baseline_plus": "baseline+ (PT+SFT+CFT)",
+                 "llava_kd": "LLaVA-KD"}
     for fam in families:
-        rows = [fam["teacher"]] + [r for st in fam["students"] for r in (st["baseline"], st["llava_kd"])]
+        rows = [fam["teacher"]] + [r for st in fam["students"] for r in st.values()]
         for row in rows:
             m = row.means()
             if "avg10" in m and row.llm in params:
@@ -100,6 +114,8 @@ def overview(families: list[dict], paper, params: dict[str, float], out) -> Path
     kinds = [k for k in role_name.values() if k in set(odf["model"])]
     sns.scatterplot(odf, x="LLM parameters (M)", y="Avg10", hue="model", style="model", s=70, ax=b, hue_order=kinds,
                     palette={k: KIND_STYLE[k][0] for k in kinds}, markers={k: KIND_STYLE[k][1] for k in kinds})
+    if chance and avg10(chance) is not None:
+        b.axhline(avg10(chance), color="black", ls="--", lw=1, label="chance (best constant answer)")
     b.set_title("ours (this run)")
     if b.get_legend():
         b.legend(title=None, loc="best")

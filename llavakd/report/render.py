@@ -12,8 +12,10 @@ import math
 import struct
 from pathlib import Path
 
+from llavakd.errors import LlavaKDError
 from llavakd.io import atomic_write_text
 from llavakd.layout import model_name, parse_model
+from llavakd.plan import STUDENT_VARIANTS
 from llavakd.report import figures
 from llavakd.report.collect import collect_row
 from llavakd.report.reference import load_paper
@@ -38,18 +40,49 @@ def study_families(study, protocol=None) -> list[dict]:
             entry["students"].append({
                 role: _row(study, role, role, s, [model_name(s, seed, study.variants[role]) for seed in study.seeds],
                            name, protocol)
-                for role in ("baseline", "llava_kd")})
+                for role in STUDENT_VARIANTS})
         fams.append(entry)
     return fams
 
 
+def study_chance(study) -> dict[str, float] | None:
+    """Tiny mode: {benchmark: chance} from the study's chance file (llavakd chance); None in real mode."""
+    if study.mode != "tiny":
+        return None
+    from llavakd.tiny.chance import load_chance
+
+    path = Path(study.layout.chance_file())
+    if not path.is_file():
+        raise LlavaKDError(f"{path}: the stand-ins' chance is missing (snakemake chance, or llavakd chance)")
+    return load_chance(path)
+
+
+def smoke_caption(study) -> str | None:
+    """config ``report.smoke_run``: say that the numbers come from a smoke run, with its step counts."""
+    if not study.config.get("report", {}).get("smoke_run"):
+        return None
+    student, seed = study.students()[0], study.seeds[0]
+    steps = []
+    for variant in ("llava_kd", "baseline_plus"):
+        for prefix in Chain.parse(study.variants[variant]).prefixes():
+            cfg = study.stage_config(student, seed, str(prefix))
+            text = f"{prefix.last.name.upper()} {cfg.train.max_steps} steps"
+            if text not in steps:
+                steps.append(text)
+    batch = study.stage_config(student, seed, study.variants["llava_kd"]).train.global_batch
+    return (f"A smoke run of the whole DAG ({', '.join(steps)}, batch {batch}): far too short for the numbers to "
+            "say anything about distillation. The evidence is the tiny study (docs/results/tiny-study.md).")
+
+
 def render_table1(study, reports_dir, formats=("md", "csv", "tex", "html")):
     """Table 1 in every format (rows of every configured protocol), plus ``seeds.{md,csv}`` (per-seed
-    averages and their spread, under the first protocol)."""
+    averages and their spread, under the first protocol). Tiny mode adds the stand-ins' chance."""
     by_protocol = {p: study_families(study, p) for p in study.protocols}
     fams = by_protocol[study.protocols[0]]
-    paths = write_table(table1(by_protocol, load_paper()), Path(reports_dir) / "table1", formats)
-    md, csv_text = seed_table(fams, study.seeds)
+    chance = study_chance(study)
+    paths = write_table(table1(by_protocol, load_paper(), chance, smoke_caption(study)),
+                        Path(reports_dir) / "table1", formats)
+    md, csv_text = seed_table(fams, study.seeds, chance)
     for ext, text in (("md", md), ("csv", csv_text)):
         paths.append(atomic_write_text(Path(reports_dir) / f"seeds.{ext}", text))
     return paths
@@ -65,7 +98,8 @@ def render_ablation(study, kind: str, reports_dir, formats=("md", "csv", "tex", 
             chain = parse_model(mine[0]).chain
             rows.append((f"{name}, {s}", chain, _row(study, name, name, s, mine)))
     title = {"losses": "Ablation: distillation terms in DPT/DFT", "stages": "Ablation: training stages"}[kind]
-    return write_table(ablation_table(title, rows, study.protocols[0]), Path(reports_dir) / f"ablation_{kind}", formats)
+    table = ablation_table(title, rows, study.protocols[0], study_chance(study), smoke_caption(study))
+    return write_table(table, Path(reports_dir) / f"ablation_{kind}", formats)
 
 
 def llm_parameters(model_dir: str | Path) -> float:
@@ -95,8 +129,9 @@ def render_figures(study, reports_dir) -> list[Path]:
     for s in study.students():
         for prefix in Chain.parse(study.variants["llava_kd"]).prefixes():
             runs.append((s, prefix.last.name, study.layout.metrics_file(s, seed, prefix)))
-    return [figures.benchmark_bars(fams, paper, fig_dir / "benchmarks.png"),
-            figures.overview(fams, paper, params, fig_dir / "overview.png"),
+    chance = study_chance(study)
+    return [figures.benchmark_bars(fams, paper, fig_dir / "benchmarks.png", chance),
+            figures.overview(fams, paper, params, fig_dir / "overview.png", chance),
             figures.training_curves(runs, fig_dir / "training_curves.png")]
 
 

@@ -8,6 +8,9 @@ of our lines names the evaluation protocol that scored it (``lmms-eval``: the st
 upstream's prompts and parsing, llavakd.eval.paper). With both, a third line gives their difference.
 ``*`` marks a cell scored on a local split where the paper's number comes from an evaluation
 server (VQAv2 test-dev, VizWiz test): compare those with care. ``-``: not reported / not run.
+In tiny mode a ``chance`` line holds the stand-ins' chance (the best constant answer, scored by
+lmms-eval: llavakd.tiny.chance) and ``°`` marks each of our cells that is not above it: the lower end
+of its 95% interval (with one seed, the value itself) is at or below chance.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ ALL = (*COLUMNS, "avg7", "avg10")
 NOTE = ("Ours: mean over seeds, ± the 95% t-interval when there are several; [protocol]: the evaluation protocol "
         "that scored the line. * local val split where the paper used the evaluation server (VQAv2 test-dev, "
         "VizWiz test). Δ = ours − paper; Δ protocol = ours [paper] − ours [lmms-eval]. - : not reported.")
+CHANCE_NOTE = (" chance: the best constant answer on each stand-in, scored by lmms-eval; ° not above chance (the "
+               "95% interval's lower end, or the single seed's value, is at or below it).")
+NOT_ABOVE = "°"
+# the rows of one student in Table 1, in order, and what its Method column says
+ROLE_LABEL = {"teacher": f"{TEACHER_METHOD} (teacher)", "baseline": f"{TEACHER_METHOD} (baseline)",
+              "baseline_plus": f"{TEACHER_METHOD} (baseline+, step-matched)", "llava_kd": "LLaVA-KD"}
 
 
 @dataclass
@@ -43,6 +52,7 @@ class Line:
     seeds: int | None = None
     text: str | None = None                      # a line that is a remark (e.g. "paper: not available")
     protocol: str | None = None                  # ours and delta lines: the evaluation protocol that scored them
+    not_above: set[str] = field(default_factory=set)  # tiny mode: cells not above chance
 
     @property
     def label(self) -> str:
@@ -59,7 +69,7 @@ class Line:
         s = f"{v:.1f}"
         if self.ci95.get(c) is not None:
             s += f" ± {self.ci95[c]:.1f}"
-        return s + ("*" if c in self.local else "")
+        return s + ("*" if c in self.local else "") + (NOT_ABOVE if c in self.not_above else "")
 
 
 @dataclass
@@ -67,6 +77,29 @@ class Table:
     title: str
     lines: list[Line]
     note: str = NOTE
+    caption: str | None = None  # said before the table (the demo: a smoke run)
+
+
+def chance_line(chance: dict[str, float]) -> Line:
+    vals = {c: chance.get(c) for c in COLUMNS}
+    vals["avg7"], vals["avg10"] = avg7(vals), avg10(vals)
+    return Line("chance (best constant answer)", "", "chance", vals)
+
+
+def not_above(row: Row, chance: dict[str, float] | None) -> set[str]:
+    """Columns (averages included) where the row is not above chance: its 95% interval's lower end, or
+    with one seed its value, is at or below chance."""
+    if not chance:
+        return set()
+    ref = chance_line(chance).values
+    out = set()
+    for c, cell in row.cells.items():
+        if ref.get(c) is None:
+            continue
+        low = cell.mean - (cell.ci95 or 0.0)
+        if low <= ref[c]:
+            out.add(c)
+    return out
 
 
 def _paper_line(method, llm, values) -> Line:
@@ -75,10 +108,10 @@ def _paper_line(method, llm, values) -> Line:
     return Line(method, display_llm(llm), "paper", vals)
 
 
-def _ours_line(method, row: Row, protocol: str | None = None) -> Line:
+def _ours_line(method, row: Row, protocol: str | None = None, chance: dict | None = None) -> Line:
     return Line(method, display_llm(row.llm), "ours", {c: row.cells[c].mean for c in row.cells},
                 {c: row.cells[c].ci95 for c in row.cells}, {c for c, x in row.cells.items() if x.local_split},
-                seeds=row.seeds, protocol=protocol)
+                seeds=row.seeds, protocol=protocol, not_above=not_above(row, chance))
 
 
 def _delta(method, llm, base: Line, ours: Line, source: str = "delta") -> Line:
@@ -89,17 +122,20 @@ def _delta(method, llm, base: Line, ours: Line, source: str = "delta") -> Line:
 
 
 def _groups(fam: dict) -> list[tuple[str, str, Row]]:
-    groups = [("teacher", f"{TEACHER_METHOD} (teacher)", fam["teacher"])]
+    """(role, Method label, Row) of a family's teacher and of each student's variants, in table order."""
+    groups = [("teacher", ROLE_LABEL["teacher"], fam["teacher"])]
     for st in fam["students"]:
-        groups += [("baseline", f"{TEACHER_METHOD} (baseline)", st["baseline"]), ("llava_kd", "LLaVA-KD", st["llava_kd"])]
+        groups += [(role, ROLE_LABEL.get(role, role), row) for role, row in st.items()]
     return groups
 
 
-def table1(by_protocol: dict[str, list[dict]], paper) -> Table:
-    """``by_protocol``: {protocol: [{"name", "teacher": Row, "students": [{"baseline": Row, "llava_kd": Row}]}]},
-    the same families scored under each protocol (the first is the main one)."""
+def table1(by_protocol: dict[str, list[dict]], paper, chance: dict[str, float] | None = None,
+           caption: str | None = None) -> Table:
+    """``by_protocol``: {protocol: [{"name", "teacher": Row, "students": [{role: Row}]}]}, the same
+    families scored under each protocol (the first is the main one); roles: baseline, baseline_plus,
+    llava_kd. ``chance`` (tiny mode): {column: the stand-ins' chance}, a line of its own and the marks."""
     protocols = list(by_protocol)
-    lines = []
+    lines = [chance_line(chance)] if chance else []
     for f, fam in enumerate(by_protocol[protocols[0]]):
         for g, (role, method, row) in enumerate(_groups(fam)):
             llm = display_llm(row.llm)
@@ -108,30 +144,33 @@ def table1(by_protocol: dict[str, list[dict]], paper) -> Table:
             lines.append(p)
             ours = {}
             for proto in protocols:
-                ours[proto] = _ours_line(method, _groups(by_protocol[proto][f])[g][2], proto)
+                ours[proto] = _ours_line(method, _groups(by_protocol[proto][f])[g][2], proto, chance)
                 lines.append(ours[proto])
                 if ref is not None:
                     lines.append(_delta(method, llm, p, ours[proto]))
             if len(protocols) > 1:
                 lines.append(_delta(method, llm, ours[protocols[0]], ours[protocols[1]], "protocol-delta"))
-    return Table("Table 1: the paper's numbers, ours, and the difference", lines)
+    return Table("Table 1: the paper's numbers, ours, and the difference", lines,
+                 NOTE + (CHANCE_NOTE if chance else ""), caption)
 
 
-def ablation_table(title: str, rows: list[tuple[str, str, Row]], protocol: str | None = None) -> Table:
+def ablation_table(title: str, rows: list[tuple[str, str, Row]], protocol: str | None = None,
+                   chance: dict[str, float] | None = None, caption: str | None = None) -> Table:
     """``rows``: (variant name, chain, Row), scored under ``protocol``. The paper's ablation numbers are not
     available."""
     note = "the paper's ablation numbers are not available (see docs/method.md, Ablations)"
-    lines = [Line("paper", "", "info", text=note)]
+    lines = [Line("paper", "", "info", text=note)] + ([chance_line(chance)] if chance else [])
     for name, chain, row in rows:
-        line = _ours_line(f"{name} ({chain})", row, protocol)
+        line = _ours_line(f"{name} ({chain})", row, protocol, chance)
         lines.append(line)
-    return Table(title, lines)
+    return Table(title, lines, NOTE + (CHANCE_NOTE if chance else ""), caption)
 
 
 # -- renderers ----------------------------------------------------------------------------
 def to_markdown(t: Table) -> str:
     head = ["Method", "LLM", "Source"] + [HEADERS[c] for c in ALL]
-    out = [f"**{t.title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(ALL)]
+    out = [f"**{t.title}**", ""] + ([f"*{t.caption}*", ""] if t.caption else [])
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(ALL)]
     for ln in t.lines:
         if ln.text:
             out.append(f"| {ln.method} | {ln.llm} | {ln.source} | " + ln.text + " |" + " |" * (len(ALL) - 1))
@@ -144,19 +183,19 @@ def to_csv(t: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "llm", "source", "protocol", "seeds", *ALL, *(f"{c}_ci95" for c in ALL), "local_split",
-                "remark"])
+                "not_above_chance", "remark"])
     for ln in t.lines:
         vals = ["" if ln.values.get(c) is None else f"{ln.values[c]:.4f}" for c in ALL]
         cis = ["" if ln.ci95.get(c) is None else f"{ln.ci95[c]:.4f}" for c in ALL]
         w.writerow([ln.method, ln.llm, ln.source, ln.protocol or "", ln.seeds or "", *vals, *cis,
-                    ";".join(sorted(ln.local)), ln.text or ""])
+                    ";".join(sorted(ln.local)), ";".join(c for c in ALL if c in ln.not_above), ln.text or ""])
     return buf.getvalue()
 
 
 def _tex(s: str) -> str:
     return (s.replace("\\", "\\textbackslash{}").replace("&", "\\&").replace("%", "\\%").replace("_", "\\_")
             .replace("†", "$^\\dagger$").replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("−", "-")
-            .replace("*", "$^*$"))
+            .replace("*", "$^*$").replace("°", "$^\\circ$"))
 
 
 def to_latex(t: Table) -> str:
@@ -171,7 +210,9 @@ def to_latex(t: Table) -> str:
         out.append(" & ".join(_tex(x) for x in [ln.method, ln.llm, ln.label] + [ln.cell(c) for c in ALL]) + " \\\\")
         if ln.source in ("delta", "protocol-delta") and i + 1 < len(t.lines) and t.lines[i + 1].source == "paper":
             out.append("\\midrule")
-    out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{_tex(t.title)}. {_tex(t.note)}}}", "\\end{table*}", ""]
+    caption = f"{_tex(t.caption)} " if t.caption else ""
+    out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{_tex(t.title)}. {caption}{_tex(t.note)}}}",
+            "\\end{table*}", ""]
     return "\n".join(out)
 
 
@@ -191,7 +232,8 @@ def to_html(t: Table) -> str:
              "text-align:right}td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}tr.ours{background:#eef5ff}"
              "tr.delta,tr.protocol-delta{color:#555;font-style:italic}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{esc(t.title)}</title><style>{style}</style>"
-            f"</head><body><h3>{esc(t.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>\n"
+            f"</head><body><h3>{esc(t.title)}</h3>" + (f"<p><em>{esc(t.caption)}</em></p>" if t.caption else "")
+            + f"<table><thead><tr>{head}</tr></thead><tbody>\n"
             + "\n".join(body) + f"\n</tbody></table><p>{esc(t.note)}</p></body></html>\n")
 
 
@@ -203,29 +245,38 @@ def write_table(t: Table, stem: str | Path, formats=tuple(WRITERS)) -> list[Path
     return [atomic_write_text(stem.with_name(f"{stem.name}.{ext}"), WRITERS[ext](t)) for ext in formats]
 
 
-def seed_table(families: list[dict], seeds: list[int]) -> tuple[str, str]:
+def seed_table(families: list[dict], seeds: list[int], chance: dict[str, float] | None = None) -> tuple[str, str]:
     """Per-seed Avg7 / Avg10 of every trained row, with mean, standard deviation and 95% interval:
-    (markdown, csv)."""
+    (markdown, csv). ``chance`` (tiny mode): a chance row, and ° on each value not above it (the csv
+    says it in a column)."""
     head = ["Method", "LLM", "average"] + [f"seed {s}" for s in seeds] + ["mean", "sd", "95% CI ±"]
     md = ["**Seed variance: Avg7 and Avg10 per seed**", "", "| " + " | ".join(head) + " |",
           "|" + "---|" * 3 + "---:|" * (len(seeds) + 3)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "llm", "average", *[f"seed_{s}" for s in seeds], "mean", "sd", "ci95"])
+    w.writerow(["method", "llm", "average", *[f"seed_{s}" for s in seeds], "mean", "sd", "ci95"]
+               + (["not_above_chance"] if chance else []))
+    ref = chance_line(chance).values if chance else {}
+    for avg in ("avg7", "avg10") if chance else ():
+        value = "-" if ref.get(avg) is None else f"{ref[avg]:.1f}"
+        md.append("| " + " | ".join(["chance (best constant answer)", "", HEADERS[avg], *["-"] * len(seeds),
+                                     value, "-", "-"]) + " |")
+        w.writerow(["chance (best constant answer)", "", avg, *["-"] * len(seeds), value, "-", "-", ""])
     for fam in families:
-        rows = [(f"{TEACHER_METHOD} (teacher)", fam["teacher"])]
-        for st in fam["students"]:
-            rows += [(f"{TEACHER_METHOD} (baseline)", st["baseline"]), ("LLaVA-KD", st["llava_kd"])]
-        for method, row in rows:
+        for _, method, row in _groups(fam):
             for avg in ("avg7", "avg10"):
                 cell = row.cells.get(avg)
                 vals = list(cell.values) if cell else []
-                per = [f"{v:.1f}" for v in vals] + ["-"] * (len(seeds) - len(vals))
+                below = [ref.get(avg) is not None and v <= ref[avg] for v in vals]
+                per = [f"{v:.1f}{NOT_ABOVE if b else ''}" for v, b in zip(vals, below)] + ["-"] * (len(seeds) - len(vals))
                 if cell and cell.sd is not None:
                     tail = [f"{cell.mean:.1f}", f"{cell.sd:.2f}", f"{cell.ci95:.1f}"]
                 else:
                     tail = [f"{cell.mean:.1f}" if cell else "-", "-", "-"]
                 md.append("| " + " | ".join([method, display_llm(row.llm), HEADERS[avg], *per, *tail]) + " |")
-                w.writerow([method, display_llm(row.llm), avg, *per, *tail])
-    md += ["", "Teachers are trained once (first seed); students once per seed. sd: sample standard deviation.", ""]
+                flags = [";".join(f"seed_{s}" for s, b in zip(seeds, below) if b)] if chance else []
+                w.writerow([method, display_llm(row.llm), avg, *[p.rstrip(NOT_ABOVE) for p in per], *tail, *flags])
+    md += ["", "Teachers are trained once (first seed); students once per seed. sd: sample standard deviation."
+           + (" ° not above chance (the best constant answer on each stand-in, scored by lmms-eval)." if chance else ""),
+           ""]
     return "\n".join(md), buf.getvalue()

@@ -24,6 +24,7 @@ R = L.root
 REPORTS = L.reports
 TINY = STUDY.mode == "tiny"
 WORLD = [marker(L.world_dir())] if TINY else []
+CHANCE = [L.chance_file()] if TINY else []  # the reports' chance row (tiny mode)
 BENCHMARKS = [b.name for b in resolve(config["eval"].get("benchmarks", "all"))]
 # Real mode with a data manifest: prepare_data fetches it first (a local rule). Tiny mode: the world.
 PREPARED_DATA = (

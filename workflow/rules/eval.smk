@@ -61,3 +61,21 @@ rule prefetch_benchmarks_data:
     shell:
         "$LLAVAKD_PY -m llavakd.cli prefetch-benchmarks --benchmarks {params.benchmarks} "
         "--hf-home {params.hf_home} --done {output} > {log} 2>&1"
+
+
+rule chance:
+    """Tiny mode: each stand-in's best constant answer, scored by lmms-eval (the reports' chance row)."""
+    input:
+        WORLD,
+    output:
+        L.chance_file(),
+    log:
+        L.log("chance"),
+    benchmark:
+        L.timing("chance")
+    params:
+        world=L.world_dir(),
+        benchmarks=",".join(BENCHMARKS),
+    shell:
+        "OMP_NUM_THREADS=1 $LLAVAKD_PY -m llavakd.cli chance --world {params.world} --out {output} "
+        "--benchmarks {params.benchmarks} > {log} 2>&1"

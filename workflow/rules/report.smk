@@ -6,6 +6,7 @@ rule table1:
     """Table 1 in the paper's layout: paper rows, ours, deltas."""
     input:
         eval_files(STUDY.table1_models()),
+        CHANCE,
     output:
         [
             report(
@@ -36,6 +37,7 @@ rule ablation_table:
     """Our ablation tables; the paper's columns are marked unavailable."""
     input:
         lambda wc: ablation_eval_files(wc.kind),
+        CHANCE,
     output:
         [
             report(
@@ -61,6 +63,7 @@ rule figures_render:
     input:
         eval_files(STUDY.table1_models()),
         kd_run_markers(),
+        CHANCE,
     output:
         [
             report(path, caption="../report/figures.rst", category="Figures")

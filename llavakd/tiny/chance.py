@@ -1,0 +1,85 @@
+"""Chance on the stand-ins: the best constant answer of each task, scored by lmms-eval's own task code.
+
+    llavakd chance --world results/demo/world --out results/demo/chance.json
+
+A model that ignores the image and the question can still score: "yes" on POPE, the most frequent
+letter on a multiple-choice split. For every task of every benchmark this tries each answer that
+occurs as a gold answer in the split, as the answer to every document, through the task's own
+``process_results`` and aggregation (loaded by lmms-eval from the stand-in YAMLs the evaluation
+runs), and keeps the best; the benchmark's chance is its headline in the paper's scale
+(``llavakd.eval.registry.headline``). The reports draw it as a row and mark every cell that is not
+above it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import tempfile
+from pathlib import Path
+
+from llavakd.eval.registry import headline, resolve
+from llavakd.io import atomic_write_text
+from llavakd.tiny.score import gold_answer
+from llavakd.tiny.tasks import STANDIN_OF, write_standin_yamls
+
+
+def _fresh(doc: dict) -> dict:
+    """A copy that process_results may change (TextVQA normalises the answer list in place)."""
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in doc.items()}
+
+
+def _aggregate(task, metric: str, items: list, work: Path):
+    fn = task.aggregation()[metric]
+    if "args" in inspect.signature(fn).parameters:  # as lmms-eval's evaluator calls it
+        return fn(items, args=argparse.Namespace(output_path=str(work), process_with_media=False))
+    return fn(items)
+
+
+def task_scores(task, docs: list[dict], answer: str, metric: str, work: Path) -> tuple[float, list]:
+    """(aggregated ``metric``, per-document records) when every document is answered ``answer``."""
+    items = [task.process_results(_fresh(d), [answer])[metric] for d in docs]
+    return float(_aggregate(task, metric, items, work)), items
+
+
+def chance(world: str | Path, benchmarks="all") -> dict:
+    """{benchmark: {"headline": chance in the paper's scale, "answers": {task: best constant}}}."""
+    import contextlib
+    import io
+
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        names = write_standin_yamls(tmp / "tasks", world)
+        manager = TaskManager(include_path=str(tmp / "tasks"))
+        for bench in resolve(benchmarks):
+            per_task, samples, answers = {}, {}, {}
+            for t in bench.tasks:
+                task = get_task_dict([names[t]], manager)[names[t]]
+                docs = list(task.test_docs())
+                candidates = sorted({str(gold_answer(STANDIN_OF[t], d)) for d in docs})
+                best = None
+                for c in candidates:
+                    with contextlib.redirect_stdout(io.StringIO()):  # MMBench prints its per-category table
+                        value, items = task_scores(task, docs, c, bench.metric, tmp)
+                    if best is None or value > best[0]:
+                        best = (value, items, c)
+                per_task[t] = {bench.metric: best[0]}
+                samples[t] = [s for s in best[1] if isinstance(s, dict)]
+                answers[t] = best[2]
+            out[bench.name] = {"headline": round(headline(bench, per_task, samples), 4), "answers": answers}
+    return out
+
+
+def write_chance(world: str | Path, out: str | Path, benchmarks="all") -> dict:
+    result = chance(world, benchmarks)
+    atomic_write_text(out, json.dumps(result, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return result
+
+
+def load_chance(path: str | Path) -> dict[str, float]:
+    """{benchmark: chance headline} from a file ``write_chance`` wrote."""
+    return {b: float(r["headline"]) for b, r in json.loads(Path(path).read_text()).items()}
