@@ -30,6 +30,7 @@ rule reproduce_table1:
     input:
         expand(f"{REPORTS}/table1.{{ext}}", ext=TABLE_FORMATS),
         FIGURES,
+        AGREEMENT_REPORT,
 
 
 rule ablation_losses:
@@ -60,6 +61,12 @@ rule prefetch_benchmarks:
     """Real mode: fill eval.hf_home with the benchmarks' datasets (run on a login node)."""
     input:
         PREFETCHED,
+
+
+rule agreement_all:
+    """Every student's agreement with its teacher (reports/<run>/agreement.{md,csv})."""
+    input:
+        AGREEMENT_REPORT,
 
 
 rule figures:

@@ -231,6 +231,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from llavakd.eval.agreement import MEASURES, agreement
+
+    standins = None
+    if args.world is not None:
+        from llavakd.tiny.tasks import standin_tasks
+
+        standins = standin_tasks(args.world)
+    if args.hf_home:
+        from llavakd.eval.prefetch import use_cache
+
+        use_cache(args.hf_home, offline=True)
+    res = agreement(args.student, args.teacher, args.out, benchmarks=args.benchmarks, standins=standins,
+                    limit=args.limit, dtype=args.dtype, device=args.device)
+    print(f"{'benchmark':10s} " + " ".join(f"{m:>17s}" for m in MEASURES))
+    for name, r in res.items():
+        print(f"{name:10s} " + " ".join("                -" if r[m] is None else f"{r[m]:17.4f}" for m in MEASURES))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_prefetch_benchmarks(args: argparse.Namespace) -> int:
     from llavakd.eval.prefetch import benchmark_datasets, missing, prefetch
     from llavakd.eval.registry import resolve
@@ -397,6 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lmms-eval: the stock tasks; paper: the variants that prompt and parse as upstream's "
                    "evaluation scripts did (llavakd.eval.paper; docs/evaluation.md)")
     s.set_defaults(func=cmd_eval)
+    s = sub.add_parser("agreement", help="how close a student is to its teacher: answer agreement, answer KL, "
+                       "visual KL per benchmark", description=_doc("llavakd.eval.agreement"), formatter_class=_RawFormatter)
+    s.add_argument("--student", required=True, type=Path, help="the student's checkpoint folder")
+    s.add_argument("--teacher", required=True, type=Path, help="the teacher's checkpoint folder")
+    s.add_argument("--out", required=True, type=Path, help="folder for <benchmark>.json (written whole, or not at all)")
+    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names")
+    s.add_argument("--world", type=Path, help="tiny mode: the stand-ins of this synth-world")
+    s.add_argument("--limit", type=int, help="the first N documents of each task (default: all)")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
+    s.add_argument("--hf-home", type=Path, help="a pre-filled Hugging Face cache with the official task data (offline)")
+    s.set_defaults(func=cmd_agreement)
     s = sub.add_parser("prefetch-benchmarks", help="download the benchmarks' datasets into a Hugging Face cache "
                        "(on a login node), for evaluation offline", description=_doc("llavakd.eval.prefetch"),
                        formatter_class=_RawFormatter)

@@ -11,6 +11,7 @@
     results/<run>/configs/<llm>/s<seed>/<chain>.yaml   the validated config of one training job
     results/<run>/runs/<llm>/s<seed>/<chain>/     one training job: checkpoints, metrics, final/
     results/<run>/eval/<model>/<benchmark>.json   one benchmark's result for one model (lmms-eval protocol)
+    results/<run>/agreement/<model>/<benchmark>.json   a student's agreement with its teacher
     results/<run>/eval-paper/<model>/...          the same under the paper's protocol (llavakd.eval.paper)
     results/<run>/logs/..., results/<run>/benchmarks/...   Snakemake logs and timings
     reports/<run>/                                tables and figures
@@ -117,6 +118,10 @@ class Layout:
 
     def eval_file(self, model, benchmark, protocol: str = DEFAULT_PROTOCOL) -> str:
         return f"{self.eval_dir(model, protocol)}/{benchmark}.json"
+
+    def agreement_dir(self, model) -> str:
+        """A student's agreement with its teacher (llavakd agreement): <benchmark>.json, COMPLETE."""
+        return f"{self.root}/agreement/{model}"
 
     def chance_file(self) -> str:
         """Chance on the stand-ins (tiny mode): each benchmark's best constant answer, scored."""

@@ -162,6 +162,10 @@ class Study:
                 out += [model_name(s, seed, self.variants[v]) for v in STUDENT_VARIANTS]
         return out
 
+    def student_models(self) -> list[str]:
+        """Table 1's trained students (every variant, every seed): the models the agreement target measures."""
+        return [m for m in self.table1_models() if parse_model(m).llm in self.students()]
+
     def ablation_loss_models(self) -> dict[str, list[str]]:
         return {name: [model_name(s, seed, self.loss_chain(spec)) for s in self.ablation_students() for seed in self.seeds]
                 for name, spec in self.ablations.get("losses", {}).items()}
@@ -347,6 +351,12 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
     def eval_hours(model) -> float:
         return 2 * llm_params(study, parse_model(model).llm) * c.get("eval_tokens", 0) / rate / 3600
 
+    def agreement_hours(model) -> float:
+        """Student and teacher each generate and then read the evaluated tokens again: 4N per token each."""
+        llm = parse_model(model).llm
+        n = llm_params(study, llm) + llm_params(study, study.teacher_of(llm))
+        return 4 * n * c.get("eval_tokens", 0) / rate / 3600
+
     lines = [f"llavakd cost estimate (run {study.run}): 6N per trained token, 2N per teacher and evaluated token, "
              f"MFU {c['mfu']:.0%} of {c['peak_tflops']:g} TFLOP/s per GPU"
              + (f", {fraction:g} of the training records" if fraction < 1 else "")]
@@ -363,13 +373,16 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         for llm, seed, chain in jobs:
             per_stage.setdefault(Chain.parse(chain).last.name, []).append(job_hours(llm, chain))
         ev = [eval_hours(m) for m in evals]
-        total = sum(sum(v) for v in per_stage.values()) + sum(ev)
+        agree = [agreement_hours(m) for m in study.student_models()] if target == "reproduce_table1" else []
+        total = sum(sum(v) for v in per_stage.values()) + sum(ev) + sum(agree)
         grand += total
         lines.append(f"  {target}{' (jobs not shared with the targets above)' if done else ''}:")
         for stage, hours in per_stage.items():
             lines.append(f"    train[{stage:3s}]  {len(hours):3d} jobs  {sum(hours):9.1f} GPU-h")
         lines.append(f"    evaluate    {len(ev):3d} jobs  {sum(ev):9.1f} GPU-h  ({len(benchmarks)} benchmarks, "
                      f"protocol {' and '.join(study.protocols)})")
+        if agree:
+            lines.append(f"    agreement   {len(agree):3d} jobs  {sum(agree):9.1f} GPU-h  (each student and its teacher)")
         lines.append(f"    total                {total:9.1f} GPU-h")
         done |= set(jobs) | {("eval", m) for m in evals}
     lines.append(f"  all targets            {grand:9.1f} GPU-h")

@@ -241,3 +241,29 @@ def test_cells_not_above_chance_are_marked(golden_study, tmp_path):
     teacher = df[(df.source == "ours") & (df.method == "TinyLLaVA† (teacher)")].iloc[0]
     kd = df[(df.source == "ours") & (df.method == "LLaVA-KD")].iloc[0]
     assert "gqa" in teacher["not_above_chance"] and kd["not_above_chance"] == ""  # the fixture has both kinds
+
+
+def test_agreement_report_pools_seeds_and_averages_benchmarks(golden_study, tmp_path):
+    from llavakd.report.render import render_agreement
+
+    study = golden_study
+    for model in study.student_models():
+        seed = int(model.split("/")[1][1:])
+        kd = model.endswith("dft")
+        d = tmp_path / study.layout.agreement_dir(model)
+        d.mkdir(parents=True)
+        for j, b in enumerate(("gqa", "pope")):
+            rec = {"answer_agreement": 0.5 + 0.1 * j + 0.2 * kd + 0.01 * seed, "answer_kl": 1.0 - 0.5 * kd + j,
+                   "visual_kl": None if b == "pope" else 2.0 + seed}
+            (d / f"{b}.json").write_text(json.dumps(rec))
+    paths = render_agreement(study, tmp_path / "out")
+    assert [p.name for p in paths] == ["agreement.md", "agreement.csv", "agreement.png"]
+    df = pd.read_csv(tmp_path / "out" / "agreement.csv")
+    assert set(df.variant) == {"baseline", "baseline_plus", "llava_kd"} and set(df.seeds) == {2}
+    kd = df[(df.variant == "llava_kd") & (df.measure == "answer_agreement")].iloc[0]
+    assert kd["gqa"] == pytest.approx(100 * (0.70 + 0.71) / 2) and kd["pope"] == pytest.approx(100 * (0.80 + 0.81) / 2)
+    assert kd["all"] == pytest.approx((kd["gqa"] + kd["pope"]) / 2)  # per seed, then pooled: the same here
+    vis = df[(df.variant == "baseline") & (df.measure == "visual_kl")].iloc[0]
+    assert vis["gqa"] == pytest.approx(2.5) and pd.isna(vis["pope"]) and vis["all"] == pytest.approx(2.5)
+    assert vis["gqa_ci95"] == pytest.approx(12.706 * (0.5 ** 0.5) / (2 ** 0.5), rel=1e-3)
+    assert "LLaVA-KD" in (tmp_path / "out" / "agreement.md").read_text()

@@ -188,3 +188,27 @@ def protocol_offset(released: list[dict], paper, out) -> list[Path]:
     ax.legend(title="[evaluation protocol]", loc="best")
     ax.tick_params(axis="x", rotation=35)
     return [_save(fig, out), csv_path]
+
+
+def agreement(rows, benches: list[str], out) -> Path:
+    """``rows``: llavakd.report.agreement rows. One panel per measure, bars per benchmark and variant,
+    students side by side (seeds pooled; error bars: the 95% interval)."""
+    from llavakd.report.agreement import ALL, MEASURE_LABEL
+    from llavakd.report.tables import ROLE_LABEL
+
+    recs = []
+    for r in rows:
+        for b, cell in r.cells.items():
+            for v in cell.values:
+                recs.append({"measure": MEASURE_LABEL[r.measure], "benchmark": "All" if b == ALL else HEADERS.get(b, b),
+                             "variant": f"{display_llm(r.llm)} {ROLE_LABEL.get(r.role, r.role)}", "value": v})
+    df = pd.DataFrame(recs)
+    sns.set_theme(style="whitegrid", font_scale=0.85)
+    g = sns.catplot(df, kind="bar", x="benchmark", y="value", hue="variant", row="measure", height=2.6, aspect=3.6,
+                    sharey=False, errorbar=("ci", 95), palette="deep", legend_out=True)
+    g.set_titles("{row_name}")
+    g.set_axis_labels("", "")
+    for ax in g.axes.flat:
+        ax.tick_params(axis="x", rotation=30)
+    g.figure.suptitle("Teacher agreement: each student against its teacher (baselines have no teacher signal)", y=1.02)
+    return _save(g.figure, out)

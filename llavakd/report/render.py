@@ -150,6 +150,15 @@ def render_protocol_offset(study, reports_dir) -> list[Path]:
     return figures.protocol_offset(released, load_paper(), Path(reports_dir) / "figures" / "protocol_offset.png")
 
 
+def render_agreement(study, reports_dir) -> list[Path]:
+    """``agreement.{md,csv}`` and ``figures/agreement.png`` from every student's agreement folder."""
+    from llavakd.report.agreement import collect_agreement, write_agreement
+
+    rows, benches = collect_agreement(study)
+    paths = write_agreement(rows, benches, Path(reports_dir) / "agreement")
+    return paths + [figures.agreement(rows, benches, Path(reports_dir) / "figures" / "agreement.png")]
+
+
 def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv", "tex", "html")) -> None:
     """Entry point of the Snakemake report rules: render, and list what was written in the log."""
     if what == "table1":
@@ -160,6 +169,8 @@ def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv
         paths = render_figures(study, reports_dir)
     elif what == "offset":
         paths = render_protocol_offset(study, reports_dir)
+    elif what == "agreement":
+        paths = render_agreement(study, reports_dir)
     else:
         raise ValueError(what)
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)

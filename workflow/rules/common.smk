@@ -119,6 +119,25 @@ def eval_inputs(wc):
     return out
 
 
+def agreement_inputs(wc):
+    """A student's final model and its teacher's (a given teacher is a parameter, not a job input)."""
+    teacher = STUDY.teacher_model(STUDY.teacher_of(parse_model(wc.model).llm))
+    out = {
+        "world": WORLD,
+        "prefetched": PREFETCHED,
+        "student": marker(STUDY.model_dir(wc.model)),
+    }
+    if parse_model(teacher).kind == "run":
+        out["teacher"] = marker(STUDY.model_dir(teacher))
+    return out
+
+
+AGREEMENT_FILES = [marker(L.agreement_dir(m)) for m in STUDY.student_models()]
+AGREEMENT_REPORT = [f"{REPORTS}/agreement.{ext}" for ext in ("md", "csv")] + [
+    f"{REPORTS}/figures/agreement.png"
+]
+
+
 def eval_files(models):
     """What the reports wait for: each model's evaluation folder, complete (its <benchmark>.json
     files are not declared outputs, so a rerun after a kill keeps the finished ones)."""

@@ -79,3 +79,45 @@ rule chance:
     shell:
         "OMP_NUM_THREADS=1 $LLAVAKD_PY -m llavakd.cli chance --world {params.world} --out {output} "
         "--benchmarks {params.benchmarks} > {log} 2>&1"
+
+
+AGREEMENT = config.get("agreement", {})
+
+
+rule agreement:
+    """One student against its teacher: answer agreement, answer KL and visual KL per benchmark."""
+    input:
+        unpack(agreement_inputs),
+    output:
+        marker(L.agreement_dir("{model}")),
+    log:
+        L.log("agreement", "{model}"),
+    benchmark:
+        L.timing("agreement", "{model}")
+    threads: res("eval", "threads", 1)
+    resources:
+        gpu=res("eval", "gpus", 0),
+        mem_mb=res("eval", "mem_mb", 8000),
+        runtime=res("eval", "runtime", 60),
+    params:
+        student=lambda wc: STUDY.model_dir(wc.model),
+        teacher=lambda wc: STUDY.model_dir(
+            STUDY.teacher_model(STUDY.teacher_of(parse_model(wc.model).llm))
+        ),
+        out=lambda wc, output: parent(output[0]),
+        benchmarks=",".join(
+            b.name for b in resolve(AGREEMENT.get("benchmarks", ",".join(BENCHMARKS)))
+        ),
+        world=f"--world {L.world_dir()}" if TINY else "",
+        limit=f"--limit {AGREEMENT['limit']}" if AGREEMENT.get("limit") else "",
+        dtype=AGREEMENT.get("dtype", config["eval"].get("dtype", "float32")),
+        hf_home=(
+            f"--hf-home {config['eval']['hf_home']}"
+            if config["eval"].get("hf_home")
+            else ""
+        ),
+    shell:
+        "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.launch --gpus {resources.gpu} -- "
+        "$LLAVAKD_PY -m llavakd.cli agreement --student {params.student} --teacher {params.teacher} "
+        "--out {params.out} --benchmarks {params.benchmarks} {params.world} {params.limit} --dtype {params.dtype} "
+        "{params.hf_home} > {log} 2>&1"

@@ -97,3 +97,21 @@ rule protocol_offset:
     localrule: True
     run:
         render_for_rule("offset", STUDY, REPORTS, log[0])
+
+
+rule agreement_report:
+    """How close each student is to its teacher (baselines and LLaVA-KD alike), per benchmark."""
+    input:
+        AGREEMENT_FILES,
+    output:
+        [
+            report(path, caption="../report/agreement.rst", category="Agreement")
+            for path in AGREEMENT_REPORT
+        ],
+    log:
+        L.log("report", "agreement"),
+    benchmark:
+        L.timing("report", "agreement")
+    localrule: True
+    run:
+        render_for_rule("agreement", STUDY, REPORTS, log[0])
