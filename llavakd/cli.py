@@ -184,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_chance(args: argparse.Namespace) -> int:
     from llavakd.tiny.chance import write_chance
 
-    res = write_chance(args.world, args.out, args.benchmarks)
+    res = write_chance(args.world, args.out, args.benchmarks, args.limit)
     print(f"{'benchmark':10s} {'chance':>7s}  best constant answer")
     for name, r in res.items():
         print(f"{name:10s} {r['headline']:7.2f}  " + ", ".join(f"{t}: {a!r}" for t, a in r["answers"].items()))
@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--world", required=True, type=Path, help="a synth-world folder")
     s.add_argument("--out", required=True, type=Path, help="JSON file: per benchmark, chance and the best answers")
     s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names")
+    s.add_argument("--limit", type=int, help="the first N documents of each task (as llavakd eval --limit)")
     s.set_defaults(func=cmd_chance)
     s = sub.add_parser("eval", help="score a model on the paper's benchmarks through lmms-eval (fixed result files)",
                        description=_doc("llavakd.eval.runner"), formatter_class=_RawFormatter)

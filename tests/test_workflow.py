@@ -156,6 +156,9 @@ def test_paper_dry_run_plans_everything_and_prints_the_cost():
     counts = _job_counts(out)
     assert counts["train"] == 28 and counts["evaluate"] == 14 and counts["init_model"] == 6
     assert counts["evaluate_paper"] == 14  # config/paper.yaml scores both protocols
+    assert counts["agreement"] == 12 and counts["agreement_report"] == 1  # 4 students x 3 variants, one seed
+    assert "pt--sft--cft" in out and re.search(r"train\[cft\]\s+4 jobs", out)  # the step-matched control
+    assert re.search(r"agreement\s+12 jobs\s+[\d.]+ GPU-h", out)
     assert "world" not in counts and "components" not in counts  # real mode: no tiny world
     assert "llavakd cost estimate (run paper)" in out and re.search(r"all targets\s+[\d.]+ GPU-h", out)
     assert "--nproc_per_node 8" in out and "--config results/paper/configs/" in out

@@ -20,6 +20,7 @@ from llavakd.report import figures
 from llavakd.report.collect import collect_row
 from llavakd.report.reference import load_paper
 from llavakd.report.tables import ablation_table, seed_table, table1, write_table
+from llavakd.stages import NAMES as STAGE_NAMES
 from llavakd.stages import Chain
 
 
@@ -62,13 +63,11 @@ def smoke_caption(study) -> str | None:
     if not study.config.get("report", {}).get("smoke_run"):
         return None
     student, seed = study.students()[0], study.seeds[0]
-    steps = []
-    for variant in ("llava_kd", "baseline_plus"):
+    steps = {}
+    for variant in ("baseline_plus", "llava_kd"):
         for prefix in Chain.parse(study.variants[variant]).prefixes():
-            cfg = study.stage_config(student, seed, str(prefix))
-            text = f"{prefix.last.name.upper()} {cfg.train.max_steps} steps"
-            if text not in steps:
-                steps.append(text)
+            steps[prefix.last.name] = study.stage_config(student, seed, str(prefix)).train.max_steps
+    steps = [f"{name.upper()} {steps[name]} steps" for name in STAGE_NAMES if name in steps]
     batch = study.stage_config(student, seed, study.variants["llava_kd"]).train.global_batch
     return (f"A smoke run of the whole DAG ({', '.join(steps)}, batch {batch}): far too short for the numbers to "
             "say anything about distillation. The evidence is the tiny study (docs/results/tiny-study.md).")

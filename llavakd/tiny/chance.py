@@ -1,6 +1,6 @@
 """Chance on the stand-ins: the best constant answer of each task, scored by lmms-eval's own task code.
 
-    llavakd chance --world results/demo/world --out results/demo/chance.json
+    llavakd chance --world results/demo/world --out results/demo/chance.json [--limit 20]
 
 A model that ignores the image and the question can still score: "yes" on POPE, the most frequent
 letter on a multiple-choice split. For every task of every benchmark this tries each answer that
@@ -8,7 +8,8 @@ occurs as a gold answer in the split, as the answer to every document, through t
 ``process_results`` and aggregation (loaded by lmms-eval from the stand-in YAMLs the evaluation
 runs), and keeps the best; the benchmark's chance is its headline in the paper's scale
 (``llavakd.eval.registry.headline``). The reports draw it as a row and mark every cell that is not
-above it.
+above it. ``limit``: the first N documents of each task, as the evaluation's ``--limit`` takes
+them (chance is measured on the documents the models are).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def task_scores(task, docs: list[dict], answer: str, metric: str, work: Path) ->
     return float(_aggregate(task, metric, items, work)), items
 
 
-def chance(world: str | Path, benchmarks="all") -> dict:
+def chance(world: str | Path, benchmarks="all", limit: int | None = None) -> dict:
     """{benchmark: {"headline": chance in the paper's scale, "answers": {task: best constant}}}."""
     import contextlib
     import io
@@ -59,7 +60,7 @@ def chance(world: str | Path, benchmarks="all") -> dict:
             per_task, samples, answers = {}, {}, {}
             for t in bench.tasks:
                 task = get_task_dict([names[t]], manager)[names[t]]
-                docs = list(task.test_docs())
+                docs = list(task.test_docs())[:limit]
                 candidates = sorted({str(gold_answer(STANDIN_OF[t], d)) for d in docs})
                 best = None
                 for c in candidates:
@@ -74,8 +75,8 @@ def chance(world: str | Path, benchmarks="all") -> dict:
     return out
 
 
-def write_chance(world: str | Path, out: str | Path, benchmarks="all") -> dict:
-    result = chance(world, benchmarks)
+def write_chance(world: str | Path, out: str | Path, benchmarks="all", limit: int | None = None) -> dict:
+    result = chance(world, benchmarks, limit)
     atomic_write_text(out, json.dumps(result, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return result
 

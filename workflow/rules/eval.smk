@@ -76,9 +76,12 @@ rule chance:
     params:
         world=L.world_dir(),
         benchmarks=",".join(BENCHMARKS),
+        limit=(
+            f"--limit {config['eval']['limit']}" if config["eval"].get("limit") else ""
+        ),
     shell:
         "OMP_NUM_THREADS=1 $LLAVAKD_PY -m llavakd.cli chance --world {params.world} --out {output} "
-        "--benchmarks {params.benchmarks} > {log} 2>&1"
+        "--benchmarks {params.benchmarks} {params.limit} > {log} 2>&1"
 
 
 AGREEMENT = config.get("agreement", {})
