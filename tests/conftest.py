@@ -29,6 +29,16 @@ def metrics_by_step(run_dir) -> dict:
 
 
 @pytest.fixture(scope="session")
+def standin_world(tmp_path_factory):
+    """A tiny synthetic world (seed 7): the stand-ins the evaluation tests score."""
+    from llavakd.tiny.world import write_world
+
+    out = tmp_path_factory.mktemp("standin_world")
+    write_world(out, seed=7, size="tiny")
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_components(tmp_path_factory):
     from llavakd.tiny.components import write_tiny_components
 

@@ -14,14 +14,11 @@ import torch
 from llavakd.eval.agreement import kl_rows, measure_doc
 from llavakd.model.build import build_llava, load_processor, save_llava
 from llavakd.model.chat import END_TOKEN, render_prompt
-from llavakd.tiny.world import write_world
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("w")
-    write_world(out, seed=7, size="tiny")
-    return out
+def world(standin_world):
+    return standin_world
 
 
 def _cli(*args, cwd):

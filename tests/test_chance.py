@@ -10,14 +10,11 @@ import pytest
 
 from llavakd.cli import main
 from llavakd.tiny.chance import chance, load_chance
-from llavakd.tiny.world import write_world
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("w")
-    write_world(out, seed=7, size="tiny")
-    return out
+def world(standin_world):
+    return standin_world
 
 
 def _split(world, rel):

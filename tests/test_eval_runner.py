@@ -16,7 +16,6 @@ from llavakd.eval.registry import load_registry, resolve
 from llavakd.eval.runner import EvalError, evaluate
 from llavakd.tiny.score import gold_answer as gold
 from llavakd.tiny.tasks import TASK_FILES, standin_tasks
-from llavakd.tiny.world import write_world
 
 LIMIT = 12
 STANDIN_FILE = {  # registry task -> stand-in parquet, relative to <world>/bench
@@ -29,10 +28,8 @@ STANDIN_FILE = {  # registry task -> stand-in parquet, relative to <world>/bench
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("w")
-    write_world(out, seed=7, size="tiny")
-    return out
+def world(standin_world):
+    return standin_world
 
 
 def docs(world, task):

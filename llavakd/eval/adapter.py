@@ -22,6 +22,14 @@ from tqdm import tqdm
 from llavakd.model.chat import END_TOKEN, render_prompt
 
 
+def cut_at_stops(text: str, until: list[str]) -> str:
+    """An answer as lmms-eval's tasks want it: cut at the first stop string, stripped."""
+    for s in until:
+        if s and s in text:
+            text = text.split(s, 1)[0]
+    return text.strip()
+
+
 @torch.no_grad()
 def generate_grouped(model, processor, encodings: list[dict], limits: list[int], batch_size: int,
                      progress: bool = False) -> list[str]:
@@ -79,10 +87,7 @@ class LlavaKD(lmms):
 
     @staticmethod
     def _stop(text: str, until: list[str]) -> str:
-        for s in until:
-            if s and s in text:
-                text = text.split(s, 1)[0]
-        return text.strip()
+        return cut_at_stops(text, until)
 
     # -- lmms-eval API ---------------------------------------------------------------------
     @torch.no_grad()

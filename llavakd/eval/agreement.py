@@ -57,13 +57,6 @@ class DocMeasure:
     visual_kl: float | None  # None: a text-only document
 
 
-def _stop(text: str, until: list[str]) -> str:
-    for s in until:
-        if s and s in text:
-            text = text.split(s, 1)[0]
-    return text.strip()
-
-
 @torch.no_grad()
 def _greedy(model, enc: dict, limit: int, eos: int) -> torch.Tensor:
     """The greedy answer's token ids, up to and including the end token when the model produced one."""
@@ -76,12 +69,14 @@ def _greedy(model, enc: dict, limit: int, eos: int) -> torch.Tensor:
 @torch.no_grad()
 def measure_doc(teacher, student, processor, prompt: str, images: list, limit: int, until: list[str]) -> DocMeasure:
     """The three measures on one document (see the module docstring)."""
+    from llavakd.eval.adapter import cut_at_stops  # imports lmms-eval: only when measuring
+
     tok = processor.tokenizer
     eos = tok.convert_tokens_to_ids(END_TOKEN)
     enc = processor(text=render_prompt(prompt, n_images=len(images)), images=images or None, return_tensors="pt")
     t_ids, s_ids = _greedy(teacher, enc, limit, eos), _greedy(student, enc, limit, eos)
-    t_text = _stop(tok.decode(t_ids, skip_special_tokens=True), until)
-    s_text = _stop(tok.decode(s_ids, skip_special_tokens=True), until)
+    t_text = cut_at_stops(tok.decode(t_ids, skip_special_tokens=True), until)
+    s_text = cut_at_stops(tok.decode(s_ids, skip_special_tokens=True), until)
     n = enc["input_ids"].shape[1]
     full = {**enc, "input_ids": torch.cat([enc["input_ids"], t_ids[None]], 1)}
     full["attention_mask"] = torch.ones_like(full["input_ids"])
@@ -131,20 +126,16 @@ def load_pair(student_dir, teacher_dir, dtype: str = "float32", device: str = "a
     return models[0], models[1], load_processor(student_dir, local_files_only=True)
 
 
-def task_documents(names: dict[str, str], tasks_dir: Path, task: str, limit: int | None):
-    """(prompt, images, max new tokens, stop strings) of the first ``limit`` documents of one registry task,
-    as lmms-eval's task object builds them."""
-    from lmms_eval.tasks import TaskManager, get_task_dict
-
-    t = get_task_dict([names[task]], TaskManager(include_path=str(tasks_dir)))[names[task]]
-    gen = dict(t.config.generation_kwargs or {})
+def task_documents(task_obj, limit: int | None):
+    """(prompt, images, max new tokens, stop strings) of the first ``limit`` documents of one lmms-eval task,
+    as its task object builds them for the evaluation."""
+    gen = dict(task_obj.config.generation_kwargs or {})
     until = gen.get("until") or []
     until = [until] if isinstance(until, str) else list(until)
     limit_tokens = min(int(gen.get("max_new_tokens", MAX_NEW_TOKENS)), MAX_NEW_TOKENS)
-    docs = list(t.test_docs())[:limit]
-    for doc in docs:
-        images = [v.convert("RGB") for v in (t.doc_to_visual(doc) or []) if v is not None]
-        yield t.doc_to_text(doc), images, limit_tokens, until
+    for doc in list(task_obj.test_docs())[:limit]:
+        images = [v.convert("RGB") for v in (task_obj.doc_to_visual(doc) or []) if v is not None]
+        yield task_obj.doc_to_text(doc), images, limit_tokens, until
 
 
 def agreement(student_dir, teacher_dir, out, *, benchmarks="all", standins=None, limit: int | None = None,
@@ -153,7 +144,7 @@ def agreement(student_dir, teacher_dir, out, *, benchmarks="all", standins=None,
     return {benchmark: record}, plus ``ALL`` (means over benchmarks)."""
     from tqdm import tqdm
 
-    from llavakd.eval.tasks import write_task_yamls
+    from llavakd.eval.tasks import task_manager, write_task_yamls
     from llavakd.io import atomic_dir, atomic_write_text
 
     if limit is not None and limit < 1:
@@ -162,11 +153,15 @@ def agreement(student_dir, teacher_dir, out, *, benchmarks="all", standins=None,
     teacher, student, processor = load_pair(student_dir, teacher_dir, dtype, device)
     records = {}
     with tempfile.TemporaryDirectory() as tmp:
+        from lmms_eval.tasks import get_task_dict
+
         names = (standins or write_task_yamls)(Path(tmp) / "tasks")
+        wanted = [names[t] for b in benches for t in b.tasks]
+        task_objs = get_task_dict(wanted, task_manager(Path(tmp) / "tasks", stock=standins is None))
         for bench in benches:
             per_task = {}
             for task in bench.tasks:
-                docs = list(task_documents(names, Path(tmp) / "tasks", task, limit))
+                docs = list(task_documents(task_objs[names[task]], limit))
                 per_task[task] = summarize([measure_doc(teacher, student, processor, *d) for d in
                                             tqdm(docs, desc=f"agreement {task}", disable=not progress)])
             rec = {m: _mean(per_task[t][m] for t in bench.tasks) for m in MEASURES}

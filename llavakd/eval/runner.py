@@ -257,9 +257,8 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
     the official tasks for stand-ins (tiny mode: ``llavakd.tiny.tasks.standin_tasks(world)``); it is
     passed in, not imported, so the runner knows nothing of the tiny world."""
     from lmms_eval.api.model import lmms
-    from lmms_eval.tasks import TaskManager
 
-    from llavakd.eval.tasks import write_protocol_yamls, write_task_yamls
+    from llavakd.eval.tasks import task_manager, write_protocol_yamls, write_task_yamls
 
     benches = resolve(benchmarks)
     out = Path(out)
@@ -311,7 +310,7 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
         write_marker(out)
         return results
     with _quiet_lmms():
-        manager = TaskManager(include_path=str(tasks_dir))
+        manager = task_manager(tasks_dir, stock=standins is None)
         if not isinstance(model, lmms):
             from llavakd.eval.adapter import LlavaKD
 

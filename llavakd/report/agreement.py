@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llavakd.errors import LlavaKDError
 from llavakd.eval.agreement import MEASURES
+from llavakd.eval.registry import load_registry
 from llavakd.io import atomic_write_text
 from llavakd.layout import parse_model
 from llavakd.report.collect import Cell
@@ -56,7 +57,8 @@ def collect_agreement(study) -> tuple[list[AgreementRow], list[str]]:
     for model in study.student_models():
         role = roles.get(model)
         groups.setdefault((parse_model(model).llm, role), []).append(_read(Path(study.layout.agreement_dir(model))))
-    benches = list(next(iter(groups.values()))[0]) if groups else []
+    found = set(next(iter(groups.values()))[0]) if groups else set()
+    benches = [b for b in load_registry() if b in found]  # the registry's (the paper's) column order
     rows = []
     for (llm, role), per_seed in groups.items():
         for measure in MEASURES:

@@ -49,13 +49,15 @@ def chance(world: str | Path, benchmarks="all", limit: int | None = None) -> dic
     import contextlib
     import io
 
-    from lmms_eval.tasks import TaskManager, get_task_dict
+    from lmms_eval.tasks import get_task_dict
+
+    from llavakd.eval.tasks import task_manager
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         names = write_standin_yamls(tmp / "tasks", world)
-        manager = TaskManager(include_path=str(tmp / "tasks"))
+        manager = task_manager(tmp / "tasks", stock=False)
         for bench in resolve(benchmarks):
             per_task, samples, answers = {}, {}, {}
             for t in bench.tasks:
