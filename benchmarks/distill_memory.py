@@ -1,16 +1,20 @@
-"""Peak memory and time of the naive vs chunked distillation objective, printed as JSON.
+"""Peak memory and time of the naive, chunked and fused distillation objectives, printed as JSON.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.distill_memory            # paper shape, fp32, CPU
     .venv/bin/python -m benchmarks.distill_memory --vocab 4096 --answer 64    # a quick small run
     .venv/bin/python -m benchmarks.distill_memory --device cuda --dtype bfloat16   # on a GPU
 
-Default shape (issue 4): Qwen's V = 151,936; two samples, each with one 384px image (728 visual
-positions) and 512 supervised answer tokens (1,024 in all); full objective CE + L_res + L_vis +
-L_rel, forward and backward. Each implementation runs in a fresh subprocess; on the CPU "peak
-extra" is the rise of the process's resident-set high-water mark (VmHWM, reset through
-/proc/self/clear_refs) above what the inputs already hold, so it counts every intermediate and
-the gradient of the student logits (which both implementations must produce). On CUDA it is
-torch.cuda.max_memory_allocated above the inputs.
+Default shape: Qwen's V = 151,936; student hidden 1,024 (Qwen1.5-0.5B), teacher hidden 2,560
+(Qwen1.5-4B); two samples, each with one 384px image (728 visual positions) and 512 supervised
+answer tokens; full objective CE + L_res + L_vis + L_rel, forward and backward. Every
+implementation starts from the hidden states and the heads and includes the head matmuls: naive
+and chunked compute the [positions x V] logits (student h @ W_s^T with autograd, teacher under
+no_grad) and run the objective on them; fused never builds them (``fused_distill_loss``). The
+student head is trainable, so its own gradient (0.6 GB) counts in every implementation. Each
+implementation runs in a fresh subprocess; on the CPU "peak extra" is the rise of the process's
+resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) above what the inputs
+already hold; on CUDA it is torch.cuda.max_memory_allocated above the inputs. The last line is
+one JSON object with ``fused_over_naive_memory`` and ``fused_over_naive_time`` (same run).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import os
 import subprocess
 import sys
 import time
+
+IMPLS = ("naive", "chunked", "fused")
 
 
 def _rss_kb(field: str) -> int:
@@ -34,7 +40,7 @@ def _rss_kb(field: str) -> int:
 def run_one(args) -> dict:
     import torch
 
-    from llavakd.distill import LossConfig, distill_loss
+    from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
     from llavakd.labels import IGNORE_INDEX
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -48,15 +54,24 @@ def run_one(args) -> dict:
     labels[:, L - n_ans:] = torch.randint(0, args.vocab, (B, n_ans), generator=g)
     vm = torch.zeros(B, L, dtype=torch.bool)
     vm[:, prompt:prompt + n_vis] = True
-    # labels[:, i+1] supervised for n_ans - 1 rows per sample plus the row before the answer
-    student = torch.empty(B, L, args.vocab, dtype=dtype, device=dev).normal_(0, 2, generator=None)
-    teacher = torch.empty(B, L, args.vocab, dtype=dtype, device=dev).normal_(0, 2, generator=None)
-    student.requires_grad_(True)
+    h_s = torch.empty(B, L, args.student_hidden, dtype=dtype, device=dev).normal_(0, 1)
+    h_t = torch.empty(B, L, args.teacher_hidden, dtype=dtype, device=dev).normal_(0, 1)
+    w_s = torch.empty(args.vocab, args.student_hidden, dtype=dtype, device=dev).normal_(0, args.student_hidden ** -0.5)
+    w_t = torch.empty(args.vocab, args.teacher_hidden, dtype=dtype, device=dev).normal_(0, args.teacher_hidden ** -0.5)
+    h_s.requires_grad_(True)
+    w_s.requires_grad_(True)
     labels, vm = labels.to(dev), vm.to(dev)
-    cfg = LossConfig(implementation=args.impl)
+
+    def step():
+        if args.impl == "fused":
+            return fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm, LossConfig())
+        with torch.no_grad():
+            teacher = h_t @ w_t.T
+        return distill_loss(h_s @ w_s.T, teacher, labels, vm, LossConfig(implementation=args.impl))
+
     if dev.type == "cuda":  # one untimed pass: kernel selection and allocator warm-up stay out of the numbers
-        distill_loss(student, teacher, labels, vm, cfg).total.backward()
-        student.grad = None
+        step().total.backward()
+        h_s.grad = w_s.grad = None
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -65,7 +80,7 @@ def run_one(args) -> dict:
             fh.write("5")
         base = _rss_kb("VmRSS") * 1024
     t0 = time.perf_counter()
-    out = distill_loss(student, teacher, labels, vm, cfg)
+    out = step()
     out.total.backward()
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -74,7 +89,8 @@ def run_one(args) -> dict:
     return {
         "impl": args.impl, "seconds": round(seconds, 3),
         "peak_extra_mb": round((peak - base) / 2**20, 1),
-        "inputs_mb": round(2 * student.numel() * student.element_size() / 2**20, 1),
+        "inputs_mb": round(sum(x.numel() * x.element_size() for x in (h_s, h_t, w_s, w_t)) / 2**20, 1),
+        "head_grad_mb": round(w_s.numel() * w_s.element_size() / 2**20, 1),
         "supervised_tokens": int((labels[:, 1:] != IGNORE_INDEX).sum()), "visual_positions": int(vm.sum()),
         "parts": {k: round(v, 6) for k, v in out.parts.items()},
     }
@@ -85,32 +101,36 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=151_936)
     p.add_argument("--visual", type=int, default=728, help="visual positions per sample")
     p.add_argument("--answer", type=int, default=512, help="supervised answer tokens per sample")
+    p.add_argument("--student-hidden", type=int, default=1024)
+    p.add_argument("--teacher-hidden", type=int, default=2560)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--impl", choices=["naive", "chunked"], help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.impl:  # child process
         print(json.dumps(run_one(args)))
         return 0
     results = {}
-    for impl in ("naive", "chunked"):
+    for impl in IMPLS:
         cmd = [sys.executable, "-m", "benchmarks.distill_memory", "--impl", impl] + (argv or sys.argv[1:])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return proc.returncode
         results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
-    n, c = results["naive"], results["chunked"]
+    n = results["naive"]
     report = {
         "shape": {"vocab": args.vocab, "visual_per_sample": args.visual, "answer_per_sample": args.answer,
+                  "student_hidden": args.student_hidden, "teacher_hidden": args.teacher_hidden,
                   "batch": 2, "dtype": args.dtype, "device": args.device,
                   "threads": int(os.environ.get("OMP_NUM_THREADS", "1"))},
-        "naive": n, "chunked": c,
-        "memory_ratio_chunked_over_naive": round(c["peak_extra_mb"] / n["peak_extra_mb"], 3),
-        "time_ratio_chunked_over_naive": round(c["seconds"] / n["seconds"], 3),
-        "max_part_abs_diff": max(abs(n["parts"][k] - c["parts"][k]) for k in n["parts"]),
+        **results,
+        **{f"{impl}_over_naive_memory": round(results[impl]["peak_extra_mb"] / n["peak_extra_mb"], 3)
+           for impl in IMPLS[1:]},
+        **{f"{impl}_over_naive_time": round(results[impl]["seconds"] / n["seconds"], 3) for impl in IMPLS[1:]},
+        "max_part_abs_diff": max(abs(n["parts"][k] - r["parts"][k]) for r in results.values() for k in n["parts"]),
     }
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report))  # one line: the figures of every implementation, measured in one run
     return 0
 
 

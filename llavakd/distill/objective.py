@@ -83,97 +83,157 @@ def _sample_visual_rows(visual_mask) -> list[torch.Tensor]:
     return out
 
 
+class LogitSource:
+    """Logits given in full, [B*L, V]: rows and vocabulary blocks are views; gradients land in one buffer."""
+
+    def __init__(self, logits: torch.Tensor, need_grad: bool):
+        B, L, V = logits.shape
+        self.vocab = V
+        self.flat = logits.detach().reshape(B * L, V)
+        self.grad_full = torch.zeros_like(logits, memory_format=torch.contiguous_format) if need_grad else None
+        self.grad = self.grad_full.view(B * L, V) if need_grad else None
+
+    def rows(self, idx, cdt):
+        return self.flat.index_select(0, idx).to(cdt)
+
+    def block(self, idx, c0, c1, cdt):
+        return self.flat[idx, c0:c1].to(cdt)
+
+    def set_rows_grad(self, idx, g):
+        self.grad.index_copy_(0, idx, g.to(self.grad.dtype))
+
+    def add_block_grad(self, idx, c0, c1, g):
+        self.grad[idx, c0:c1] += g.to(self.grad.dtype)
+
+
+class LinearSource:
+    """Logits as hidden states times a head, [N, d] @ [V, d]^T, recomputed chunk by chunk and never held
+    whole; a gradient chunk dZ becomes dZ @ W for the hidden states and dZ^T @ H for the head."""
+
+    def __init__(self, hidden: torch.Tensor, head: torch.Tensor, need_grad: bool, need_head_grad: bool = True):
+        self.vocab = head.shape[0]
+        self.h = hidden.detach().reshape(-1, hidden.shape[-1])
+        self.w = head.detach()
+        acc = _compute_dtype(hidden)
+        self.grad_h = torch.zeros(self.h.shape, dtype=acc, device=self.h.device) if need_grad else None
+        self.grad_w = torch.zeros(self.w.shape, dtype=acc, device=self.w.device) if need_grad and need_head_grad else None
+
+    def rows(self, idx, cdt):
+        return (self.h.index_select(0, idx) @ self.w.T).to(cdt)
+
+    def block(self, idx, c0, c1, cdt):
+        return (self.h.index_select(0, idx) @ self.w[c0:c1].T).to(cdt)
+
+    def _backward(self, idx, w, g):
+        h = self.h.index_select(0, idx)
+        self.grad_h.index_add_(0, idx, (g.to(w.dtype) @ w).to(self.grad_h.dtype))
+        return h
+
+    def set_rows_grad(self, idx, g):
+        h = self._backward(idx, self.w, g)
+        if self.grad_w is not None:
+            self.grad_w.addmm_(g.T.to(self.grad_w.dtype), h.to(self.grad_w.dtype))
+
+    def add_block_grad(self, idx, c0, c1, g):
+        h = self._backward(idx, self.w[c0:c1], g)
+        if self.grad_w is not None:
+            self.grad_w[c0:c1].addmm_(g.T.to(self.grad_w.dtype), h.to(self.grad_w.dtype))
+
+
+def _objective(src_s, src_t, labels, visual_mask, cfg, need_grad, cdt, dev):
+    """Every term and (through the sources) its gradient; returns (total, parts, counts)."""
+    V = src_s.vocab
+    res_rows, vis_rows, target = _rows_plan(labels, visual_mask, cfg)
+    use_res, use_vis = cfg.res, cfg.vis and bool(vis_rows.any())
+    n_ce = n_res = int(res_rows.sum())
+    n_vis = int(vis_rows.sum())
+    counts = {"ce": n_ce, "res": n_res, "vis": n_vis}
+    sums = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in ("ce", "res", "vis")}
+    T = cfg.temperature
+    res_div, vis_div = res_divergence(cfg), vis_divergence(cfg)
+    same_div = res_div == vis_div
+
+    active = torch.zeros_like(res_rows)
+    if cfg.ce or use_res:
+        active |= res_rows
+    if use_vis:
+        active |= vis_rows
+    rows = active.nonzero().flatten()
+    step = cfg.chunk_rows or max(1, DEFAULT_CHUNK_ELEMENTS // V)
+    w_ce = cfg.ce_weight / max(n_ce, 1)
+    w_res = cfg.res_weight / max(n_res, 1)
+    w_vis = cfg.vis_weight / max(n_vis, 1)
+    for start in range(0, rows.numel(), step):
+        idx = rows[start:start + step]
+        s = src_s.rows(idx, cdt)
+        g = torch.zeros_like(s) if need_grad else None
+        m_res = res_rows[idx].to(cdt)
+        m_vis = vis_rows[idx].to(cdt)
+        if cfg.ce:
+            y = target[idx]
+            ok = y != IGNORE_INDEX
+            logp = torch.log_softmax(s, -1)
+            ce_rows = -logp.gather(1, y.clamp_min(0)[:, None]).squeeze(1) * ok
+            sums["ce"] += ce_rows.sum().double()
+            if need_grad:
+                d = logp.exp_()
+                d[ok.nonzero().flatten(), y[ok]] -= 1.0
+                g += d * (w_ce * ok.to(cdt))[:, None]
+            del logp
+        if use_res or use_vis:
+            t = src_t.rows(idx, cdt)
+            st, tt = (s / T, t / T) if T != 1.0 else (s, t)
+            jobs = []
+            if same_div:
+                coef = (w_res * m_res if use_res else 0) + (w_vis * m_vis if use_vis else 0)
+                jobs.append((res_div, coef, [("res", m_res)] * use_res + [("vis", m_vis)] * use_vis))
+            else:
+                if use_res:
+                    jobs.append((res_div, w_res * m_res, [("res", m_res)]))
+                if use_vis:
+                    jobs.append((vis_div, w_vis * m_vis, [("vis", m_vis)]))
+            for div, coef, logs in jobs:
+                loss_rows, dg = div(st, tt, need_grad)
+                for key, mask in logs:
+                    sums[key] += (loss_rows * mask).sum().double() * T * T
+                if need_grad:
+                    g += dg * (coef * T)[:, None]  # d/ds of T^2 * D(s/T) = T * D'(s/T)
+            del t, st, tt
+        if need_grad:
+            src_s.set_rows_grad(idx, g)
+
+    parts = {}
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    if cfg.ce:
+        parts["ce"] = sums["ce"] / max(n_ce, 1)
+        total += cfg.ce_weight * parts["ce"]
+    if cfg.res:
+        parts["res"] = sums["res"] / max(n_res, 1)
+        total += cfg.res_weight * parts["res"]
+    if cfg.vis:
+        parts["vis"] = sums["vis"] / max(n_vis, 1)
+        total += cfg.vis_weight * parts["vis"]
+    if cfg.rel:
+        rel, n_img = _gram_cosine(src_s, src_t, visual_mask, cfg, need_grad, cdt)
+        parts["rel"] = rel
+        counts["rel"] = n_img
+        total += cfg.rel_weight * rel
+    return total, parts, counts
+
+
 class _FusedObjective(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, labels, visual_mask, cfg, sink):
         need_grad = student.requires_grad
-        B, L, V = student.shape
-        cdt = _compute_dtype(student)
-        s_flat = student.detach().reshape(B * L, V)
-        t_flat = teacher.detach().reshape(B * L, V) if teacher is not None else None
-        grad_full = torch.zeros_like(student, memory_format=torch.contiguous_format) if need_grad else None
-        grad = grad_full.view(B * L, V) if need_grad else None
-        res_rows, vis_rows, target = _rows_plan(labels, visual_mask, cfg)
-        use_res, use_vis = cfg.res, cfg.vis and bool(vis_rows.any())
-        n_ce = n_res = int(res_rows.sum())
-        n_vis = int(vis_rows.sum())
-        counts = {"ce": n_ce, "res": n_res, "vis": n_vis}
-        dev = student.device  # every accumulator lives beside the logits (CUDA: no host round trips)
-        sums = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in ("ce", "res", "vis")}
-        T = cfg.temperature
-        res_div, vis_div = res_divergence(cfg), vis_divergence(cfg)
-        same_div = res_div == vis_div
-
-        active = torch.zeros_like(res_rows)
-        if cfg.ce or use_res:
-            active |= res_rows
-        if use_vis:
-            active |= vis_rows
-        rows = active.nonzero().flatten()
-        step = cfg.chunk_rows or max(1, DEFAULT_CHUNK_ELEMENTS // V)
-        w_ce = cfg.ce_weight / max(n_ce, 1)
-        w_res = cfg.res_weight / max(n_res, 1)
-        w_vis = cfg.vis_weight / max(n_vis, 1)
-        for start in range(0, rows.numel(), step):
-            idx = rows[start:start + step]
-            s = s_flat.index_select(0, idx).to(cdt)
-            g = torch.zeros_like(s) if need_grad else None
-            m_res = res_rows[idx].to(cdt)
-            m_vis = vis_rows[idx].to(cdt)
-            if cfg.ce:
-                y = target[idx]
-                ok = y != IGNORE_INDEX
-                logp = torch.log_softmax(s, -1)
-                ce_rows = -logp.gather(1, y.clamp_min(0)[:, None]).squeeze(1) * ok
-                sums["ce"] += ce_rows.sum().double()
-                if need_grad:
-                    d = logp.exp_()
-                    d[ok.nonzero().flatten(), y[ok]] -= 1.0
-                    g += d * (w_ce * ok.to(cdt))[:, None]
-                del logp
-            if use_res or use_vis:
-                t = t_flat.index_select(0, idx).to(cdt)
-                st, tt = (s / T, t / T) if T != 1.0 else (s, t)
-                jobs = []
-                if same_div:
-                    coef = (w_res * m_res if use_res else 0) + (w_vis * m_vis if use_vis else 0)
-                    jobs.append((res_div, coef, [("res", m_res)] * use_res + [("vis", m_vis)] * use_vis))
-                else:
-                    if use_res:
-                        jobs.append((res_div, w_res * m_res, [("res", m_res)]))
-                    if use_vis:
-                        jobs.append((vis_div, w_vis * m_vis, [("vis", m_vis)]))
-                for div, coef, logs in jobs:
-                    loss_rows, dg = div(st, tt, need_grad)
-                    for key, mask in logs:
-                        sums[key] += (loss_rows * mask).sum().double() * T * T
-                    if need_grad:
-                        g += dg * (coef * T)[:, None]  # d/ds of T^2 * D(s/T) = T * D'(s/T)
-                del t, st, tt
-            if need_grad:
-                grad.index_copy_(0, idx, g.to(grad.dtype))
-
-        parts = {}
-        total = torch.zeros((), dtype=torch.float64, device=dev)
-        if cfg.ce:
-            parts["ce"] = sums["ce"] / max(n_ce, 1)
-            total += cfg.ce_weight * parts["ce"]
-        if cfg.res:
-            parts["res"] = sums["res"] / max(n_res, 1)
-            total += cfg.res_weight * parts["res"]
-        if cfg.vis:
-            parts["vis"] = sums["vis"] / max(n_vis, 1)
-            total += cfg.vis_weight * parts["vis"]
-        if cfg.rel:
-            rel, n_img = _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt)
-            parts["rel"] = rel
-            counts["rel"] = n_img
-            total += cfg.rel_weight * rel
+        src_s = LogitSource(student, need_grad)
+        src_t = LogitSource(teacher, False) if teacher is not None else None
+        total, parts, counts = _objective(src_s, src_t, labels, visual_mask, cfg, need_grad,
+                                          _compute_dtype(student), student.device)
         sink["parts"] = {k: float(v) for k, v in parts.items()}
         sink["counts"] = counts
         # Kept as a plain attribute, not save_for_backward: backward hands autograd the only
         # reference, so the buffer becomes student.grad without a second full-size copy.
-        ctx.grad = grad_full
+        ctx.grad = src_s.grad_full
         return total.to(student.dtype)
 
     @staticmethod
@@ -189,28 +249,28 @@ class _FusedObjective(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def _gram(flat, idx, step, cdt):
-    """Z Z^T for Z = flat[idx], accumulated over vocabulary chunks in the compute dtype."""
-    V = flat.shape[1]
-    R = torch.zeros(idx.numel(), idx.numel(), dtype=cdt, device=flat.device)
-    for c in range(0, V, step):
-        Z = flat[idx, c:c + step].to(cdt)
+def _gram(src, idx, step, cdt):
+    """Z Z^T for Z = the source's logits at rows ``idx``, accumulated over vocabulary chunks in the
+    compute dtype (at least float32)."""
+    R = torch.zeros(idx.numel(), idx.numel(), dtype=cdt, device=idx.device)
+    for c in range(0, src.vocab, step):
+        Z = src.block(idx, c, c + step, cdt)
         R.addmm_(Z, Z.T)
     return R
 
 
-def _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt):
-    """L_rel and (into ``grad``) its gradient; returns (value, number of image samples)."""
+def _gram_cosine(src_s, src_t, visual_mask, cfg, need_grad, cdt):
+    """L_rel and (through ``src_s``) its gradient; returns (value, number of image samples)."""
     samples = _sample_visual_rows(visual_mask)
     if not samples:
-        return torch.zeros((), dtype=torch.float64, device=s_flat.device), 0
-    V = s_flat.shape[1]
+        return torch.zeros((), dtype=torch.float64, device=visual_mask.device), 0
+    V = src_s.vocab
     n_max = max(i.numel() for i in samples)
     step = cfg.chunk_vocab or max(1, DEFAULT_CHUNK_ELEMENTS // max(n_max, 1))
     # The Gram matrices accumulate in the compute dtype; the cosine is taken in float64 (n x n,
     # cheap): with cos close to 1, fp32 would leave 1 - cos only ~1e-7 of absolute precision.
-    Rs = [_gram(s_flat, idx, step, cdt).double() for idx in samples]
-    Rt = [_gram(t_flat, idx, step, cdt).double() for idx in samples]
+    Rs = [_gram(src_s, idx, step, cdt).double() for idx in samples]
+    Rt = [_gram(src_t, idx, step, cdt).double() for idx in samples]
     eps = torch.finfo(torch.float64).tiny
     if cfg.rel_reduction == "batch":
         dot = sum((a * b).sum() for a, b in zip(Rt, Rs))
@@ -221,7 +281,7 @@ def _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt):
         # d(1 - cos)/dR_s = -(R_t / (|t||s|) - cos * R_s / |s|^2)
         G = [-(a / (nt * ns) - cos * b / (ns * ns)) for a, b in zip(Rt, Rs)]
     else:
-        value = torch.zeros((), dtype=torch.float64, device=s_flat.device)
+        value = torch.zeros((), dtype=torch.float64, device=visual_mask.device)
         G = []
         k = len(samples)
         for a, b in zip(Rt, Rs):
@@ -229,13 +289,12 @@ def _gram_cosine(s_flat, t_flat, visual_mask, cfg, grad, cdt):
             cos = (a * b).sum() / (nt * ns)
             value = value + (1 - cos) / k
             G.append(-(a / (nt * ns) - cos * b / (ns * ns)) / k)
-    if grad is not None:
+    if need_grad:
         w = cfg.rel_weight
         for idx, g in zip(samples, G):
             sym = ((g + g.T) * w).to(cdt)  # dL/dZ = (G + G^T) Z
             for c in range(0, V, step):
-                Z = s_flat[idx, c:c + step].to(cdt)
-                grad[idx, c:c + step] += (sym @ Z).to(grad.dtype)
+                src_s.add_block_grad(idx, c, c + step, sym @ src_s.block(idx, c, c + step, cdt))
     return value.double(), len(samples)
 
 

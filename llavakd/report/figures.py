@@ -201,12 +201,12 @@ def agreement(rows, benches: list[str], out) -> Path:
         for b, cell in r.cells.items():
             for v in cell.values:
                 recs.append({"measure": MEASURE_LABEL[r.measure], "benchmark": "All" if b == ALL else HEADERS.get(b, b),
-                             "variant": f"{display_llm(r.llm)} {ROLE_LABEL.get(r.role, r.role)}", "value": v})
+                             "student": display_llm(r.llm), "variant": ROLE_LABEL.get(r.role, r.role), "value": v})
     df = pd.DataFrame(recs)
     sns.set_theme(style="whitegrid", font_scale=0.85)
-    g = sns.catplot(df, kind="bar", x="benchmark", y="value", hue="variant", row="measure", height=2.6, aspect=3.6,
-                    sharey=False, errorbar=("ci", 95), palette="deep", legend_out=True)
-    g.set_titles("{row_name}")
+    g = sns.catplot(df, kind="bar", x="benchmark", y="value", hue="variant", row="measure", col="student",
+                    height=2.4, aspect=2.2, sharey="row", errorbar=("ci", 95), palette="deep", legend_out=True)
+    g.set_titles("{col_name}: {row_name}")
     g.set_axis_labels("", "")
     for ax in g.axes.flat:
         ax.tick_params(axis="x", rotation=30)

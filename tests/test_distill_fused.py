@@ -1,0 +1,92 @@
+"""fused_distill_loss (hidden states + heads) against the naive float64 oracle on the logits it implies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llavakd.distill import DIVERGENCES, DistillShapeError, LossConfig, distill_loss, fused_distill_loss
+
+
+def make(B=3, L=14, V=41, d_s=6, d_t=9, seed=0, dtype=torch.float64):
+    """Two image samples at different offsets and a text-only one; the heads are the only full-vocab tensors."""
+    g = torch.Generator().manual_seed(seed)
+    h_s = torch.randn(B, L, d_s, generator=g, dtype=dtype) * 1.5
+    w_s = torch.randn(V, d_s, generator=g, dtype=dtype)
+    h_t = torch.randn(B, L, d_t, generator=g, dtype=dtype) * 1.5
+    w_t = torch.randn(V, d_t, generator=g, dtype=dtype)
+    labels = torch.randint(0, V, (B, L), generator=g)
+    labels[:, :6] = -100
+    vm = torch.zeros(B, L, dtype=torch.bool)
+    vm[0, 0:4] = True
+    vm[1, 2:5] = True
+    return h_s, w_s, h_t, w_t, labels, vm
+
+
+def run(fused: bool, cfg, inputs):
+    h_s, w_s, h_t, w_t, labels, vm = (x.clone() for x in inputs)
+    h_s.requires_grad_(True)
+    w_s.requires_grad_(True)
+    if fused:
+        out = fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm, cfg)
+    else:
+        out = distill_loss(h_s @ w_s.T, h_t @ w_t.T, labels, vm, LossConfig(**{**cfg.__dict__, "implementation": "naive"}))
+    out.total.backward()
+    return out, h_s.grad, w_s.grad
+
+
+CASES = [(name, T, red) for name in DIVERGENCES for T in (1.0, 2.0) for red in ("batch", "per_sample")]
+
+
+@pytest.mark.parametrize("name,T,reduction", CASES)
+def test_fused_equals_the_naive_oracle_in_float64(name, T, reduction):
+    cfg = LossConfig(divergence=name, temperature=T, rel_reduction=reduction, chunk_rows=5, chunk_vocab=7)
+    inputs = make(seed=hash((name, T, reduction)) % 1000)
+    ref, ref_h, ref_w = run(False, cfg, inputs)
+    got, got_h, got_w = run(True, cfg, inputs)
+    assert got.total.item() == pytest.approx(ref.total.item(), abs=1e-10, rel=1e-10)
+    for key, value in ref.parts.items():
+        assert got.parts[key] == pytest.approx(value, abs=1e-10, rel=1e-10), key
+    assert got.counts == ref.counts and got.parts["rel"] > 0
+    torch.testing.assert_close(got_h, ref_h, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got_w, ref_w, rtol=1e-9, atol=1e-9)
+
+
+def test_fused_equals_the_chunked_path_in_float32_with_default_chunks():
+    inputs = make(V=300, dtype=torch.float32, seed=5)
+    ref, ref_h, ref_w = run(False, LossConfig(), tuple(x.double() if x.is_floating_point() else x for x in inputs))
+    got, got_h, got_w = run(True, LossConfig(), inputs)
+    assert got.total.item() == pytest.approx(ref.total.item(), rel=1e-5)
+    torch.testing.assert_close(got_h.double(), ref_h, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_w.double(), ref_w, rtol=1e-4, atol=1e-5)
+
+
+def test_a_frozen_head_gets_no_gradient_and_ce_alone_needs_no_teacher():
+    h_s, w_s, _, _, labels, vm = make()
+    h_s.requires_grad_(True)
+    out = fused_distill_loss(h_s, w_s, None, None, labels, vm, LossConfig(res=False, vis=False, rel=False))
+    out.total.backward()
+    ref = torch.nn.functional.cross_entropy((h_s @ w_s.T)[:, :-1].reshape(-1, w_s.shape[0]), labels[:, 1:].reshape(-1),
+                                            ignore_index=-100)
+    assert out.total.item() == pytest.approx(ref.item(), abs=1e-12) and w_s.grad is None and h_s.grad is not None
+
+
+def test_mismatched_shapes_name_both():
+    h_s, w_s, h_t, w_t, labels, vm = make()
+    with pytest.raises(DistillShapeError, match=r"\(41, 9\).*\(3, 14, 6\).*\(40, 6\)"):
+        fused_distill_loss(h_s, w_s[:40], h_t, w_t, labels, vm)
+    with pytest.raises(DistillShapeError, match=r"student hidden states \(3, 14, 6\) and head \(41, 5\)"):
+        fused_distill_loss(h_s, w_s[:, :5], h_t, w_t, labels, vm)
+    with pytest.raises(DistillShapeError, match="no teacher"):
+        fused_distill_loss(h_s, w_s, None, None, labels, vm)
+
+
+def test_gradients_scale_with_the_upstream_gradient():
+    inputs = make(seed=3)
+    _, h1, w1 = run(True, LossConfig(), inputs)
+    h_s, w_s, h_t, w_t, labels, vm = (x.clone() for x in inputs)
+    h_s.requires_grad_(True)
+    w_s.requires_grad_(True)
+    (2.5 * fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm).total).backward()
+    torch.testing.assert_close(h_s.grad, 2.5 * h1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(w_s.grad, 2.5 * w1, rtol=1e-12, atol=1e-12)
