@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from llavakd.cli import main
-from llavakd.tiny.chance import chance, load_chance
+from llavakd.report.collect import read_chance
+from llavakd.tiny.chance import chance
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def _split(world, rel):
 def test_chance_is_the_best_constant_answer_by_hand(world, tmp_path):
     assert main(["chance", "--world", str(world), "--out", str(tmp_path / "chance.json")]) == 0
     got = json.loads((tmp_path / "chance.json").read_text())
-    assert load_chance(tmp_path / "chance.json") == {b: r["headline"] for b, r in got.items()}
+    assert read_chance(tmp_path / "chance.json") == {b: r["headline"] for b, r in got.items()}
     assert got == chance(world)  # the file is what the function computes
     # POPE: F1 of always "yes" is 2p / (1 + p), p the share of "yes" questions; "no" scores 0
     f1 = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llavakd.distill import DIVERGENCES, DistillShapeError, Divergence, LossConfig, distill_loss
@@ -213,6 +213,7 @@ def test_response_positions_are_shifted_labels():
     rows=st.integers(1, 20), vocab=st.integers(1, 64), name=st.sampled_from(DIVERGENCES),
     T=st.sampled_from([1.0, 0.5, 2.0]), reduction=st.sampled_from(["batch", "per_sample"]),
 )
+@example(B=2, L=2, V=91, seed=0, rows=1, vocab=1, name="reverse_kl", T=0.5, reduction="batch")  # both fp32 ~1e-4 off
 @settings(max_examples=40, deadline=None)
 def test_chunked_equals_naive_fp32(B, L, V, seed, rows, vocab, name, T, reduction):
     g = torch.Generator().manual_seed(seed)
@@ -230,9 +231,14 @@ def test_chunked_equals_naive_fp32(B, L, V, seed, rows, vocab, name, T, reductio
         results.append((out.total.detach(), x.grad, out.parts))
     (ln, gn, pn), (lc, gc, pc) = results
     torch.testing.assert_close(lc, ln, rtol=1e-5, atol=1e-6)
-    # 1e-5 relative, norm-wise: both fp32 paths are within ~5e-6 of float64, so single tiny
-    # elements may differ by more than 1e-5 of their own size
-    assert (gc - gn).norm() <= 1e-5 * gn.norm() + 1e-12
+    # The gradient, norm-wise: usually both fp32 paths are within ~5e-6 of float64, but sharp
+    # distributions (T = 0.5, a reverse KL on one row) leave either ~1e-4 off it. So the float64
+    # oracle decides: the chunked gradient is within 1e-5 of it, or at least as close as the naive one.
+    x64 = s.double().requires_grad_(True)
+    distill_loss(x64, t.double(), labels, vm, LossConfig(implementation="naive", **kw)).total.backward()
+    g64 = x64.grad
+    err_c, err_n = (gc.double() - g64).norm(), (gn.double() - g64).norm()
+    assert err_c <= max(1e-5 * g64.norm(), 1.5 * err_n) + 1e-12, (err_c, err_n)
     assert pc == pytest.approx(pn, rel=1e-5, abs=1e-6)
 
 

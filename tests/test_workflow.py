@@ -273,7 +273,7 @@ def test_released_checkpoints_get_the_protocol_offset_figure(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     out = _dry_run("figures", "--configfile", str(path))
     counts = _job_counts(out)
-    assert counts["protocol_offset"] == 1 and counts["evaluate"] == 11  # ten of Table 1 + the released one
+    assert counts["protocol_offset"] == 1 and counts["evaluate"] == 15  # 14 of Table 1 + the released one
     assert "--model /ckpt/llava-kd-1b-hf" in out
 
 
@@ -346,7 +346,7 @@ def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(
     for name in ("table1.md", "table1.csv", "table1.tex", "seeds.md", "seeds.csv"):
         assert (hit / "reports/micro" / name).read_bytes() == (ref / "reports/micro" / name).read_bytes(), name
     runs = sorted(p.parent.relative_to(ref) for p in ref.glob("results/micro/runs/**/metrics.jsonl"))
-    assert len(runs) == 7  # teacher pt, pt--sft; student pt, pt--sft, dpt, dpt--sft, dpt--sft--dft
+    assert len(runs) == 8  # teacher pt, pt--sft; student pt, pt--sft, pt--sft--cft, dpt, dpt--sft, dpt--sft--dft
     for run in runs:
         a, b = metrics_by_step(ref / run), metrics_by_step(hit / run)
         assert sorted(a) == sorted(b), run

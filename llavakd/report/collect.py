@@ -81,3 +81,12 @@ def collect_row(spec: dict) -> Row:
         if vals and all(v is not None for v in vals):
             row.cells[name] = Cell(vals)
     return row
+
+
+def read_chance(path: str | Path) -> dict[str, float]:
+    """{benchmark: chance headline} from the file ``llavakd chance`` writes ({benchmark: {"headline", "answers"}})."""
+    path = Path(path)
+    try:
+        return {b: float(r["headline"]) for b, r in json.loads(path.read_text()).items()}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise LlavaKDError(f"{path}: not a chance file written by llavakd chance ({e})") from e

@@ -17,7 +17,7 @@ from llavakd.io import atomic_write_text
 from llavakd.layout import model_name, parse_model
 from llavakd.plan import STUDENT_VARIANTS
 from llavakd.report import figures
-from llavakd.report.collect import collect_row
+from llavakd.report.collect import collect_row, read_chance
 from llavakd.report.reference import load_paper
 from llavakd.report.tables import ablation_table, seed_table, table1, write_table
 from llavakd.stages import NAMES as STAGE_NAMES
@@ -50,12 +50,10 @@ def study_chance(study) -> dict[str, float] | None:
     """Tiny mode: {benchmark: chance} from the study's chance file (llavakd chance); None in real mode."""
     if study.mode != "tiny":
         return None
-    from llavakd.tiny.chance import load_chance
-
     path = Path(study.layout.chance_file())
     if not path.is_file():
         raise LlavaKDError(f"{path}: the stand-ins' chance is missing (snakemake chance, or llavakd chance)")
-    return load_chance(path)
+    return read_chance(path)
 
 
 def smoke_caption(study) -> str | None:

@@ -81,8 +81,3 @@ def write_chance(world: str | Path, out: str | Path, benchmarks="all", limit: in
     result = chance(world, benchmarks, limit)
     atomic_write_text(out, json.dumps(result, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return result
-
-
-def load_chance(path: str | Path) -> dict[str, float]:
-    """{benchmark: chance headline} from a file ``write_chance`` wrote."""
-    return {b: float(r["headline"]) for b, r in json.loads(Path(path).read_text()).items()}
