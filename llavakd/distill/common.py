@@ -36,6 +36,17 @@ def vis_divergence(cfg: LossConfig) -> Divergence:
     return Divergence(cfg.vis_divergence or cfg.divergence, beta=cfg.jsd_beta, alpha=cfg.skew_alpha)
 
 
+def resolve_config(cfg: LossConfig | None, has_teacher: bool, what: str) -> LossConfig:
+    """The config to use (default: the paper's), refusing an invalid one or a missing teacher."""
+    cfg = cfg or LossConfig()
+    problems = cfg.validate()
+    if problems:
+        raise ValueError("invalid loss config: " + "; ".join(problems))
+    if cfg.needs_teacher and not has_teacher:
+        raise DistillShapeError(f"distillation terms are enabled but no teacher {what} were given")
+    return cfg
+
+
 def check_inputs(student, teacher, labels, visual_mask, teacher_labels=None, teacher_visual_mask=None):
     """Raise DistillShapeError naming the first disagreement between teacher and student."""
     if student.dim() != 3:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from llavakd.config import LossConfig
-from llavakd.distill.common import DistillShapeError, LossOutput, check_inputs
+from llavakd.distill.common import DistillShapeError, LossOutput, check_inputs, resolve_config
 from llavakd.distill.objective import LinearSource, _compute_dtype, _objective
 
 
@@ -85,12 +85,7 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                        teacher_hidden: torch.Tensor | None, teacher_head: torch.Tensor | None,
                        labels: torch.Tensor, visual_mask: torch.Tensor, cfg: LossConfig | None = None) -> LossOutput:
     """See the module docstring; raises DistillShapeError naming both shapes when they do not fit."""
-    cfg = cfg or LossConfig()
-    problems = cfg.validate()
-    if problems:
-        raise ValueError("invalid loss config: " + "; ".join(problems))
-    if cfg.needs_teacher and teacher_hidden is None:
-        raise DistillShapeError("distillation terms are enabled but no teacher hidden states were given")
+    cfg = resolve_config(cfg, teacher_hidden is not None, "hidden states")
     _check(student_hidden, student_head, teacher_hidden, teacher_head, labels, visual_mask)
     sink: dict = {}
     total = _FusedLinearObjective.apply(student_hidden, student_head, teacher_hidden, teacher_head, labels,

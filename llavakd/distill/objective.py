@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from llavakd.config import LossConfig
-from llavakd.distill.common import DistillShapeError, LossOutput, check_inputs, res_divergence, vis_divergence
+from llavakd.distill.common import LossOutput, check_inputs, res_divergence, resolve_config, vis_divergence
 from llavakd.distill.naive import naive_distill_loss
 from llavakd.labels import IGNORE_INDEX
 
@@ -43,12 +43,7 @@ def distill_loss(
     teacher_labels: torch.Tensor | None = None,
     teacher_visual_mask: torch.Tensor | None = None,
 ) -> LossOutput:
-    cfg = cfg or LossConfig()
-    problems = cfg.validate()
-    if problems:
-        raise ValueError("invalid loss config: " + "; ".join(problems))
-    if cfg.needs_teacher and teacher is None:
-        raise DistillShapeError("distillation terms are enabled but no teacher logits were given")
+    cfg = resolve_config(cfg, teacher is not None, "logits")
     check_inputs(student, teacher, labels, visual_mask, teacher_labels, teacher_visual_mask)
     if cfg.implementation == "naive":
         return naive_distill_loss(student, teacher, labels, visual_mask, cfg)
