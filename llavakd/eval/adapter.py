@@ -21,6 +21,16 @@ from tqdm import tqdm
 
 from llavakd.model.chat import END_TOKEN, render_prompt
 
+MAX_NEW_TOKENS = 32  # the most new tokens an answer gets, whatever a task asks for
+
+
+def stops_and_limit(gen_kwargs: dict | None, cap: int = MAX_NEW_TOKENS) -> tuple[list[str], int]:
+    """A task's stop strings and its new-token limit (at most ``cap``), from its generation kwargs."""
+    gen_kwargs = dict(gen_kwargs or {})
+    until = gen_kwargs.get("until") or []
+    until = [until] if isinstance(until, str) else list(until)
+    return until, min(int(gen_kwargs.get("max_new_tokens", cap)), cap)
+
 
 def cut_at_stops(text: str, until: list[str]) -> str:
     """An answer as lmms-eval's tasks want it: cut at the first stop string, stripped."""
@@ -57,7 +67,7 @@ class LlavaKD(lmms):
     is_simple = True
 
     def __init__(self, pretrained: str, batch_size: int | str = 1, device: str = "auto",
-                 dtype: str = "float32", max_new_tokens: int = 32, **kwargs) -> None:
+                 dtype: str = "float32", max_new_tokens: int = MAX_NEW_TOKENS, **kwargs) -> None:
         super().__init__()
         from transformers import LlavaForConditionalGeneration
 
@@ -96,10 +106,7 @@ class LlavaKD(lmms):
         for req in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             enc.append(self._encode(context, self._visuals(doc_to_visual, doc_id, task, split)))
-            gen_kwargs = dict(gen_kwargs or {})
-            until = gen_kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            limit = min(int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)), self.max_new_tokens)
+            until, limit = stops_and_limit(gen_kwargs, self.max_new_tokens)
             opts.append((tuple(until), limit))
         texts = generate_grouped(self.model, self.processor, enc, [o[1] for o in opts], self.batch_size,
                                  progress=self._rank == 0)

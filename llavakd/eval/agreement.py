@@ -40,7 +40,6 @@ from llavakd.eval.registry import resolve
 from llavakd.model.chat import END_TOKEN, render_prompt
 
 MEASURES = ("answer_agreement", "answer_kl", "visual_kl")
-MAX_NEW_TOKENS = 32  # the evaluation adapter's cap
 
 
 def kl_rows(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -129,10 +128,9 @@ def load_pair(student_dir, teacher_dir, dtype: str = "float32", device: str = "a
 def task_documents(task_obj, limit: int | None):
     """(prompt, images, max new tokens, stop strings) of the first ``limit`` documents of one lmms-eval task,
     as its task object builds them for the evaluation."""
-    gen = dict(task_obj.config.generation_kwargs or {})
-    until = gen.get("until") or []
-    until = [until] if isinstance(until, str) else list(until)
-    limit_tokens = min(int(gen.get("max_new_tokens", MAX_NEW_TOKENS)), MAX_NEW_TOKENS)
+    from llavakd.eval.adapter import stops_and_limit  # imports lmms-eval: only when measuring
+
+    until, limit_tokens = stops_and_limit(task_obj.config.generation_kwargs)
     for doc in list(task_obj.test_docs())[:limit]:
         images = [v.convert("RGB") for v in (task_obj.doc_to_visual(doc) or []) if v is not None]
         yield task_obj.doc_to_text(doc), images, limit_tokens, until
