@@ -116,6 +116,7 @@ class TrainConfig:
     precision: str | None = None  # fp32 | bf16 | fp16; default: the stage's
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
+    group_by_modality_length: bool = True  # batches of similar length, images and text apart (llavakd.data.sampler)
     deepspeed: str | None = None  # path to a DeepSpeed JSON config
     save_steps: int = 500
     keep_checkpoints: int = 2

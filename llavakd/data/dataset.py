@@ -133,6 +133,12 @@ class LlavaDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def modality_lengths(self) -> list[int]:
+        """Each record's estimated length, negative without an image (llavakd.data.sampler)."""
+        from llavakd.data.sampler import modality_lengths
+
+        return modality_lengths(self.records, self.processor.tokenizer)
+
     def _bad(self, index: int, reason: str) -> BadRecord:
         rec = self.records[index]
         rid = rec.get("id") if isinstance(rec, dict) else None

@@ -256,7 +256,7 @@ def setup_trainer(cfg: StageConfig, out: Path, model, processor, teacher, datase
         callbacks.append(StopAfter(cfg.train.stop_after_steps))
     trainer = KDTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer),
                         loss_config=cfg.loss, teacher=teacher, keep_checkpoints=cfg.train.keep_checkpoints,
-                        callbacks=callbacks)
+                        group_by_modality_length=cfg.train.group_by_modality_length, callbacks=callbacks)
     if teacher is not None and not trainer.is_deepspeed_enabled:
         teacher.to(args.device)  # under DeepSpeed the trainer wraps it into an engine at the first step
     return trainer
@@ -278,6 +278,8 @@ def run_metadata(cfg: StageConfig, trainer, dataset, counts: dict, *, world: int
                                           "sha256_16": dataset_fingerprint(cfg.data.json),
                                           "skipped": dict(dataset.skipped), "truncated": dataset.truncated},
         "steps": trainer.state.global_step, "tokens_per_s": round(trainer.tokens_seen / max(elapsed, 1e-9), 1),
+        "group_by_modality_length": cfg.train.group_by_modality_length,
+        "padding_fraction": round(trainer.padding_fraction, 4),
         "peak_memory_mb": round(peak / 2**20, 1), "wall_time_s": round(elapsed, 1),
         "resumed_from": str(start) if start else None,
         "device": "cuda" if cuda else "cpu", "loss": dataclasses.asdict(cfg.loss),

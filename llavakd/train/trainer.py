@@ -53,8 +53,10 @@ def intact_checkpoints(folder: str | Path) -> tuple[list[Path], list[str]]:
 class KDTrainer(Trainer):
     """CE (+ L_res + L_vis + L_rel with a frozen teacher) computed by llavakd.distill."""
 
-    def __init__(self, *args, loss_config: LossConfig, teacher=None, keep_checkpoints: int = 2, **kwargs):
+    def __init__(self, *args, loss_config: LossConfig, teacher=None, keep_checkpoints: int = 2,
+                 group_by_modality_length: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.group_by_modality_length = group_by_modality_length
         self.loss_config = loss_config
         self.teacher = teacher
         self.keep_checkpoints = max(1, int(keep_checkpoints))  # complete checkpoints kept; older ones go
@@ -63,6 +65,8 @@ class KDTrainer(Trainer):
         self._parts_sum: dict[str, float] = {}
         self._parts_n = 0
         self.tokens_seen = 0  # attended tokens of the student's micro-batches (tokens/s in logs and metadata)
+        self.positions_seen = 0  # padded positions of the same micro-batches (attended + padding)
+        self._pad = [0, 0]  # padding, positions since the last log
         self._t_start = time.perf_counter()
         self._staging: str | None = None
         self._teacher_ready = False
@@ -77,6 +81,23 @@ class KDTrainer(Trainer):
             return
         self.teacher = shard_teacher(self.teacher, self.accelerator.state.deepspeed_plugin.deepspeed_config)
         self._teacher_ready = True
+
+    # -- batches ----------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches per optimizer step (llavakd.data.sampler), or transformers' default."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_modality_length or not hasattr(dataset, "modality_lengths"):
+            return super()._get_train_sampler(train_dataset)
+        from llavakd.data.sampler import ModalityLengthGroupedSampler
+
+        group = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return ModalityLengthGroupedSampler(dataset.modality_lengths(), group, seed)
+
+    @property
+    def padding_fraction(self) -> float:
+        """Padded share of the positions of every micro-batch so far (this rank)."""
+        return 1.0 - self.tokens_seen / self.positions_seen if self.positions_seen else 0.0
 
     # -- loss ------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -102,7 +123,11 @@ class KDTrainer(Trainer):
         for k, v in res.parts.items():
             self._parts_sum[k] = self._parts_sum.get(k, 0.0) + v
         self._parts_n += 1
-        self.tokens_seen += int(fwd["attention_mask"].sum())
+        attended, positions = int(fwd["attention_mask"].sum()), fwd["attention_mask"].numel()
+        self.tokens_seen += attended
+        self.positions_seen += positions
+        self._pad[0] += positions - attended
+        self._pad[1] += positions
         return (res.total, out) if return_outputs else res.total
 
     def log(self, logs: dict, start_time=None) -> None:
@@ -116,6 +141,9 @@ class KDTrainer(Trainer):
             self._parts_sum, self._parts_n = {}, 0
             elapsed = time.perf_counter() - self._t_start
             logs["tokens_per_s"] = round(self.tokens_seen / max(elapsed, 1e-9), 1)
+            if self._pad[1]:  # padded share of the positions since the last log
+                logs["padding_fraction"] = round(self._pad[0] / self._pad[1], 4)
+                self._pad = [0, 0]
         super().log(logs, start_time) if start_time is not None else super().log(logs)
 
     # -- resume ------------------------------------------------------------------------------
