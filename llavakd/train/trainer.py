@@ -70,6 +70,7 @@ class KDTrainer(Trainer):
         self._t_start = time.perf_counter()
         self._staging: str | None = None
         self._teacher_ready = False
+        tie_projector(self.model)
 
     # -- teacher under DeepSpeed ------------------------------------------------------------
     def _prepare_teacher(self) -> None:
@@ -206,6 +207,33 @@ class KDTrainer(Trainer):
                 f"{final_root / name}: could not write the checkpoint ({err.strerror or err}); {kept}; "
                 "free space and rerun with --resume") from err
         self.accelerator.wait_for_everyone()
+
+
+def tie_projector(model):
+    """Make the projector take part in every training forward, images or not.
+
+    A batch of text-only samples (length grouping makes them common) never calls the projector.
+    A plain process and DDP then give it no gradient and AdamW skips it, while DeepSpeed steps it
+    (ZeRO-2 as with a zero gradient; under ZeRO-3 even the step's gradient norm differs), and the
+    runs part ways after the first text-only step (tests/test_train_distributed.py). A hook inside the forward adds 0 x the projector's output
+    on a zero input to the LLM's input embeddings (values unchanged, exactly): the projector then
+    gets a zero gradient in every engine and AdamW moves it by its momentum, as upstream's
+    DeepSpeed runs do. Returns the hook's handle, or None for a model without a projector."""
+    inner = getattr(model, "model", model)
+    projector = getattr(inner, "multi_modal_projector", None)
+    llm = getattr(inner, "language_model", None)
+    if projector is None or llm is None:
+        return None
+    width = next(m.in_features for m in projector.modules() if isinstance(m, torch.nn.Linear))
+
+    def add_zero_projection(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None or not torch.is_grad_enabled() or not any(p.requires_grad for p in projector.parameters()):
+            return None
+        zero = 0.0 * projector(embeds.new_zeros(1, 1, width)).sum()
+        return args, {**kwargs, "inputs_embeds": embeds + zero.to(embeds.dtype)}
+
+    return llm.register_forward_pre_hook(add_zero_projection, with_kwargs=True)
 
 
 def load_weights_strictly(target, folder) -> None:
