@@ -31,8 +31,11 @@ from llavakd.errors import ConfigError
 from llavakd.stages import DISTILL_STAGES, NAMES, STAGES, StageSpec
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tv", "skew_kl")  # implemented in llavakd.distill.divergences
-IMPLEMENTATIONS = ("chunked", "naive")
+IMPLEMENTATIONS = ("fused", "chunked", "naive")  # fused: from hidden states and heads (llavakd.distill.fused)
 REL_REDUCTIONS = ("batch", "per_sample")
+REL_SOURCES = ("logits", "features")
+REL_NORMALISATIONS = ("none", "l2")
+REL_GRAMS = ("identity", "chunks")
 
 
 @dataclass
@@ -56,7 +59,11 @@ class LossConfig:
     skew_alpha: float = 0.1
     temperature: float = 1.0
     rel_reduction: str = "batch"  # "batch" (upstream) or "per_sample"
-    implementation: str = "chunked"  # or "naive"
+    rel_source: str = "logits"  # L_rel's Z: the visual positions' "logits" (upstream's loss) or "features"
+    #   (the projected visual embeddings the LLM receives, which upstream's model code also compares)
+    rel_normalise: str = "none"  # "l2": rows of Z unit-normalised first (cosine self-similarity)
+    rel_gram: str = "identity"  # fused only: Z Z^T as H (W^T W) H^T ("identity") or over vocabulary "chunks"
+    implementation: str = "fused"  # "fused" (trainer: hidden states + heads), "chunked" or "naive" (logits)
     chunk_rows: int | None = None  # rows per chunk; default: ~32 MB of fp32 per full-vocabulary temporary
     chunk_vocab: int | None = None  # vocabulary columns per Gram chunk
 
@@ -70,8 +77,10 @@ class LossConfig:
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if self.rel_reduction not in REL_REDUCTIONS:
             problems.append(f"rel_reduction must be 'batch' or 'per_sample', got {self.rel_reduction!r}")
-        if self.implementation not in IMPLEMENTATIONS:
-            problems.append(f"implementation must be 'chunked' or 'naive', got {self.implementation!r}")
+        for name, allowed in (("implementation", IMPLEMENTATIONS), ("rel_source", REL_SOURCES),
+                              ("rel_normalise", REL_NORMALISATIONS), ("rel_gram", REL_GRAMS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0 < self.jsd_beta < 1:
             problems.append(f"jsd_beta must be in (0, 1), got {self.jsd_beta}")
         if not 0 <= self.skew_alpha < 1:

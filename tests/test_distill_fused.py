@@ -52,6 +52,55 @@ def test_fused_equals_the_naive_oracle_in_float64(name, T, reduction):
     torch.testing.assert_close(got_w, ref_w, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("gram", ["identity", "chunks"])
+@pytest.mark.parametrize("source", ["logits", "features"])
+@pytest.mark.parametrize("normalise", ["none", "l2"])
+@pytest.mark.parametrize("reduction", ["batch", "per_sample"])
+def test_rdist_variants_equal_the_naive_oracle_in_float64(gram, source, normalise, reduction):
+    """L_rel through the Gram identity or vocabulary chunks, from logits or features, raw or
+    normalised: value and gradients (hidden states, head, features) to 1e-10 / 1e-9."""
+    inputs = make(seed=11)
+    g = torch.Generator().manual_seed(2)
+    f_s = torch.randn(3, 14, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    f_t = torch.randn(3, 14, 8, generator=g, dtype=torch.float64)
+    cfg = LossConfig(rel_gram=gram, rel_source=source, rel_normalise=normalise, rel_reduction=reduction,
+                     chunk_rows=5, chunk_vocab=7)
+    got = {}
+    for fused in (False, True):
+        h_s, w_s, h_t, w_t, labels, vm = (x.clone() for x in inputs)
+        h_s.requires_grad_(True)
+        w_s.requires_grad_(True)
+        fx = f_s.detach().clone().requires_grad_(True)
+        if fused:
+            out = fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm, cfg, student_features=fx, teacher_features=f_t)
+        else:
+            naive = LossConfig(**{**cfg.__dict__, "implementation": "naive"})
+            out = distill_loss(h_s @ w_s.T, h_t @ w_t.T, labels, vm, naive, student_features=fx, teacher_features=f_t)
+        out.total.backward()
+        got[fused] = (out, h_s.grad, w_s.grad, fx.grad)
+    (ref, rh, rw, rf), (out, oh, ow, of) = got[False], got[True]
+    assert out.total.item() == pytest.approx(ref.total.item(), abs=1e-10, rel=1e-10)
+    for key, value in ref.parts.items():
+        assert out.parts[key] == pytest.approx(value, abs=1e-10, rel=1e-10), key
+    torch.testing.assert_close(oh, rh, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ow, rw, rtol=1e-9, atol=1e-9)
+    if source == "features":
+        torch.testing.assert_close(of, rf, rtol=1e-9, atol=1e-9)
+
+
+def test_a_frozen_heads_gram_is_kept_until_the_head_changes():
+    from llavakd.distill.objective import head_gram
+
+    w = torch.randn(50, 4, dtype=torch.float64)
+    first = head_gram(w, torch.float64)
+    assert head_gram(w, torch.float64) is first  # the teacher's: once per run
+    torch.testing.assert_close(first, w.T @ w)
+    w.mul_(2.0)  # changed in place: recomputed
+    torch.testing.assert_close(head_gram(w, torch.float64), 4 * first)
+    trained = torch.randn(50, 4, dtype=torch.float64, requires_grad=True)
+    assert head_gram(trained, torch.float64) is not head_gram(trained, torch.float64)  # the student's: every step
+
+
 def test_fused_equals_the_chunked_path_in_float32_with_default_chunks():
     inputs = make(V=300, dtype=torch.float32, seed=5)
     ref, ref_h, ref_w = run(False, LossConfig(), tuple(x.double() if x.is_floating_point() else x for x in inputs))

@@ -264,6 +264,58 @@ def test_chunked_equals_the_naive_oracle_in_float64(name, T, reduction):
     torch.testing.assert_close(gc, gn, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("source", ["logits", "features"])
+@pytest.mark.parametrize("normalise", ["none", "l2"])
+@pytest.mark.parametrize("reduction", ["batch", "per_sample"])
+def test_rdist_variants_equal_the_naive_oracle_in_float64(source, normalise, reduction):
+    """L_rel from the logits or the projected features, raw or unit-normalised: value and gradients
+    (logits, and the student's features) agree with the oracle to 1e-10."""
+    s, t, labels, vm = make_batch(B=3, L=14, V=37, seed=9, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    f_s, f_t = torch.randn(3, 14, 5, generator=g, dtype=torch.float64), torch.randn(3, 14, 8, generator=g, dtype=torch.float64)
+    cfg = dict(rel_source=source, rel_normalise=normalise, rel_reduction=reduction, res=False, vis=False)
+    got = {}
+    for impl, extra in (("naive", {}), ("chunked", dict(chunk_rows=5, chunk_vocab=8))):
+        x, fx = s.clone().requires_grad_(True), f_s.clone().requires_grad_(True)
+        out = distill_loss(x, t, labels, vm, LossConfig(implementation=impl, **cfg, **extra),
+                           student_features=fx, teacher_features=f_t)
+        out.total.backward()
+        got[impl] = (out.parts, x.grad, fx.grad)
+    (pn, gn, fn), (pc, gc, fc) = got["naive"], got["chunked"]
+    assert pn["rel"] > 1e-3 and pc["rel"] == pytest.approx(pn["rel"], rel=1e-10, abs=1e-12)
+    torch.testing.assert_close(gc, gn, rtol=1e-10, atol=1e-12)
+    if source == "features":
+        torch.testing.assert_close(fc, fn, rtol=1e-10, atol=1e-12)
+    else:
+        assert fn is None and fc is None
+
+
+def test_rdist_variants_measure_different_things():
+    """Each switch changes L_rel (so a switch that is ignored would fail the oracle tests' twins here)."""
+    s, t, labels, vm = make_batch(B=3, L=14, V=37, seed=9, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    f_s, f_t = torch.randn(3, 14, 5, generator=g, dtype=torch.float64), torch.randn(3, 14, 8, generator=g, dtype=torch.float64)
+    values = {}
+    for source in ("logits", "features"):
+        for normalise in ("none", "l2"):
+            for impl in ("naive", "chunked"):
+                cfg = LossConfig(implementation=impl, rel_source=source, rel_normalise=normalise, res=False, vis=False)
+                values[impl, source, normalise] = distill_loss(s, t, labels, vm, cfg, student_features=f_s,
+                                                               teacher_features=f_t).parts["rel"]
+    for impl in ("naive", "chunked"):
+        mine = [values[impl, src, nrm] for src in ("logits", "features") for nrm in ("none", "l2")]
+        assert len({round(v, 9) for v in mine}) == 4, mine
+
+
+def test_feature_rdist_needs_features():
+    s, t, labels, vm = make_batch()
+    with pytest.raises(DistillShapeError, match="features"):
+        distill_loss(s, t, labels, vm, LossConfig(rel_source="features"))
+    with pytest.raises(DistillShapeError, match=r"student features \(3, 13, 4\)"):
+        distill_loss(s, t, labels, vm, LossConfig(rel_source="features"), student_features=torch.zeros(3, 13, 4),
+                     teacher_features=torch.zeros(3, 14, 4))
+
+
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_chunked_at_qwens_real_vocabulary(dtype, rtol):
     V = 151_936

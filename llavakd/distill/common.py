@@ -71,3 +71,63 @@ def check_inputs(student, teacher, labels, visual_mask, teacher_labels=None, tea
     sup = labels[labels != IGNORE_INDEX]
     if sup.numel() and (sup.min() < 0 or sup.max() >= student.shape[-1]):
         raise DistillShapeError(f"labels outside [0, {student.shape[-1]}): {sup.min().item()}..{sup.max().item()}")
+
+
+def check_features(student_features, teacher_features, labels, cfg: LossConfig) -> None:
+    """With ``rel_source: features`` both feature tensors are needed, [batch, length, d] each."""
+    if not (cfg.rel and cfg.rel_source == "features"):
+        return
+    if student_features is None or teacher_features is None:
+        raise DistillShapeError("loss.rel_source is 'features' but the student's or the teacher's features were not given")
+    for who, f in (("student", student_features), ("teacher", teacher_features)):
+        if f.dim() != 3 or f.shape[:2] != labels.shape:
+            raise DistillShapeError(f"{who} features {tuple(f.shape)} do not match the tokens {tuple(labels.shape)}: "
+                                    "expected [batch, length, d]")
+
+
+def unit_gram(R: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix of the unit-normalised rows of Z, from R = Z Z^T: R_ij / (|z_i| |z_j|), each
+    norm clamped at 1e-12 as F.normalize does."""
+    norms = R.diagonal().clamp_min(0).sqrt().clamp_min(1e-12)
+    return R / (norms[:, None] * norms[None, :])
+
+
+def relation_value(Rs: list, Rt: list, cfg: LossConfig) -> torch.Tensor:
+    """L_rel = 1 - cos of the (optionally normalised) Gram matrices, float64 in and out; autograd
+    gives dL/dR_s (the chunked and fused paths read their gradient from it)."""
+    if cfg.rel_normalise == "l2":
+        Rs, Rt = [unit_gram(r) for r in Rs], [unit_gram(r) for r in Rt]
+    eps = torch.finfo(torch.float64).tiny
+    if cfg.rel_reduction == "batch":
+        dot = sum((a * b).sum() for a, b in zip(Rt, Rs))
+        nt = torch.sqrt(sum((a * a).sum() for a in Rt)).clamp_min(eps)
+        ns = torch.sqrt(sum((b * b).sum() for b in Rs)).clamp_min(eps)
+        return 1 - dot / (nt * ns)
+    cos = [(a * b).sum() / (a.norm().clamp_min(eps) * b.norm().clamp_min(eps)) for a, b in zip(Rt, Rs)]
+    return 1 - torch.stack(cos).mean()
+
+
+def feature_relation(student_features, teacher_features, visual_mask, cfg: LossConfig):
+    """L_rel from the projected visual features (``rel_source: features``) by autograd: the features
+    are [positions x d] with d in the thousands, so nothing here is vocabulary-sized. Gram products
+    in at least float32, the cosine in float64. Returns (value, number of image samples)."""
+    cdt = torch.float64 if student_features.dtype == torch.float64 else torch.float32
+    Rs, Rt = [], []
+    for b in range(visual_mask.shape[0]):
+        m = visual_mask[b]
+        if m.any():
+            zs, zt = student_features[b][m].to(cdt), teacher_features[b][m].detach().to(cdt)
+            Rs.append((zs @ zs.T).double())
+            Rt.append((zt @ zt.T).double())
+    if not Rs:
+        return torch.zeros((), dtype=torch.float64, device=visual_mask.device), 0
+    return relation_value(Rs, Rt, cfg), len(Rs)
+
+
+def with_feature_relation(out: LossOutput, student_features, teacher_features, visual_mask, cfg) -> LossOutput:
+    """Add L_rel from the features to an objective computed without it."""
+    rel, n = feature_relation(student_features, teacher_features, visual_mask, cfg)
+    out.parts["rel"] = float(rel.detach())
+    out.counts["rel"] = n
+    out.total = out.total + (cfg.rel_weight * rel).to(out.total.dtype)
+    return out

@@ -18,9 +18,15 @@ reduction the objective offers is here too.
 Why not liger-kernel's fused-linear distillation losses: they take one target mask and average over
 it (L_res's positions), while LLaVA-KD adds a term at each sample's own visual positions with its
 own mean, a Gram-matrix term and TV / skew-KL divergences; sharing the chunked objective's math
-keeps one implementation of every term. The Gram identity Z Z^T = H (W^T W) H^T (cheaper when
-d << V) is not used yet: the vocabulary-chunk accumulation here is exact and shares the chunked
-path's code.
+keeps one implementation of every term.
+
+L_rel's Gram matrices: by default (``rel_gram: identity``) through Z Z^T = H (W^T W) H^T, with
+W^T W (d x d) accumulated over vocabulary chunks in at least float32: the frozen teacher's once
+per run, the student's once per step; its gradient is S H (W^T W) for the hidden states and
+W (H^T S H) for the head. ``rel_gram: chunks`` accumulates Z Z^T over vocabulary chunks of Z
+recomputed from H and W instead (the chunked path's own code). benchmarks/distill_memory.py
+times both at the paper's shape. With ``rel_source: features`` L_rel comes from the projected
+visual features by plain autograd (``common.feature_relation``).
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from __future__ import annotations
 import torch
 
 from llavakd.config import LossConfig
-from llavakd.distill.common import DistillShapeError, LossOutput, check_inputs, resolve_config
-from llavakd.distill.objective import LinearSource, _compute_dtype, _objective
+from llavakd.distill.common import (DistillShapeError, LossOutput, check_features, check_inputs, resolve_config,
+                                    with_feature_relation)
+from llavakd.distill.objective import LinearSource, _compute_dtype, _objective, without_rel
 
 
 def _check(h_s, w_s, h_t, w_t, labels, visual_mask) -> None:
@@ -83,11 +90,16 @@ class _FusedLinearObjective(torch.autograd.Function):
 
 def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                        teacher_hidden: torch.Tensor | None, teacher_head: torch.Tensor | None,
-                       labels: torch.Tensor, visual_mask: torch.Tensor, cfg: LossConfig | None = None) -> LossOutput:
+                       labels: torch.Tensor, visual_mask: torch.Tensor, cfg: LossConfig | None = None, *,
+                       student_features: torch.Tensor | None = None,
+                       teacher_features: torch.Tensor | None = None) -> LossOutput:
     """See the module docstring; raises DistillShapeError naming both shapes when they do not fit."""
     cfg = resolve_config(cfg, teacher_hidden is not None, "hidden states")
     _check(student_hidden, student_head, teacher_hidden, teacher_head, labels, visual_mask)
+    check_features(student_features, teacher_features, labels, cfg)
+    from_features = cfg.rel and cfg.rel_source == "features"
     sink: dict = {}
     total = _FusedLinearObjective.apply(student_hidden, student_head, teacher_hidden, teacher_head, labels,
-                                        visual_mask, cfg, sink)
-    return LossOutput(total=total, parts=sink["parts"], counts=sink["counts"])
+                                        visual_mask, without_rel(cfg) if from_features else cfg, sink)
+    out = LossOutput(total=total, parts=sink["parts"], counts=sink["counts"])
+    return with_feature_relation(out, student_features, teacher_features, visual_mask, cfg) if from_features else out

@@ -34,7 +34,7 @@ def naive_divergence(div: Divergence, s: torch.Tensor, t: torch.Tensor) -> torch
     raise ValueError(div.name)
 
 
-def naive_distill_loss(student, teacher, labels, visual_mask, cfg):
+def naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_features=None, teacher_features=None):
     cdt = torch.float64 if student.dtype == torch.float64 else torch.float32
     T = cfg.temperature
     sup = labels[:, 1:] != IGNORE_INDEX
@@ -64,7 +64,12 @@ def naive_distill_loss(student, teacher, labels, visual_mask, cfg):
         for b in range(student.shape[0]):
             m = visual_mask[b]
             if m.any():
-                zs, zt = s_all[b][m], t_all[b][m]
+                if cfg.rel_source == "features":
+                    zs, zt = student_features[b][m].to(cdt), teacher_features[b][m].to(cdt)
+                else:
+                    zs, zt = s_all[b][m], t_all[b][m]
+                if cfg.rel_normalise == "l2":
+                    zs, zt = F.normalize(zs, dim=-1), F.normalize(zt, dim=-1)
                 rs.append((zs @ zs.T).flatten())
                 rt.append((zt @ zt.T).flatten())
         counts["rel"] = len(rs)

@@ -14,6 +14,10 @@ samples have none and contribute no visual term).
 * L_rel   1 - cos(vec(Z_t Z_t^T), vec(Z_s Z_s^T)), Z = a sample's visual-position logits [n, V].
           ``rel_reduction="batch"`` (default, upstream) concatenates every image sample's Gram
           matrix into one vector; ``"per_sample"`` averages the per-sample cosines.
+          ``rel_normalise="l2"`` unit-normalises the rows of Z first (cosine self-similarity, taken
+          on the Gram matrix: R_ij / (|z_i| |z_j|)); ``rel_source="features"`` takes Z from the
+          projected visual features the LLM receives (``student_features``/``teacher_features``
+          [B, L, d], by plain autograd: nothing vocabulary-sized).
 
 The chunked implementation computes every loss and its gradient in one pass over row chunks
 (CE/L_res/L_vis) and vocabulary chunks (the Gram matrices), so no more than one chunk of
@@ -23,10 +27,13 @@ gradient. ``implementation="naive"`` is the straightforward autograd version (th
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from llavakd.config import LossConfig
-from llavakd.distill.common import LossOutput, check_inputs, res_divergence, resolve_config, vis_divergence
+from llavakd.distill.common import (LossOutput, check_features, check_inputs, relation_value, res_divergence,
+                                    resolve_config, vis_divergence, with_feature_relation)
 from llavakd.distill.naive import naive_distill_loss
 from llavakd.labels import IGNORE_INDEX
 
@@ -42,12 +49,25 @@ def distill_loss(
     *,
     teacher_labels: torch.Tensor | None = None,
     teacher_visual_mask: torch.Tensor | None = None,
+    student_features: torch.Tensor | None = None,
+    teacher_features: torch.Tensor | None = None,
 ) -> LossOutput:
+    """The objective from logits; ``implementation`` "naive" is the oracle, "chunked" and "fused"
+    (whose hidden-state form is ``fused_distill_loss``) both run the chunked path here."""
     cfg = resolve_config(cfg, teacher is not None, "logits")
     check_inputs(student, teacher, labels, visual_mask, teacher_labels, teacher_visual_mask)
+    check_features(student_features, teacher_features, labels, cfg)
     if cfg.implementation == "naive":
-        return naive_distill_loss(student, teacher, labels, visual_mask, cfg)
+        return naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_features, teacher_features)
+    if cfg.rel and cfg.rel_source == "features":
+        out = _chunked(student, teacher, labels, visual_mask, without_rel(cfg))
+        return with_feature_relation(out, student_features, teacher_features, visual_mask, cfg)
     return _chunked(student, teacher, labels, visual_mask, cfg)
+
+
+def without_rel(cfg: LossConfig) -> LossConfig:
+    """The same objective without L_rel (added from the features instead)."""
+    return dataclasses.replace(cfg, rel=False)
 
 
 # ----------------------------------------------------------------------------- chunked path
@@ -100,6 +120,12 @@ class LogitSource:
     def add_block_grad(self, idx, c0, c1, g):
         self.grad[idx, c0:c1] += g.to(self.grad.dtype)
 
+    def gram(self, idx, step, cdt, method):
+        return _gram_chunks(self, idx, step, cdt)
+
+    def add_gram_grad(self, idx, sym, step, cdt, method):
+        _gram_grad_chunks(self, idx, sym, step, cdt)
+
 
 class LinearSource:
     """Logits as hidden states times a head, [N, d] @ [V, d]^T, recomputed chunk by chunk and never held
@@ -109,6 +135,8 @@ class LinearSource:
         self.vocab = head.shape[0]
         self.h = hidden.detach().reshape(-1, hidden.shape[-1])
         self.w = head.detach()
+        self.head = head  # the caller's tensor: a frozen head keeps its W^T W on it (head_gram)
+        self._wtw = None
         acc = _compute_dtype(hidden)
         self.grad_h = torch.zeros(self.h.shape, dtype=acc, device=self.h.device) if need_grad else None
         self.grad_w = torch.zeros(self.w.shape, dtype=acc, device=self.w.device) if need_grad and need_head_grad else None
@@ -133,6 +161,49 @@ class LinearSource:
         h = self._backward(idx, self.w[c0:c1], g)
         if self.grad_w is not None:
             self.grad_w[c0:c1].addmm_(g.T.to(self.grad_w.dtype), h.to(self.grad_w.dtype))
+
+    def head_gram(self, cdt):
+        if self._wtw is None:
+            self._wtw = head_gram(self.head, cdt)
+        return self._wtw
+
+    # The Gram identity: Z Z^T = H (W^T W) H^T, and for dL/dZ = S Z (S symmetric, n x n):
+    # dL/dH = S H (W^T W), dL/dW = W (H^T S H). Nothing is [n x V]; W^T W is d x d.
+    def gram(self, idx, step, cdt, method):
+        if method != "identity":
+            return _gram_chunks(self, idx, step, cdt)
+        h = self.h.index_select(0, idx).to(cdt)
+        return (h @ self.head_gram(cdt)) @ h.T
+
+    def add_gram_grad(self, idx, sym, step, cdt, method):
+        if method != "identity":
+            return _gram_grad_chunks(self, idx, sym, step, cdt)
+        h = self.h.index_select(0, idx).to(cdt)
+        sh = sym @ h
+        self.grad_h.index_add_(0, idx, (sh @ self.head_gram(cdt)).to(self.grad_h.dtype))
+        if self.grad_w is not None:
+            m = (h.T @ sh).to(self.grad_w.dtype)
+            rows = max(1, DEFAULT_CHUNK_ELEMENTS // self.w.shape[1])
+            for c in range(0, self.vocab, rows):
+                self.grad_w[c:c + rows].addmm_(self.w[c:c + rows].to(self.grad_w.dtype), m)
+
+
+def head_gram(w: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    """W^T W (d x d) accumulated over vocabulary chunks in ``cdt`` (at least float32). A frozen
+    head keeps its own on the tensor (the teacher's is computed once per run) until the tensor
+    changes in place; a trained head's is recomputed at every call (the student's: per step)."""
+    key = (w._version, cdt, w.device)
+    cached = getattr(w, "_llavakd_head_gram", None)
+    if not w.requires_grad and cached is not None and cached[0] == key:
+        return cached[1]
+    g = torch.zeros(w.shape[1], w.shape[1], dtype=cdt, device=w.device)
+    rows = max(1, DEFAULT_CHUNK_ELEMENTS // w.shape[1])
+    for c in range(0, w.shape[0], rows):
+        block = w.detach()[c:c + rows].to(cdt)
+        g.addmm_(block.T, block)
+    if not w.requires_grad:
+        w._llavakd_head_gram = (key, g)
+    return g
 
 
 def _objective(src_s, src_t, labels, visual_mask, cfg, need_grad, cdt, dev):
@@ -244,7 +315,7 @@ class _FusedObjective(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def _gram(src, idx, step, cdt):
+def _gram_chunks(src, idx, step, cdt):
     """Z Z^T for Z = the source's logits at rows ``idx``, accumulated over vocabulary chunks in the
     compute dtype (at least float32)."""
     R = torch.zeros(idx.numel(), idx.numel(), dtype=cdt, device=idx.device)
@@ -254,43 +325,31 @@ def _gram(src, idx, step, cdt):
     return R
 
 
+def _gram_grad_chunks(src, idx, sym, step, cdt):
+    """dL/dZ = sym Z, chunk by chunk of the vocabulary."""
+    for c in range(0, src.vocab, step):
+        src.add_block_grad(idx, c, c + step, sym @ src.block(idx, c, c + step, cdt))
+
+
 def _gram_cosine(src_s, src_t, visual_mask, cfg, need_grad, cdt):
     """L_rel and (through ``src_s``) its gradient; returns (value, number of image samples)."""
     samples = _sample_visual_rows(visual_mask)
     if not samples:
         return torch.zeros((), dtype=torch.float64, device=visual_mask.device), 0
-    V = src_s.vocab
     n_max = max(i.numel() for i in samples)
     step = cfg.chunk_vocab or max(1, DEFAULT_CHUNK_ELEMENTS // max(n_max, 1))
     # The Gram matrices accumulate in the compute dtype; the cosine is taken in float64 (n x n,
     # cheap): with cos close to 1, fp32 would leave 1 - cos only ~1e-7 of absolute precision.
-    Rs = [_gram(src_s, idx, step, cdt).double() for idx in samples]
-    Rt = [_gram(src_t, idx, step, cdt).double() for idx in samples]
-    eps = torch.finfo(torch.float64).tiny
-    if cfg.rel_reduction == "batch":
-        dot = sum((a * b).sum() for a, b in zip(Rt, Rs))
-        nt = torch.sqrt(sum((a * a).sum() for a in Rt)).clamp_min(eps)
-        ns = torch.sqrt(sum((b * b).sum() for b in Rs)).clamp_min(eps)
-        cos = dot / (nt * ns)
-        value = 1 - cos
-        # d(1 - cos)/dR_s = -(R_t / (|t||s|) - cos * R_s / |s|^2)
-        G = [-(a / (nt * ns) - cos * b / (ns * ns)) for a, b in zip(Rt, Rs)]
-    else:
-        value = torch.zeros((), dtype=torch.float64, device=visual_mask.device)
-        G = []
-        k = len(samples)
-        for a, b in zip(Rt, Rs):
-            nt, ns = a.norm().clamp_min(eps), b.norm().clamp_min(eps)
-            cos = (a * b).sum() / (nt * ns)
-            value = value + (1 - cos) / k
-            G.append(-(a / (nt * ns) - cos * b / (ns * ns)) / k)
-    if need_grad:
-        w = cfg.rel_weight
-        for idx, g in zip(samples, G):
-            sym = ((g + g.T) * w).to(cdt)  # dL/dZ = (G + G^T) Z
-            for c in range(0, V, step):
-                src_s.add_block_grad(idx, c, c + step, sym @ src_s.block(idx, c, c + step, cdt))
-    return value.double(), len(samples)
+    # Its gradient with respect to each R_s comes from autograd on those small matrices.
+    Rs = [src_s.gram(idx, step, cdt, cfg.rel_gram).double().requires_grad_(need_grad) for idx in samples]
+    Rt = [src_t.gram(idx, step, cdt, cfg.rel_gram).double() for idx in samples]
+    with torch.enable_grad():
+        value = relation_value(Rs, Rt, cfg)
+        G = torch.autograd.grad(value, Rs) if need_grad else ()
+    for idx, g in zip(samples, G):
+        sym = ((g + g.T) * cfg.rel_weight).to(cdt)  # dL/dZ = (G + G^T) Z
+        src_s.add_gram_grad(idx, sym, step, cdt, cfg.rel_gram)
+    return value.detach(), len(samples)
 
 
 def _chunked(student, teacher, labels, visual_mask, cfg) -> LossOutput:
