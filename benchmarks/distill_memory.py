@@ -3,18 +3,27 @@
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.distill_memory            # paper shape, fp32, CPU
     .venv/bin/python -m benchmarks.distill_memory --vocab 4096 --answer 64    # a quick small run
     .venv/bin/python -m benchmarks.distill_memory --device cuda --dtype bfloat16   # on a GPU
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.distill_memory --rel-check    # L_rel from bf16 inputs
 
 Default shape: Qwen's V = 151,936; student hidden 1,024 (Qwen1.5-0.5B), teacher hidden 2,560
 (Qwen1.5-4B); two samples, each with one 384px image (728 visual positions) and 512 supervised
 answer tokens; full objective CE + L_res + L_vis + L_rel, forward and backward. Every
 implementation starts from the hidden states and the heads and includes the head matmuls: naive
 and chunked compute the [positions x V] logits (student h @ W_s^T with autograd, teacher under
-no_grad) and run the objective on them; fused never builds them (``fused_distill_loss``). The
+no_grad) and run the objective on them; fused never builds them (``fused_distill_loss``; "fused"
+takes L_rel's Gram matrices through the identity H (W^T W) H^T, "fused_chunks" over vocabulary
+chunks). The teacher's W^T W is computed once per run: it is timed apart
+(``teacher_head_gram_seconds``) and the timed step is a steady-state one. The
 student head is trainable, so its own gradient (0.6 GB) counts in every implementation. Each
 implementation runs in a fresh subprocess; on the CPU "peak extra" is the rise of the process's
 resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) above what the inputs
 already hold; on CUDA it is torch.cuda.max_memory_allocated above the inputs. The last line is
 one JSON object with ``fused_over_naive_memory`` and ``fused_over_naive_time`` (same run).
+
+``--rel-check``: L_rel at the paper's shape from bf16 hidden states and heads (random, as above),
+through the fused objective (identity and chunks; Gram products in float32, cosine in float64),
+against the float64 value computed from the same bf16 inputs; one JSON line with each value and
+its relative error (the target: within 1%).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import subprocess
 import sys
 import time
 
-IMPLS = ("naive", "chunked", "fused")
+IMPLS = ("naive", "chunked", "fused", "fused_chunks")
 
 
 def _rss_kb(field: str) -> int:
@@ -62,9 +71,21 @@ def run_one(args) -> dict:
     w_s.requires_grad_(True)
     labels, vm = labels.to(dev), vm.to(dev)
 
+    precompute = 0.0
+    if args.impl.startswith("fused"):
+        from llavakd.distill.objective import head_gram
+
+        t0 = time.perf_counter()
+        if args.impl == "fused":  # the frozen teacher's W^T W: once per run, kept on its head
+            head_gram(w_t, torch.float32)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        precompute = time.perf_counter() - t0
+
     def step():
-        if args.impl == "fused":
-            return fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm, LossConfig())
+        if args.impl.startswith("fused"):
+            cfg = LossConfig(rel_gram="chunks" if args.impl == "fused_chunks" else "identity")
+            return fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm, cfg)
         with torch.no_grad():
             teacher = h_t @ w_t.T
         return distill_loss(h_s @ w_s.T, teacher, labels, vm, LossConfig(implementation=args.impl))
@@ -87,13 +108,58 @@ def run_one(args) -> dict:
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else _rss_kb("VmHWM") * 1024
     return {
-        "impl": args.impl, "seconds": round(seconds, 3),
+        "impl": args.impl, "seconds": round(seconds, 3), "teacher_head_gram_seconds": round(precompute, 3),
         "peak_extra_mb": round((peak - base) / 2**20, 1),
         "inputs_mb": round(sum(x.numel() * x.element_size() for x in (h_s, h_t, w_s, w_t)) / 2**20, 1),
         "head_grad_mb": round(w_s.numel() * w_s.element_size() / 2**20, 1),
         "supervised_tokens": int((labels[:, 1:] != IGNORE_INDEX).sum()), "visual_positions": int(vm.sum()),
         "parts": {k: round(v, 6) for k, v in out.parts.items()},
     }
+
+
+def rel_check(args) -> dict:
+    """L_rel from bf16 inputs: fused (identity, chunks) against float64 on the same inputs."""
+    import torch
+
+    from llavakd.distill import LossConfig, fused_distill_loss
+    from llavakd.distill.common import relation_value
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    B, n_vis, L = 2, args.visual, args.visual + 8
+    vm = torch.zeros(B, L, dtype=torch.bool, device=dev)
+    vm[:, 4:4 + n_vis] = True
+    labels = torch.full((B, L), -100, dtype=torch.long, device=dev)
+    h_s = torch.randn(B, L, args.student_hidden, device=dev).to(torch.bfloat16)
+    h_t = torch.randn(B, L, args.teacher_hidden, device=dev).to(torch.bfloat16)
+    w_s = (torch.randn(args.vocab, args.student_hidden, device=dev) * args.student_hidden ** -0.5).to(torch.bfloat16)
+    w_t = (torch.randn(args.vocab, args.teacher_hidden, device=dev) * args.teacher_hidden ** -0.5).to(torch.bfloat16)
+    out = {}
+    for gram in ("identity", "chunks"):
+        cfg = LossConfig(ce=False, res=False, vis=False, rel=True, rel_gram=gram)
+        t0 = time.perf_counter()
+        out[f"rel_bf16_fused_{gram}"] = fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm, cfg).parts["rel"]
+        out[f"seconds_{gram}"] = round(time.perf_counter() - t0, 2)
+    grams = []  # float64 Z Z^T of each sample, over vocabulary chunks of Z = H W^T from the bf16 values
+    for h, w in ((h_s, w_s), (h_t, w_t)):
+        per_sample = []
+        for b in range(B):
+            z_rows = h[b][vm[b]].double()
+            R = torch.zeros(n_vis, n_vis, dtype=torch.float64, device=dev)
+            for c in range(0, args.vocab, 8192):
+                Z = z_rows @ w[c:c + 8192].double().T
+                R += Z @ Z.T
+            per_sample.append(R)
+        grams.append(per_sample)
+    ref = float(relation_value(grams[0], grams[1], LossConfig()))
+    out["rel_float64_same_inputs"] = ref
+    for gram in ("identity", "chunks"):
+        out[f"relative_error_{gram}"] = abs(out[f"rel_bf16_fused_{gram}"] - ref) / ref
+    out["within_1_percent"] = all(out[f"relative_error_{g}"] <= 0.01 for g in ("identity", "chunks"))
+    out["shape"] = {"vocab": args.vocab, "visual_positions": B * n_vis, "student_hidden": args.student_hidden,
+                    "teacher_hidden": args.teacher_hidden, "dtype": "bfloat16", "device": args.device}
+    return out
 
 
 def main(argv=None) -> int:
@@ -106,7 +172,11 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
+    p.add_argument("--rel-check", action="store_true", help="L_rel from bf16 inputs against float64 (one JSON line)")
     args = p.parse_args(argv)
+    if args.rel_check:
+        print(json.dumps(rel_check(args)))
+        return 0
     if args.impl:  # child process
         print(json.dumps(run_one(args)))
         return 0

@@ -122,7 +122,7 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
     seed: int = 1234
-    precision: str | None = None  # fp32 | bf16 | fp16; default: the stage's
+    precision: str | None = None  # fp32 | bf16 | fp16 | fp64 (exactness tests); default: the stage's
     grad_clip: float = 1.0
     gradient_checkpointing: bool = False
     group_by_modality_length: bool = True  # batches of similar length, images and text apart (llavakd.data.sampler)
@@ -189,8 +189,8 @@ class StageConfig:
             p.append(f"train.schedule: must be cosine, linear or constant, got {t.schedule!r}")
         if not 0 <= t.warmup_ratio < 1:
             p.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
-        if t.precision not in (None, "fp32", "bf16", "fp16"):
-            p.append(f"train.precision: must be fp32, bf16 or fp16, got {t.precision!r}")
+        if t.precision not in (None, "fp32", "bf16", "fp16", "fp64"):
+            p.append(f"train.precision: must be fp32, bf16, fp16 or fp64 (tests), got {t.precision!r}")
         if t.save_steps < 1:
             p.append(f"train.save_steps: must be >= 1, got {t.save_steps}")
         if t.deepspeed and not Path(t.deepspeed).is_file():

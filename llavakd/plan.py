@@ -16,6 +16,7 @@ the job itself uses to read its config file, so a mistyped key or value fails ``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -386,4 +387,41 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         lines.append(f"    total                {total:9.1f} GPU-h")
         done |= set(jobs) | {("eval", m) for m in evals}
     lines.append(f"  all targets            {grand:9.1f} GPU-h")
+    return "\n".join(lines)
+
+
+# -- memory -------------------------------------------------------------------------------
+def _zero_stage(path: str | None) -> int:
+    if not path:
+        return 0
+    try:
+        return int(json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0))
+    except (OSError, ValueError) as err:
+        raise ConfigError("train.deepspeed", [f"{path}: cannot read its ZeRO stage ({err})"]) from None
+
+
+def memory_report(study: Study, budget_gib: float = 80.0) -> str:
+    """Per training stage, the estimated memory per GPU of the study's largest student/teacher pair
+    at the configured per-device batch (llavakd.memory), and the largest batch that fits."""
+    from llavakd.memory import GIB, estimate, largest_per_device_batch
+
+    world = int(study.resources("train").get("gpus", 1) or 1) * int(study.resources("train").get("nodes", 1) or 1)
+    lines = [f"llavakd memory estimate per GPU (llavakd/memory.py; {budget_gib:g} GiB budget, {world} GPUs a job):"]
+    seen: dict[str, tuple] = {}
+    for llm, seed, chain in train_jobs(study, study.table1_models()):
+        stage = Chain.parse(chain).last.name
+        cfg = study.stage_config(llm, seed, chain)
+        teacher = study.teacher_of(llm) if cfg.distill else None
+        kw = dict(stage=stage, zero_stage=_zero_stage(cfg.train.deepspeed), world=world,
+                  seq_len=cfg.data.max_length, gradient_checkpointing=cfg.train.gradient_checkpointing,
+                  implementation=cfg.loss.implementation)
+        total = estimate(llm, teacher, per_device_batch=cfg.train.per_device_batch, **kw)["total"]
+        if stage not in seen or total > seen[stage][0]:
+            fits = largest_per_device_batch(llm, teacher, global_batch=cfg.train.global_batch, **kw)
+            seen[stage] = (total, llm, teacher, cfg.train.per_device_batch, kw["zero_stage"], fits)
+    for stage, (total, llm, teacher, batch, zero, fits) in seen.items():
+        pair = f"{llm} <- {teacher}" if teacher else llm
+        flag = "" if total <= budget_gib * GIB else "  DOES NOT FIT"
+        lines.append(f"  {stage:4s} {pair:28s} ZeRO-{zero} per-device {batch:3d}: {total / GIB:5.1f} GiB "
+                     f"(largest that fits: {fits}){flag}")
     return "\n".join(lines)

@@ -240,3 +240,47 @@ def test_shipped_stage_configs_validate(stage):
                             stage=stage)
     assert cfg.stage == stage and cfg.train.precision == "fp32"
     assert cfg.distill == (stage in ("dpt", "dft")) and (cfg.teacher is not None) == cfg.distill
+
+
+@pytest.mark.parametrize("source", ["logits", "features"])
+def test_fused_and_chunked_objectives_train_alike(setup, tmp_path, source):
+    """The trainer's fused objective (hidden states + heads, no full logits) and the chunked one
+    (full logits) give the same DFT steps: every loss part of each step to 1e-5 in float32."""
+    runs = {}
+    for impl in ("fused", "chunked"):
+        out = tmp_path / impl
+        run_stage(_cfg(setup, "dft", out, f"loss.implementation={impl}", f"loss.rel_source={source}",
+                       "train.max_steps=3", "train.logging_steps=1", "train.warmup_ratio=0"))
+        runs[impl] = metrics_by_step(out)
+        meta = json.loads((out / "metadata.json").read_text())
+        assert meta["loss_implementation_used"] == impl
+    assert sorted(runs["fused"]) == sorted(runs["chunked"]) == [1, 2, 3]
+    for step, rec in runs["chunked"].items():
+        for key in ("loss", "loss_ce", "loss_res", "loss_vis", "loss_rel"):
+            assert runs["fused"][step][key] == pytest.approx(rec[key], rel=1e-5, abs=1e-7), (step, key)
+        assert runs["fused"][step]["grad_norm"] == pytest.approx(rec["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("stage", ["sft", "dft"])
+def test_a_step_does_not_depend_on_how_its_batch_is_split(setup, tmp_path, stage):
+    """Per-device 4 x accumulation 1 and per-device 1 x accumulation 4 at global batch 4 (float64):
+    the same losses and grad norm at every step and the same final weights, to 1e-6. Every term is
+    a mean over the step's positions, whatever the micro-batches (L_rel per sample: the batch
+    cosine cannot be split)."""
+    runs = {}
+    for per_device in (4, 1):
+        out = tmp_path / f"per-device-{per_device}"
+        run_stage(_cfg(setup, stage, out, "train.precision=fp64", "train.global_batch=4",
+                       f"train.per_device_batch={per_device}", "train.max_steps=3", "train.logging_steps=1",
+                       "train.warmup_ratio=0", "loss.rel_reduction=per_sample"))
+        meta = json.loads((out / "metadata.json").read_text())
+        assert (meta["per_device_batch"], meta["grad_accumulation"]) == (per_device, 4 // per_device)
+        runs[per_device] = (metrics_by_step(out), _weights(out / "final"))
+    (whole, w_whole), (split, w_split) = runs[4], runs[1]
+    assert sorted(whole) == sorted(split) == [1, 2, 3]
+    keys = ["loss", "loss_ce", "grad_norm"] + (["loss_res", "loss_vis", "loss_rel"] if stage == "dft" else [])
+    for step in whole:
+        for key in keys:
+            assert split[step][key] == pytest.approx(whole[step][key], rel=1e-6, abs=1e-9), (step, key)
+    for name, value in w_whole.items():
+        torch.testing.assert_close(w_split[name], value, rtol=1e-6, atol=1e-6, msg=name)

@@ -133,7 +133,9 @@ class LinearSource:
 
     def __init__(self, hidden: torch.Tensor, head: torch.Tensor, need_grad: bool, need_head_grad: bool = True):
         self.vocab = head.shape[0]
-        self.h = hidden.detach().reshape(-1, hidden.shape[-1])
+        # hidden states in the head's dtype (bf16 activations against fp32 master weights under
+        # autocast): copying [tokens x d] is cheap, copying the [V x d] head per chunk would not be
+        self.h = hidden.detach().reshape(-1, hidden.shape[-1]).to(head.dtype)
         self.w = head.detach()
         self.head = head  # the caller's tensor: a frozen head keeps its W^T W on it (head_gram)
         self._wtw = None

@@ -30,7 +30,7 @@ from llavakd.config import StageConfig, to_dict
 from llavakd.errors import LlavaKDError
 from llavakd.io import COMPLETE_MARKER, publish_dir, sha256_of
 
-DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 
 def batch_decomposition(global_batch: int, per_device: int, world_size: int) -> int:
@@ -190,9 +190,9 @@ def setup_models(cfg: StageConfig):
         raise LlavaKDError("train.precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
     dtype = DTYPE[cfg.train.precision]
     # weights stay fp32 under mixed precision; the Trainer autocasts
-    model, processor = load_student(cfg, torch.float32 if cfg.train.precision != "fp32" else dtype)
+    model, processor = load_student(cfg, dtype if cfg.train.precision in ("fp32", "fp64") else torch.float32)
     counts = apply_freeze_plan(model, cfg.spec.trainable)
-    teacher = load_teacher(cfg, model, torch.float32 if not cuda else dtype) if cfg.distill else None
+    teacher = load_teacher(cfg, model, dtype if (cuda or cfg.train.precision == "fp64") else torch.float32) if cfg.distill else None
     return model, processor, teacher, counts
 
 
@@ -283,6 +283,7 @@ def run_metadata(cfg: StageConfig, trainer, dataset, counts: dict, *, world: int
         "peak_memory_mb": round(peak / 2**20, 1), "wall_time_s": round(elapsed, 1),
         "resumed_from": str(start) if start else None,
         "device": "cuda" if cuda else "cpu", "loss": dataclasses.asdict(cfg.loss),
+        "loss_implementation_used": trainer.loss_implementation,
         "teacher_placement": _teacher_placement(trainer.teacher),
         "teacher_partition": _teacher_partition(trainer.teacher),
     }

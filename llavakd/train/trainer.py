@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from llavakd.distill import LossConfig, distill_loss
+from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
 from llavakd.errors import LlavaKDError
 from llavakd.io import COMPLETE_MARKER, marker_problem, write_marker
 
@@ -51,7 +51,14 @@ def intact_checkpoints(folder: str | Path) -> tuple[list[Path], list[str]]:
 
 
 class KDTrainer(Trainer):
-    """CE (+ L_res + L_vis + L_rel with a frozen teacher) computed by llavakd.distill."""
+    """CE (+ L_res + L_vis + L_rel with a frozen teacher) computed by llavakd.distill.
+
+    With ``loss.implementation: fused`` (the default) student and teacher run to their last hidden
+    states (the LLaVA forward keeps the logits of one position only) and the objective gets the
+    LM heads: no [tokens x vocabulary] logits exist beyond one chunk. Under ZeRO-3 the heads are
+    partitioned outside the forward, so the run uses the chunked objective on full logits and says
+    so in its log and metadata.
+    """
 
     def __init__(self, *args, loss_config: LossConfig, teacher=None, keep_checkpoints: int = 2,
                  group_by_modality_length: bool = False, **kwargs):
@@ -60,10 +67,13 @@ class KDTrainer(Trainer):
         self.loss_config = loss_config
         self.teacher = teacher
         self.keep_checkpoints = max(1, int(keep_checkpoints))  # complete checkpoints kept; older ones go
-        # our loss is already a per-micro-batch mean: let the Trainer average over accumulation
+        # Every term is a mean over the positions of the whole optimizer step (all micro-batches, all
+        # ranks; counted by _get_num_items_in_batch), so a step does not depend on how the global
+        # batch is split: compute_loss scales for accumulation and ranks itself.
         self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = True
         self._parts_sum: dict[str, float] = {}
-        self._parts_n = 0
+        self._parts_n = 0.0  # optimizer steps the sums cover
         self.tokens_seen = 0  # attended tokens of the student's micro-batches (tokens/s in logs and metadata)
         self.positions_seen = 0  # padded positions of the same micro-batches (attended + padding)
         self._pad = [0, 0]  # padding, positions since the last log
@@ -71,6 +81,9 @@ class KDTrainer(Trainer):
         self._staging: str | None = None
         self._teacher_ready = False
         tie_projector(self.model)
+        self._student_taps = LLMTaps(self.model)
+        self._teacher_taps = LLMTaps(teacher) if teacher is not None else None
+        self._implementation: str | None = None
 
     # -- teacher under DeepSpeed ------------------------------------------------------------
     def _prepare_teacher(self) -> None:
@@ -101,18 +114,74 @@ class KDTrainer(Trainer):
         return 1.0 - self.tokens_seen / self.positions_seen if self.positions_seen else 0.0
 
     # -- loss ------------------------------------------------------------------------------
+    @property
+    def loss_implementation(self) -> str:
+        """The objective this run computes: fused, chunked or naive (fused falls back under ZeRO-3)."""
+        if self._implementation is None:
+            wanted = self.loss_config.implementation
+            zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+            self._implementation = "chunked" if (wanted == "fused" and zero3) else wanted
+            if self._implementation != wanted:
+                print("loss.implementation fused: the LM heads are partitioned under ZeRO-3; "
+                      "this run computes the chunked objective from full logits", flush=True)
+        return self._implementation
+
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor:
+        """The positions each term averages over in the whole optimizer step, summed over its
+        micro-batches and the ranks: supervised tokens (CE, L_res), visual positions (L_vis) and
+        image samples (L_rel), float64 [3]; compute_loss divides by them."""
+        counts = torch.zeros(3, dtype=torch.float64, device=device)
+        for batch in batch_samples:
+            counts += step_counts(batch["labels"], batch["visual_mask"]).to(device)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return counts
+
+    def _step_weights(self, labels, visual_mask, step_counts_: torch.Tensor | None):
+        """The loss config for one micro-batch: each term's weight times its share of the step's
+        positions (and times the ranks, which DDP and DeepSpeed average over); the local means the
+        objective computes then sum to the step's means. (L_rel with rel_reduction batch is a
+        cosine over the micro-batch's Gram matrices, weighted by its image samples: it cannot be
+        split exactly.) Returns (config, {term: share})."""
+        import dataclasses
+
+        cfg = self.loss_config
+        if step_counts_ is None:
+            return cfg, {"ce": 1.0, "res": 1.0, "vis": 1.0, "rel": 1.0}
+        local = step_counts(labels, visual_mask).tolist()
+        total = [float(x) for x in step_counts_.tolist()]
+        world = self.accelerator.num_processes
+        share = [world * lo / to if to > 0 else 0.0 for lo, to in zip(local, total)]
+        shares = {"ce": share[0], "res": share[0], "vis": share[1], "rel": share[2]}
+        return dataclasses.replace(cfg, **{f"{k}_weight": getattr(cfg, f"{k}_weight") * v
+                                           for k, v in shares.items()}), shares
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._prepare_teacher()
         visual_mask = inputs.pop("visual_mask")
         inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
+        cfg, shares = self._step_weights(labels, visual_mask,
+                                         num_items_in_batch if torch.is_tensor(num_items_in_batch) else None)
         fwd = {k: v for k, v in inputs.items() if v is not None}
-        out = model(**fwd)
-        teacher_logits = None
-        if self.teacher is not None and self.loss_config.needs_teacher:
+        fused = self.loss_implementation == "fused"
+        keep = {"logits_to_keep": 1} if fused else {}  # fused: the heads are applied chunk by chunk
+        out = model(**fwd, **keep)
+        h_s, f_s = self._student_taps.take()
+        t_logits = h_t = f_t = None
+        with_teacher = self.teacher is not None and cfg.needs_teacher
+        if with_teacher:
             with torch.no_grad():
-                teacher_logits = self.teacher(**fwd).logits
-        res = distill_loss(out.logits, teacher_logits, labels, visual_mask, self.loss_config)
+                t_out = self.teacher(**fwd, **keep)
+            h_t, f_t = self._teacher_taps.take()
+            t_logits = None if fused else t_out.logits
+        features = {"student_features": f_s, "teacher_features": f_t} if cfg.rel and cfg.rel_source == "features" else {}
+        if fused:
+            res = fused_distill_loss(h_s, lm_head_weight(self.accelerator.unwrap_model(model)), h_t,
+                                     lm_head_weight(self.teacher) if with_teacher else None, labels, visual_mask,
+                                     cfg, **features)
+        else:
+            res = distill_loss(out.logits, t_logits, labels, visual_mask, cfg, **features)
         step = self.state.global_step + 1
         bad = [k for k, v in res.parts.items() if not math.isfinite(v)]
         if bad or not torch.isfinite(res.total):
@@ -121,9 +190,9 @@ class KDTrainer(Trainer):
                 f"step {step}: non-finite loss in {', '.join(bad) or 'total'} ({parts}); "
                 "stopped before the backward pass and the optimizer step"
             )
-        for k, v in res.parts.items():
-            self._parts_sum[k] = self._parts_sum.get(k, 0.0) + v
-        self._parts_n += 1
+        for k, v in res.parts.items():  # the step's means, as the loss
+            self._parts_sum[k] = self._parts_sum.get(k, 0.0) + v * shares[k]
+        self._parts_n += 1.0 / max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
         attended, positions = int(fwd["attention_mask"].sum()), fwd["attention_mask"].numel()
         self.tokens_seen += attended
         self.positions_seen += positions
@@ -138,7 +207,7 @@ class KDTrainer(Trainer):
             if self.accelerator.num_processes > 1:  # every rank logs: average the parts like the loss
                 means = self.accelerator.reduce(means.to(self.args.device), reduction="mean").cpu()
             for k, v in zip(keys, means.tolist()):
-                logs[f"loss_{k}"] = round(v, 6)
+                logs[f"loss_{k}"] = float(f"{v:.10g}")
             self._parts_sum, self._parts_n = {}, 0
             elapsed = time.perf_counter() - self._t_start
             logs["tokens_per_s"] = round(self.tokens_seen / max(elapsed, 1e-9), 1)
@@ -207,6 +276,43 @@ class KDTrainer(Trainer):
                 f"{final_root / name}: could not write the checkpoint ({err.strerror or err}); {kept}; "
                 "free space and rerun with --resume") from err
         self.accelerator.wait_for_everyone()
+
+
+def step_counts(labels: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
+    """[supervised next-token positions, visual positions, image samples] of a batch (float64)."""
+    from llavakd.labels import IGNORE_INDEX
+
+    return torch.tensor([float((labels[:, 1:] != IGNORE_INDEX).sum()), float(visual_mask.sum()),
+                         float(visual_mask.any(-1).sum())], dtype=torch.float64)
+
+
+def lm_head_weight(model) -> torch.Tensor:
+    """The LM head's weight of a LLaVA, a wrapped one (DeepSpeed engine) included."""
+    return getattr(model, "module", model).lm_head.weight
+
+
+class LLMTaps:
+    """What an LLaVA's LLM received and gave in its latest forward: the input embeddings (projected
+    visual features at the visual positions) and the last hidden state (after the final norm, what
+    the LM head reads), by hooks inside the forward (so DDP and DeepSpeed see a plain forward)."""
+
+    def __init__(self, model):
+        inner = getattr(getattr(model, "module", model), "model", model)
+        llm = inner.language_model
+        self.hidden = self.embeds = None
+        llm.register_forward_pre_hook(self._inputs, with_kwargs=True)
+        llm.register_forward_hook(self._outputs)
+
+    def _inputs(self, module, args, kwargs):
+        self.embeds = kwargs.get("inputs_embeds")
+
+    def _outputs(self, module, args, output):
+        self.hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    def take(self):
+        """(last hidden state, input embeddings) of the latest forward; forgets them."""
+        out, self.hidden, self.embeds = (self.hidden, self.embeds), None, None
+        return out
 
 
 def tie_projector(model):

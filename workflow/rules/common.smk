@@ -9,7 +9,7 @@ from llavakd.errors import ConfigError
 from llavakd.io import atomic_write_text
 from llavakd.eval.registry import resolve
 from llavakd.layout import MODEL_REGEX, NAME_REGEX, SEED_REGEX, marker, parse_model
-from llavakd.plan import Study, cost_report, train_jobs
+from llavakd.plan import Study, cost_report, memory_report, train_jobs
 from llavakd.report.render import render_for_rule
 from llavakd.stages import CHAIN_REGEX
 from llavakd.tiny.family import LLM_NAMES as TINY_LLMS
@@ -65,6 +65,7 @@ def res(rule_name, key, default):
 
 if workflow.is_main_process and config.get("cost"):
     print(cost_report(STUDY, BENCHMARKS), file=sys.stderr)
+    print(memory_report(STUDY), file=sys.stderr)
 
 
 # -- input and parameter functions of the rules --------------------------------------------

@@ -1,0 +1,111 @@
+"""GPU memory of one training job, per device: a planning estimate, printed by the dry run.
+
+    from llavakd.memory import estimate, largest_per_device_batch
+    estimate("qwen1.5-1.8b", "qwen1.5-4b", stage="dft", per_device_batch=4, zero_stage=2, world=8)
+
+What it counts (bytes per device, bf16 training; llavakd/model/shapes.py gives the shapes):
+- weights: the student (SigLIP + projector + LLM) and, for a distillation stage, the teacher, 2 B a
+  parameter; ZeRO-3 shards both over the ranks (the teacher becomes a sharded inference engine);
+- gradients, 2 B a trainable parameter, sharded from ZeRO-2 on;
+- optimizer state, 12 B a trainable parameter (fp32 master weights, Adam's m and v), sharded
+  from ZeRO-1 on;
+- activations of the student LLM: with gradient checkpointing each layer's input
+  (tokens x d x 2 B) plus one layer's working set while it is recomputed; without, every layer's
+  working set. A layer's working set is taken as tokens x (12 d + 8 i) bytes (attention with a
+  fused kernel, no tokens^2 term; the SwiGLU MLP's three i-wide tensors and its product);
+- the teacher's forward (no graph): one layer's working set and its last hidden state;
+- the objective: ``fused`` holds the fp32 head gradient (V x d x 4 B), fp32 hidden-state
+  gradients and a few chunk temporaries (32 MB each); ``chunked`` holds the student's and the
+  teacher's [tokens x V] bf16 logits and the student's logit gradient (llavakd/distill);
+- the vision tower's forward (frozen, no graph) and a fixed reserve for the CUDA context and
+  allocator fragmentation (3 GiB + 10%).
+
+It is an estimate to pick a batch size, not a measurement: benchmarks/gpu_dft_step.py measures
+peak memory on a GPU, and docs/training.md says how far the two were apart where measured.
+"""
+
+from __future__ import annotations
+
+from llavakd.model.shapes import QWEN, SIGLIP_SO400M_384, count_llm_params, qwen_config
+from llavakd.stages import STAGES
+
+GIB = 2**30
+CHUNK_BYTES = 32 * 2**20  # one fp32 chunk temporary of the objective (llavakd.distill.objective)
+RESERVE_BYTES = 3 * GIB
+RESERVE_FRACTION = 0.10
+IMAGE_TOKENS = 729  # SigLIP-so400m-384 patches per image
+
+
+def _qwen(name: str):
+    match = {k.lower(): k for k in QWEN}.get(name.lower())
+    if match is None:
+        raise KeyError(f"unknown LLM {name!r}; known: {', '.join(sorted(k.lower() for k in QWEN))}")
+    return qwen_config(match)
+
+
+def _siglip_params() -> int:
+    v = SIGLIP_SO400M_384
+    h, i, n = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
+    patches = (v["image_size"] // v["patch_size"]) ** 2
+    per_layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h  # attention, MLP, two layer norms
+    return n * per_layer + 3 * v["patch_size"] ** 2 * h + h + patches * h + 2 * h
+
+
+def _layer_bytes(tokens: int, cfg) -> int:
+    return tokens * (12 * cfg.hidden_size + 8 * cfg.intermediate_size)
+
+
+def estimate(student: str, teacher: str | None, *, stage: str, per_device_batch: int, zero_stage: int,
+             world: int, seq_len: int = 2048, gradient_checkpointing: bool = True,
+             implementation: str = "fused") -> dict:
+    """Bytes per device of one training job, by component, and their ``total`` (see the module
+    docstring). ``teacher`` is ignored for a stage without distillation."""
+    spec = STAGES[stage]
+    s_cfg = _qwen(student)
+    d, V = s_cfg.hidden_size, s_cfg.vocab_size
+    vision = _siglip_params()
+    projector = SIGLIP_SO400M_384["hidden_size"] * d + d + d * d + d  # mlp2x_gelu
+    llm = count_llm_params(s_cfg)
+    trainable = projector + (llm if "llm" in spec.trainable else 0)
+    shard3 = world if zero_stage >= 3 else 1
+    tokens = per_device_batch * seq_len
+    parts = {
+        "student_weights": 2 * (vision + projector + llm) / shard3,
+        "gradients": 2 * trainable / (world if zero_stage >= 2 else 1),
+        "optimizer": 12 * trainable / (world if zero_stage >= 1 else 1),
+    }
+    if gradient_checkpointing:
+        parts["activations"] = s_cfg.num_hidden_layers * tokens * d * 2 + _layer_bytes(tokens, s_cfg)
+    else:
+        parts["activations"] = s_cfg.num_hidden_layers * _layer_bytes(tokens, s_cfg)
+    parts["vision_forward"] = per_device_batch * IMAGE_TOKENS * SIGLIP_SO400M_384["intermediate_size"] * 2 * 4
+    t_cfg = _qwen(teacher) if (teacher and spec.distill) else None
+    if t_cfg is not None:
+        t_proj = SIGLIP_SO400M_384["hidden_size"] * t_cfg.hidden_size + t_cfg.hidden_size * (t_cfg.hidden_size + 2)
+        parts["teacher_weights"] = 2 * (vision + t_proj + count_llm_params(t_cfg)) / shard3
+        parts["teacher_forward"] = _layer_bytes(tokens, t_cfg) + tokens * t_cfg.hidden_size * 2
+    if implementation == "fused":
+        head_grad = V * d * 4 if "llm" in spec.trainable else 0
+        parts["objective"] = head_grad + tokens * d * 4 * 2 + 6 * CHUNK_BYTES
+    else:
+        logits = tokens * V * 2
+        parts["objective"] = logits * (3 if t_cfg is not None else 2) + 6 * CHUNK_BYTES
+    subtotal = sum(parts.values())
+    parts["reserve"] = RESERVE_BYTES + RESERVE_FRACTION * subtotal
+    parts["total"] = sum(parts.values())
+    return {k: int(v) for k, v in parts.items()}
+
+
+def largest_per_device_batch(student: str, teacher: str | None, *, stage: str, zero_stage: int, world: int,
+                             budget_gib: float = 80.0, global_batch: int | None = None, **kw) -> int:
+    """The largest per-device batch (a power of two dividing the global batch over ``world``, when
+    given) whose estimate fits ``budget_gib``; 0 when not even one sample fits."""
+    best, b = 0, 1
+    limit = (global_batch // world) if global_batch else 1024
+    while b <= limit:
+        if (global_batch is None or global_batch % (b * world) == 0) and \
+                estimate(student, teacher, stage=stage, per_device_batch=b, zero_stage=zero_stage, world=world,
+                         **kw)["total"] <= budget_gib * GIB:
+            best = b
+        b *= 2
+    return best

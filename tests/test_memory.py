@@ -1,0 +1,82 @@
+"""The per-GPU memory estimate (llavakd.memory) and the per-device batches config/paper.yaml takes from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llavakd.memory import GIB, _siglip_params, estimate, largest_per_device_batch
+from llavakd.model.shapes import count_llm_params, qwen_config
+from llavakd.plan import Chain, Study, memory_report, train_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_components_by_hand():
+    llm = count_llm_params(qwen_config("Qwen1.5-0.5B"))
+    projector = 1152 * 1024 + 1024 + 1024 * 1024 + 1024
+    trainable = llm + projector
+    for zero, grads, opt, weights in ((0, 2 * trainable, 12 * trainable, 1), (1, 2 * trainable, 12 * trainable / 8, 1),
+                                      (2, 2 * trainable / 8, 12 * trainable / 8, 1),
+                                      (3, 2 * trainable / 8, 12 * trainable / 8, 8)):
+        e = estimate("qwen1.5-0.5b", None, stage="sft", per_device_batch=1, zero_stage=zero, world=8)
+        assert e["gradients"] == int(grads) and e["optimizer"] == int(opt), zero
+        assert e["student_weights"] == int(2 * (_siglip_params() + projector + llm) / weights), zero
+        assert "teacher_weights" not in e  # SFT has no teacher
+    pt = estimate("qwen1.5-0.5b", "qwen1.5-4b", stage="pt", per_device_batch=1, zero_stage=2, world=8)
+    assert pt["optimizer"] == int(12 * projector / 8) and "teacher_weights" not in pt  # PT: projector only
+    # a SigLIP-so400m has about 0.4 B parameters
+    assert 0.39e9 < _siglip_params() < 0.44e9
+
+
+def test_more_samples_more_memory_and_fused_less_than_chunked():
+    kw = dict(stage="dft", zero_stage=2, world=8)
+    totals = [estimate("qwen1.5-1.8b", "qwen1.5-4b", per_device_batch=b, **kw)["total"] for b in (1, 2, 4, 8)]
+    assert totals == sorted(totals) and len(set(totals)) == 4
+    fused = estimate("qwen1.5-1.8b", "qwen1.5-4b", per_device_batch=4, implementation="fused", **kw)
+    chunked = estimate("qwen1.5-1.8b", "qwen1.5-4b", per_device_batch=4, implementation="chunked", **kw)
+    assert fused["objective"] < 0.25 * chunked["objective"]  # the fp32 head gradient (1.2 GiB) dominates it
+    # chunked: the student's and the teacher's bf16 logits and the student's logit gradient
+    assert chunked["objective"] >= 3 * 4 * 2048 * 151936 * 2
+
+
+def test_largest_batch_is_the_last_that_fits():
+    kw = dict(stage="dft", zero_stage=2, world=8, implementation="chunked")
+    for budget in (30, 50, 80):
+        b = largest_per_device_batch("qwen1.5-1.8b", "qwen1.5-4b", budget_gib=budget, **kw)
+        assert b >= 1
+        assert estimate("qwen1.5-1.8b", "qwen1.5-4b", per_device_batch=b, **kw)["total"] <= budget * GIB
+        assert estimate("qwen1.5-1.8b", "qwen1.5-4b", per_device_batch=2 * b, **kw)["total"] > budget * GIB
+    assert largest_per_device_batch("qwen1.5-1.8b", "qwen1.5-4b", budget_gib=5, **kw) == 0
+    assert largest_per_device_batch("qwen1.5-0.5b", None, stage="sft", zero_stage=2, world=8, global_batch=128) == 16
+
+
+def test_paper_config_takes_the_largest_batch_that_fits_every_pair():
+    study = Study.load(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()), source="paper.yaml")
+    world = int(study.resources("train")["gpus"])
+    fitting: dict[str, list[int]] = {}
+    configured: dict[str, set[int]] = {}
+    for llm, seed, chain in train_jobs(study, study.table1_models()):
+        stage = Chain.parse(chain).last.name
+        cfg = study.stage_config(llm, seed, chain)
+        zero = 2 if "zero2" in (cfg.train.deepspeed or "") else 3
+        teacher = study.teacher_of(llm) if cfg.distill else None
+        fitting.setdefault(stage, []).append(largest_per_device_batch(
+            llm, teacher, stage=stage, zero_stage=zero, world=world, global_batch=cfg.train.global_batch,
+            implementation=cfg.loss.implementation))
+        configured.setdefault(stage, set()).add(cfg.train.per_device_batch)
+    assert set(fitting) >= {"pt", "sft", "dpt", "dft"}
+    for stage, batches in fitting.items():
+        assert configured[stage] == {min(batches)}, (stage, configured[stage], batches)
+    report = memory_report(study)
+    for stage in fitting:
+        assert f"  {stage} " in report
+    assert "DOES NOT FIT" not in report
+
+
+@pytest.mark.parametrize("name", ["qwen9-1b", "llama-7b"])
+def test_unknown_llm_is_named(name):
+    with pytest.raises(KeyError, match=name):
+        estimate(name, None, stage="sft", per_device_batch=1, zero_stage=2, world=8)
