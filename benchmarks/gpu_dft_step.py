@@ -2,23 +2,31 @@
 
     python -m benchmarks.gpu_dft_step                       # SigLIP-so400m-384 + Qwen2-0.5B <- Qwen2-1.5B
     python -m benchmarks.gpu_dft_step --student Qwen2.5-0.5B --teacher Qwen2.5-3B --seq 2048 --steps 5
-    python -m benchmarks.gpu_dft_step --breakdown 3 --profile /tmp/prof  # + parts of 3 steps, torch.profiler tables
     python -m benchmarks.gpu_dft_step --device cpu --seq 1024 --student-layers 2 --teacher-layers 2  # smoke
+    python -m benchmarks.gpu_dft_step --student Qwen1.5-1.8B --teacher Qwen1.5-4B \
+        --per-device-batch 1,4,8 --implementation fused,chunked --out mfu.json     # a sweep, models built once
 
 Random weights built from configs (no download), bf16 weights and compute, one sample per step
 of ``--seq`` tokens holding one 384px image (728 visual positions) and supervised answer tokens
-for the rest, gradient checkpointing on the student as in the paper's recipe. Timed: student
-forward + teacher forward (no grad) + CE + L_res + L_vis + L_rel (chunked) + backward + AdamW.
-MFU = (6 N_student + 2 N_teacher) x tokens/s / peak bf16 FLOP/s (``--peak-tflops``; H100 SXM
-dense bf16 989, H200 the same), with N the LLM parameter counts (vision and attention FLOPs left
-out, so this is a lower bound of the work done).
+for the rest, ``--per-device-batch`` such samples a step, gradient checkpointing on the student as
+in the paper's recipe. Timed: student forward + teacher forward (no grad) + CE + L_res + L_vis +
+L_rel + backward + AdamW, with the objective ``--implementation`` fused (hidden states and heads,
+as the trainer runs it; llavakd.train.trainer.LLMTaps) or chunked (full logits).
+
+MFU = FLOPs per token x tokens/s / peak bf16 FLOP/s (``--peak-tflops``; H100 SXM dense bf16 989,
+H200 the same). FLOPs per token: 6 N_student + 2 N_teacher, N counting every layer's matmuls and
+the LM head (not the embedding lookup), plus causal attention, 6 L s d for the student and
+2 L s d for the teacher (L layers, s tokens, d width). Vision tower and recomputation under
+checkpointing are not counted (model FLOPs, not hardware FLOPs). Lists in ``--per-device-batch``
+and ``--implementation`` run every combination on the same models; an out-of-memory combination
+is reported as such. ``--out FILE`` also writes the JSON there (the cost estimate reads such a
+file: ``cost.mfu_file``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,19 +42,17 @@ def main(argv=None) -> int:
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--student-layers", type=int, default=None, help="override layer count (smoke runs)")
     p.add_argument("--teacher-layers", type=int, default=None)
-    p.add_argument("--breakdown", type=int, default=0, metavar="N",
-                   help="also time the parts of N more steps (student fwd, teacher fwd, loss, backward, "
-                        "optimizer), synchronised between parts; the median of each part is reported")
-    p.add_argument("--profile", default=None, metavar="DIR",
-                   help="profile one more step with torch.profiler; write the top operators by self device "
-                        "time and by self CPU time to DIR/profile_<student>.txt")
+    p.add_argument("--per-device-batch", default="1", help="samples per step; a comma list sweeps")
+    p.add_argument("--implementation", default="fused", help="fused | chunked; a comma list sweeps")
+    p.add_argument("--out", default=None, help="also write the JSON to this file")
     args = p.parse_args(argv)
 
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from llavakd.distill import LossConfig, distill_loss
+    from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
     from llavakd.labels import IGNORE_INDEX
+    from llavakd.train.trainer import LLMTaps, lm_head_weight
     from llavakd.model.build import llava_config
     from llavakd.model.shapes import count_llm_params, qwen_config, siglip_config
 
@@ -61,10 +67,18 @@ def main(argv=None) -> int:
         cfg = llava_config(vision, text, image_id, "default", -2)
         with torch.device(dev):
             model = LlavaForConditionalGeneration._from_config(cfg, dtype=dtype)
-        return model, count_llm_params(text)
+        return model, count_llm_params(text), text
 
-    student, n_student = build(args.student, args.student_layers)
-    teacher, n_teacher = build(args.teacher, args.teacher_layers)
+    def flops_per_token(text, seq, trained: bool) -> float:
+        h, i, n, V = text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size
+        kv = text.num_key_value_heads * (h // text.num_attention_heads)
+        matmuls = n * (2 * h * h + 2 * h * kv + 3 * h * i) + V * h  # layers and LM head
+        attention = n * seq * h  # causal QK^T and AV: 2 n s h FLOPs a token forward, 3x that trained
+        return (6 if trained else 2) * matmuls + (6 if trained else 2) * attention
+
+    student, n_student, s_text = build(args.student, args.student_layers)
+    teacher, n_teacher, t_text = build(args.teacher, args.teacher_layers)
+    s_taps, t_taps = LLMTaps(student), LLMTaps(teacher)
     teacher.eval().requires_grad_(False)
     student.model.vision_tower.requires_grad_(False)
     student.gradient_checkpointing_enable()
@@ -74,97 +88,76 @@ def main(argv=None) -> int:
     n_img = 728
     if args.seq < n_img + 64:
         p.error(f"--seq {args.seq} cannot hold the image's {n_img} visual positions and an answer; use >= {n_img + 64}")
-    ids = torch.randint(0, 151000, (1, args.seq), device=dev)
-    ids[0, 10:10 + n_img] = image_id
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    labels[0, 10 + n_img + 20:] = ids[0, 10 + n_img + 20:]
-    vm = ids == image_id
-    pixels = torch.randn(1, 3, 384, 384, device=dev, dtype=dtype)
     cfg = LossConfig()
-
-    def step():
-        out = student(input_ids=ids, pixel_values=pixels)
-        with torch.no_grad():
-            tl = teacher(input_ids=ids, pixel_values=pixels).logits
-        res = distill_loss(out.logits, tl, labels, vm, cfg)
-        res.total.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return res.parts
-
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    step()  # warm-up
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        parts = step()
-    sync()
-    dt = (time.perf_counter() - t0) / args.steps
-    parts_s = None
-    if args.breakdown:  # more steps, synchronised between their parts
-        runs = []
-        for _ in range(args.breakdown):
-            marks = []
 
-            def mark(name, marks=marks):
-                sync()
-                marks.append((name, time.perf_counter()))
+    def measure(batch: int, impl: str) -> dict:
+        ids = torch.randint(0, 151000, (batch, args.seq), device=dev)
+        ids[:, 10:10 + n_img] = image_id
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        labels[:, 10 + n_img + 20:] = ids[:, 10 + n_img + 20:]
+        vm = ids == image_id
+        pixels = torch.randn(batch, 3, 384, 384, device=dev, dtype=dtype)
+        keep = {"logits_to_keep": 1} if impl == "fused" else {}
 
-            mark("start")
-            out = student(input_ids=ids, pixel_values=pixels)
-            mark("student_forward")
+        def forward_and_loss():
+            out = student(input_ids=ids, pixel_values=pixels, **keep)
+            h_s, _ = s_taps.take()
             with torch.no_grad():
-                tl = teacher(input_ids=ids, pixel_values=pixels).logits
-            mark("teacher_forward")
-            res = distill_loss(out.logits, tl, labels, vm, cfg)
-            mark("loss_forward")
+                t_out = teacher(input_ids=ids, pixel_values=pixels, **keep)
+            h_t, _ = t_taps.take()
+            if impl == "fused":
+                return fused_distill_loss(h_s, lm_head_weight(student), h_t, lm_head_weight(teacher), labels, vm, cfg)
+            return distill_loss(out.logits, t_out.logits, labels, vm, cfg)
+
+        def step():
+            res = forward_and_loss()
             res.total.backward()
-            mark("backward")
             opt.step()
             opt.zero_grad(set_to_none=True)
-            mark("optimizer")
-            runs.append({b[0]: b[1] - a[1] for a, b in zip(marks, marks[1:])})
-        parts_s = {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
-        parts_s["all_runs"] = [{k: round(v, 4) for k, v in r.items()} for r in runs]
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile, record_function
+            return res.parts
 
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with profile(activities=acts) as prof:
-            with record_function("student_forward"):
-                out = student(input_ids=ids, pixel_values=pixels)
-            with record_function("teacher_forward"), torch.no_grad():
-                tl = teacher(input_ids=ids, pixel_values=pixels).logits
-            with record_function("loss_forward"):
-                res = distill_loss(out.logits, tl, labels, vm, cfg)
-            with record_function("backward"):
-                res.total.backward()
-            with record_function("optimizer"):
-                opt.step()
+        step()  # warm-up
+        sync()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            parts = step()
+        sync()
+        dt = (time.perf_counter() - t0) / args.steps
+        tok_s = batch * args.seq / dt
+        flops = flops_per_token(s_text, args.seq, True) + flops_per_token(t_text, args.seq, False)
+        return {
+            "per_device_batch": batch, "implementation": impl,
+            "step_s": round(dt, 4), "tokens_per_s": round(tok_s, 1),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
+            "mfu": round(flops * tok_s / (args.peak_tflops * 1e12), 4),
+            "mfu_old_definition": round((6 * n_student + 2 * n_teacher) * tok_s / (args.peak_tflops * 1e12), 4),
+            "loss_parts": parts,
+        }
+
+    runs = []
+    for impl in args.implementation.split(","):
+        for batch in (int(b) for b in args.per_device_batch.split(",")):
+            try:
+                runs.append(measure(batch, impl))
+            except torch.OutOfMemoryError:
                 opt.zero_grad(set_to_none=True)
-            sync()
-        folder = Path(args.profile)
-        folder.mkdir(parents=True, exist_ok=True)
-        ka = prof.key_averages()
-        device_key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-        text = [f"# {args.student} <- {args.teacher}, seq {args.seq}: one step under torch.profiler\n",
-                "## by self device time\n", ka.table(sort_by=device_key, row_limit=30, max_name_column_width=60),
-                "\n## by self CPU time\n", ka.table(sort_by="self_cpu_time_total", row_limit=30,
-                                                     max_name_column_width=60)]
-        (folder / f"profile_{args.student}.txt").write_text("\n".join(text))
-    tok_s = args.seq / dt
-    flops = (6 * n_student + 2 * n_teacher) * tok_s
-    print(json.dumps({
+                runs.append({"per_device_batch": batch, "implementation": impl, "oom": True})
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    report = {
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
         "student": args.student, "teacher": args.teacher, "seq": args.seq, "visual_positions": n_img,
-        "student_llm_params": n_student, "teacher_llm_params": n_teacher,
-        "step_s": round(dt, 4), "tokens_per_s": round(tok_s, 1),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
-        "mfu_estimate": round(flops / (args.peak_tflops * 1e12), 4), "loss_parts": parts,
-        "step_breakdown_s": parts_s,
-    }, indent=2))
+        "student_llm_params": n_student, "teacher_llm_params": n_teacher, "steps": args.steps, "runs": runs,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
     return 0
 
 

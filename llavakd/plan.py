@@ -329,12 +329,46 @@ def llm_params(study: Study, llm: str) -> float:
     return float(count_llm_params(qwen_config(match)))
 
 
+def measured_mfu(study: Study) -> tuple[float, str] | None:
+    """The MFU measured by benchmarks/gpu_dft_step.py in ``cost.mfu_file``, when the file exists:
+    at the study's DFT per-device batch (or the largest measured batch below it) and loss
+    implementation, the lowest over the measured pairs; with where it came from."""
+    path = study.config.get("cost", {}).get("mfu_file")
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as err:
+        raise ConfigError("cost.mfu_file", [f"{path}: not JSON ({err})"]) from None
+    reports = data if isinstance(data, list) else [data]
+    dft = next((study.stage_config(llm, seed, chain) for llm, seed, chain in train_jobs(study, study.table1_models())
+                if Chain.parse(chain).last.name == "dft"), None)
+    batch = dft.train.per_device_batch if dft else 1
+    impl = dft.loss.implementation if dft else "fused"
+    best: dict[str, tuple[int, float]] = {}
+    for rep in reports:
+        pair = f"{rep.get('student')} <- {rep.get('teacher')}"
+        for run in rep.get("runs", []):
+            b = run.get("per_device_batch", 0)
+            if run.get("oom") or run.get("implementation") != impl or b > batch or "mfu" not in run:
+                continue
+            if pair not in best or b > best[pair][0]:
+                best[pair] = (b, float(run["mfu"]))
+    if not best:
+        return None
+    pair, (b, mfu) = min(best.items(), key=lambda kv: kv[1][1])
+    return mfu, f"measured in {path} ({impl}, per-device {b}, lowest of {len(best)} pairs: {pair})"
+
+
 def cost_report(study: Study, benchmarks: list[str]) -> str:
     """GPU-hours per rule and in total from a FLOPs model: 6N per trained token (N: the student
     LLM's parameters; backward through a frozen LLM costs the same), 2N per teacher token, 2N per
     evaluated token, at the configured MFU of the configured peak."""
     c = study.config["cost"]
-    rate = c["peak_tflops"] * 1e12 * c["mfu"]
+    measured = measured_mfu(study)
+    mfu, mfu_source = measured if measured else (c["mfu"], "configured" + (
+        f"; {c['mfu_file']} not found" if c.get("mfu_file") else ""))
+    rate = c["peak_tflops"] * 1e12 * mfu
     samples, per = c["samples"], c["tokens_per_sample"]
     fraction = study.data_subset()["fraction"]
 
@@ -359,7 +393,7 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         return 4 * n * c.get("eval_tokens", 0) / rate / 3600
 
     lines = [f"llavakd cost estimate (run {study.run}): 6N per trained token, 2N per teacher and evaluated token, "
-             f"MFU {c['mfu']:.0%} of {c['peak_tflops']:g} TFLOP/s per GPU"
+             f"MFU {mfu:.1%} ({mfu_source}) of {c['peak_tflops']:g} TFLOP/s per GPU"
              + (f", {fraction:g} of the training records" if fraction < 1 else "")]
     targets = {"reproduce_table1": study.table1_models()}
     for name, groups in (("ablation_losses", study.ablation_loss_models()),

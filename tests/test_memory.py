@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,25 @@ def test_paper_config_takes_the_largest_batch_that_fits_every_pair():
 def test_unknown_llm_is_named(name):
     with pytest.raises(KeyError, match=name):
         estimate(name, None, stage="sft", per_device_batch=1, zero_stage=2, world=8)
+
+
+def test_cost_estimate_reads_a_measured_mfu(tmp_path):
+    from llavakd.plan import cost_report
+
+    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    config["cost"]["mfu_file"] = str(tmp_path / "mfu.json")
+    study = Study.load(config, source="paper.yaml")
+    assert "MFU 35.0% (configured;" in cost_report(study, ["gqa"]) and "not found" in cost_report(study, ["gqa"])
+    configured_hours = cost_report(study, ["gqa"]).splitlines()[-1]
+    runs = lambda mfus: [{"per_device_batch": b, "implementation": "fused", "mfu": m} for b, m in mfus]  # noqa: E731
+    (tmp_path / "mfu.json").write_text(json.dumps([
+        {"student": "Qwen2-0.5B", "teacher": "Qwen2-1.5B", "runs": runs([(1, 0.05), (8, 0.2), (32, 0.9)])},
+        {"student": "Qwen1.5-1.8B", "teacher": "Qwen1.5-4B",
+         "runs": runs([(1, 0.1), (8, 0.4)]) + [{"per_device_batch": 16, "implementation": "fused", "oom": True},
+                                                 {"per_device_batch": 8, "implementation": "chunked", "mfu": 0.01}]},
+    ]))
+    report = cost_report(study, ["gqa"])
+    # DFT runs at per-device 16 (fused): the largest measured batch up to 16 per pair, the lowest pair
+    assert "MFU 20.0% (measured in" in report and "per-device 8" in report and "Qwen2-0.5B" in report
+    hours = lambda line: float(line.split()[-2])  # noqa: E731
+    assert hours(report.splitlines()[-1]) == pytest.approx(hours(configured_hours) * 0.35 / 0.2, rel=1e-3)
