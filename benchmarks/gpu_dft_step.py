@@ -52,9 +52,9 @@ def main(argv=None) -> int:
 
     from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
     from llavakd.labels import IGNORE_INDEX
-    from llavakd.train.trainer import LLMTaps, lm_head_weight
     from llavakd.model.build import llava_config
     from llavakd.model.shapes import count_llm_params, qwen_config, siglip_config
+    from llavakd.train.trainer import LLMTaps, lm_head_weight
 
     dev = torch.device(args.device)
     dtype = torch.bfloat16

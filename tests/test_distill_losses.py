@@ -272,7 +272,8 @@ def test_rdist_variants_equal_the_naive_oracle_in_float64(source, normalise, red
     (logits, and the student's features) agree with the oracle to 1e-10."""
     s, t, labels, vm = make_batch(B=3, L=14, V=37, seed=9, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
-    f_s, f_t = torch.randn(3, 14, 5, generator=g, dtype=torch.float64), torch.randn(3, 14, 8, generator=g, dtype=torch.float64)
+    f_s = torch.randn(3, 14, 5, generator=g, dtype=torch.float64)
+    f_t = torch.randn(3, 14, 8, generator=g, dtype=torch.float64)
     cfg = dict(rel_source=source, rel_normalise=normalise, rel_reduction=reduction, res=False, vis=False)
     got = {}
     for impl, extra in (("naive", {}), ("chunked", dict(chunk_rows=5, chunk_vocab=8))):
@@ -294,7 +295,8 @@ def test_rdist_variants_measure_different_things():
     """Each switch changes L_rel (so a switch that is ignored would fail the oracle tests' twins here)."""
     s, t, labels, vm = make_batch(B=3, L=14, V=37, seed=9, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
-    f_s, f_t = torch.randn(3, 14, 5, generator=g, dtype=torch.float64), torch.randn(3, 14, 8, generator=g, dtype=torch.float64)
+    f_s = torch.randn(3, 14, 5, generator=g, dtype=torch.float64)
+    f_t = torch.randn(3, 14, 8, generator=g, dtype=torch.float64)
     values = {}
     for source in ("logits", "features"):
         for normalise in ("none", "l2"):

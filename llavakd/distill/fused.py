@@ -34,8 +34,14 @@ from __future__ import annotations
 import torch
 
 from llavakd.config import LossConfig
-from llavakd.distill.common import (DistillShapeError, LossOutput, check_features, check_inputs, resolve_config,
-                                    with_feature_relation)
+from llavakd.distill.common import (
+    DistillShapeError,
+    LossOutput,
+    check_features,
+    check_inputs,
+    resolve_config,
+    with_feature_relation,
+)
 from llavakd.distill.objective import LinearSource, _compute_dtype, _objective, without_rel
 
 

@@ -32,8 +32,16 @@ import dataclasses
 import torch
 
 from llavakd.config import LossConfig
-from llavakd.distill.common import (LossOutput, check_features, check_inputs, relation_value, res_divergence,
-                                    resolve_config, vis_divergence, with_feature_relation)
+from llavakd.distill.common import (
+    LossOutput,
+    check_features,
+    check_inputs,
+    relation_value,
+    res_divergence,
+    resolve_config,
+    vis_divergence,
+    with_feature_relation,
+)
 from llavakd.distill.naive import naive_distill_loss
 from llavakd.labels import IGNORE_INDEX
 

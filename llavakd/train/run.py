@@ -192,7 +192,8 @@ def setup_models(cfg: StageConfig):
     # weights stay fp32 under mixed precision; the Trainer autocasts
     model, processor = load_student(cfg, dtype if cfg.train.precision in ("fp32", "fp64") else torch.float32)
     counts = apply_freeze_plan(model, cfg.spec.trainable)
-    teacher = load_teacher(cfg, model, dtype if (cuda or cfg.train.precision == "fp64") else torch.float32) if cfg.distill else None
+    t_dtype = dtype if (cuda or cfg.train.precision == "fp64") else torch.float32
+    teacher = load_teacher(cfg, model, t_dtype) if cfg.distill else None
     return model, processor, teacher, counts
 
 

@@ -321,10 +321,11 @@ def tie_projector(model):
     A batch of text-only samples (length grouping makes them common) never calls the projector.
     A plain process and DDP then give it no gradient and AdamW skips it, while DeepSpeed steps it
     (ZeRO-2 as with a zero gradient; under ZeRO-3 even the step's gradient norm differs), and the
-    runs part ways after the first text-only step (tests/test_train_distributed.py). A hook inside the forward adds 0 x the projector's output
-    on a zero input to the LLM's input embeddings (values unchanged, exactly): the projector then
-    gets a zero gradient in every engine and AdamW moves it by its momentum, as upstream's
-    DeepSpeed runs do. Returns the hook's handle, or None for a model without a projector."""
+    runs part ways after the first text-only step (tests/test_train_distributed.py). A hook inside
+    the forward adds 0 x the projector's output on a zero input to the LLM's input embeddings
+    (values unchanged, exactly): the projector then gets a zero gradient in every engine and AdamW
+    moves it by its momentum, as upstream's DeepSpeed runs do. Returns the hook's handle, or None
+    for a model without a projector."""
     inner = getattr(model, "model", model)
     projector = getattr(inner, "multi_modal_projector", None)
     llm = getattr(inner, "language_model", None)
