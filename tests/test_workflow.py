@@ -236,7 +236,8 @@ def test_micro_study_end_to_end_with_a_kill_and_resume(tmp_path):
     while not past_step_4() and proc.poll() is None:
         assert time.time() - t0 < 600
         time.sleep(0.1)
-    assert proc.poll() is None, "the DAG ended before the teacher's SFT reached step 4: " + proc.stdout.read().decode()[-3000:]
+    ended = proc.poll() is not None
+    assert not ended, "the DAG ended before the teacher's SFT reached step 4: " + proc.stdout.read().decode()[-3000:]
     os.killpg(proc.pid, signal.SIGTERM)  # as a user's Ctrl-C / a scheduler's kill would
     proc.communicate(timeout=120)
     assert not (run / "final" / "COMPLETE").exists()
