@@ -20,6 +20,13 @@ resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) above 
 already hold; on CUDA it is torch.cuda.max_memory_allocated above the inputs. The last line is
 one JSON object with ``fused_over_naive_memory`` and ``fused_over_naive_time`` (same run).
 
+The children run with glibc's mmap threshold pinned (``MALLOC_MMAP_THRESHOLD_``, 1 MiB), so that
+VmHWM measures the memory the objective holds, not what the allocator happens to keep. By default
+glibc raises its threshold to the size of the last freed mmapped block (up to 32 MiB); the fused
+path's [chunk x V] blocks are ~32 MB, so after the first one they come from the heap, whose freed
+space glibc may or may not give back: the same code measured 1,062 and 1,294 MB in two runs. The
+naive path's blocks (1.5 GB) are mmapped either way. ``--glibc-default`` leaves the threshold alone.
+
 ``--rel-check``: L_rel at the paper's shape from bf16 hidden states and heads (random, as above),
 through the fused objective (identity and chunks; Gram products in float32, cosine in float64),
 against the float64 value computed from the same bf16 inputs; one JSON line with each value and
@@ -171,6 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-hidden", type=int, default=2560)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--glibc-default", action="store_true",
+                   help="leave glibc's dynamic mmap threshold alone in the children (peaks then vary by run)")
     p.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--rel-check", action="store_true", help="L_rel from bf16 inputs against float64 (one JSON line)")
     args = p.parse_args(argv)
@@ -183,7 +192,8 @@ def main(argv=None) -> int:
     results = {}
     for impl in IMPLS:
         cmd = [sys.executable, "-m", "benchmarks.distill_memory", "--impl", impl] + (argv or sys.argv[1:])
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ) if args.glibc_default else {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return proc.returncode
@@ -193,7 +203,8 @@ def main(argv=None) -> int:
         "shape": {"vocab": args.vocab, "visual_per_sample": args.visual, "answer_per_sample": args.answer,
                   "student_hidden": args.student_hidden, "teacher_hidden": args.teacher_hidden,
                   "batch": 2, "dtype": args.dtype, "device": args.device,
-                  "threads": int(os.environ.get("OMP_NUM_THREADS", "1"))},
+                  "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
+                  "malloc_mmap_threshold": None if args.glibc_default else 1 << 20},
         **results,
         **{f"{impl}_over_naive_memory": round(results[impl]["peak_extra_mb"] / n["peak_extra_mb"], 3)
            for impl in IMPLS[1:]},

@@ -405,3 +405,23 @@ def test_non_finite_teacher_propagates_instead_of_vanishing(name, impl):
     out = distill_loss(s, t, labels, vm, LossConfig(divergence=name, implementation=impl))
     for key in ("res", "vis", "rel"):
         assert not np.isfinite(out.parts[key]), (key, out.parts[key])
+
+
+@pytest.mark.parametrize("impl", ["chunked", "naive"])
+def test_forward_kl_ignores_words_the_teacher_rules_out(impl):
+    """A teacher logit of -inf (a masked word) has p_t = 0 and adds nothing to KL(p_t || p_s): the
+    loss equals the one over the remaining words, with the student's softmax still over all."""
+    s, t, labels, vm = make_batch()
+    masked = torch.tensor([3, 17, 30])
+    t[..., masked] = float("-inf")
+    out = distill_loss(s, t, labels, vm, LossConfig(rel=False, implementation=impl))
+    s64, t64 = s.double().numpy(), t.double().numpy()
+    ls = s64 - np.log(np.exp(s64).sum(-1, keepdims=True))
+    pt = _softmax64(t64)
+    keep = np.ones(s.shape[-1], dtype=bool)
+    keep[masked.numpy()] = False
+    kl = (pt[..., keep] * (np.log(pt[..., keep]) - ls[..., keep])).sum(-1)
+    res_rows = np.zeros(labels.shape, dtype=bool)
+    res_rows[:, :-1] = labels[:, 1:].numpy() != -100
+    assert out.parts["res"] == pytest.approx(kl[res_rows].mean(), rel=1e-5)
+    assert out.parts["vis"] == pytest.approx(kl[vm.numpy()].mean(), rel=1e-5)

@@ -52,10 +52,15 @@ def _xlogy_diff(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torc
 
 
 def _forward_kl(d, s, t, need_grad):
+    # The default divergence, on [chunk x V] blocks: in place where it can, so that at most four
+    # block-sized temporaries live at once (the fused objective's peak memory is mostly these).
     ls, lt = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
-    ps, pt = ls.exp(), lt.exp()
-    loss = _xlogy_diff(pt, lt, ls)
-    return loss, (ps - pt) if need_grad else None
+    pt = lt.exp()
+    terms = lt.sub_(ls).mul_(pt)  # p_t (log p_t - log p_s), lt's buffer reused
+    terms.masked_fill_(pt == 0, 0.0)  # as _xlogy_diff: 0 where p_t underflows; a NaN p_t stays NaN
+    loss = terms.sum(-1)
+    del terms
+    return loss, ls.exp_().sub_(pt) if need_grad else None
 
 
 def _reverse_kl(d, s, t, need_grad):

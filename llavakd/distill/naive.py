@@ -18,8 +18,8 @@ def naive_divergence(div: Divergence, s: torch.Tensor, t: torch.Tensor) -> torch
     """Per-row D(teacher || student) written as the textbook formula (autograd does the rest)."""
     ls, lt = F.log_softmax(s, -1), F.log_softmax(t, -1)
     ps, pt = ls.exp(), lt.exp()
-    if div.name == "forward_kl":
-        return (pt * (lt - ls)).sum(-1)
+    if div.name == "forward_kl":  # 0 log 0 = 0: a word the teacher rules out (p_t = 0) adds nothing
+        return torch.where(pt == 0, 0.0, pt * (lt - ls)).sum(-1)
     if div.name == "reverse_kl":
         return (ps * (ls - lt)).sum(-1)
     if div.name == "tv":

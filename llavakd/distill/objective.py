@@ -254,7 +254,7 @@ def _objective(src_s, src_t, labels, visual_mask, cfg, need_grad, cdt, dev):
             if need_grad:
                 d = logp.exp_()
                 d[ok.nonzero().flatten(), y[ok]] -= 1.0
-                g += d * (w_ce * ok.to(cdt))[:, None]
+                g.addcmul_(d, (w_ce * ok.to(cdt))[:, None])
             del logp
         if use_res or use_vis:
             t = src_t.rows(idx, cdt)
@@ -273,7 +273,8 @@ def _objective(src_s, src_t, labels, visual_mask, cfg, need_grad, cdt, dev):
                 for key, mask in logs:
                     sums[key] += (loss_rows * mask).sum().double() * T * T
                 if need_grad:
-                    g += dg * (coef * T)[:, None]  # d/ds of T^2 * D(s/T) = T * D'(s/T)
+                    g.addcmul_(dg, (coef * T)[:, None])  # d/ds of T^2 * D(s/T) = T * D'(s/T)
+                del dg
             del t, st, tt
         if need_grad:
             src_s.set_rows_grad(idx, g)
