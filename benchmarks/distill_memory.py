@@ -15,17 +15,10 @@ takes L_rel's Gram matrices through the identity H (W^T W) H^T, "fused_chunks" o
 chunks). The teacher's W^T W is computed once per run: it is timed apart
 (``teacher_head_gram_seconds``) and the timed step is a steady-state one. The
 student head is trainable, so its own gradient (0.6 GB) counts in every implementation. Each
-implementation runs in a fresh subprocess; on the CPU "peak extra" is the rise of the process's
-resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs) above what the inputs
-already hold; on CUDA it is torch.cuda.max_memory_allocated above the inputs. The last line is
-one JSON object with ``fused_over_naive_memory`` and ``fused_over_naive_time`` (same run).
-
-The children run with glibc's mmap threshold pinned (``MALLOC_MMAP_THRESHOLD_``, 1 MiB), so that
-VmHWM measures the memory the objective holds, not what the allocator happens to keep. By default
-glibc raises its threshold to the size of the last freed mmapped block (up to 32 MiB); the fused
-path's [chunk x V] blocks are ~32 MB, so after the first one they come from the heap, whose freed
-space glibc may or may not give back: the same code measured 1,062 and 1,294 MB in two runs. The
-naive path's blocks (1.5 GB) are mmapped either way. ``--glibc-default`` leaves the threshold alone.
+implementation runs in a fresh subprocess, with glibc's mmap threshold pinned; "peak extra" is what
+the step holds above the inputs (benchmarks/_paper_shape.py says how it is measured, and why the
+pin; ``--glibc-default`` leaves glibc alone). The last line is one JSON object with
+``fused_over_naive_memory`` and ``fused_over_naive_time`` (same run).
 
 ``--rel-check``: L_rel at the paper's shape from bf16 hidden states and heads (random, as above),
 through the fused objective (identity and chunks; Gram products in float32, cosine in float64),
@@ -38,88 +31,48 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
+from benchmarks._paper_shape import add_shape_args, inputs, measure, run_children, shape
+
 IMPLS = ("naive", "chunked", "fused", "fused_chunks")
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def run_one(args) -> dict:
     import torch
 
     from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
+    from llavakd.distill.objective import head_gram
     from llavakd.labels import IGNORE_INDEX
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    torch.manual_seed(0)
-    dtype = getattr(torch, args.dtype)
-    dev = torch.device(args.device)
-    B, n_vis, n_ans, prompt = 2, args.visual, args.answer, 24
-    L = prompt + n_vis + prompt + n_ans
-    g = torch.Generator(device="cpu").manual_seed(0)
-    labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
-    labels[:, L - n_ans:] = torch.randint(0, args.vocab, (B, n_ans), generator=g)
-    vm = torch.zeros(B, L, dtype=torch.bool)
-    vm[:, prompt:prompt + n_vis] = True
-    h_s = torch.empty(B, L, args.student_hidden, dtype=dtype, device=dev).normal_(0, 1)
-    h_t = torch.empty(B, L, args.teacher_hidden, dtype=dtype, device=dev).normal_(0, 1)
-    w_s = torch.empty(args.vocab, args.student_hidden, dtype=dtype, device=dev).normal_(0, args.student_hidden ** -0.5)
-    w_t = torch.empty(args.vocab, args.teacher_hidden, dtype=dtype, device=dev).normal_(0, args.teacher_hidden ** -0.5)
-    h_s.requires_grad_(True)
-    w_s.requires_grad_(True)
-    labels, vm = labels.to(dev), vm.to(dev)
-
+    x = inputs(args)
     precompute = 0.0
-    if args.impl.startswith("fused"):
-        from llavakd.distill.objective import head_gram
-
+    if args.impl == "fused":  # the frozen teacher's W^T W: once per run, kept on its head
         t0 = time.perf_counter()
-        if args.impl == "fused":  # the frozen teacher's W^T W: once per run, kept on its head
-            head_gram(w_t, torch.float32)
-        if dev.type == "cuda":
+        head_gram(x.w_t, torch.float32)
+        if x.w_t.is_cuda:
             torch.cuda.synchronize()
         precompute = time.perf_counter() - t0
 
     def step():
         if args.impl.startswith("fused"):
             cfg = LossConfig(rel_gram="chunks" if args.impl == "fused_chunks" else "identity")
-            return fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm, cfg)
-        with torch.no_grad():
-            teacher = h_t @ w_t.T
-        return distill_loss(h_s @ w_s.T, teacher, labels, vm, LossConfig(implementation=args.impl))
+            out = fused_distill_loss(x.h_s, x.w_s, x.h_t, x.w_t, x.labels, x.vm, cfg)
+        else:
+            with torch.no_grad():
+                teacher = x.h_t @ x.w_t.T
+            out = distill_loss(x.h_s @ x.w_s.T, teacher, x.labels, x.vm, LossConfig(implementation=args.impl))
+        out.total.backward()
+        return out
 
-    if dev.type == "cuda":  # one untimed pass: kernel selection and allocator warm-up stay out of the numbers
-        step().total.backward()
-        h_s.grad = w_s.grad = None
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        base = _rss_kb("VmRSS") * 1024
-    t0 = time.perf_counter()
-    out = step()
-    out.total.backward()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else _rss_kb("VmHWM") * 1024
+    out, seconds, peak = measure(step, x, args.device)
     return {
-        "impl": args.impl, "seconds": round(seconds, 3), "teacher_head_gram_seconds": round(precompute, 3),
-        "peak_extra_mb": round((peak - base) / 2**20, 1),
-        "inputs_mb": round(sum(x.numel() * x.element_size() for x in (h_s, h_t, w_s, w_t)) / 2**20, 1),
-        "head_grad_mb": round(w_s.numel() * w_s.element_size() / 2**20, 1),
-        "supervised_tokens": int((labels[:, 1:] != IGNORE_INDEX).sum()), "visual_positions": int(vm.sum()),
+        "impl": args.impl, "seconds": seconds, "teacher_head_gram_seconds": round(precompute, 3),
+        "peak_extra_mb": peak,
+        "inputs_mb": round(sum(t.numel() * t.element_size() for t in (x.h_s, x.h_t, x.w_s, x.w_t)) / 2**20, 1),
+        "head_grad_mb": round(x.w_s.numel() * x.w_s.element_size() / 2**20, 1),
+        "supervised_tokens": int((x.labels[:, 1:] != IGNORE_INDEX).sum()), "visual_positions": int(x.vm.sum()),
         "parts": {k: round(v, 6) for k, v in out.parts.items()},
     }
 
@@ -171,17 +124,11 @@ def rel_check(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vocab", type=int, default=151_936)
-    p.add_argument("--visual", type=int, default=728, help="visual positions per sample")
-    p.add_argument("--answer", type=int, default=512, help="supervised answer tokens per sample")
-    p.add_argument("--student-hidden", type=int, default=1024)
-    p.add_argument("--teacher-hidden", type=int, default=2560)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
+    add_shape_args(p)
+    p.add_argument("--rel-check", action="store_true", help="L_rel from bf16 inputs against float64 (one JSON line)")
     p.add_argument("--glibc-default", action="store_true",
                    help="leave glibc's dynamic mmap threshold alone in the children (peaks then vary by run)")
     p.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
-    p.add_argument("--rel-check", action="store_true", help="L_rel from bf16 inputs against float64 (one JSON line)")
     args = p.parse_args(argv)
     if args.rel_check:
         print(json.dumps(rel_check(args)))
@@ -189,22 +136,10 @@ def main(argv=None) -> int:
     if args.impl:  # child process
         print(json.dumps(run_one(args)))
         return 0
-    results = {}
-    for impl in IMPLS:
-        cmd = [sys.executable, "-m", "benchmarks.distill_memory", "--impl", impl] + (argv or sys.argv[1:])
-        env = dict(os.environ) if args.glibc_default else {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
-            return proc.returncode
-        results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = run_children("benchmarks.distill_memory", "--impl", IMPLS, argv, pin_malloc=not args.glibc_default)
     n = results["naive"]
     report = {
-        "shape": {"vocab": args.vocab, "visual_per_sample": args.visual, "answer_per_sample": args.answer,
-                  "student_hidden": args.student_hidden, "teacher_hidden": args.teacher_hidden,
-                  "batch": 2, "dtype": args.dtype, "device": args.device,
-                  "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
-                  "malloc_mmap_threshold": None if args.glibc_default else 1 << 20},
+        "shape": shape(args, malloc_mmap_threshold=None if args.glibc_default else 1 << 20),
         **results,
         **{f"{impl}_over_naive_memory": round(results[impl]["peak_extra_mb"] / n["peak_extra_mb"], 3)
            for impl in IMPLS[1:]},
