@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from benchmarks import distill_memory
-
+REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--vocab", "512", "--visual", "8", "--answer", "8", "--student-hidden", "16", "--teacher-hidden", "24"]
 
 
-def test_distill_memory_prints_every_ratio_in_one_json_line(capsys, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert distill_memory.main(SMALL) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+def test_distill_memory_prints_every_ratio_in_one_json_line():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.distill_memory", *SMALL], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
     for impl in ("chunked", "fused", "fused_chunks"):
         assert report[f"{impl}_over_naive_memory"] >= 0
         assert report[f"{impl}_over_naive_time"] > 0
