@@ -12,21 +12,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 
-from scipy import stats
+from llavakd.report.collect import Cell
+from llavakd.report.tables import ROLE_LABEL
 
-VARIANTS = {"baseline": "(baseline)", "baseline_plus": "(baseline+", "llava_kd": "LLaVA-KD"}
+VARIANT_OF = {label: role for role, label in ROLE_LABEL.items()}  # Method column -> variant
 PAIRS = [("llava_kd", "baseline"), ("baseline_plus", "baseline"), ("llava_kd", "baseline_plus")]
 LABEL = {"llava_kd": "LLaVA-KD", "baseline": "baseline", "baseline_plus": "baseline+"}
-
-
-def _variant(method: str) -> str | None:
-    for key, marker in VARIANTS.items():
-        if marker in method:
-            return key
-    return None
 
 
 def read(path: str, average: str) -> dict[str, dict[str, dict[int, float]]]:
@@ -34,8 +27,8 @@ def read(path: str, average: str) -> dict[str, dict[str, dict[int, float]]]:
     out: dict[str, dict[str, dict[int, float]]] = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
-            variant = _variant(row["method"])
-            if variant is None or row["average"].lower() != average or not row["llm"]:
+            variant = VARIANT_OF.get(row["method"])
+            if variant not in LABEL or row["average"].lower() != average or not row["llm"]:
                 continue
             seeds = {int(k.split("_")[1]): float(v) for k, v in row.items()
                      if k.startswith("seed_") and v not in ("-", "")}
@@ -43,21 +36,19 @@ def read(path: str, average: str) -> dict[str, dict[str, dict[int, float]]]:
     return out
 
 
-def interval(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    mean = sum(xs) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    return mean, stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("seeds_csv")
     p.add_argument("--average", default="avg10", choices=["avg7", "avg10"])
     args = p.parse_args(argv)
-    table = read(args.seeds_csv, args.average)
+    try:
+        table = read(args.seeds_csv, args.average)
+    except OSError as e:
+        print(f"{args.seeds_csv}: {e.strerror}", file=sys.stderr)
+        return 2
+    except KeyError as e:
+        print(f"{args.seeds_csv}: no column {e}; expected the seeds.csv a report writes", file=sys.stderr)
+        return 2
     if not table:
         print(f"{args.seeds_csv}: no baseline / baseline+ / LLaVA-KD rows with per-seed scores", file=sys.stderr)
         return 2
@@ -71,8 +62,9 @@ def main(argv=None) -> int:
                 continue
             seeds = sorted(set(variants[a]) & set(variants[b]))
             diffs = [variants[a][s] - variants[b][s] for s in seeds]
-            mean, half = interval(diffs)
-            cells.append(f"{mean:+.1f} ± {half:.1f} ({', '.join(f'{d:+.1f}' for d in diffs)})")
+            cell = Cell(diffs)
+            half = "-" if cell.ci95 is None else f"{cell.ci95:.1f}"
+            cells.append(f"{cell.mean:+.1f} ± {half} ({', '.join(f'{d:+.1f}' for d in diffs)})")
         print(f"| {llm} | " + " | ".join(cells) + " |")
     return 0
 
