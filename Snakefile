@@ -6,8 +6,8 @@
     snakemake --executor slurm --workflow-profile profiles/slurm reproduce_table1 --configfile config/paper.yaml
 
 Targets: reproduce_table1, ablation_losses, ablation_stages, figures, prefetch_benchmarks, all. Rules are split by
-domain under workflow/rules/; the config is validated (every problem at once) by llavakd.plan
-against workflow/schemas/config.schema.yaml. Results go to results/<run>/, reports to reports/<run>/.
+domain under workflow/rules/; the config is read once into the typed study of llavakd.study (every
+problem listed at once) by llavakd.plan. Results go to results/<run>/, reports to reports/<run>/.
 """
 
 # The default study, unless --configfile names another: Snakemake would otherwise deep-merge the

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 from llavakd.errors import LlavaKDError
@@ -291,7 +292,11 @@ def cmd_lmms_tasks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llavakd.eval.paper import DEFAULT_PROTOCOL, PROTOCOLS
+    from llavakd.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+    from llavakd.study import ComponentsSection, EvalSection, WorldSection
+
+    comp, ev, world = ComponentsSection(), EvalSection(), WorldSection()
+    DTYPES = list(typing.get_args(typing.get_type_hints(EvalSection)["dtype"]))  # noqa: N806
 
     p = argparse.ArgumentParser(
         prog="llavakd",
@@ -302,12 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("tiny-models", help="write the tiny offline SigLIP + Qwen2 family (component checkpoints)")
     s.add_argument("--out", required=True, type=Path, help="output folder")
-    s.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
+    s.add_argument("--seed", type=int, default=comp.seed, help=f"initialisation seed (default {comp.seed})")
     s.add_argument("--world", type=Path, help="a synth-world folder: pre-train the tower and LLMs on it")
-    s.add_argument("--vision-steps", type=int, default=1500, help="vision pre-training steps (batch 64)")
-    s.add_argument("--llm-steps", type=int, default=150, help="LM pre-training steps per LLM (batch 32)")
-    s.add_argument("--min-probe", type=float, default=0.9,
-                   help="fail unless the tower's held-out cell accuracy reaches this (default 0.9)")
+    s.add_argument("--vision-steps", type=int, default=comp.vision_steps,
+                   help=f"vision pre-training steps (batch 64; default {comp.vision_steps})")
+    s.add_argument("--llm-steps", type=int, default=comp.llm_steps,
+                   help=f"LM pre-training steps per LLM (batch 32; default {comp.llm_steps})")
+    s.add_argument("--min-probe", type=float, default=comp.min_probe,
+                   help=f"fail unless the tower's held-out cell accuracy reaches this (default {comp.min_probe})")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_tiny_models)
 
@@ -321,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", choices=["default", "full"], default="default",
                    help="'default' drops the first patch (paper: 729 -> 728); 'full' keeps all")
     s.add_argument("--feature-layer", type=int, default=-2, help="vision layer to read (default -2)")
-    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    s.add_argument("--dtype", choices=DTYPES, default="float32")
     s.add_argument("--seed", type=int, default=1234, help="projector initialisation seed")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_build)
@@ -331,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst", type=Path, help="output folder")
     s.add_argument("--tokenizer", help="tokenizer folder or hub id, if SRC ships none")
     s.add_argument("--image-processor", help="image processor folder or hub id (default: SigLIP's)")
-    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    s.add_argument("--dtype", choices=DTYPES, default=None)
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_convert_upstream)
 
@@ -343,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth-world", help="generate the synthetic world: images, training sets, ten benchmark stand-ins")
     s.add_argument("--out", required=True, type=Path, help="output folder")
-    s.add_argument("--seed", type=int, default=0, help="world seed (same seed, byte-identical files)")
-    s.add_argument("--size", choices=["tiny", "small"], default="tiny", help="number of images (default tiny)")
+    s.add_argument("--seed", type=int, default=world.seed, help="world seed (same seed, byte-identical files)")
+    s.add_argument("--size", choices=list(typing.get_args(typing.get_type_hints(WorldSection)["size"])),
+                   default=world.size, help=f"number of images (default {world.size})")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_synth_world)
 
@@ -406,10 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path, help="folder for <benchmark>.json and <benchmark>.samples.jsonl")
     s.add_argument("--world", type=Path, help="tiny mode: score the stand-ins of this synth-world")
     s.add_argument("--limit", type=int, help="score only the first N documents of each task")
-    s.add_argument("--batch-size", type=int, default=8, help="generation batch (answers do not depend on it)")
+    s.add_argument("--batch-size", type=int, default=ev.batch_size,
+                   help=f"generation batch (answers do not depend on it; default {ev.batch_size})")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--dtype", default=ev.dtype, choices=DTYPES)
     s.add_argument("--recompute", action="store_true",
                    help="score every benchmark again, even one finished earlier for this model and settings")
     s.add_argument("--submission", action="store_true",
@@ -427,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names")
     s.add_argument("--world", type=Path, help="tiny mode: the stand-ins of this synth-world")
     s.add_argument("--limit", type=int, help="the first N documents of each task (default: all)")
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--dtype", default=ev.dtype, choices=DTYPES)
     s.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
     s.add_argument("--hf-home", type=Path, help="a pre-filled Hugging Face cache with the official task data (offline)")
     s.set_defaults(func=cmd_agreement)

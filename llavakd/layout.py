@@ -23,9 +23,10 @@ placeholders (``"{llm}"``) as well as values, so the rules build their patterns 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from llavakd.eval.paper import DEFAULT_PROTOCOL
+from llavakd.protocols import DEFAULT_PROTOCOL
 from llavakd.io import COMPLETE_MARKER
 from llavakd.stages import CHAIN_REGEX
 
@@ -54,6 +55,7 @@ def released_name(name: str) -> str:
     return f"released/{name}"
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_model(name: str) -> ModelName:
     head, _, rest = name.partition("/")
     if head == "released":

@@ -22,102 +22,84 @@ from pathlib import Path
 import yaml
 
 from llavakd.config import StageConfig, set_dotted, stage_config_from_dict, to_dict
-from llavakd.errors import ConfigError
-from llavakd.eval.paper import DEFAULT_PROTOCOL
+from llavakd.errors import ConfigError, LlavaKDError
 from llavakd.layout import Layout, given_name, marker, model_name, parse_model, released_name
-from llavakd.stages import STAGES, TERMS, Chain, ChainError, with_terms
-
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def _schema_problems(config: dict) -> list[str]:
-    import jsonschema
-
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    out = []
-    for err in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
-        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        out.append(f"{where}: {err.message}")
-    return out
-
+from llavakd.stages import STAGES, TERMS, Chain, ChainError, Step, as_chain, with_terms
+from llavakd.study import Family, LossAblation, StudyConfig, load_study_config
 
 STUDENT_VARIANTS = ("baseline", "baseline_plus", "llava_kd")  # every student's rows in Table 1, in order
 
 
 class Study:
-    def __init__(self, config: dict):
-        self.config = config
-        self.run = config["run"]
-        self.mode = config["mode"]
-        self.seeds = list(config["seeds"])
-        self.families = config["families"]
+    """A loaded study: its typed config (``cfg``, llavakd.study) with its chains parsed, and the
+    runs, jobs and paths each target needs. Built by ``Study.load``; nothing else reads the raw dict."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self.run = cfg.run
+        self.mode = cfg.mode
+        self.seeds = list(cfg.seeds)
+        self.families = cfg.families
         # baseline_plus, the step-matched control, is part of every study: the baseline, then CE-only
         # fine-tuning as long as DFT (llavakd.stages, "cft")
-        self.variants = {"baseline_plus": f"{config['variants'].get('baseline', 'pt--sft')}--cft", **config["variants"]}
-        self.ablations = config.get("ablations", {})
+        variants = {name: Chain.parse(text) for name, text in cfg.variants.items()}
+        self.variants: dict[str, Chain] = {
+            "baseline_plus": Chain.of(*variants.get("baseline", Chain.parse("pt--sft")).steps, Step("cft")),
+            **variants}
+        self.ablation_stages: dict[str, Chain] = {n: Chain.parse(c) for n, c in cfg.ablations.stages.items()}
         self.layout = Layout(self.run)
         self.root = self.layout.root
-        protocol = config["eval"].get("protocol", DEFAULT_PROTOCOL)
-        self.protocols = [protocol] if isinstance(protocol, str) else list(protocol)  # the first is the main one
+        self.protocols = cfg.eval.protocols  # the first is the main one
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
     def load(cls, config: dict, source: str = "config", tiny_llms=None) -> Study:
-        """Validate (schema, then meaning, then every job's stage config); raise ConfigError listing
+        """Validate (types, then meaning, then every job's stage config); raise ConfigError listing
         every problem. ``tiny_llms``: the LLM names tiny mode knows (the workflow passes the tiny
         family's; ``None`` leaves names unchecked)."""
-        problems = _schema_problems(config)
+        cfg = load_study_config(config, source)
+        problems = cls._semantic_problems(cfg, tiny_llms)
         if problems:
             raise ConfigError(source, problems)
-        problems += cls._semantic_problems(config, tiny_llms)
-        if problems:
-            raise ConfigError(source, problems)
-        study = cls(config)
+        study = cls(cfg)
         problems += study.job_config_problems()
         if problems:
             raise ConfigError(source, problems)
         return study
 
     @staticmethod
-    def _semantic_problems(c: dict, tiny_llms=None) -> list[str]:
+    def _semantic_problems(c: StudyConfig, tiny_llms=None) -> list[str]:
         p = []
-        teachers = {f["teacher"] for f in c["families"].values()}
-        students = [s for f in c["families"].values() for s in f["students"]]
+        teachers = {f.teacher for f in c.families.values()}
+        students = [s for f in c.families.values() for s in f.students]
         for s in sorted({s for s in students if students.count(s) > 1}):
             p.append(f"families: student {s} appears in more than one family (its teacher would be ambiguous)")
         for s in sorted(teachers & set(students)):
             p.append(f"families: {s} is both a teacher and a student")
         llms = teachers | set(students)
-        if c["mode"] == "tiny":
+        if c.mode == "tiny":
             for name in sorted(llms - set(tiny_llms)) if tiny_llms is not None else []:
                 p.append(f"families: {name} is not a tiny LLM (tiny mode knows {', '.join(tiny_llms)})")
         else:
-            for name in sorted(llms - set(c.get("llms", {}))):
-                if not any(f["teacher"] == name and f.get("teacher_checkpoint") for f in c["families"].values()):
+            for name in sorted(llms - set(c.llms)):
+                if not any(f.teacher == name and f.teacher_checkpoint for f in c.families.values()):
                     p.append(f"llms.{name}: missing (real mode needs a base checkpoint path or hub id per LLM)")
-            if not c.get("vision"):
+            if not c.vision:
                 p.append("vision: missing (real mode needs the SigLIP checkpoint)")
             for key in ("captions", "instruct", "images"):
-                if not c.get("data", {}).get(key):
+                if not getattr(c.data, key):
                     p.append(f"data.{key}: missing (real mode trains on the LLaVA-1.5 data)")
-        named = dict(c["variants"])
-        for name, spec in c.get("ablations", {}).get("stages", {}).items():
-            named[f"ablations.stages.{name}"] = spec
+        named = {f"variants.{k}": v for k, v in c.variants.items()}
+        named.update({f"ablations.stages.{k}": v for k, v in c.ablations.stages.items()})
         for name, chain in named.items():
             try:
                 Chain.parse(chain)
             except ChainError as e:
-                p.append(f"{name if '.' in name else 'variants.' + name}: {e}")
+                p.append(f"{name}: {e}")
         for key in ("baseline", "llava_kd"):
-            if key not in c["variants"]:
+            if key not in c.variants:
                 p.append(f"variants.{key}: missing (Table 1 compares the baseline with LLaVA-KD)")
-        for name, spec in c.get("ablations", {}).get("losses", {}).items():
-            for st, terms in spec.items():
-                if not terms:
-                    p.append(f"ablations.losses.{name}.{st}: name at least one of {', '.join(TERMS)}")
-        abl_students = c.get("ablations", {}).get("students")
-        for s in abl_students or []:
+        for s in c.ablations.students or []:
             if s not in students:
                 p.append(f"ablations.students: {s} is not a student of any family")
         return p
@@ -125,31 +107,30 @@ class Study:
     # -- names ----------------------------------------------------------------------------
     def teacher_of(self, student: str) -> str:
         for fam in self.families.values():
-            if student in fam["students"]:
-                return fam["teacher"]
-        raise KeyError(student)
+            if student in fam.students:
+                return fam.teacher
+        raise LlavaKDError(f"{student} is not a student of any family of study {self.run}")
 
-    def family_of_teacher(self, teacher: str) -> dict:
-        return next(f for f in self.families.values() if f["teacher"] == teacher)
+    def family_of_teacher(self, teacher: str) -> Family:
+        return next(f for f in self.families.values() if f.teacher == teacher)
 
     def teacher_model(self, teacher: str) -> str:
         """Model name of a family's teacher: given as a checkpoint, or trained by the baseline recipe."""
         fam = self.family_of_teacher(teacher)
-        if fam.get("teacher_checkpoint"):
+        if fam.teacher_checkpoint:
             return given_name(teacher)
         return model_name(teacher, self.seeds[0], self.variants["baseline"])
 
     def students(self) -> list[str]:
-        return [s for f in self.families.values() for s in f["students"]]
+        return [s for f in self.families.values() for s in f.students]
 
     def ablation_students(self) -> list[str]:
-        return list(self.ablations.get("students") or self.students())
+        return list(self.cfg.ablations.students or self.students())
 
     @staticmethod
-    def loss_chain(spec: dict) -> str:
+    def loss_chain(spec: LossAblation) -> Chain:
         """The chain of a loss ablation: DPT and DFT with the listed terms (all when unlisted)."""
-        return str(Chain.of(with_terms("dpt", spec.get("dpt")), with_terms("sft", None),
-                            with_terms("dft", spec.get("dft"))))
+        return Chain.of(with_terms("dpt", spec.dpt), with_terms("sft", None), with_terms("dft", spec.dft))
 
     # -- targets --------------------------------------------------------------------------
     def variant_models(self, variant: str, seeds=None) -> list[str]:
@@ -157,7 +138,7 @@ class Study:
         return [model_name(s, seed, self.variants[variant]) for s in self.students() for seed in seeds or self.seeds]
 
     def table1_models(self) -> list[str]:
-        out = [self.teacher_model(f["teacher"]) for f in self.families.values()]
+        out = [self.teacher_model(f.teacher) for f in self.families.values()]
         for s in self.students():
             for seed in self.seeds:
                 out += [model_name(s, seed, self.variants[v]) for v in STUDENT_VARIANTS]
@@ -169,15 +150,15 @@ class Study:
 
     def ablation_loss_models(self) -> dict[str, list[str]]:
         return {name: [model_name(s, seed, self.loss_chain(spec)) for s in self.ablation_students() for seed in self.seeds]
-                for name, spec in self.ablations.get("losses", {}).items()}
+                for name, spec in self.cfg.ablations.losses.items()}
 
     def ablation_stage_models(self) -> dict[str, list[str]]:
         return {name: [model_name(s, seed, chain) for s in self.ablation_students() for seed in self.seeds]
-                for name, chain in self.ablations.get("stages", {}).items()}
+                for name, chain in self.ablation_stages.items()}
 
     def released_models(self) -> list[str]:
         """Released checkpoints (config ``released``) evaluated to measure our protocol's offset."""
-        return [released_name(name) for name in self.config.get("released", {})]
+        return [released_name(name) for name in self.cfg.released]
 
     def all_models(self) -> list[str]:
         """Every model some target of the study trains or scores."""
@@ -190,25 +171,25 @@ class Study:
     def model_dir(self, model: str) -> str:
         m = parse_model(model)
         if m.kind == "released":
-            return self.config["released"][m.llm]["checkpoint"]
+            return self.cfg.released[m.llm].checkpoint
         if m.kind == "given":
-            return self.family_of_teacher(m.llm)["teacher_checkpoint"]
+            return self.family_of_teacher(m.llm).teacher_checkpoint
         return self.layout.final_dir(m.llm, m.seed, m.chain)
 
     def start_dir(self, llm: str, seed: int, chain: str) -> str:
         """The model the last stage of ``chain`` starts from: its parent run, or the built model."""
-        parent = Chain.parse(chain).parent()
+        parent = as_chain(chain).parent()
         return self.layout.final_dir(llm, seed, parent) if parent else self.layout.init_dir(llm, seed)
 
     def teacher_dir(self, llm: str, chain: str) -> str | None:
-        if not Chain.parse(chain).last.distill:
+        if not as_chain(chain).last.distill:
             return None
         return self.model_dir(self.teacher_model(self.teacher_of(llm)))
 
     def train_inputs(self, llm: str, seed: int, chain: str) -> dict:
         """Input files of the job that trains the last stage of ``chain``: its config, start model,
         teacher, and the validation report of its dataset."""
-        step = Chain.parse(chain).last
+        step = as_chain(chain).last
         out = {"config": self.layout.config_file(llm, seed, chain), "model": marker(self.start_dir(llm, seed, chain)),
                "data_report": self.layout.data_report(step.spec.dataset)}
         if step.distill:
@@ -219,13 +200,9 @@ class Study:
 
     def stage_raw(self, llm: str, seed: int, chain: str) -> dict:
         """One job's stage config before validation: the study's overrides, the chain, the seed."""
-        step = Chain.parse(chain).last
+        step = as_chain(chain).last
         settings = step.spec.settings_of or step.name  # cft runs with DFT's steps and learning rate
-        tr = self.config.get("train", {})
-        merged = dict(tr.get("common", {}))
-        merged.update(tr.get(settings, {}) or {})
-        if llm in {f["teacher"] for f in self.families.values()}:
-            merged.update((tr.get("teacher", {}) or {}).get(settings, {}) or {})
+        merged = self.cfg.train.for_stage(settings, teacher=llm in {f.teacher for f in self.families.values()})
         merged.setdefault("train.seed", seed)
         if step.distill:
             for t in TERMS:
@@ -234,9 +211,9 @@ class Study:
         merged["data.json"] = data[step.spec.dataset]
         merged["data.images"] = data["images"]
         merged["data.skip_records"] = self.layout.data_report(step.spec.dataset)
-        subset = self.data_subset()
-        if subset["fraction"] < 1:
-            merged["data.subset_fraction"], merged["data.subset_seed"] = subset["fraction"], subset["seed"]
+        subset = self.cfg.data.subset
+        if subset is not None and subset.fraction < 1:
+            merged["data.subset_fraction"], merged["data.subset_seed"] = subset.fraction, subset.seed
         raw: dict = {"stage": step.name, "model": self.start_dir(llm, seed, chain),
                      "teacher": self.teacher_dir(llm, chain), "output_dir": self.layout.run_dir(llm, seed, chain)}
         for key, value in merged.items():
@@ -266,39 +243,39 @@ class Study:
         if self.mode == "tiny":
             w = self.layout.world_dir()
             return {"captions": f"{w}/train/captions.json", "instruct": f"{w}/train/instruct.json", "images": f"{w}/images"}
-        return dict(self.config["data"])
+        d = self.cfg.data
+        return {"captions": d.captions, "instruct": d.instruct, "images": d.images}
 
     def datasets(self) -> list[str]:
         """The study's datasets as the stages name them (``captions``, ``instruct``) that its jobs read."""
-        used = {Chain.parse(chain).last.spec.dataset for _, _, chain in train_jobs(self, self.all_models())}
+        used = {chain.last.spec.dataset for _, _, chain in train_jobs(self, self.all_models())}
         return sorted(used)
 
     def data_check(self, dataset: str) -> dict:
         """What validate-data checks one dataset with: the file, images, template and maximum length of
         the first job that reads it, and the study's ``data.max_bad_fraction``."""
-        job = next(j for j in train_jobs(self, self.all_models()) if Chain.parse(j[2]).last.spec.dataset == dataset)
+        job = next(j for j in train_jobs(self, self.all_models()) if j[2].last.spec.dataset == dataset)
         cfg = self.stage_config(*job)
         first = self.students()[0]
         return {"json": cfg.data.json, "images": cfg.data.images, "template": cfg.spec.template,
                 "max_length": cfg.data.max_length, "processor": self.layout.init_dir(first, self.seeds[0]),
-                "max_bad_fraction": float((self.config.get("data") or {}).get("max_bad_fraction", 0.0))}
+                "max_bad_fraction": float(self.cfg.data.max_bad_fraction)}
 
-    def data_subset(self) -> dict:
-        """The fraction of every stage's records a study trains on, and the subset's seed."""
-        sub = (self.config.get("data") or {}).get("subset") or {}
-        return {"fraction": float(sub.get("fraction", 1.0)), "seed": int(sub.get("seed", 0))}
+    @property
+    def subset_fraction(self) -> float:
+        """The fraction of every stage's records the study trains on."""
+        return self.cfg.data.subset.fraction if self.cfg.data.subset else 1.0
 
     def build_args(self, llm: str, seed: int) -> list[str]:
         if self.mode == "tiny":
             c = self.layout.components_dir()
             return ["--vision", f"{c}/vision/siglip", "--llm", f"{c}/llm/{llm}", "--strategy", "full", "--seed", str(seed)]
-        return ["--vision", self.config["vision"], "--llm", self.config["llms"][llm], "--image-tokens", "728",
+        return ["--vision", self.cfg.vision, "--llm", self.cfg.llms[llm], "--image-tokens", "728",
                 "--seed", str(seed)]
 
     def resources(self, rule: str) -> dict:
-        res = dict(self.config.get("resources", {}).get("default", {}))
-        res.update(self.config.get("resources", {}).get(rule, {}))
-        return res
+        """One rule's resources (llavakd.study.ResourcesSection.of: its section, default, the rule's own)."""
+        return self.cfg.resources.of(rule)
 
 
 # -- cost ---------------------------------------------------------------------------------
@@ -309,8 +286,8 @@ def train_jobs(study: Study, models: list[str]) -> list[tuple[str, int, str]]:
         m = parse_model(name)
         if m.kind != "run":
             continue
-        for prefix in Chain.parse(m.chain).prefixes():
-            key = (m.llm, m.seed, str(prefix))
+        for prefix in as_chain(m.chain).prefixes():
+            key = (m.llm, m.seed, prefix)
             if key not in seen:
                 seen.add(key)
                 jobs.append(key)
@@ -318,7 +295,7 @@ def train_jobs(study: Study, models: list[str]) -> list[tuple[str, int, str]]:
 
 
 def llm_params(study: Study, llm: str) -> float:
-    given = study.config.get("cost", {}).get("params", {})
+    given = study.cfg.cost.params if study.cfg.cost else {}
     if llm in given:
         return float(given[llm])
     from llavakd.model.shapes import QWEN, count_llm_params, qwen_config
@@ -333,7 +310,7 @@ def measured_mfu(study: Study) -> tuple[float, str] | None:
     """The MFU measured by benchmarks/gpu_dft_step.py in ``cost.mfu_file``, when the file exists:
     at the study's DFT per-device batch (or the largest measured batch below it) and loss
     implementation, the lowest over the measured pairs; with where it came from."""
-    path = study.config.get("cost", {}).get("mfu_file")
+    path = study.cfg.cost.mfu_file if study.cfg.cost else None
     if not path or not Path(path).is_file():
         return None
     try:
@@ -342,7 +319,7 @@ def measured_mfu(study: Study) -> tuple[float, str] | None:
         raise ConfigError("cost.mfu_file", [f"{path}: not JSON ({err})"]) from None
     reports = data if isinstance(data, list) else [data]
     dft = next((study.stage_config(llm, seed, chain) for llm, seed, chain in train_jobs(study, study.table1_models())
-                if Chain.parse(chain).last.name == "dft"), None)
+                if chain.last.name == "dft"), None)
     batch = dft.train.per_device_batch if dft else 1
     impl = dft.loss.implementation if dft else "fused"
     best: dict[str, tuple[int, float]] = {}
@@ -364,36 +341,36 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
     """GPU-hours per rule and in total from a FLOPs model: 6N per trained token (N: the student
     LLM's parameters; backward through a frozen LLM costs the same), 2N per teacher token, 2N per
     evaluated token, at the configured MFU of the configured peak."""
-    c = study.config["cost"]
+    c = study.cfg.cost
     measured = measured_mfu(study)
-    mfu, mfu_source = measured if measured else (c["mfu"], "configured" + (
-        f"; {c['mfu_file']} not found" if c.get("mfu_file") else ""))
-    rate = c["peak_tflops"] * 1e12 * mfu
-    samples, per = c["samples"], c["tokens_per_sample"]
-    fraction = study.data_subset()["fraction"]
+    mfu, mfu_source = measured if measured else (c.mfu, "configured" + (
+        f"; {c.mfu_file} not found" if c.mfu_file else ""))
+    rate = c.peak_tflops * 1e12 * mfu
+    samples, per = c.samples, c.tokens_per_sample
+    fraction = study.subset_fraction
 
     def stage_tokens(stage: str) -> float:
         kind = "pt" if STAGES[stage].dataset == "captions" else "sft"  # the cost config's keys
         return samples[kind] * fraction * per[kind]
 
     def job_hours(llm, chain) -> float:
-        st = Chain.parse(chain).last
+        st = as_chain(chain).last
         flops = 6 * llm_params(study, llm) * stage_tokens(st.name)
         if st.distill:
             flops += 2 * llm_params(study, study.teacher_of(llm)) * stage_tokens(st.name)
         return flops / rate / 3600
 
     def eval_hours(model) -> float:
-        return 2 * llm_params(study, parse_model(model).llm) * c.get("eval_tokens", 0) / rate / 3600
+        return 2 * llm_params(study, parse_model(model).llm) * c.eval_tokens / rate / 3600
 
     def agreement_hours(model) -> float:
         """Student and teacher each generate and then read the evaluated tokens again: 4N per token each."""
         llm = parse_model(model).llm
         n = llm_params(study, llm) + llm_params(study, study.teacher_of(llm))
-        return 4 * n * c.get("eval_tokens", 0) / rate / 3600
+        return 4 * n * c.eval_tokens / rate / 3600
 
     lines = [f"llavakd cost estimate (run {study.run}): 6N per trained token, 2N per teacher and evaluated token, "
-             f"MFU {mfu:.1%} ({mfu_source}) of {c['peak_tflops']:g} TFLOP/s per GPU"
+             f"MFU {mfu:.1%} ({mfu_source}) of {c.peak_tflops:g} TFLOP/s per GPU"
              + (f", {fraction:g} of the training records" if fraction < 1 else "")]
     targets = {"reproduce_table1": study.table1_models()}
     for name, groups in (("ablation_losses", study.ablation_loss_models()),
@@ -406,7 +383,7 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         evals = [m for m in dict.fromkeys(models) if ("eval", m) not in done for _ in study.protocols]
         per_stage: dict[str, list[float]] = {}
         for llm, seed, chain in jobs:
-            per_stage.setdefault(Chain.parse(chain).last.name, []).append(job_hours(llm, chain))
+            per_stage.setdefault(chain.last.name, []).append(job_hours(llm, chain))
         ev = [eval_hours(m) for m in evals]
         agree = [agreement_hours(m) for m in study.student_models()] if target == "reproduce_table1" else []
         total = sum(sum(v) for v in per_stage.values()) + sum(ev) + sum(agree)
@@ -443,7 +420,7 @@ def memory_report(study: Study, budget_gib: float = 80.0) -> str:
     lines = [f"llavakd memory estimate per GPU (llavakd/memory.py; {budget_gib:g} GiB budget, {world} GPUs a job):"]
     seen: dict[str, tuple] = {}
     for llm, seed, chain in train_jobs(study, study.table1_models()):
-        stage = Chain.parse(chain).last.name
+        stage = chain.last.name
         cfg = study.stage_config(llm, seed, chain)
         teacher = study.teacher_of(llm) if cfg.distill else None
         kw = dict(stage=stage, zero_stage=_zero_stage(cfg.train.deepspeed), world=world,

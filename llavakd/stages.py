@@ -21,6 +21,7 @@ trainer and the reports all go through ``Chain``. Torch-free, so the planner can
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -44,10 +45,6 @@ class StageSpec:
     precision: str  # fp32 | bf16 | fp16
     starts_chain: bool  # trains a fresh projector: only allowed as a chain's first stage
     settings_of: str | None = None  # a control stage: takes this stage's study settings (train.<stage>)
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.distill
 
 
 STAGES: dict[str, StageSpec] = {
@@ -119,7 +116,12 @@ class Chain:
 
     @classmethod
     def parse(cls, text: str) -> Chain:
-        steps = tuple(Step.parse(t) for t in str(text).split(SEPARATOR))
+        """The chain a text names (ChainError if the grammar refuses it); each text is parsed once."""
+        return _parse_chain(str(text))
+
+    @classmethod
+    def _parse(cls, text: str) -> Chain:
+        steps = tuple(Step.parse(t) for t in text.split(SEPARATOR))
         if steps[0].name not in FIRST_STAGES:
             raise ChainError(f"chain {text!r} must start with {' or '.join(FIRST_STAGES)} "
                              "(the projector is trained first)")
@@ -151,6 +153,16 @@ class Chain:
     def parent(self) -> Chain | None:
         """The run this chain's last stage starts from (None: the freshly built model)."""
         return self.prefix(len(self.steps) - 1) if len(self.steps) > 1 else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_chain(text: str) -> Chain:
+    return Chain._parse(text)
+
+
+def as_chain(chain: Chain | str) -> Chain:
+    """A chain given as an object or as its text (a Snakemake wildcard, a model name's part)."""
+    return chain if isinstance(chain, Chain) else Chain.parse(chain)
 
 
 def with_terms(name: str, terms) -> Step:

@@ -27,8 +27,6 @@ import yaml
 
 from llavakd.model.chat import LETTER_CN
 
-PROTOCOLS = ("lmms-eval", "paper")
-DEFAULT_PROTOCOL = "lmms-eval"
 SUFFIX = "_paper"  # a variant's task name: the base task's name + this
 
 

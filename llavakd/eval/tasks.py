@@ -85,7 +85,8 @@ def task_yaml(folder: str | Path, task: str, name: str) -> Path:
 def write_protocol_yamls(folder: str | Path, names: dict[str, str], protocol: str) -> dict[str, str]:
     """The tasks to run under ``protocol``: ``names`` itself for lmms-eval's, the paper variants (written
     into ``folder``) for the paper's."""
-    from llavakd.eval.paper import PROTOCOLS, write_paper_yamls
+    from llavakd.eval.paper import write_paper_yamls
+    from llavakd.protocols import PROTOCOLS
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")

@@ -16,12 +16,10 @@ from llavakd.errors import LlavaKDError
 from llavakd.io import atomic_write_text
 from llavakd.layout import model_name, parse_model
 from llavakd.plan import STUDENT_VARIANTS
-from llavakd.report import figures
 from llavakd.report.collect import collect_row, read_chance
 from llavakd.report.reference import load_paper
 from llavakd.report.tables import ablation_table, seed_table, table1, write_table
 from llavakd.stages import NAMES as STAGE_NAMES
-from llavakd.stages import Chain
 
 
 def _row(study, label, role, llm, models, family="", protocol=None):
@@ -34,10 +32,10 @@ def study_families(study, protocol=None) -> list[dict]:
     """Table 1's rows under one evaluation protocol (default: the study's first)."""
     fams = []
     for name, fam in study.families.items():
-        t = fam["teacher"]
+        t = fam.teacher
         entry = {"name": name, "teacher": _row(study, "teacher", "teacher", t, [study.teacher_model(t)], name, protocol),
                  "students": []}
-        for s in fam["students"]:
+        for s in fam.students:
             entry["students"].append({
                 role: _row(study, role, role, s, [model_name(s, seed, study.variants[role]) for seed in study.seeds],
                            name, protocol)
@@ -58,13 +56,13 @@ def study_chance(study) -> dict[str, float] | None:
 
 def smoke_caption(study) -> str | None:
     """config ``report.smoke_run``: say that the numbers come from a smoke run, with its step counts."""
-    if not study.config.get("report", {}).get("smoke_run"):
+    if not study.cfg.report.smoke_run:
         return None
     student, seed = study.students()[0], study.seeds[0]
     steps = {}
     for variant in ("baseline_plus", "llava_kd"):
-        for prefix in Chain.parse(study.variants[variant]).prefixes():
-            steps[prefix.last.name] = study.stage_config(student, seed, str(prefix)).train.max_steps
+        for prefix in study.variants[variant].prefixes():
+            steps[prefix.last.name] = study.stage_config(student, seed, prefix).train.max_steps
     steps = [f"{name.upper()} {steps[name]} steps" for name in STAGE_NAMES if name in steps]
     batch = study.stage_config(student, seed, study.variants["llava_kd"]).train.global_batch
     return (f"A smoke run of the whole DAG ({', '.join(steps)}, batch {batch}): far too short for the numbers to "
@@ -113,18 +111,20 @@ def llm_parameters(model_dir: str | Path) -> float:
 
 
 def render_figures(study, reports_dir) -> list[Path]:
+    from llavakd.report import figures  # matplotlib: imported to draw, never to plan
+
     fams = study_families(study)
     paper = load_paper()
     fig_dir = Path(reports_dir) / "figures"
     params = {}
     for fam in study.families.values():
-        for llm, model in [(fam["teacher"], study.teacher_model(fam["teacher"]))] + [
-                (s, model_name(s, study.seeds[0], study.variants["baseline"])) for s in fam["students"]]:
+        for llm, model in [(fam.teacher, study.teacher_model(fam.teacher))] + [
+                (s, model_name(s, study.seeds[0], study.variants["baseline"])) for s in fam.students]:
             params[llm] = llm_parameters(study.model_dir(model))
     runs = []
     seed = study.seeds[0]
     for s in study.students():
-        for prefix in Chain.parse(study.variants["llava_kd"]).prefixes():
+        for prefix in study.variants["llava_kd"].prefixes():
             runs.append((s, prefix.last.name, study.layout.metrics_file(s, seed, prefix)))
     chance = study_chance(study)
     return [figures.benchmark_bars(fams, paper, fig_dir / "benchmarks.png", chance),
@@ -134,21 +134,23 @@ def render_figures(study, reports_dir) -> list[Path]:
 
 def render_protocol_offset(study, reports_dir) -> list[Path]:
     """``figures/protocol_offset.{png,csv}``: each released checkpoint under each configured protocol."""
+    from llavakd.report import figures
     from llavakd.report.collect import read_scores
 
     released = []
     for model in study.released_models():
         name = parse_model(model).llm
-        spec = study.config["released"][name]
+        spec = study.cfg.released[name]
         for protocol in study.protocols:
             scores = {c: float(r["headline"]) for c, r in read_scores(study.layout.eval_dir(model, protocol)).items()}
-            released.append({"name": name, "method": spec["method"], "llm": spec["llm"], "protocol": protocol,
+            released.append({"name": name, "method": spec.method, "llm": spec.llm, "protocol": protocol,
                              "scores": scores})
     return figures.protocol_offset(released, load_paper(), Path(reports_dir) / "figures" / "protocol_offset.png")
 
 
 def render_agreement(study, reports_dir) -> list[Path]:
     """``agreement.{md,csv}`` and ``figures/agreement.png`` from every student's agreement folder."""
+    from llavakd.report import figures
     from llavakd.report.agreement import collect_agreement, write_agreement
 
     rows, benches = collect_agreement(study)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from llavakd.study import ComponentsSection
 from llavakd.errors import LlavaKDError
 from llavakd.labels import IGNORE_INDEX
 from llavakd.tiny.components import write_tiny_components
@@ -31,6 +32,8 @@ from llavakd.tiny.scenes import CELLS, COLORS, SHAPES
 
 CLASSES = ["empty"] + [f"digit {d}" for d in range(10)] + [f"{c} {s}" for c in COLORS for s in SHAPES]
 _ITEM = re.compile(r"(?:a (\w+) (\w+)|the number (\d)) at (top left|top right|bottom left|bottom right) \.")
+
+_DEFAULTS = ComponentsSection()  # the study's defaults (llavakd.study), the one home of these numbers
 
 
 def warmup_cosine(opt, steps: int, warmup: int):
@@ -80,7 +83,7 @@ def _cell_features(tower, pixels: torch.Tensor, layer: int = -2) -> torch.Tensor
     return torch.stack(cells, 1)  # [B, 4, H]
 
 
-def pretrain_vision(tower, world: Path, seed: int, steps: int = 1500, batch: int = 64, lr: float = 1e-3,
+def pretrain_vision(tower, world: Path, seed: int, steps: int = _DEFAULTS.vision_steps, batch: int = 64, lr: float = 1e-3,
                     holdout: float = 0.1, progress: bool = True) -> dict:
     """Train the tower (in place) on per-cell classification; return probe accuracy and timing."""
     x, y = load_world_images(world)
@@ -128,7 +131,7 @@ def world_text(world: Path) -> list[str]:
     return docs
 
 
-def pretrain_llm(lm, tokenizer, world: Path, seed: int, steps: int = 150, batch: int = 32, lr: float = 1e-3,
+def pretrain_llm(lm, tokenizer, world: Path, seed: int, steps: int = _DEFAULTS.llm_steps, batch: int = 32, lr: float = 1e-3,
                  max_tokens: int = 64, progress: bool = True, name: str = "llm") -> dict:
     """Causal-LM pre-training (in place) on the world's text; returns loss before/after."""
     docs = world_text(world)
@@ -165,8 +168,9 @@ def pretrain_llm(lm, tokenizer, world: Path, seed: int, steps: int = 150, batch:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def write_pretrained_components(out, world: Path, *, seed: int = 0, vision_steps: int = 1500, llm_steps: int = 150,
-                                min_probe: float = 0.9) -> dict:
+def write_pretrained_components(out, world: Path, *, seed: int = _DEFAULTS.seed,
+                                vision_steps: int = _DEFAULTS.vision_steps, llm_steps: int = _DEFAULTS.llm_steps,
+                                min_probe: float = _DEFAULTS.min_probe) -> dict:
     """The tiny components, pre-trained on ``world``: the tower until its held-out probe reaches
     ``min_probe`` (else LlavaKDError, nothing written), each LLM for ``llm_steps``."""
     world = Path(world)

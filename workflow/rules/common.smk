@@ -2,6 +2,7 @@
 # Paths come from llavakd.layout and chains from llavakd.stages: nothing here spells either.
 import os
 import sys
+import threading
 
 from snakemake.exceptions import WorkflowError
 
@@ -10,7 +11,6 @@ from llavakd.io import atomic_write_text
 from llavakd.eval.registry import resolve
 from llavakd.layout import MODEL_REGEX, NAME_REGEX, SEED_REGEX, marker, parse_model
 from llavakd.plan import Study, cost_report, memory_report, train_jobs
-from llavakd.report.render import render_for_rule
 from llavakd.stages import CHAIN_REGEX
 from llavakd.tiny.family import LLM_NAMES as TINY_LLMS
 
@@ -19,21 +19,22 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err))
 
+C = STUDY.cfg  # the typed study (llavakd.study): every setting a rule reads, with its default
 L = STUDY.layout
 R = L.root
 REPORTS = L.reports
 TINY = STUDY.mode == "tiny"
 WORLD = [marker(L.world_dir())] if TINY else []
 CHANCE = [L.chance_file()] if TINY else []  # the reports' chance row (tiny mode)
-BENCHMARKS = [b.name for b in resolve(config["eval"].get("benchmarks", "all"))]
+BENCHMARKS = [b.name for b in resolve(C.eval.benchmarks)]
 # Real mode with a data manifest: prepare_data fetches it first (a local rule). Tiny mode: the world.
 PREPARED_DATA = (
     WORLD
     if TINY
-    else ([L.data_prepared()] if config.get("data", {}).get("manifest") else [])
+    else ([L.data_prepared()] if C.data.manifest else [])
 )
 DATA_REPORTS = [L.data_report(d) for d in STUDY.datasets()]
-HF_HOME = config["eval"].get("hf_home")
+HF_HOME = C.eval.hf_home
 # Real mode with a shared Hugging Face cache: evaluation runs offline, after prefetch_benchmarks
 # (a local rule: it runs where snakemake runs, a login node with network access).
 PREFETCHED = [L.prefetch_marker()] if HF_HOME and not TINY else []
@@ -43,7 +44,7 @@ FIGURES = [
     for name in ("benchmarks", "overview", "training_curves")
 ] + (
     [f"{REPORTS}/figures/protocol_offset.{ext}" for ext in ("png", "csv")]
-    if config.get("released")
+    if C.released
     else []
 )
 # Shell commands run the interpreter that runs Snakemake (it has llavakd installed), named through
@@ -59,11 +60,25 @@ wildcard_constraints:
     model=MODEL_REGEX,
 
 
-def res(rule_name, key, default):
-    return STUDY.resources(rule_name).get(key, default)
+def res(rule_name, key):
+    """One resource of a rule (llavakd.study.ResourcesSection.of: defaults in one place)."""
+    return STUDY.resources(rule_name)[key]
 
 
-if workflow.is_main_process and config.get("cost"):
+_RENDER_LOCK = threading.Lock()
+
+
+def render_for_rule(*args, **kwargs):
+    """The report rules' entry point (llavakd.report.render), imported when a report is drawn, so
+    planning never imports the plotting libraries; one at a time, as pyplot's state is global and
+    `run:` jobs share the main process (profiles/default: force-use-threads)."""
+    from llavakd.report.render import render_for_rule as render
+
+    with _RENDER_LOCK:
+        return render(*args, **kwargs)
+
+
+if workflow.is_main_process and C.cost:
     print(cost_report(STUDY, BENCHMARKS), file=sys.stderr)
     print(memory_report(STUDY), file=sys.stderr)
 
@@ -73,8 +88,8 @@ def parent(path):
     return os.path.dirname(path)
 
 
-TRAIN_NODES = int(res("train", "nodes", 1))
-TRAIN_GPUS = int(res("train", "gpus", 0))  # per node
+TRAIN_NODES = int(res("train", "nodes"))
+TRAIN_GPUS = int(res("train", "gpus"))  # per node
 
 
 def train_cmd(wildcards, threads, resources):

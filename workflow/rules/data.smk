@@ -9,14 +9,14 @@ rule world:
         L.log("world"),
     benchmark:
         L.timing("world")
-    threads: res("world", "threads", 1)
+    threads: res("world", "threads")
     resources:
-        mem_mb=res("world", "mem_mb", 4000),
-        runtime=res("world", "runtime", 30),
+        mem_mb=res("world", "mem_mb"),
+        runtime=res("world", "runtime"),
     params:
         out=lambda wc, output: parent(output[0]),
-        seed=config.get("world", {}).get("seed", 0),
-        size=config.get("world", {}).get("size", "tiny"),
+        seed=C.world.seed,
+        size=C.world.size,
     shell:
         "$LLAVAKD_PY -m llavakd.cli synth-world --out {params.out} --seed {params.seed} --size {params.size} --overwrite > {log} 2>&1"
 
@@ -29,8 +29,8 @@ rule prepare_data_files:
         L.log("prepare_data"),
     localrule: True
     params:
-        manifest=config.get("data", {}).get("manifest"),
-        root=config.get("data", {}).get("root"),
+        manifest=C.data.manifest,
+        root=C.data.root,
     shell:
         "$LLAVAKD_PY -m llavakd.cli prepare-data --manifest {params.manifest} --root {params.root} "
         "--done {output} > {log} 2>&1"

@@ -18,28 +18,20 @@ for _protocol in STUDY.protocols:
             L.log(L.eval_name(_protocol), "{model}"),
         benchmark:
             L.timing(L.eval_name(_protocol), "{model}")
-        threads: res("eval", "threads", 1)
+        threads: res("eval", "threads")
         resources:
-            gpu=res("eval", "gpus", 0),
-            mem_mb=res("eval", "mem_mb", 8000),
-            runtime=res("eval", "runtime", 60),
+            gpu=res("eval", "gpus"),
+            mem_mb=res("eval", "mem_mb"),
+            runtime=res("eval", "runtime"),
         params:
             model=lambda wc: STUDY.model_dir(wc.model),
             out=lambda wc, output: parent(output[0]),
             benchmarks=",".join(BENCHMARKS),
             world=f"--world {L.world_dir()}" if TINY else "",
-            limit=(
-                f"--limit {config['eval']['limit']}"
-                if config["eval"].get("limit")
-                else ""
-            ),
-            batch=config["eval"].get("batch_size", 8),
-            dtype=config["eval"].get("dtype", "float32"),
-            hf_home=(
-                f"--hf-home {config['eval']['hf_home']}"
-                if config["eval"].get("hf_home")
-                else ""
-            ),
+            limit=f"--limit {C.eval.limit}" if C.eval.limit else "",
+            batch=C.eval.batch_size,
+            dtype=C.eval.dtype,
+            hf_home=f"--hf-home {C.eval.hf_home}" if C.eval.hf_home else "",
             protocol=_protocol,
         shell:
             "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.launch --gpus {resources.gpu} -- "
@@ -76,15 +68,11 @@ rule chance:
     params:
         world=L.world_dir(),
         benchmarks=",".join(BENCHMARKS),
-        limit=(
-            f"--limit {config['eval']['limit']}" if config["eval"].get("limit") else ""
-        ),
+        limit=f"--limit {C.eval.limit}" if C.eval.limit else "",
     shell:
         "OMP_NUM_THREADS=1 $LLAVAKD_PY -m llavakd.cli chance --world {params.world} --out {output} "
         "--benchmarks {params.benchmarks} {params.limit} > {log} 2>&1"
 
-
-AGREEMENT = config.get("agreement", {})
 
 
 rule agreement:
@@ -97,11 +85,11 @@ rule agreement:
         L.log("agreement", "{model}"),
     benchmark:
         L.timing("agreement", "{model}")
-    threads: res("eval", "threads", 1)
+    threads: res("eval", "threads")
     resources:
-        gpu=res("eval", "gpus", 0),
-        mem_mb=res("eval", "mem_mb", 8000),
-        runtime=res("eval", "runtime", 60),
+        gpu=res("eval", "gpus"),
+        mem_mb=res("eval", "mem_mb"),
+        runtime=res("eval", "runtime"),
     params:
         student=lambda wc: STUDY.model_dir(wc.model),
         teacher=lambda wc: STUDY.model_dir(
@@ -109,16 +97,12 @@ rule agreement:
         ),
         out=lambda wc, output: parent(output[0]),
         benchmarks=",".join(
-            b.name for b in resolve(AGREEMENT.get("benchmarks", ",".join(BENCHMARKS)))
+            b.name for b in resolve(C.agreement.benchmarks or ",".join(BENCHMARKS))
         ),
         world=f"--world {L.world_dir()}" if TINY else "",
-        limit=f"--limit {AGREEMENT['limit']}" if AGREEMENT.get("limit") else "",
-        dtype=AGREEMENT.get("dtype", config["eval"].get("dtype", "float32")),
-        hf_home=(
-            f"--hf-home {config['eval']['hf_home']}"
-            if config["eval"].get("hf_home")
-            else ""
-        ),
+        limit=f"--limit {C.agreement.limit}" if C.agreement.limit else "",
+        dtype=C.agreement.dtype or C.eval.dtype,
+        hf_home=f"--hf-home {C.eval.hf_home}" if C.eval.hf_home else "",
     shell:
         "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.launch --gpus {resources.gpu} -- "
         "$LLAVAKD_PY -m llavakd.cli agreement --student {params.student} --teacher {params.teacher} "

@@ -12,17 +12,17 @@ rule components:
         L.log("components"),
     benchmark:
         L.timing("components")
-    threads: res("components", "threads", 1)
+    threads: res("components", "threads")
     resources:
-        mem_mb=res("components", "mem_mb", 8000),
-        runtime=res("components", "runtime", 60),
+        mem_mb=res("components", "mem_mb"),
+        runtime=res("components", "runtime"),
     params:
         out=lambda wc, output: parent(output[0]),
         world=lambda wc, input: parent(input[0]),
-        seed=config.get("components", {}).get("seed", 0),
-        vision_steps=config.get("components", {}).get("vision_steps", 1500),
-        llm_steps=config.get("components", {}).get("llm_steps", 150),
-        min_probe=config.get("components", {}).get("min_probe", 0.9),
+        seed=C.components.seed,
+        vision_steps=C.components.vision_steps,
+        llm_steps=C.components.llm_steps,
+        min_probe=C.components.min_probe,
     shell:
         "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.cli tiny-models --out {params.out} --world {params.world} "
         "--seed {params.seed} --vision-steps {params.vision_steps} --llm-steps {params.llm_steps} "
@@ -39,10 +39,10 @@ rule init_model:
         L.log("init", "{llm}", "s{seed}"),
     benchmark:
         L.timing("init", "{llm}", "s{seed}")
-    threads: res("build", "threads", 1)
+    threads: res("build", "threads")
     resources:
-        mem_mb=res("build", "mem_mb", 8000),
-        runtime=res("build", "runtime", 30),
+        mem_mb=res("build", "mem_mb"),
+        runtime=res("build", "runtime"),
     params:
         out=lambda wc, output: parent(output[0]),
         args=lambda wc: " ".join(STUDY.build_args(wc.llm, int(wc.seed))),

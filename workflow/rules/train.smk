@@ -29,11 +29,11 @@ rule train:
         L.log("train", "{llm}", "s{seed}", "{chain}"),
     benchmark:
         L.timing("train", "{llm}", "s{seed}", "{chain}")
-    threads: res("train", "threads", 1)
+    threads: res("train", "threads")
     resources:
         **TRAIN_SLURM,
-        mem_mb=res("train", "mem_mb", 8000),
-        runtime=res("train", "runtime", 60),
+        mem_mb=res("train", "mem_mb"),
+        runtime=res("train", "runtime"),
     params:
         cmd=train_cmd,
     shell:
