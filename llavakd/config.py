@@ -20,15 +20,14 @@ dry run. Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from llavakd.errors import ConfigError
 from llavakd.stages import DISTILL_STAGES, NAMES, STAGES, StageSpec
+from llavakd.typed import build
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tv", "skew_kl")  # implemented in llavakd.distill.divergences
 IMPLEMENTATIONS = ("fused", "chunked", "naive")  # fused: from hidden states and heads (llavakd.distill.fused)
@@ -208,74 +207,6 @@ class StageConfig:
 # ----------------------------------------------------------------------------- parsing
 
 
-def _hint(tp) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else tp
-    return tp
-
-
-_BAD = object()  # a mistyped value: reported, then the field keeps its default so validation goes on
-
-
-def _coerce(value, tp, path: str, problems: list[str]):
-    tp = _hint(tp)
-    if value is None:
-        return None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        problems.append(f"{path}: expected true/false, got {value!r}")
-        return _BAD
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        problems.append(f"{path}: expected an integer, got {value!r}")
-        return _BAD
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        problems.append(f"{path}: expected a number, got {value!r}")
-        return _BAD
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        problems.append(f"{path}: expected a string, got {value!r}")
-        return _BAD
-    return value
-
-
-def _build(cls, raw: dict, prefix: str, problems: list[str]):
-    if not isinstance(raw, dict):
-        problems.append(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        path = f"{prefix}{key}"
-        if key not in fields:
-            close = [f for f in fields if f.startswith(str(key)[:3])]
-            problems.append(f"{path}: unknown key" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-            continue
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, f"{path}.", problems)
-        else:
-            value = _coerce(value, tp, path, problems)
-            if value is not _BAD:
-                kwargs[key] = value
-    return cls(**kwargs)
-
-
 def set_dotted(raw: dict, key: str, value) -> str | None:
     """Set ``a.b.c`` in nested dicts; returns the part that is not a section, if one is in the way."""
     *sections, leaf = key.strip().split(".")
@@ -326,7 +257,7 @@ def stage_config_from_dict(raw: dict, source: str, problems: list[str] | None = 
     """Type-check, validate and resolve a stage config given as nested dicts (the planner's and the
     job's one path); raise ConfigError listing every problem, ``problems`` found earlier included."""
     problems = list(problems or [])
-    cfg = _build(StageConfig, raw, "", problems)
+    cfg = build(StageConfig, raw, "", problems)
     reported = {x.split(":")[0] for x in problems}
     problems += [q for q in cfg.validate() if q.split(":")[0] not in reported]
     if problems:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from llavakd.protocols import DEFAULT_PROTOCOL
 from llavakd.io import COMPLETE_MARKER
+from llavakd.protocols import DEFAULT_PROTOCOL
 from llavakd.stages import CHAIN_REGEX
 
 NAME_REGEX = r"[A-Za-z0-9._-]+"  # an LLM or a released checkpoint's name

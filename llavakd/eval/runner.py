@@ -45,9 +45,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from llavakd.errors import LlavaKDError
-from llavakd.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from llavakd.eval.registry import Benchmark, headline, resolve
 from llavakd.io import COMPLETE_MARKER, atomic_write_text, write_marker
+from llavakd.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 
 log = logging.getLogger("llavakd.eval")
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llavakd.study import ComponentsSection
 from llavakd.errors import LlavaKDError
 from llavakd.labels import IGNORE_INDEX
+from llavakd.study import ComponentsSection
 from llavakd.tiny.components import write_tiny_components
 from llavakd.tiny.scenes import CELLS, COLORS, SHAPES
 
