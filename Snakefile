@@ -28,7 +28,7 @@ include: "workflow/rules/report.smk"
 rule reproduce_table1:
     """Table 1: teachers, baselines (PT+SFT) and LLaVA-KD students (DPT+SFT+DFT) beside the paper."""
     input:
-        expand(f"{REPORTS}/table1.{{ext}}", ext=TABLE_FORMATS),
+        [REPORT_FILES.table(TABLE1, ext) for ext in TABLE_FORMATS],
         FIGURES,
         AGREEMENT_REPORT,
 
@@ -36,13 +36,19 @@ rule reproduce_table1:
 rule ablation_losses:
     """DPT/DFT with subsets of L_res, L_vis, L_rel."""
     input:
-        expand(f"{REPORTS}/ablation_losses.{{ext}}", ext=TABLE_FORMATS),
+        [
+            REPORT_FILES.table(REPORT_FILES.ablation("losses"), ext)
+            for ext in TABLE_FORMATS
+        ],
 
 
 rule ablation_stages:
     """PT or DPT, SFT, with or without DFT."""
     input:
-        expand(f"{REPORTS}/ablation_stages.{{ext}}", ext=TABLE_FORMATS),
+        [
+            REPORT_FILES.table(REPORT_FILES.ablation("stages"), ext)
+            for ext in TABLE_FORMATS
+        ],
 
 
 rule prepare_data:

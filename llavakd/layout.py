@@ -9,12 +9,13 @@
     results/<run>/components/                     tiny SigLIP + LLMs (tiny mode)
     results/<run>/models/<llm>/s<seed>/init/      the freshly assembled LLaVA a chain starts from
     results/<run>/configs/<llm>/s<seed>/<chain>.yaml   the validated config of one training job
-    results/<run>/runs/<llm>/s<seed>/<chain>/     one training job: checkpoints, metrics, final/
+    results/<run>/runs/<llm>/s<seed>/<chain>/     one training job (RunDir): config.yaml, metrics.jsonl,
+                                                  metadata.json, checkpoints/checkpoint-N/, final/
     results/<run>/eval/<model>/<benchmark>.json   one benchmark's result for one model (lmms-eval protocol)
     results/<run>/agreement/<model>/<benchmark>.json   a student's agreement with its teacher
     results/<run>/eval-paper/<model>/...          the same under the paper's protocol (llavakd.eval.paper)
     results/<run>/logs/..., results/<run>/benchmarks/...   Snakemake logs and timings
-    reports/<run>/                                tables and figures
+    reports/<run>/                                tables and figures (Reports)
 
 A *model name* is ``<llm>/s<seed>/<chain>`` for a trained run, ``<llm>/given`` for a teacher given as a
 checkpoint, ``released/<name>`` for a released checkpoint. Every method accepts Snakemake wildcard
@@ -73,6 +74,84 @@ def marker(folder: str) -> str:
     return f"{folder}/{COMPLETE_MARKER}"
 
 
+# -- one training run's folder (a StageConfig's output_dir; llavakd.train.run writes it) ----------
+RUN_CONFIG = "config.yaml"  # the resolved stage config
+RUN_METRICS = "metrics.jsonl"  # one line per logging step
+RUN_METADATA = "metadata.json"  # commit, versions, batch decomposition, tokens/s, peak memory, wall time
+RUN_CHECKPOINTS = "checkpoints"  # checkpoint-N folders, each with its COMPLETE marker
+RUN_FINAL = "final"  # the trained model + processor, COMPLETE last
+RUN_FINAL_STAGING = ".final-staging"  # final/ while it is written
+FINAL_METADATA = "llavakd_run.json"  # metadata.json's copy inside final/
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers' checkpoint folder names: checkpoint-<step>
+
+# -- a study's reports (reports/<run>/) ------------------------------------------------------------
+TABLE_FORMATS = ("md", "csv", "tex", "html")
+TABLE1, SEEDS, AGREEMENT = "table1", "seeds", "agreement"  # tables (AGREEMENT: also a figure)
+STUDY_FIGURES = ("benchmarks", "overview", "training_curves")  # figures of every study
+OFFSET_FIGURE = "protocol_offset"  # with released checkpoints: .png and .csv
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one training run's folder."""
+
+    path: str
+
+    def _join(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    @property
+    def config(self) -> str:
+        return self._join(RUN_CONFIG)
+
+    @property
+    def metrics(self) -> str:
+        return self._join(RUN_METRICS)
+
+    @property
+    def metadata(self) -> str:
+        return self._join(RUN_METADATA)
+
+    @property
+    def checkpoints(self) -> str:
+        return self._join(RUN_CHECKPOINTS)
+
+    @property
+    def final(self) -> str:
+        return self._join(RUN_FINAL)
+
+    @property
+    def final_staging(self) -> str:
+        return self._join(RUN_FINAL_STAGING)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step}"
+
+
+@dataclass(frozen=True)
+class Reports:
+    """The files of a study's reports folder (reports/<run>/, or any folder the report code is given)."""
+
+    root: str
+
+    def table(self, name: str, ext: str) -> str:
+        """A table: ``table1``, ``seeds``, ``agreement`` or ``ablation_<kind>``, in one format."""
+        return f"{self.root}/{name}.{ext}"
+
+    def stem(self, name: str) -> str:
+        """A table's path without its format (what the table writers add ``.<ext>`` to)."""
+        return f"{self.root}/{name}"
+
+    def figure(self, name: str, ext: str = "png") -> str:
+        return f"{self.root}/figures/{name}.{ext}"
+
+    @staticmethod
+    def ablation(kind) -> str:
+        """The ablation table of one kind (``losses`` or ``stages``; a Snakemake placeholder works too)."""
+        return f"ablation_{kind}"
+
+
 @dataclass(frozen=True)
 class Layout:
     run: str
@@ -84,6 +163,10 @@ class Layout:
     @property
     def reports(self) -> str:
         return f"reports/{self.run}"
+
+    @property
+    def report_files(self) -> Reports:
+        return Reports(self.reports)
 
     def world_dir(self) -> str:
         return f"{self.root}/world"
@@ -101,13 +184,13 @@ class Layout:
         return f"{self.root}/runs/{llm}/s{seed}/{chain}"
 
     def final_dir(self, llm, seed, chain) -> str:
-        return f"{self.run_dir(llm, seed, chain)}/final"
+        return RunDir(self.run_dir(llm, seed, chain)).final
 
     def final_marker(self, llm, seed, chain) -> str:
         return marker(self.final_dir(llm, seed, chain))
 
     def metrics_file(self, llm, seed, chain) -> str:
-        return f"{self.run_dir(llm, seed, chain)}/metrics.jsonl"
+        return RunDir(self.run_dir(llm, seed, chain)).metrics
 
     @staticmethod
     def eval_name(protocol: str = DEFAULT_PROTOCOL) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llavakd.errors import LlavaKDError
 from llavakd.io import atomic_write_text
-from llavakd.layout import model_name, parse_model
+from llavakd.layout import AGREEMENT, OFFSET_FIGURE, SEEDS, STUDY_FIGURES, TABLE1, Reports, model_name, parse_model
 from llavakd.plan import STUDENT_VARIANTS
 from llavakd.report.collect import collect_row, read_chance
 from llavakd.report.reference import load_paper
@@ -76,10 +76,10 @@ def render_table1(study, reports_dir, formats=("md", "csv", "tex", "html")):
     fams = by_protocol[study.protocols[0]]
     chance = study_chance(study)
     paths = write_table(table1(by_protocol, load_paper(), chance, smoke_caption(study)),
-                        Path(reports_dir) / "table1", formats)
+                        Reports(str(reports_dir)).stem(TABLE1), formats)
     md, csv_text = seed_table(fams, study.seeds, chance)
     for ext, text in (("md", md), ("csv", csv_text)):
-        paths.append(atomic_write_text(Path(reports_dir) / f"seeds.{ext}", text))
+        paths.append(atomic_write_text(Reports(str(reports_dir)).table(SEEDS, ext), text))
     return paths
 
 
@@ -94,7 +94,7 @@ def render_ablation(study, kind: str, reports_dir, formats=("md", "csv", "tex", 
             rows.append((f"{name}, {s}", chain, _row(study, name, name, s, mine)))
     title = {"losses": "Ablation: distillation terms in DPT/DFT", "stages": "Ablation: training stages"}[kind]
     table = ablation_table(title, rows, study.protocols[0], study_chance(study), smoke_caption(study))
-    return write_table(table, Path(reports_dir) / f"ablation_{kind}", formats)
+    return write_table(table, Reports(str(reports_dir)).stem(Reports.ablation(kind)), formats)
 
 
 def llm_parameters(model_dir: str | Path) -> float:
@@ -115,7 +115,7 @@ def render_figures(study, reports_dir) -> list[Path]:
 
     fams = study_families(study)
     paper = load_paper()
-    fig_dir = Path(reports_dir) / "figures"
+    out = Reports(str(reports_dir))
     params = {}
     for fam in study.families.values():
         for llm, model in [(fam.teacher, study.teacher_model(fam.teacher))] + [
@@ -127,9 +127,10 @@ def render_figures(study, reports_dir) -> list[Path]:
         for prefix in study.variants["llava_kd"].prefixes():
             runs.append((s, prefix.last.name, study.layout.metrics_file(s, seed, prefix)))
     chance = study_chance(study)
-    return [figures.benchmark_bars(fams, paper, fig_dir / "benchmarks.png", chance),
-            figures.overview(fams, paper, params, fig_dir / "overview.png", chance),
-            figures.training_curves(runs, fig_dir / "training_curves.png")]
+    bars, overview, curves = (Path(out.figure(name)) for name in STUDY_FIGURES)
+    return [figures.benchmark_bars(fams, paper, bars, chance),
+            figures.overview(fams, paper, params, overview, chance),
+            figures.training_curves(runs, curves)]
 
 
 def render_protocol_offset(study, reports_dir) -> list[Path]:
@@ -145,7 +146,7 @@ def render_protocol_offset(study, reports_dir) -> list[Path]:
             scores = {c: float(r["headline"]) for c, r in read_scores(study.layout.eval_dir(model, protocol)).items()}
             released.append({"name": name, "method": spec.method, "llm": spec.llm, "protocol": protocol,
                              "scores": scores})
-    return figures.protocol_offset(released, load_paper(), Path(reports_dir) / "figures" / "protocol_offset.png")
+    return figures.protocol_offset(released, load_paper(), Path(Reports(str(reports_dir)).figure(OFFSET_FIGURE)))
 
 
 def render_agreement(study, reports_dir) -> list[Path]:
@@ -154,8 +155,9 @@ def render_agreement(study, reports_dir) -> list[Path]:
     from llavakd.report.agreement import collect_agreement, write_agreement
 
     rows, benches = collect_agreement(study)
-    paths = write_agreement(rows, benches, Path(reports_dir) / "agreement")
-    return paths + [figures.agreement(rows, benches, Path(reports_dir) / "figures" / "agreement.png")]
+    out = Reports(str(reports_dir))
+    paths = write_agreement(rows, benches, Path(out.stem(AGREEMENT)))
+    return paths + [figures.agreement(rows, benches, Path(out.figure(AGREEMENT)))]
 
 
 def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv", "tex", "html")) -> None:

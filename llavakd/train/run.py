@@ -2,7 +2,7 @@
 
     llavakd train --stage dft --config config/stages/dft.yaml train.lr=5e-4 --resume
 
-Run directory (``output_dir``):
+Run directory (``output_dir``; the names come from ``llavakd.layout.RunDir``):
     config.yaml            the resolved configuration
     metrics.jsonl          one line per logging step: loss, loss_ce/res/vis/rel, lr, grad_norm, tokens/s
     checkpoints/           checkpoint-N folders (staged, renamed, COMPLETE marker last) + TensorBoard runs/
@@ -29,6 +29,7 @@ import yaml
 from llavakd.config import StageConfig, to_dict
 from llavakd.errors import LlavaKDError
 from llavakd.io import COMPLETE_MARKER, publish_dir, sha256_of
+from llavakd.layout import FINAL_METADATA, RunDir
 
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
@@ -115,12 +116,12 @@ def _teacher_partition(teacher) -> list[dict] | None:
 def prepare_run_dir(cfg: StageConfig, resume: bool, overwrite: bool) -> Path:
     from llavakd.train.trainer import complete_checkpoints
 
-    out = Path(cfg.output_dir)
-    if (out / "final" / COMPLETE_MARKER).exists() and not overwrite:
-        raise LlavaKDError(f"{out} holds a finished run (final/COMPLETE); pass --overwrite to train it again")
+    out, run = Path(cfg.output_dir), RunDir(cfg.output_dir)
+    if (Path(run.final) / COMPLETE_MARKER).exists() and not overwrite:
+        raise LlavaKDError(f"{out} holds a finished run ({run.final}/{COMPLETE_MARKER}); pass --overwrite to train it again")
     if overwrite and out.exists():
         shutil.rmtree(out)
-    if complete_checkpoints(out / "checkpoints") and not resume:
+    if complete_checkpoints(run.checkpoints) and not resume:
         raise LlavaKDError(f"{out} has checkpoints from an earlier run; pass --resume to continue it or --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -140,8 +141,9 @@ def check_resume_config(out: Path, cfg: StageConfig, resume: bool) -> None:
     """Resuming continues the same run: refuse when its stored config differs (every key listed)."""
     from llavakd.train.trainer import complete_checkpoints
 
-    stored = out / "config.yaml"
-    if not (resume and stored.is_file() and complete_checkpoints(out / "checkpoints")):
+    run = RunDir(str(out))
+    stored = Path(run.config)
+    if not (resume and stored.is_file() and complete_checkpoints(run.checkpoints)):
         return
     old, new = _flat(yaml.safe_load(stored.read_text()) or {}), _flat(to_dict(cfg))
     ignore = {"train.stop_after_steps"}  # when to stop is not part of what is trained
@@ -218,7 +220,7 @@ def setup_training_args(cfg: StageConfig, out: Path, world: int):
 
     accum = batch_decomposition(cfg.train.global_batch, cfg.train.per_device_batch, world)
     args = TrainingArguments(
-        output_dir=str(out / "checkpoints"),
+        output_dir=RunDir(str(out)).checkpoints,
         per_device_train_batch_size=cfg.train.per_device_batch,
         gradient_accumulation_steps=accum,
         learning_rate=cfg.train.lr,
@@ -252,7 +254,7 @@ def setup_trainer(cfg: StageConfig, out: Path, model, processor, teacher, datase
     from llavakd.data.dataset import Collator
     from llavakd.train.trainer import JsonlLogger, KDTrainer, NonFiniteGradGuard, StopAfter
 
-    callbacks = [NonFiniteGradGuard(model), JsonlLogger(out / "metrics.jsonl")]
+    callbacks = [NonFiniteGradGuard(model), JsonlLogger(Path(RunDir(str(out)).metrics))]
     if cfg.train.stop_after_steps:
         callbacks.append(StopAfter(cfg.train.stop_after_steps))
     trainer = KDTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer),
@@ -295,7 +297,8 @@ def save_final(trainer, processor, out: Path, meta: dict, *, trained: bool) -> P
 
     Every rank takes part (under ZeRO-3 saving gathers the weights), into one staging folder that
     the main process then marks and renames: a rank never renames a half-written folder."""
-    staging, main = out / ".final-staging", trainer.args.should_save
+    run = RunDir(str(out))
+    staging, main = Path(run.final_staging), trainer.args.should_save
     if main:
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
@@ -305,12 +308,12 @@ def save_final(trainer, processor, out: Path, meta: dict, *, trained: bool) -> P
         trainer._save(str(staging))
     trainer.accelerator.wait_for_everyone()
     if main:
-        (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        Path(run.metadata).write_text(json.dumps(meta, indent=2) + "\n")
         processor.save_pretrained(str(staging))
-        shutil.copy(out / "metadata.json", staging / "llavakd_run.json")
-        publish_dir(staging, out / "final")
+        shutil.copy(run.metadata, staging / FINAL_METADATA)
+        publish_dir(staging, Path(run.final))
     trainer.accelerator.wait_for_everyone()
-    return out / "final"
+    return Path(run.final)
 
 
 def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
@@ -322,7 +325,8 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     t0 = time.perf_counter()
     out = prepare_run_dir(cfg, resume, overwrite)
     check_resume_config(out, cfg, resume)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    run = RunDir(str(out))
+    Path(run.config).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     set_seed(cfg.train.seed)
     model, processor, teacher, counts = setup_models(cfg)
     dataset = setup_data(cfg, processor)
@@ -330,7 +334,7 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     args, accum = setup_training_args(cfg, out, world)
     trainer = setup_trainer(cfg, out, model, processor, teacher, dataset, args)
 
-    ckpts, damaged = intact_checkpoints(out / "checkpoints") if resume else ([], [])
+    ckpts, damaged = intact_checkpoints(run.checkpoints) if resume else ([], [])
     for line in damaged:
         print(line)
     if damaged and not ckpts:
@@ -352,4 +356,4 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     save_final(trainer, processor, out, meta, trained=not finished)
     if dataset.skipped:
         print(dataset.skip_report())
-    return out / "final"
+    return Path(run.final)

@@ -16,8 +16,9 @@ from transformers import Trainer, TrainerCallback
 from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
 from llavakd.errors import LlavaKDError
 from llavakd.io import COMPLETE_MARKER, marker_problem, write_marker
+from llavakd.layout import CHECKPOINT_PREFIX, checkpoint_name
 
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
+_CKPT = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 
 
 class NonFiniteError(LlavaKDError):
@@ -246,7 +247,7 @@ class KDTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         final_root = Path(self.args.output_dir)
-        name = f"checkpoint-{self.state.global_step}"
+        name = checkpoint_name(self.state.global_step)
         staging = final_root / f".staging-{name}"
         if self.args.should_save and staging.exists():
             shutil.rmtree(staging)

@@ -9,7 +9,19 @@ from snakemake.exceptions import WorkflowError
 from llavakd.errors import ConfigError
 from llavakd.io import atomic_write_text
 from llavakd.eval.registry import resolve
-from llavakd.layout import MODEL_REGEX, NAME_REGEX, SEED_REGEX, marker, parse_model
+from llavakd.layout import (
+    AGREEMENT,
+    MODEL_REGEX,
+    NAME_REGEX,
+    OFFSET_FIGURE,
+    SEED_REGEX,
+    SEEDS,
+    STUDY_FIGURES,
+    TABLE1,
+    TABLE_FORMATS,
+    marker,
+    parse_model,
+)
 from llavakd.plan import Study, cost_report, memory_report, train_jobs
 from llavakd.stages import CHAIN_REGEX
 from llavakd.tiny.family import LLM_NAMES as TINY_LLMS
@@ -19,31 +31,27 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err))
 
-C = STUDY.cfg  # the typed study (llavakd.study): every setting a rule reads, with its default
+C = (
+    STUDY.cfg
+)  # the typed study (llavakd.study): every setting a rule reads, with its default
 L = STUDY.layout
 R = L.root
 REPORTS = L.reports
+REPORT_FILES = L.report_files
 TINY = STUDY.mode == "tiny"
 WORLD = [marker(L.world_dir())] if TINY else []
 CHANCE = [L.chance_file()] if TINY else []  # the reports' chance row (tiny mode)
 BENCHMARKS = [b.name for b in resolve(C.eval.benchmarks)]
 # Real mode with a data manifest: prepare_data fetches it first (a local rule). Tiny mode: the world.
-PREPARED_DATA = (
-    WORLD
-    if TINY
-    else ([L.data_prepared()] if C.data.manifest else [])
-)
+PREPARED_DATA = WORLD if TINY else ([L.data_prepared()] if C.data.manifest else [])
 DATA_REPORTS = [L.data_report(d) for d in STUDY.datasets()]
 HF_HOME = C.eval.hf_home
 # Real mode with a shared Hugging Face cache: evaluation runs offline, after prefetch_benchmarks
 # (a local rule: it runs where snakemake runs, a login node with network access).
 PREFETCHED = [L.prefetch_marker()] if HF_HOME and not TINY else []
-TABLE_FORMATS = ["md", "csv", "tex", "html"]
-FIGURES = [
-    f"{REPORTS}/figures/{name}.png"
-    for name in ("benchmarks", "overview", "training_curves")
-] + (
-    [f"{REPORTS}/figures/protocol_offset.{ext}" for ext in ("png", "csv")]
+TABLE_FORMATS = list(TABLE_FORMATS)
+FIGURES = [REPORT_FILES.figure(name) for name in STUDY_FIGURES] + (
+    [REPORT_FILES.figure(OFFSET_FIGURE, ext) for ext in ("png", "csv")]
     if C.released
     else []
 )
@@ -149,8 +157,8 @@ def agreement_inputs(wc):
 
 
 AGREEMENT_FILES = [marker(L.agreement_dir(m)) for m in STUDY.student_models()]
-AGREEMENT_REPORT = [f"{REPORTS}/agreement.{ext}" for ext in ("md", "csv")] + [
-    f"{REPORTS}/figures/agreement.png"
+AGREEMENT_REPORT = [REPORT_FILES.table(AGREEMENT, ext) for ext in ("md", "csv")] + [
+    REPORT_FILES.figure(AGREEMENT)
 ]
 
 

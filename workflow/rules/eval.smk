@@ -74,7 +74,6 @@ rule chance:
         "--benchmarks {params.benchmarks} {params.limit} > {log} 2>&1"
 
 
-
 rule agreement:
     """One student against its teacher: answer agreement, answer KL and visual KL per benchmark."""
     input:

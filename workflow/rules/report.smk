@@ -10,7 +10,7 @@ rule table1:
     output:
         [
             report(
-                f"{REPORTS}/table1.{ext}",
+                REPORT_FILES.table(TABLE1, ext),
                 caption="../report/table1.rst",
                 category="Table 1",
             )
@@ -18,7 +18,7 @@ rule table1:
         ],
         [
             report(
-                f"{REPORTS}/seeds.{ext}",
+                REPORT_FILES.table(SEEDS, ext),
                 caption="../report/seeds.rst",
                 category="Table 1",
             )
@@ -41,16 +41,16 @@ rule ablation_table:
     output:
         [
             report(
-                f"{REPORTS}/ablation_{{kind}}.{ext}",
+                REPORT_FILES.table(REPORT_FILES.ablation("{kind}"), ext),
                 caption="../report/ablation.rst",
                 category="Ablations",
             )
             for ext in TABLE_FORMATS
         ],
     log:
-        L.log("report", "ablation_{kind}"),
+        L.log("report", REPORT_FILES.ablation("{kind}")),
     benchmark:
-        L.timing("report", "ablation_{kind}")
+        L.timing("report", REPORT_FILES.ablation("{kind}"))
     wildcard_constraints:
         kind="losses|stages",
     localrule: True
@@ -85,11 +85,11 @@ rule protocol_offset:
         eval_files(STUDY.released_models()),
     output:
         report(
-            f"{REPORTS}/figures/protocol_offset.png",
+            REPORT_FILES.figure(OFFSET_FIGURE),
             caption="../report/offset.rst",
             category="Figures",
         ),
-        f"{REPORTS}/figures/protocol_offset.csv",
+        REPORT_FILES.figure(OFFSET_FIGURE, "csv"),
     log:
         L.log("report", "protocol_offset"),
     benchmark:

@@ -1,0 +1,148 @@
+"""One home per piece of knowledge, checked on the source: run-folder and report names are spelled
+only in llavakd/layout.py, and only llavakd/plan.py's ``Study.load`` reads a study's raw dict.
+Each check has a negative control: a snippet that breaks the rule must be caught."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import llavakd.layout as layout
+from llavakd.study import StudyConfig
+from llavakd.typed import field_docs
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "llavakd"
+RULES = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
+
+# file names that only layout.py may spell, and folder names it may join
+FILES = (layout.RUN_CONFIG, layout.RUN_METRICS, layout.RUN_METADATA, layout.FINAL_METADATA, layout.RUN_FINAL_STAGING)
+FOLDERS = (layout.RUN_FINAL, layout.RUN_CHECKPOINTS, "figures", layout.TABLE1, layout.SEEDS)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                out.add(id(body[0].value))
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):  # attribute docstrings
+            out.add(id(node.value))
+    return out
+
+
+def layout_spellings(source: str) -> list[str]:
+    """String literals (docstrings aside) that spell a run file's name, or a run or report folder as
+    a path part (``x / "final"``, ``f"{x}/final"``, ``"checkpoint-"`` prefixes)."""
+    tree = ast.parse(source)
+    skip = _docstrings(tree)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant):
+            if node.right.value in FOLDERS:
+                found.append(node.right.value)
+        if not isinstance(node, ast.Constant) or not isinstance(node.value, str) or id(node) in skip:
+            continue
+        text = node.value
+        found += [f for f in FILES if f in text]
+        found += [d for d in FOLDERS if re.search(rf"(^|/){re.escape(d)}(/|\.|$)", text) and "/" in text]
+        if layout.CHECKPOINT_PREFIX in text and text != layout.CHECKPOINT_PREFIX + "*":
+            found.append(layout.CHECKPOINT_PREFIX)
+    return found
+
+
+def test_run_and_report_names_live_in_layout_only():
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "layout.py":
+            continue
+        hits = layout_spellings(path.read_text())
+        if hits:
+            offenders[str(path.relative_to(ROOT))] = hits
+    for path in RULES:  # Snakemake files: the literal names in any string
+        text = "\n".join(line for line in path.read_text().splitlines()  # the study file and captions are not run files
+                         if "caption=" not in line and "config/config.yaml" not in line)
+        hits = [n for n in FILES if n in text] + re.findall(r"/(?:final|checkpoints|figures)/|/table1\.|/seeds\.", text)
+        if hits:
+            offenders[str(path.relative_to(ROOT))] = hits
+    assert not offenders, offenders
+
+
+def test_the_layout_check_catches_a_name_spelled_elsewhere():
+    for snippet in ('out = run / "final"', 'p = f"{out}/metrics.jsonl"', 'open(out + "/metadata.json")',
+                    'name = f"checkpoint-{step}"', 'p = f"{reports}/figures/{name}.png"'):
+        assert layout_spellings(snippet), snippet
+    assert not layout_spellings('"""Writes metrics.jsonl and final/."""\nx = 1')  # prose in a docstring
+
+
+# -- the study's raw dict ------------------------------------------------------------------------
+def raw_study_reads(source: str) -> list[str]:
+    """Reads of a study's raw dict: ``config[...]``/``config.get(...)`` and ``<x>.config[...]``/``.get``."""
+    tree = ast.parse(source)
+    found = []
+
+    def is_config(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "config") or (
+            isinstance(node, ast.Attribute) and node.attr == "config")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and is_config(node.value):
+            found.append(ast.unparse(node))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                and is_config(node.func.value)):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_only_study_load_reads_the_raw_study():
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        hits = raw_study_reads(path.read_text())
+        if hits:
+            offenders[str(path.relative_to(ROOT))] = hits
+    for path in RULES:
+        hits = re.findall(r"\bconfig(?:\[|\.get\()", path.read_text())
+        if hits:
+            offenders[str(path.relative_to(ROOT))] = hits
+    assert not offenders, offenders
+
+
+def test_the_raw_study_check_catches_a_raw_read():
+    for snippet in ('x = study.config["eval"]', 'x = config.get("world", {})', 'x = self.config.get("cost")'):
+        assert raw_study_reads(snippet), snippet
+    assert not raw_study_reads("x = study.cfg.eval.limit")
+
+
+def test_every_study_field_says_what_it_is():
+    import dataclasses
+
+    seen, todo = set(), [StudyConfig]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{cls.__name__}: fields without a docstring: {missing}"
+        for f in dataclasses.fields(cls):
+            for tp in _dataclasses_in(f.type, cls):
+                todo.append(tp)
+    assert len(seen) > 10
+
+
+def _dataclasses_in(annotation, owner):
+    import dataclasses
+    import sys
+    import typing
+
+    hints = typing.get_type_hints(owner, vars(sys.modules[owner.__module__]))
+    out, stack = [], list(hints.values())
+    while stack:
+        tp = stack.pop()
+        if dataclasses.is_dataclass(tp):
+            out.append(tp)
+        stack += list(typing.get_args(tp))
+    return out
