@@ -139,3 +139,32 @@ def test_gradients_scale_with_the_upstream_gradient():
     (2.5 * fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm).total).backward()
     torch.testing.assert_close(h_s.grad, 2.5 * h1, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(w_s.grad, 2.5 * w1, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "chunked", "naive"])
+def test_a_share_scales_the_configured_weights_without_rewriting_them(implementation):
+    """The trainer passes a micro-batch's share of its step as ``scale``: the loss and gradients are
+    those of weights x share (float64), and the configured weights stay as they were."""
+    inputs = make(seed=7)
+    cfg = LossConfig(ce_weight=1.0, res_weight=0.5, vis_weight=2.0, rel_weight=0.25, implementation=implementation,
+                     chunk_rows=5)
+    scale = {"ce": 0.3, "res": 0.3, "vis": 1.7, "rel": 0.6}
+    scaled = LossConfig(**{**cfg.__dict__, **{f"{k}_weight": getattr(cfg, f"{k}_weight") * v for k, v in scale.items()}})
+
+    def go(c, s):
+        h_s, w_s, h_t, w_t, labels, vm = (x.clone() for x in inputs)
+        h_s.requires_grad_(True)
+        w_s.requires_grad_(True)
+        if implementation == "fused":
+            out = fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm, c, scale=s)
+        else:
+            out = distill_loss(h_s @ w_s.T, h_t @ w_t.T, labels, vm, c, scale=s)
+        out.total.backward()
+        return out.total.item(), h_s.grad
+
+    want, want_h = go(scaled, None)
+    got, got_h = go(cfg, scale)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+    torch.testing.assert_close(got_h, want_h, rtol=1e-10, atol=1e-12)
+    assert (cfg.ce_weight, cfg.res_weight, cfg.vis_weight, cfg.rel_weight) == (1.0, 0.5, 2.0, 0.25)
+    assert go(cfg, None)[0] != pytest.approx(got)  # the share matters (negative control)

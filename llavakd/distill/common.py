@@ -36,10 +36,21 @@ def vis_divergence(cfg: LossConfig) -> Divergence:
     return Divergence(cfg.vis_divergence or cfg.divergence, beta=cfg.jsd_beta, alpha=cfg.skew_alpha)
 
 
-def resolve_config(cfg: LossConfig | None, has_teacher: bool, what: str) -> LossConfig:
-    """The config to use (default: the paper's), refusing an invalid one or a missing teacher."""
+TERM_NAMES = ("ce", "res", "vis", "rel")
+
+
+def term_weights(cfg: LossConfig, scale: dict[str, float] | None = None) -> dict[str, float]:
+    """Each term's weight in this call: the configured weight (never rewritten) times ``scale``,
+    the share of the optimizer step's positions this micro-batch holds (the trainer's; 1 if unset)."""
+    scale = scale or {}
+    return {k: getattr(cfg, f"{k}_weight") * float(scale.get(k, 1.0)) for k in TERM_NAMES}
+
+
+def resolve_config(cfg: LossConfig | None, has_teacher: bool, what: str, checked: bool = False) -> LossConfig:
+    """The config to use (default: the paper's), refusing an invalid one or a missing teacher.
+    ``checked``: the caller validated it already (a training job, once when it read its config)."""
     cfg = cfg or LossConfig()
-    problems = cfg.validate()
+    problems = [] if checked else cfg.validate()
     if problems:
         raise ValueError("invalid loss config: " + "; ".join(problems))
     if cfg.needs_teacher and not has_teacher:
@@ -124,10 +135,11 @@ def feature_relation(student_features, teacher_features, visual_mask, cfg: LossC
     return relation_value(Rs, Rt, cfg), len(Rs)
 
 
-def with_feature_relation(out: LossOutput, student_features, teacher_features, visual_mask, cfg) -> LossOutput:
-    """Add L_rel from the features to an objective computed without it."""
+def with_feature_relation(out: LossOutput, student_features, teacher_features, visual_mask, cfg,
+                          weight: float) -> LossOutput:
+    """Add L_rel from the features, times ``weight``, to an objective computed without it."""
     rel, n = feature_relation(student_features, teacher_features, visual_mask, cfg)
     out.parts["rel"] = float(rel.detach())
     out.counts["rel"] = n
-    out.total = out.total + (cfg.rel_weight * rel).to(out.total.dtype)
+    out.total = out.total + (weight * rel).to(out.total.dtype)
     return out

@@ -44,6 +44,7 @@ from llavakd.distill.common import (
     check_features,
     check_inputs,
     resolve_config,
+    term_weights,
     with_feature_relation,
 )
 from llavakd.distill.objective import LinearSource, _compute_dtype, _objective, without_rel
@@ -68,11 +69,11 @@ def _check(h_s, w_s, h_t, w_t, labels, visual_mask) -> None:
 
 class _FusedLinearObjective(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, labels, visual_mask, cfg, sink):
+    def forward(ctx, h_s, w_s, h_t, w_t, labels, visual_mask, cfg, weights, sink):
         need_grad = h_s.requires_grad or w_s.requires_grad
         src_s = LinearSource(h_s, w_s, need_grad, need_head_grad=w_s.requires_grad)
         src_t = LinearSource(h_t, w_t, False) if h_t is not None else None
-        total, parts, counts = _objective(src_s, src_t, labels, visual_mask, cfg, need_grad,
+        total, parts, counts = _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad,
                                           _compute_dtype(h_s), h_s.device)
         sink["parts"] = {k: float(v) for k, v in parts.items()}
         sink["counts"] = counts
@@ -95,21 +96,26 @@ class _FusedLinearObjective(torch.autograd.Function):
             if go != 1.0:
                 g.mul_(go)  # in place: the head's gradient buffer is as large as the head
             out.append(g.to(dtype))
-        return out[0].reshape(shape) if out[0] is not None else None, out[1], None, None, None, None, None, None
+        return out[0].reshape(shape) if out[0] is not None else None, out[1], None, None, None, None, None, None, None
 
 
 def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                        teacher_hidden: torch.Tensor | None, teacher_head: torch.Tensor | None,
                        labels: torch.Tensor, visual_mask: torch.Tensor, cfg: LossConfig | None = None, *,
                        student_features: torch.Tensor | None = None,
-                       teacher_features: torch.Tensor | None = None) -> LossOutput:
-    """See the module docstring; raises DistillShapeError naming both shapes when they do not fit."""
-    cfg = resolve_config(cfg, teacher_hidden is not None, "hidden states")
+                       teacher_features: torch.Tensor | None = None,
+                       scale: dict[str, float] | None = None, checked: bool = False) -> LossOutput:
+    """See the module docstring; raises DistillShapeError naming both shapes when they do not fit.
+    ``scale`` and ``checked`` as in ``llavakd.distill.objective.distill_loss``."""
+    cfg = resolve_config(cfg, teacher_hidden is not None, "hidden states", checked)
+    w = term_weights(cfg, scale)
     _check(student_hidden, student_head, teacher_hidden, teacher_head, labels, visual_mask)
     check_features(student_features, teacher_features, labels, cfg)
     from_features = cfg.rel and cfg.rel_source == "features"
     sink: dict = {}
     total = _FusedLinearObjective.apply(student_hidden, student_head, teacher_hidden, teacher_head, labels,
-                                        visual_mask, without_rel(cfg) if from_features else cfg, sink)
+                                        visual_mask, without_rel(cfg) if from_features else cfg, w, sink)
     out = LossOutput(total=total, parts=sink["parts"], counts=sink["counts"])
-    return with_feature_relation(out, student_features, teacher_features, visual_mask, cfg) if from_features else out
+    if from_features:
+        return with_feature_relation(out, student_features, teacher_features, visual_mask, cfg, w["rel"])
+    return out

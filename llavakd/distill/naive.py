@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llavakd.distill.common import LossOutput, res_divergence, vis_divergence
+from llavakd.distill.common import LossOutput, res_divergence, term_weights, vis_divergence
 from llavakd.distill.divergences import Divergence
 from llavakd.labels import IGNORE_INDEX
 
@@ -34,7 +34,9 @@ def naive_divergence(div: Divergence, s: torch.Tensor, t: torch.Tensor) -> torch
     raise ValueError(div.name)
 
 
-def naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_features=None, teacher_features=None):
+def naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_features=None, teacher_features=None,
+                       scale: dict[str, float] | None = None):
+    w = term_weights(cfg, scale)
     cdt = torch.float64 if student.dtype == torch.float64 else torch.float32
     T = cfg.temperature
     sup = labels[:, 1:] != IGNORE_INDEX
@@ -47,18 +49,18 @@ def naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_featu
     if cfg.ce:
         ce = F.cross_entropy(s_res, labels[:, 1:][sup], reduction="sum") / max(counts["ce"], 1)
         parts["ce"] = ce
-        total = total + cfg.ce_weight * ce
+        total = total + w["ce"] * ce
     if cfg.res:
         t_res = t_all[:, :-1][sup]
         res = (naive_divergence(res_divergence(cfg), s_res / T, t_res / T).sum() * T * T) / max(counts["res"], 1)
         parts["res"] = res
-        total = total + cfg.res_weight * res
+        total = total + w["res"] * res
     counts["vis"] = int(visual_mask.sum())
     if cfg.vis:
         s_vis, t_vis = s_all[visual_mask], t_all[visual_mask]
         vis = (naive_divergence(vis_divergence(cfg), s_vis / T, t_vis / T).sum() * T * T) / max(counts["vis"], 1)
         parts["vis"] = vis
-        total = total + cfg.vis_weight * vis
+        total = total + w["vis"] * vis
     if cfg.rel:
         rs, rt = [], []
         for b in range(student.shape[0]):
@@ -80,6 +82,6 @@ def naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_featu
         else:
             rel = torch.stack([1 - F.cosine_similarity(a, b, dim=0, eps=1e-30) for a, b in zip(rt, rs)]).mean()
         parts["rel"] = rel
-        total = total + cfg.rel_weight * rel
+        total = total + w["rel"] * rel
     return LossOutput(total=total.to(student.dtype), parts={k: float(v.detach()) for k, v in parts.items()},
                       counts=counts)

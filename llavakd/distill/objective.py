@@ -39,6 +39,7 @@ from llavakd.distill.common import (
     relation_value,
     res_divergence,
     resolve_config,
+    term_weights,
     vis_divergence,
     with_feature_relation,
 )
@@ -59,18 +60,24 @@ def distill_loss(
     teacher_visual_mask: torch.Tensor | None = None,
     student_features: torch.Tensor | None = None,
     teacher_features: torch.Tensor | None = None,
+    scale: dict[str, float] | None = None,
+    checked: bool = False,
 ) -> LossOutput:
     """The objective from logits; ``implementation`` "naive" is the oracle, "chunked" and "fused"
-    (whose hidden-state form is ``fused_distill_loss``) both run the chunked path here."""
-    cfg = resolve_config(cfg, teacher is not None, "logits")
+    (whose hidden-state form is ``fused_distill_loss``) both run the chunked path here. ``scale``:
+    per-term factors on the configured weights (a micro-batch's share of its step; common.term_weights).
+    ``checked``: ``cfg`` was validated already (once per training job)."""
+    cfg = resolve_config(cfg, teacher is not None, "logits", checked)
+    w = term_weights(cfg, scale)
     check_inputs(student, teacher, labels, visual_mask, teacher_labels, teacher_visual_mask)
     check_features(student_features, teacher_features, labels, cfg)
     if cfg.implementation == "naive":
-        return naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_features, teacher_features)
+        return naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_features, teacher_features,
+                                  scale)
     if cfg.rel and cfg.rel_source == "features":
-        out = _chunked(student, teacher, labels, visual_mask, without_rel(cfg))
-        return with_feature_relation(out, student_features, teacher_features, visual_mask, cfg)
-    return _chunked(student, teacher, labels, visual_mask, cfg)
+        out = _chunked(student, teacher, labels, visual_mask, without_rel(cfg), w)
+        return with_feature_relation(out, student_features, teacher_features, visual_mask, cfg, w["rel"])
+    return _chunked(student, teacher, labels, visual_mask, cfg, w)
 
 
 def without_rel(cfg: LossConfig) -> LossConfig:
@@ -216,8 +223,9 @@ def head_gram(w: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
     return g
 
 
-def _objective(src_s, src_t, labels, visual_mask, cfg, need_grad, cdt, dev):
-    """Every term and (through the sources) its gradient; returns (total, parts, counts)."""
+def _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad, cdt, dev):
+    """Every term and (through the sources) its gradient; returns (total, parts, counts).
+    ``weights``: each term's weight in this call (common.term_weights)."""
     V = src_s.vocab
     res_rows, vis_rows, target = _rows_plan(labels, visual_mask, cfg)
     use_res, use_vis = cfg.res, cfg.vis and bool(vis_rows.any())
@@ -236,9 +244,9 @@ def _objective(src_s, src_t, labels, visual_mask, cfg, need_grad, cdt, dev):
         active |= vis_rows
     rows = active.nonzero().flatten()
     step = cfg.chunk_rows or max(1, DEFAULT_CHUNK_ELEMENTS // V)
-    w_ce = cfg.ce_weight / max(n_ce, 1)
-    w_res = cfg.res_weight / max(n_res, 1)
-    w_vis = cfg.vis_weight / max(n_vis, 1)
+    w_ce = weights["ce"] / max(n_ce, 1)
+    w_res = weights["res"] / max(n_res, 1)
+    w_vis = weights["vis"] / max(n_vis, 1)
     for start in range(0, rows.numel(), step):
         idx = rows[start:start + step]
         s = src_s.rows(idx, cdt)
@@ -283,28 +291,31 @@ def _objective(src_s, src_t, labels, visual_mask, cfg, need_grad, cdt, dev):
     total = torch.zeros((), dtype=torch.float64, device=dev)
     if cfg.ce:
         parts["ce"] = sums["ce"] / max(n_ce, 1)
-        total += cfg.ce_weight * parts["ce"]
+        total += weights["ce"] * parts["ce"]
     if cfg.res:
         parts["res"] = sums["res"] / max(n_res, 1)
-        total += cfg.res_weight * parts["res"]
+        total += weights["res"] * parts["res"]
     if cfg.vis:
         parts["vis"] = sums["vis"] / max(n_vis, 1)
-        total += cfg.vis_weight * parts["vis"]
+        total += weights["vis"] * parts["vis"]
     if cfg.rel:
-        rel, n_img = _gram_cosine(src_s, src_t, visual_mask, cfg, need_grad, cdt)
+        rel, n_img = _gram_cosine(src_s, src_t, visual_mask, cfg, weights["rel"], need_grad, cdt)
         parts["rel"] = rel
         counts["rel"] = n_img
-        total += cfg.rel_weight * rel
+        total += weights["rel"] * rel
     return total, parts, counts
 
 
-class _FusedObjective(torch.autograd.Function):
+class _ChunkedObjective(torch.autograd.Function):
+    """The chunked objective on full logits (``implementation: chunked``); its hidden-state form,
+    the fused one, is ``llavakd.distill.fused._FusedLinearObjective``."""
+
     @staticmethod
-    def forward(ctx, student, teacher, labels, visual_mask, cfg, sink):
+    def forward(ctx, student, teacher, labels, visual_mask, cfg, weights, sink):
         need_grad = student.requires_grad
         src_s = LogitSource(student, need_grad)
         src_t = LogitSource(teacher, False) if teacher is not None else None
-        total, parts, counts = _objective(src_s, src_t, labels, visual_mask, cfg, need_grad,
+        total, parts, counts = _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad,
                                           _compute_dtype(student), student.device)
         sink["parts"] = {k: float(v) for k, v in parts.items()}
         sink["counts"] = counts
@@ -323,7 +334,7 @@ class _FusedObjective(torch.autograd.Function):
             )
         if grad_out.item() != 1.0:
             grad.mul_(grad_out.to(grad.dtype))
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def _gram_chunks(src, idx, step, cdt):
@@ -342,7 +353,7 @@ def _gram_grad_chunks(src, idx, sym, step, cdt):
         src.add_block_grad(idx, c, c + step, sym @ src.block(idx, c, c + step, cdt))
 
 
-def _gram_cosine(src_s, src_t, visual_mask, cfg, need_grad, cdt):
+def _gram_cosine(src_s, src_t, visual_mask, cfg, weight, need_grad, cdt):
     """L_rel and (through ``src_s``) its gradient; returns (value, number of image samples)."""
     samples = _sample_visual_rows(visual_mask)
     if not samples:
@@ -358,12 +369,12 @@ def _gram_cosine(src_s, src_t, visual_mask, cfg, need_grad, cdt):
         value = relation_value(Rs, Rt, cfg)
         G = torch.autograd.grad(value, Rs) if need_grad else ()
     for idx, g in zip(samples, G):
-        sym = ((g + g.T) * cfg.rel_weight).to(cdt)  # dL/dZ = (G + G^T) Z
+        sym = ((g + g.T) * weight).to(cdt)  # dL/dZ = (G + G^T) Z
         src_s.add_gram_grad(idx, sym, step, cdt, cfg.rel_gram)
     return value.detach(), len(samples)
 
 
-def _chunked(student, teacher, labels, visual_mask, cfg) -> LossOutput:
+def _chunked(student, teacher, labels, visual_mask, cfg, weights) -> LossOutput:
     sink: dict = {}
-    total = _FusedObjective.apply(student, teacher, labels, visual_mask, cfg, sink)
+    total = _ChunkedObjective.apply(student, teacher, labels, visual_mask, cfg, weights, sink)
     return LossOutput(total=total, parts=sink["parts"], counts=sink["counts"])

@@ -138,32 +138,28 @@ class KDTrainer(Trainer):
             counts = self.accelerator.reduce(counts, reduction="sum")
         return counts
 
-    def _step_weights(self, labels, visual_mask, step_counts_: torch.Tensor | None):
-        """The loss config for one micro-batch: each term's weight times its share of the step's
-        positions (and times the ranks, which DDP and DeepSpeed average over); the local means the
-        objective computes then sum to the step's means. (L_rel with rel_reduction batch is a
-        cosine over the micro-batch's Gram matrices, weighted by its image samples: it cannot be
-        split exactly.) Returns (config, {term: share})."""
-        import dataclasses
-
-        cfg = self.loss_config
+    def _step_shares(self, labels, visual_mask, step_counts_: torch.Tensor | None) -> dict[str, float]:
+        """Each term's share of the step's positions in this micro-batch (times the ranks, which DDP
+        and DeepSpeed average over): the objective multiplies the configured weights by it (they are
+        never rewritten), so the local means it computes sum to the step's means. (L_rel with
+        rel_reduction batch is a cosine over the micro-batch's Gram matrices, weighted by its image
+        samples: it cannot be split exactly.)"""
         if step_counts_ is None:
-            return cfg, {"ce": 1.0, "res": 1.0, "vis": 1.0, "rel": 1.0}
+            return {"ce": 1.0, "res": 1.0, "vis": 1.0, "rel": 1.0}
         local = step_counts(labels, visual_mask).tolist()
         total = [float(x) for x in step_counts_.tolist()]
         world = self.accelerator.num_processes
         share = [world * lo / to if to > 0 else 0.0 for lo, to in zip(local, total)]
-        shares = {"ce": share[0], "res": share[0], "vis": share[1], "rel": share[2]}
-        return dataclasses.replace(cfg, **{f"{k}_weight": getattr(cfg, f"{k}_weight") * v
-                                           for k, v in shares.items()}), shares
+        return {"ce": share[0], "res": share[0], "vis": share[1], "rel": share[2]}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._prepare_teacher()
         visual_mask = inputs.pop("visual_mask")
         inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
-        cfg, shares = self._step_weights(labels, visual_mask,
-                                         num_items_in_batch if torch.is_tensor(num_items_in_batch) else None)
+        cfg = self.loss_config  # validated once, when the job read its config
+        shares = self._step_shares(labels, visual_mask,
+                                   num_items_in_batch if torch.is_tensor(num_items_in_batch) else None)
         fwd = {k: v for k, v in inputs.items() if v is not None}
         fused = self.loss_implementation == "fused"
         keep = {"logits_to_keep": 1} if fused else {}  # fused: the heads are applied chunk by chunk
@@ -180,9 +176,9 @@ class KDTrainer(Trainer):
         if fused:
             res = fused_distill_loss(h_s, lm_head_weight(self.accelerator.unwrap_model(model)), h_t,
                                      lm_head_weight(self.teacher) if with_teacher else None, labels, visual_mask,
-                                     cfg, **features)
+                                     cfg, **features, scale=shares, checked=True)
         else:
-            res = distill_loss(out.logits, t_logits, labels, visual_mask, cfg, **features)
+            res = distill_loss(out.logits, t_logits, labels, visual_mask, cfg, **features, scale=shares, checked=True)
         step = self.state.global_step + 1
         bad = [k for k, v in res.parts.items() if not math.isfinite(v)]
         if bad or not torch.isfinite(res.total):
