@@ -225,7 +225,7 @@ def setup_training_args(cfg: StageConfig, out: Path, world: int):
         gradient_accumulation_steps=accum,
         learning_rate=cfg.train.lr,
         lr_scheduler_type=cfg.train.schedule if cfg.train.schedule != "constant" else "constant_with_warmup",
-        warmup_steps=cfg.train.warmup_ratio,
+        warmup_steps=cfg.train.warmup_ratio,  # below 1: a fraction of the steps (llavakd.train.hf_contract)
         weight_decay=cfg.train.weight_decay,
         num_train_epochs=cfg.train.epochs,
         max_steps=cfg.train.max_steps,

@@ -1,4 +1,8 @@
-"""The transformers Trainer, taught LLaVA-KD's objective, atomic checkpoints and NaN guards."""
+"""The transformers Trainer, taught LLaVA-KD's objective, atomic checkpoints and NaN guards.
+
+It overrides and sets some of Trainer's private methods and flags; each is listed with why in
+``llavakd.train.hf_contract`` and checked against the pinned transformers by a contract test.
+"""
 
 from __future__ import annotations
 
