@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail when more than this fraction of records is bad (default 0: any bad record fails)")
     s.add_argument("--out", required=True, help="report path without suffix (writes .report.json and .report.md)")
     s.set_defaults(func=cmd_validate_data)
-    s = sub.add_parser("train", help="train one stage (pt, sft, dpt, dft) from a stage config")
+    s = sub.add_parser("train", help=f"train one stage ({', '.join(STAGE_NAMES)}) from a stage config")
     s.add_argument("--stage", choices=list(STAGE_NAMES),
                    help="the stage to train; optional with --config (must then agree with its stage)")
     s.add_argument("--config", type=Path, help="stage config YAML (see llavakd/config.py); the workflow writes "
@@ -467,10 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_transformers()
     try:
         return args.func(args)
-    except (LlavaKDError, KeyError) as err:  # ConfigError and NonFiniteError are LlavaKDErrors
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"llavakd {args.command}: error: {msg}", file=sys.stderr)
+    except LlavaKDError as err:  # a user error: one line (ConfigError, NonFiniteError, UnknownNameError, ...)
+        print(f"llavakd {args.command}: error: {err}", file=sys.stderr)
         return 2
+    # anything else is a bug of ours: Python prints its traceback and exits 1
 
 
 if __name__ == "__main__":

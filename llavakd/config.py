@@ -4,7 +4,7 @@ A stage config is YAML with four sections; unknown keys and bad values are colle
 reported together (``ConfigError`` lists every problem). ``key=value`` overrides use dotted
 paths (``train.lr=1e-3``, ``loss.rel=false``); values are parsed as YAML scalars.
 
-    stage: dft                       # pt | sft | dpt | dft (llavakd.stages: freeze plan, defaults)
+    stage: dft                       # a stage of llavakd.stages.STAGES (freeze plan, defaults)
     model: results/.../sft/final     # the student to start from (a llavakd/HF LLaVA folder)
     teacher: results/.../teacher     # distillation stages only
     output_dir: results/.../dft

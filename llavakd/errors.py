@@ -5,6 +5,13 @@ class LlavaKDError(Exception):
     """A user-facing error: bad input, a missing file, an inconsistent configuration."""
 
 
+class UnknownNameError(LlavaKDError, KeyError):
+    """A name (an LLM, a shape) that the project does not know; a user error that is also a KeyError."""
+
+    def __str__(self) -> str:  # KeyError's own quotes the message
+        return str(self.args[0]) if self.args else ""
+
+
 class ConfigError(LlavaKDError):
     """A configuration file or override is invalid; the message lists every problem at once."""
 

@@ -26,6 +26,7 @@ peak memory on a GPU, and docs/training.md says how far the two were apart where
 
 from __future__ import annotations
 
+from llavakd.errors import UnknownNameError
 from llavakd.model.shapes import QWEN, SIGLIP_SO400M_384, count_llm_params, qwen_config
 from llavakd.stages import STAGES
 
@@ -39,7 +40,7 @@ IMAGE_TOKENS = 729  # SigLIP-so400m-384 patches per image
 def _qwen(name: str):
     match = {k.lower(): k for k in QWEN}.get(name.lower())
     if match is None:
-        raise KeyError(f"unknown LLM {name!r}; known: {', '.join(sorted(k.lower() for k in QWEN))}")
+        raise UnknownNameError(f"unknown LLM {name!r}; known: {', '.join(sorted(k.lower() for k in QWEN))}")
     return qwen_config(match)
 
 

@@ -40,3 +40,39 @@ def test_build_via_cli_then_refuses_overwrite(tiny_components, tmp_path, capsys)
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_readmes_help_block_is_what_the_cli_prints():
+    """README shows `llavakd --help`'s subcommand lines; each must be a line the parser prints (the
+    stage list in `train`'s line comes from llavakd.stages, so a new stage shows up in both)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("$ llavakd --help\n", 1)[1].split("```", 1)[0]
+    printed = {" ".join(ln.split()) for ln in build_parser().format_help().splitlines()}
+    shown = [" ".join(ln.split()) for ln in block.splitlines() if ln.strip()]
+    assert shown and all(ln in printed for ln in shown), [ln for ln in shown if ln not in printed]
+    from llavakd.stages import NAMES
+
+    assert re.search(rf"train one stage \({', '.join(NAMES)}\)", " ".join(shown))
+
+
+def test_a_bug_keeps_its_traceback_while_a_user_error_is_one_line(monkeypatch, capsys):
+    import pytest
+
+    import llavakd.cli as cli
+    from llavakd.errors import LlavaKDError
+
+    def user_error(args):
+        raise LlavaKDError("data.json: missing")
+
+    def bug(args):
+        return {}["no such key"]
+
+    monkeypatch.setattr(cli, "cmd_synth_world", user_error)
+    assert main(["synth-world", "--out", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "llavakd synth-world: error: data.json: missing"
+    monkeypatch.setattr(cli, "cmd_synth_world", bug)
+    with pytest.raises(KeyError):  # not swallowed into one line: Python prints the traceback
+        main(["synth-world", "--out", "x"])

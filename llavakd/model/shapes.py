@@ -6,6 +6,8 @@ GPU step benchmark, and for the cost model of the paper DAG.
 
 from __future__ import annotations
 
+from llavakd.errors import UnknownNameError
+
 SIGLIP_SO400M_384 = dict(
     hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
     image_size=384, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
@@ -48,7 +50,7 @@ def qwen_config(name: str, **overrides):
     from transformers import Qwen2Config
 
     if name not in QWEN:
-        raise KeyError(f"unknown Qwen shape {name!r}; known: {sorted(QWEN)}")
+        raise UnknownNameError(f"unknown Qwen shape {name!r}; known: {sorted(QWEN)}")
     return Qwen2Config(**{**_QWEN_COMMON, **QWEN[name], **overrides})
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from llavakd.errors import UnknownNameError
 from llavakd.model.build import siglip_image_processor
 from llavakd.model.chat import CHAT_TEMPLATE, END_TOKEN, IMAGE_TOKEN, SYSTEM_PROMPT
 from llavakd.tiny.family import LLMS, PAIRS, TINY_IMAGE_SIZE, TINY_VOCAB, VISION
@@ -95,7 +96,7 @@ def tiny_llm_config(name: str, vocab_size: int, eos_id: int):
     from transformers import Qwen2Config
 
     if name not in LLMS:
-        raise KeyError(f"unknown tiny LLM {name!r}; known: {sorted(LLMS)}")
+        raise UnknownNameError(f"unknown tiny LLM {name!r}; known: {sorted(LLMS)}")
     return Qwen2Config(
         vocab_size=vocab_size, max_position_embeddings=2048, rope_theta=10000.0,
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, **LLMS[name],
@@ -121,7 +122,7 @@ def write_tiny_components(out: str | Path, seed: int = 0, llms: list[str] | None
     names = llms or list(LLMS)
     unknown = [n for n in names if n not in LLMS]
     if unknown:
-        raise KeyError(f"unknown tiny LLM(s) {unknown}; known: {sorted(LLMS)}")
+        raise UnknownNameError(f"unknown tiny LLM(s) {unknown}; known: {sorted(LLMS)}")
     tok = build_tokenizer()
     vocab = _padded_vocab(len(tok))
     eos_id = tok.convert_tokens_to_ids(END_TOKEN)

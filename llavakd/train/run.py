@@ -1,4 +1,4 @@
-"""Run one training stage (pt, sft, dpt, dft) from a validated StageConfig.
+"""Run one training stage (any of llavakd.stages.STAGES) from a validated StageConfig.
 
     llavakd train --stage dft --config config/stages/dft.yaml train.lr=5e-4 --resume
 

@@ -19,7 +19,7 @@ rule job_config:
 
 
 rule train:
-    """One stage (pt, sft, dpt, dft) of one chain for one LLM and seed, from its config file."""
+    """One stage (llavakd.stages.STAGES) of one chain for one LLM and seed, from its config file."""
     input:
         unpack(lambda wc: STUDY.train_inputs(wc.llm, int(wc.seed), wc.chain)),
         world=WORLD,
