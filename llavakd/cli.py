@@ -403,13 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "lmms-eval", description=_doc("llavakd.tiny.chance"), formatter_class=_RawFormatter)
     s.add_argument("--world", required=True, type=Path, help="a synth-world folder")
     s.add_argument("--out", required=True, type=Path, help="JSON file: per benchmark, chance and the best answers")
-    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names")
+    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of llavakd/eval/benchmarks.yaml names")
     s.add_argument("--limit", type=int, help="the first N documents of each task (as llavakd eval --limit)")
     s.set_defaults(func=cmd_chance)
     s = sub.add_parser("eval", help="score a model on the paper's benchmarks through lmms-eval (fixed result files)",
                        description=_doc("llavakd.eval.runner"), formatter_class=_RawFormatter)
     s.add_argument("--model", required=True, type=Path, help="checkpoint folder (HF LlavaForConditionalGeneration)")
-    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names "
+    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of llavakd/eval/benchmarks.yaml names "
                    "(vqav2,gqa,vizwiz,sciqa,textvqa,mme,mmb,mmb_cn,pope,mmmu)")
     s.add_argument("--out", required=True, type=Path, help="folder for <benchmark>.json and <benchmark>.samples.jsonl")
     s.add_argument("--world", type=Path, help="tiny mode: score the stand-ins of this synth-world")
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--student", required=True, type=Path, help="the student's checkpoint folder")
     s.add_argument("--teacher", required=True, type=Path, help="the teacher's checkpoint folder")
     s.add_argument("--out", required=True, type=Path, help="folder for <benchmark>.json (written whole, or not at all)")
-    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names")
+    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of llavakd/eval/benchmarks.yaml names")
     s.add_argument("--world", type=Path, help="tiny mode: the stand-ins of this synth-world")
     s.add_argument("--limit", type=int, help="the first N documents of each task (default: all)")
     s.add_argument("--dtype", default=ev.dtype, choices=DTYPES)
@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prefetch-benchmarks", help="download the benchmarks' datasets into a Hugging Face cache "
                        "(on a login node), for evaluation offline", description=_doc("llavakd.eval.prefetch"),
                        formatter_class=_RawFormatter)
-    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of evals/benchmarks.yaml names")
+    s.add_argument("--benchmarks", default="all", help="'all' or a comma list of llavakd/eval/benchmarks.yaml names")
     s.add_argument("--hf-home", required=True, type=Path, help="the cache to fill (HF_HOME of the evaluation jobs)")
     s.add_argument("--submission", action="store_true", help="also the server-scored splits' datasets")
     s.add_argument("--check", action="store_true", help="only list what the cache lacks (offline); exit 1 if anything")

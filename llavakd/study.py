@@ -191,7 +191,7 @@ class AblationsSection:
 @dataclass
 class EvalSection:
     benchmarks: str | list[str] = "all"
-    """``all`` or names of evals/benchmarks.yaml (a comma list or a YAML list)."""
+    """``all`` or names of llavakd/eval/benchmarks.yaml (a comma list or a YAML list)."""
     limit: int | None = None
     """Score the first N documents of each task (unset: all)."""
     batch_size: int = 8
@@ -242,7 +242,7 @@ class Released:
 @dataclass
 class ReportSection:
     paper_table: str | None = None
-    """Not read by the reports (the paper's numbers are under reports/paper/); kept so older configs load."""
+    """Not read by the reports (the paper's numbers are under llavakd/report/paper/); kept so older configs load."""
     smoke_run: bool = False
     """The tables say their numbers come from a smoke run (the demo)."""
 

@@ -1,7 +1,7 @@
 """The benchmark registry: the paper's ten columns, their lmms-eval tasks and scoring conventions.
 
     from llavakd.eval.registry import load_registry, headline
-    reg = load_registry()                      # evals/benchmarks.yaml, validated
+    reg = load_registry()                      # llavakd/eval/benchmarks.yaml, validated
     reg["mme"].tasks                           # ('mme',)
     headline(reg["pope"], {"pope_adv": {...}, ...}, samples)   # -> score in the paper's scale
 
@@ -10,6 +10,7 @@ The YAML is data (facts in docs/method.md, "Benchmarks"); this module only check
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 
 from llavakd.errors import ConfigError, LlavaKDError
 
-REGISTRY_PATH = Path(__file__).resolve().parents[2] / "evals" / "benchmarks.yaml"
+REGISTRY_PATH = Path(str(importlib.resources.files("llavakd.eval") / "benchmarks.yaml"))  # package data
 SCALES = ("percent", "identity", "mme_perception")
 REDUCES = ("mean",)
 KEYS = {"column", "tasks", "submission", "metric", "scale", "reduce", "paper_split", "extra_datasets"}
@@ -45,7 +46,7 @@ class Benchmark:
 def load_registry(path: str | Path = REGISTRY_PATH) -> dict[str, Benchmark]:
     path = Path(path)
     if not path.is_file():
-        raise LlavaKDError(f"benchmark registry {path} not found (it ships in the repository's evals/ folder)")
+        raise LlavaKDError(f"benchmark registry {path} not found (it ships inside the package)")
     raw = yaml.safe_load(path.read_text()) or {}
     problems, out = [], {}
     if not isinstance(raw, dict):

@@ -5,7 +5,7 @@
     llavakd eval --model DIR --benchmarks gqa,mme --out DIR --hf-home /data/hf   # real tasks, offline cache
     llavakd eval --model DIR --benchmarks pope --out /tmp/e --world W --limit 20 --batch-size 8
 
-For each benchmark (``evals/benchmarks.yaml``) this runs ``lmms_eval.evaluator.simple_evaluate``
+For each benchmark (``llavakd/eval/benchmarks.yaml``) this runs ``lmms_eval.evaluator.simple_evaluate``
 on its tasks with the ``llavakd`` model class, in a working folder of its own
 (``<out>/.work/<benchmark>/``: lmms-eval's submission files land there), and writes
 

@@ -26,7 +26,7 @@ CN_STATIC_METRIC = ("metric_list:\n  - metric: gpt_eval_score\n"
                     "    higher_is_better: true\n")
 
 
-# every task the registry runs (evals/benchmarks.yaml, submission splits included) -> its YAML,
+# every task the registry runs (llavakd/eval/benchmarks.yaml, submission splits included) -> its YAML,
 # relative to lmms_eval/tasks; CN_STATIC is ours and is written into the task folder
 STOCK_YAML = {
     "vqav2_val": "vqav2/vqav2_val.yaml", "vqav2_test": "vqav2/vqav2_test.yaml", "gqa": "gqa/gqa.yaml",

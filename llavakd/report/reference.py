@@ -1,7 +1,8 @@
-"""The paper's reference numbers (reports/paper/*.csv) and how our rows map onto them."""
+"""The paper's reference numbers (llavakd/report/paper/*.csv) and how our rows map onto them."""
 
 from __future__ import annotations
 
+import importlib.resources
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pandas as pd
 
 from llavakd.report.averages import COLUMNS
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "reports" / "paper"
+PAPER_DIR = Path(str(importlib.resources.files("llavakd.report") / "paper"))  # package data
 TEACHER_METHOD = "TinyLLaVA†"  # the TinyLLaVA-recipe models the authors trained (teachers and baselines)
 ROLE_METHOD = {"teacher": TEACHER_METHOD, "baseline": TEACHER_METHOD, "llava_kd": "LLaVA-KD"}
 

@@ -1,5 +1,5 @@
 # Reports: tables and figures from the result files alone (llavakd.report), beside the paper's
-# numbers in reports/paper/. Outputs are tagged for `snakemake --report`.
+# numbers in llavakd/report/paper/. Outputs are tagged for `snakemake --report`.
 
 
 rule table1:
