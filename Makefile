@@ -35,13 +35,16 @@ test-fast: install  ## the unit tests only (no test marked slow), under 2 minute
 lint: install  ## ruff, snakefmt and Snakemake's linter
 	$(BIN)/ruff check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	$(BIN)/snakemake --lint
+	$(BIN)/python scripts/lint_workflow.py
 
-bench: install  ## benchmarks (each prints JSON; a measurement goes to a dated file under docs/results/)
+BENCH_STORE := benchmarks/measured/micro
+
+bench: install  ## micro-benchmarks (pytest-benchmark: saved, compared with the last run), then the paper-shape memory benchmark
+	$(BIN)/pytest benchmarks/micro -q -p no:cacheprovider --benchmark-only --benchmark-storage=$(BENCH_STORE) \
+	  --benchmark-autosave --benchmark-columns=min,median,mean,rounds \
+	  $$(ls $(BENCH_STORE)/*/*.json >/dev/null 2>&1 && echo --benchmark-compare)
+	$(BIN)/python -m benchmarks.micro.ratios $(BENCH_STORE)
 	$(BIN)/python -m benchmarks.distill_memory
-	$(BIN)/python -m benchmarks.data_throughput
-	$(BIN)/python -m benchmarks.dft_step
-	$(BIN)/python -m benchmarks.eval_throughput
 
 clean-demo:
 	rm -rf $(DEMO) reports/demo

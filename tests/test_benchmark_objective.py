@@ -24,3 +24,11 @@ def test_distill_memory_prints_every_ratio_in_one_json_line():
     assert report["max_part_abs_diff"] < 1e-4
     assert set(report["naive"]["parts"]) == {"ce", "res", "vis", "rel"}
     assert report["shape"]["malloc_mmap_threshold"] == 1 << 20
+
+
+def test_the_micro_benchmarks_run():
+    """make bench's pytest-benchmark suite runs (timing off: a smoke run, so it cannot rot unseen)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/micro", "-q", "-p", "no:cacheprovider",
+                           "--benchmark-disable"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "5 passed" in proc.stdout

@@ -69,7 +69,7 @@ wildcard_constraints:
 
 
 def res(rule_name, key):
-    """One resource of a rule (llavakd.study.ResourcesSection.of: defaults in one place)."""
+    """One resource of a rule, from llavakd.study.ResourcesSection.of (defaults in one place)."""
     return STUDY.resources(rule_name)[key]
 
 
