@@ -27,7 +27,7 @@ peak memory on a GPU, and docs/training.md says how far the two were apart where
 from __future__ import annotations
 
 from llavakd.errors import UnknownNameError
-from llavakd.model.shapes import QWEN, SIGLIP_SO400M_384, count_llm_params, qwen_config
+from llavakd.model.shapes import QWEN, SIGLIP_SO400M_384, count_llm_params, qwen_shape
 from llavakd.stages import STAGES
 
 GIB = 2**30
@@ -41,7 +41,7 @@ def _qwen(name: str):
     match = {k.lower(): k for k in QWEN}.get(name.lower())
     if match is None:
         raise UnknownNameError(f"unknown LLM {name!r}; known: {', '.join(sorted(k.lower() for k in QWEN))}")
-    return qwen_config(match)
+    return qwen_shape(match)
 
 
 def _siglip_params() -> int:

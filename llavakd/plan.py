@@ -298,12 +298,12 @@ def llm_params(study: Study, llm: str) -> float:
     given = study.cfg.cost.params if study.cfg.cost else {}
     if llm in given:
         return float(given[llm])
-    from llavakd.model.shapes import QWEN, count_llm_params, qwen_config
+    from llavakd.model.shapes import QWEN, count_llm_params, qwen_shape
 
     match = {k.lower(): k for k in QWEN}.get(llm.lower())
     if match is None:
         raise ConfigError("cost", [f"cost.params.{llm}: unknown LLM size; give its parameter count"])
-    return float(count_llm_params(qwen_config(match)))
+    return float(count_llm_params(qwen_shape(match)))
 
 
 def measured_mfu(study: Study) -> tuple[float, str] | None:

@@ -63,3 +63,10 @@ def test_patch_grid_mismatch_is_refused(tiny_components):
     with pytest.raises(LlavaKDError, match=r"4x4 grid = 16 visual tokens.*expects 728"):
         build_llava(tiny_components / "vision" / "siglip", tiny_components / "llm" / "qwen2.5-0.5b",
                     strategy="full", image_tokens=728)
+
+
+def test_the_torch_free_shapes_count_what_the_transformers_configs_count():
+    from llavakd.model.shapes import qwen_shape
+
+    for name in QWEN:
+        assert count_llm_params(qwen_shape(name)) == count_llm_params(qwen_config(name)), name

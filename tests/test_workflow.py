@@ -392,3 +392,15 @@ def test_validate_data_on_the_tiny_world_fails_on_a_planted_bad_record_or_leaves
     assert json.loads((data / "captions.report.json").read_text())["bad_records"] == [7]
     meta = json.loads((tmp_path / "results/micro/runs/qwen1.5-0.5b/s0/pt/metadata.json").read_text())
     assert meta["dataset"]["listed_bad_left_out"] == 1 and meta["dataset"]["records"] == len(records) - 1
+
+
+def test_planning_imports_no_plotting_library_nor_torch():
+    """`snakemake -n` of the paper plans and prices without matplotlib, seaborn, torch or transformers
+    (-X importtime lists every module imported; pandas comes with the SLURM executor plugin)."""
+    out = subprocess.run([*SNAKEMAKE[:1], "-X", "importtime", *SNAKEMAKE[1:], "-n", "reproduce_table1",
+                          "--configfile", "config/paper.yaml"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {ln.rsplit("|", 1)[1].strip() for ln in out.stderr.splitlines() if ln.startswith("import time:")}
+    assert "llavakd.plan" in imported and "snakemake" in imported  # the listing is real
+    assert not imported & {"matplotlib", "seaborn", "torch", "transformers", "lmms_eval"}, sorted(
+        imported & {"matplotlib", "seaborn", "torch", "transformers", "lmms_eval"})

@@ -6,6 +6,8 @@ GPU step benchmark, and for the cost model of the paper DAG.
 
 from __future__ import annotations
 
+import types
+
 from llavakd.errors import UnknownNameError
 
 SIGLIP_SO400M_384 = dict(
@@ -52,6 +54,14 @@ def qwen_config(name: str, **overrides):
     if name not in QWEN:
         raise UnknownNameError(f"unknown Qwen shape {name!r}; known: {sorted(QWEN)}")
     return Qwen2Config(**{**_QWEN_COMMON, **QWEN[name], **overrides})
+
+
+def qwen_shape(name: str) -> types.SimpleNamespace:
+    """The numbers of ``qwen_config`` without transformers (the planner's cost and memory estimate
+    stay torch-free, so ``snakemake -n`` imports neither)."""
+    if name not in QWEN:
+        raise UnknownNameError(f"unknown Qwen shape {name!r}; known: {sorted(QWEN)}")
+    return types.SimpleNamespace(**{**_QWEN_COMMON, **QWEN[name]})
 
 
 def count_llm_params(cfg) -> int:
