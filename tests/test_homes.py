@@ -146,3 +146,11 @@ def _dataclasses_in(annotation, owner):
             out.append(tp)
         stack += list(typing.get_args(tp))
     return out
+
+
+def test_the_study_reference_page_is_generated_from_the_tree():
+    from llavakd.study_reference import reference
+
+    page = (ROOT / "docs" / "study.md").read_text()
+    assert page == reference(), "docs/study.md is stale: python -m llavakd.study_reference > docs/study.md"
+    assert "| `vision_steps` | int | `1500` |" in page  # a default, read from the tree

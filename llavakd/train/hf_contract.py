@@ -39,7 +39,7 @@ CONTRACT: tuple[Reliance, ...] = (
              "overridden: train(resume_from_checkpoint=...) calls it to load weights, and ours loads "
              "strictly through from_pretrained's key conversion (the stock one only warns on missing keys)."),
     Reliance("Trainer._get_output_dir(trial)", "private",
-             "overridden: _save_checkpoint writes checkpoint-N under the folder it returns; ours returns a "
+             "overridden: _save_checkpoint writes each checkpoint folder under the folder it returns; ours returns a "
              "staging folder, renamed into place only when complete."),
     Reliance("Trainer._save_checkpoint(model, trial)", "private",
              "overridden: called at every save step; ours stages, renames, writes the COMPLETE marker and "
