@@ -37,6 +37,13 @@ REL_NORMALISATIONS = ("none", "l2")
 REL_GRAMS = ("identity", "chunks")
 
 
+def added(default):
+    """A field added after runs were made with this config: a config file carries it only when it is
+    set away from its default, so the config files of finished jobs stay byte-identical (their
+    ``job_config`` and ``train`` jobs do not look stale) and their resume check sees no change."""
+    return field(default=default, metadata={"omit_at_default": True})
+
+
 @dataclass
 class LossConfig:
     """Weights and switches of the four terms (paper: all on, weight 1, temperature 1).
@@ -266,4 +273,12 @@ def stage_config_from_dict(raw: dict, source: str, problems: list[str] | None = 
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """A config as nested dicts, as written to a job's config file (``added`` fields left out at
+    their default)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("omit_at_default") and value == f.default:
+            continue
+        out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out

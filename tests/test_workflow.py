@@ -404,3 +404,29 @@ def test_planning_imports_no_plotting_library_nor_torch():
     assert "llavakd.plan" in imported and "snakemake" in imported  # the listing is real
     assert not imported & {"matplotlib", "seaborn", "torch", "transformers", "lmms_eval"}, sorted(
         imported & {"matplotlib", "seaborn", "torch", "transformers", "lmms_eval"})
+
+
+def test_new_config_fields_leave_finished_jobs_config_files_as_they_were():
+    """The demo's job config files as 2fafe22 wrote them (tests/golden/job-configs): planning writes
+    the same bytes today, so a finished demo tree does not look stale. A field added since is
+    declared with config.added (written only when set away from its default)."""
+    study = Study.load(load("config.yaml"), tiny_llms=LLM_NAMES)
+    golden = REPO / "tests" / "golden" / "job-configs"
+    for llm, chain in (("qwen1.5-0.5b", "dpt--sft--dft"), ("qwen1.5-4b", "pt")):
+        want = (golden / f"demo-{llm}-s0-{chain}.yaml").read_text()
+        assert study.stage_config_text(llm, 0, chain) == want, (llm, chain)
+
+
+def test_an_added_field_is_written_only_away_from_its_default():
+    import dataclasses
+
+    from llavakd.config import added, to_dict
+
+    @dataclasses.dataclass
+    class Section:
+        old: int = 1
+        new: str = added("off")
+
+    assert to_dict(Section()) == {"old": 1}
+    assert to_dict(Section(new="on")) == {"old": 1, "new": "on"}
+    assert dataclasses.asdict(Section()) != to_dict(Section())  # negative control: asdict writes it
