@@ -13,11 +13,11 @@ in the paper's recipe. Timed: student forward + teacher forward (no grad) + CE +
 L_rel + backward + AdamW, with the objective ``--implementation`` fused (hidden states and heads,
 as the trainer runs it; llavakd.train.trainer.LLMTaps) or chunked (full logits).
 
-MFU = FLOPs per token x tokens/s / peak bf16 FLOP/s (``--peak-tflops``; H100 SXM dense bf16 989,
-H200 the same). FLOPs per token: 6 N_student + 2 N_teacher, N counting every layer's matmuls and
-the LM head (not the embedding lookup), plus causal attention, 6 L s d for the student and
-2 L s d for the teacher (L layers, s tokens, d width). Vision tower and recomputation under
-checkpointing are not counted (model FLOPs, not hardware FLOPs). Lists in ``--per-device-batch``
+MFU = model FLOPs of a step x steps/s / peak bf16 FLOP/s (``--peak-tflops``; H100 SXM dense bf16
+989, H200 the same). The FLOPs come from ``llavakd.flops.step_flops``, the count the planner's
+price uses too: layers, causal attention, the LM heads at the rows the objective evaluates (the
+supervised and visual positions for fused, every position for chunked), both vision towers once
+per image, the projectors; recomputation under checkpointing is not counted. Lists in ``--per-device-batch``
 and ``--implementation`` run every combination on the same models; an out-of-memory combination
 is reported as such. ``--out FILE`` also writes the JSON there (the cost estimate reads such a
 file: ``cost.mfu_file``).
@@ -51,9 +51,10 @@ def main(argv=None) -> int:
     from transformers import LlavaForConditionalGeneration
 
     from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
+    from llavakd.flops import llm_shape, step_flops, vision_shape
     from llavakd.labels import IGNORE_INDEX
     from llavakd.model.build import llava_config
-    from llavakd.model.shapes import count_llm_params, qwen_config, siglip_config
+    from llavakd.model.shapes import PAPER_IMAGE_TOKENS, count_llm_params, qwen_config, siglip_config
     from llavakd.train.trainer import LLMTaps, lm_head_weight
 
     dev = torch.device(args.device)
@@ -67,17 +68,10 @@ def main(argv=None) -> int:
         cfg = llava_config(vision, text, image_id, "default", -2)
         with torch.device(dev):
             model = LlavaForConditionalGeneration._from_config(cfg, dtype=dtype)
-        return model, count_llm_params(text), text
+        return model, count_llm_params(text), text, vision
 
-    def flops_per_token(text, seq, trained: bool) -> float:
-        h, i, n, V = text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size
-        kv = text.num_key_value_heads * (h // text.num_attention_heads)
-        matmuls = n * (2 * h * h + 2 * h * kv + 3 * h * i) + V * h  # layers and LM head
-        attention = n * seq * h  # causal QK^T and AV: 2 n s h FLOPs a token forward, 3x that trained
-        return (6 if trained else 2) * matmuls + (6 if trained else 2) * attention
-
-    student, n_student, s_text = build(args.student, args.student_layers)
-    teacher, n_teacher, t_text = build(args.teacher, args.teacher_layers)
+    student, n_student, s_text, s_vision = build(args.student, args.student_layers)
+    teacher, n_teacher, t_text, _ = build(args.teacher, args.teacher_layers)
     s_taps, t_taps = LLMTaps(student), LLMTaps(teacher)
     teacher.eval().requires_grad_(False)
     student.model.vision_tower.requires_grad_(False)
@@ -85,7 +79,7 @@ def main(argv=None) -> int:
     student.train()
     opt = torch.optim.AdamW([q for q in student.parameters() if q.requires_grad], lr=1e-5, fused=dev.type == "cuda")
 
-    n_img = 728
+    n_img = PAPER_IMAGE_TOKENS
     if args.seq < n_img + 64:
         p.error(f"--seq {args.seq} cannot hold the image's {n_img} visual positions and an answer; use >= {n_img + 64}")
     cfg = LossConfig()
@@ -127,13 +121,15 @@ def main(argv=None) -> int:
         sync()
         dt = (time.perf_counter() - t0) / args.steps
         tok_s = batch * args.seq / dt
-        flops = flops_per_token(s_text, args.seq, True) + flops_per_token(t_text, args.seq, False)
+        rows = int((labels[0] != IGNORE_INDEX).sum() + vm[0].sum()) if impl == "fused" else args.seq
+        flops = step_flops(student=llm_shape(s_text), teacher=llm_shape(t_text), seq=args.seq, visual_tokens=n_img,
+                           vision=vision_shape(s_vision), head_rows_student=rows, head_rows_teacher=rows)["total"]
         return {
             "per_device_batch": batch, "implementation": impl,
             "step_s": round(dt, 4), "tokens_per_s": round(tok_s, 1),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
-            "mfu": round(flops * tok_s / (args.peak_tflops * 1e12), 4),
-            "mfu_old_definition": round((6 * n_student + 2 * n_teacher) * tok_s / (args.peak_tflops * 1e12), 4),
+            "mfu": round(flops * batch / dt / (args.peak_tflops * 1e12), 4),
+            "flops_per_sample": flops,
             "loss_parts": parts,
         }
 

@@ -270,7 +270,9 @@ class Study:
         if self.mode == "tiny":
             c = self.layout.components_dir()
             return ["--vision", f"{c}/vision/siglip", "--llm", f"{c}/llm/{llm}", "--strategy", "full", "--seed", str(seed)]
-        return ["--vision", self.cfg.vision, "--llm", self.cfg.llms[llm], "--image-tokens", "728",
+        from llavakd.model.shapes import PAPER_IMAGE_TOKENS
+
+        return ["--vision", self.cfg.vision, "--llm", self.cfg.llms[llm], "--image-tokens", str(PAPER_IMAGE_TOKENS),
                 "--seed", str(seed)]
 
     def resources(self, rule: str) -> dict:
@@ -298,12 +300,19 @@ def llm_params(study: Study, llm: str) -> float:
     given = study.cfg.cost.params if study.cfg.cost else {}
     if llm in given:
         return float(given[llm])
-    from llavakd.model.shapes import QWEN, count_llm_params, qwen_shape
+    from llavakd.model.shapes import count_llm_params
+
+    return float(count_llm_params(_known_shape(llm)))
+
+
+def _known_shape(llm: str):
+    """The documented shape of an LLM the planner knows by name (llavakd.model.shapes), or ConfigError."""
+    from llavakd.model.shapes import QWEN, qwen_shape
 
     match = {k.lower(): k for k in QWEN}.get(llm.lower())
     if match is None:
         raise ConfigError("cost", [f"cost.params.{llm}: unknown LLM size; give its parameter count"])
-    return float(count_llm_params(qwen_shape(match)))
+    return qwen_shape(match)
 
 
 def measured_mfu(study: Study) -> tuple[float, str] | None:
@@ -338,9 +347,11 @@ def measured_mfu(study: Study) -> tuple[float, str] | None:
 
 
 def cost_report(study: Study, benchmarks: list[str]) -> str:
-    """GPU-hours per rule and in total from a FLOPs model: 6N per trained token (N: the student
-    LLM's parameters; backward through a frozen LLM costs the same), 2N per teacher token, 2N per
-    evaluated token, at the configured MFU of the configured peak."""
+    """GPU-hours per rule and in total: training jobs from the shared FLOP count (llavakd.flops), 2N
+    per evaluated token (N: the LLM's parameters), at the configured or measured MFU of the peak."""
+    from llavakd.flops import llm_shape, step_flops, vision_shape
+    from llavakd.model.shapes import PAPER_IMAGE_TOKENS, SIGLIP_SO400M_384
+
     c = study.cfg.cost
     measured = measured_mfu(study)
     mfu, mfu_source = measured if measured else (c.mfu, "configured" + (
@@ -354,11 +365,23 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         return samples[kind] * fraction * per[kind]
 
     def job_hours(llm, chain) -> float:
+        """A training job's model FLOPs (llavakd.flops.step_flops per sample, every record with one
+        image, the LM heads at every position) over the stage's records; an LLM known only by
+        ``cost.params`` counts 6N per trained and 2N per teacher token."""
         st = as_chain(chain).last
-        flops = 6 * llm_params(study, llm) * stage_tokens(st.name)
-        if st.distill:
-            flops += 2 * llm_params(study, study.teacher_of(llm)) * stage_tokens(st.name)
-        return flops / rate / 3600
+        kind = "pt" if STAGES[st.name].dataset == "captions" else "sft"
+        records = samples[kind] * fraction
+        teacher = study.teacher_of(llm) if st.distill else None
+        named = [n for n in (llm, teacher) if n]
+        if any(n in c.params for n in named):
+            flops = 6 * llm_params(study, llm) * stage_tokens(st.name)
+            if teacher:
+                flops += 2 * llm_params(study, teacher) * stage_tokens(st.name)
+            return flops / rate / 3600
+        f = step_flops(student=llm_shape(_known_shape(llm)), teacher=llm_shape(_known_shape(teacher)) if teacher else None,
+                       seq=int(per[kind]), visual_tokens=PAPER_IMAGE_TOKENS, vision=vision_shape(SIGLIP_SO400M_384),
+                       student_trains_llm="llm" in STAGES[st.name].trainable)
+        return f["total"] * records / rate / 3600
 
     def eval_hours(model) -> float:
         return 2 * llm_params(study, parse_model(model).llm) * c.eval_tokens / rate / 3600
@@ -369,7 +392,8 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         n = llm_params(study, llm) + llm_params(study, study.teacher_of(llm))
         return 4 * n * c.eval_tokens / rate / 3600
 
-    lines = [f"llavakd cost estimate (run {study.run}): 6N per trained token, 2N per teacher and evaluated token, "
+    lines = [f"llavakd cost estimate (run {study.run}): training from llavakd.flops (model FLOPs of each step: layers, "
+             "attention, LM heads, vision tower, projectors), 2N per evaluated token, "
              f"MFU {mfu:.1%} ({mfu_source}) of {c.peak_tflops:g} TFLOP/s per GPU"
              + (f", {fraction:g} of the training records" if fraction < 1 else "")]
     targets = {"reproduce_table1": study.table1_models()}

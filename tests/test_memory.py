@@ -103,3 +103,34 @@ def test_cost_estimate_reads_a_measured_mfu(tmp_path):
     assert "MFU 20.0% (measured in" in report and "per-device 8" in report and "Qwen2-0.5B" in report
     hours = lambda line: float(line.split()[-2])  # noqa: E731
     assert hours(report.splitlines()[-1]) == pytest.approx(hours(configured_hours) * 0.35 / 0.2, rel=1e-3)
+
+
+def test_the_flop_count_against_a_hand_count_for_one_tiny_shape():
+    """llavakd.flops at h=4, i=8, 2 layers, 2 heads (kv 1), V=10, s=6 with 2 visual tokens, a
+    vision tower of width 3 (mlp 5, 1 layer, 4 patches), counted by hand from the module's rules."""
+    from llavakd.flops import LLMShape, VisionShape, step_flops
+
+    s_shape = LLMShape(hidden=4, intermediate=8, layers=2, heads=2, kv_heads=1, vocab=10)
+    t_shape = LLMShape(hidden=6, intermediate=12, layers=3, heads=2, kv_heads=2, vocab=10)
+    v = VisionShape(hidden=3, intermediate=5, layers=1, patches=4)
+    # student: kv = 1 x 2 = 2; layer = 2*16 + 2*4*2 + 3*4*8 = 144; 2 layers = 288 params
+    # teacher: kv = 2 x 3 = 6; layer = 2*36 + 2*6*6 + 3*6*12 = 360; 3 layers = 1080 params
+    hand = {
+        "student_layers": 6 * 288 * 6,
+        "student_attention": 6 * 2 * 6 * 6 * 4,
+        "student_head": 6 * 40 * 5,                       # 5 rows evaluated
+        "teacher_layers": 2 * 1080 * 6,
+        "teacher_attention": 2 * 3 * 6 * 6 * 6,
+        "teacher_head": 2 * 60 * 3,                       # 3 rows
+        # vision: layer params 4*9 + 2*3*5 = 66; per image 2*66*4 + 4*1*16*3; two passes
+        "vision": 2 * (2 * 66 * 4 + 4 * 16 * 3),
+        # projectors: student 3*4 + 16 = 28 (trained, 6x), teacher 3*6 + 36 = 54 (2x), 2 visual tokens
+        "projectors": 6 * 28 * 2 + 2 * 54 * 2,
+    }
+    got = step_flops(student=s_shape, teacher=t_shape, seq=6, visual_tokens=2, vision=v,
+                     head_rows_student=5, head_rows_teacher=3)
+    assert {k: got[k] for k in hand} == {k: float(x) for k, x in hand.items()}
+    assert got["total"] == sum(hand.values())
+    frozen = step_flops(student=s_shape, teacher=None, seq=6, visual_tokens=2, vision=v, student_trains_llm=False)
+    assert frozen["student_layers"] == 4 * 288 * 6 and frozen["student_attention"] == 6 * 2 * 36 * 4
+    assert frozen["vision"] == 2 * 66 * 4 + 4 * 16 * 3  # one pass without a teacher

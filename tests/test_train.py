@@ -284,3 +284,21 @@ def test_a_step_does_not_depend_on_how_its_batch_is_split(setup, tmp_path, stage
             assert split[step][key] == pytest.approx(whole[step][key], rel=1e-6, abs=1e-9), (step, key)
     for name, value in w_whole.items():
         torch.testing.assert_close(w_split[name], value, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "chunked"])
+def test_training_forwards_build_no_kv_cache(setup, tmp_path, monkeypatch, implementation):
+    """Student and teacher forwards of a DFT step return no past_key_values (the cache a training
+    step never reads, which the memory estimate does not count); the LLMs' taps see every forward."""
+    from llavakd.train import trainer as tr
+
+    seen = []
+    original = tr.LLMTaps._outputs
+
+    def spy(self, module, args, output):
+        seen.append(getattr(output, "past_key_values", None))
+        return original(self, module, args, output)
+
+    monkeypatch.setattr(tr.LLMTaps, "_outputs", spy)
+    run_stage(_cfg(setup, "dft", tmp_path / "run", "train.max_steps=1", f"loss.implementation={implementation}"))
+    assert len(seen) >= 2 and all(cache is None for cache in seen), seen

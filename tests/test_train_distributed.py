@@ -131,3 +131,25 @@ def test_deepspeed_on_two_ranks_matches_one_plain_process(setup, plain, tmp_path
     m = LlavaForConditionalGeneration.from_pretrained(tmp_path / zero / "final")  # gathered, plain HF
     assert m.config.image_seq_length == 16 and isinstance(ds[1], dict)
     assert torch.isfinite(torch.stack([v.float().abs().max() for v in ds[1].values()])).all()
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3", None])
+def test_an_inf_gradient_on_one_rank_stops_the_step_before_the_weights_change(setup, tmp_path, zero):
+    """An inf planted in one projector gradient of step 3 on rank 1: under DeepSpeed ZeRO-2/3 (whose
+    gradients live in DeepSpeed's buffers) and under DDP the guard stops the run at step 3, every
+    rank's weights still those of step 2, and no checkpoint of step 3 is written."""
+    out = tmp_path / "run"
+    extra = [f"train.deepspeed={ROOT / 'config' / 'deepspeed' / f'{zero}.json'}"] if zero else []
+    args = ["train", "--stage", "dft", f"model={setup / 'student'}", f"teacher={setup / 'teacher'}",
+            f"output_dir={out}", f"data.json={setup / 'world' / 'train' / 'instruct.json'}",
+            f"data.images={setup / 'world' / 'images'}", "train.precision=fp32", "train.global_batch=8",
+            "train.per_device_batch=4", "train.max_steps=4", "train.save_steps=1", "train.lr=1e-3",
+            "train.warmup_ratio=0", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LLAVAKD_FAULT_OUT": str(tmp_path / "fault")}
+    proc = subprocess.run(_torchrun() + [str(ROOT / "tests" / "_fault_inf_grad.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    assert "step 3: non-finite gradient" in proc.stderr, proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"fault.{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["unchanged"] and r["step"] == 2 for r in reports), reports
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "checkpoints" / "checkpoint-3").exists()

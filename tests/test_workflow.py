@@ -284,20 +284,26 @@ def test_released_checkpoints_get_the_protocol_offset_figure(tmp_path):
 
 
 def test_cost_estimate_follows_the_flops_model():
-    from llavakd.model.shapes import count_llm_params, qwen_config
+    """The price of a training job is the shared FLOP count (llavakd.flops) of one record times the
+    stage's records, from the transformers configs' shapes; PT trains the projector only (4N through
+    the frozen LLM)."""
+    from llavakd.flops import llm_shape, step_flops, vision_shape
+    from llavakd.model.shapes import PAPER_IMAGE_TOKENS, qwen_config, siglip_config
     from llavakd.plan import cost_report
 
     cfg = load("paper.yaml")
     cfg["families"] = {"qwen1.5": {"teacher": "qwen1.5-4b", "students": ["qwen1.5-0.5b"]}}
     cfg["ablations"] = {}
+    cfg["cost"].pop("mfu_file", None)
     study = Study.load(cfg)
     c = cfg["cost"]
     rate = c["peak_tflops"] * 1e12 * c["mfu"] * 3600
-    n_s, n_t = (count_llm_params(qwen_config(n)) for n in ("Qwen1.5-0.5B", "Qwen1.5-4B"))
-    pt_tok = c["samples"]["pt"] * c["tokens_per_sample"]["pt"]
-    sft_tok = c["samples"]["sft"] * c["tokens_per_sample"]["sft"]
-    dft = (6 * n_s + 2 * n_t) * sft_tok / rate  # trained student + frozen teacher
-    pt = (6 * n_s + 6 * n_t) * pt_tok / rate    # the student's and the teacher's own PT
+    s, t = (llm_shape(qwen_config(n)) for n in ("Qwen1.5-0.5B", "Qwen1.5-4B"))
+    v = vision_shape(siglip_config())
+    kw = dict(visual_tokens=PAPER_IMAGE_TOKENS, vision=v)
+    dft = step_flops(student=s, teacher=t, seq=c["tokens_per_sample"]["sft"], **kw)["total"] * c["samples"]["sft"] / rate
+    pt = sum(step_flops(student=m, teacher=None, seq=c["tokens_per_sample"]["pt"], student_trains_llm=False,
+                        **kw)["total"] for m in (s, t)) * c["samples"]["pt"] / rate  # the student's and the teacher's PT
     text = cost_report(study, ["gqa"])
     assert re.search(rf"train\[dft\]\s+1 jobs\s+{dft:.1f} GPU-h", text), text
     assert re.search(rf"train\[pt \]\s+2 jobs\s+{pt:.1f} GPU-h", text), text

@@ -19,8 +19,8 @@ import torch
 
 from llavakd.errors import LlavaKDError
 from llavakd.model.chat import CHAT_TEMPLATE, END_TOKEN, IMAGE_TOKEN
+from llavakd.model.shapes import PAPER_IMAGE_TOKENS  # noqa: F401  (re-exported: the build checks against it)
 
-PAPER_IMAGE_TOKENS = 728  # 27x27 SigLIP-so400m-384 patches, the first one dropped
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -10,6 +10,8 @@ import types
 
 from llavakd.errors import UnknownNameError
 
+PAPER_IMAGE_TOKENS = 728  # the paper's visual tokens per image: 27x27 SigLIP-so400m-384 patches, the first dropped
+
 SIGLIP_SO400M_384 = dict(
     hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
     image_size=384, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",

@@ -242,7 +242,7 @@ def setup_training_args(cfg: StageConfig, out: Path, world: int):
         report_to=["tensorboard"],
         remove_unused_columns=False,
         dataloader_num_workers=cfg.data.num_workers,
-        optim="adamw_torch",
+        optim="adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch",  # one kernel per step on CUDA
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
@@ -254,12 +254,14 @@ def setup_trainer(cfg: StageConfig, out: Path, model, processor, teacher, datase
     from llavakd.data.dataset import Collator
     from llavakd.train.trainer import JsonlLogger, KDTrainer, NonFiniteGradGuard, StopAfter
 
-    callbacks = [NonFiniteGradGuard(model), JsonlLogger(Path(RunDir(str(out)).metrics))]
+    guard = NonFiniteGradGuard(model)
+    callbacks = [guard, JsonlLogger(Path(RunDir(str(out)).metrics))]
     if cfg.train.stop_after_steps:
         callbacks.append(StopAfter(cfg.train.stop_after_steps))
     trainer = KDTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer),
                         loss_config=cfg.loss, teacher=teacher, keep_checkpoints=cfg.train.keep_checkpoints,
                         group_by_modality_length=cfg.train.group_by_modality_length, callbacks=callbacks)
+    guard.trainer = trainer  # under DeepSpeed the guard reads the engine's verdict on each step
     if teacher is not None and not trainer.is_deepspeed_enabled:
         teacher.to(args.device)  # under DeepSpeed the trainer wraps it into an engine at the first step
     return trainer

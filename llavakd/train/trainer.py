@@ -167,6 +167,7 @@ class KDTrainer(Trainer):
         fwd = {k: v for k, v in inputs.items() if v is not None}
         fused = self.loss_implementation == "fused"
         keep = {"logits_to_keep": 1} if fused else {}  # fused: the heads are applied chunk by chunk
+        keep["use_cache"] = False  # a training forward reads no KV cache: none is built (the teacher's is GiBs)
         out = model(**fwd, **keep)
         h_s, f_s = self._student_taps.take()
         t_logits = h_t = f_t = None
@@ -393,18 +394,41 @@ def shard_teacher(teacher, ds_config: dict):
 
 
 class NonFiniteGradGuard(TrainerCallback):
-    """Stop before the optimizer step when any gradient is NaN/inf, naming the parameter."""
+    """Stop the run when a gradient is NaN/inf, before that step changes the weights.
 
-    def __init__(self, model):
+    Plain and DDP runs: the gradients sit on the parameters; one device-side check over all of them
+    (a single host sync a step) before the optimizer step, and only on failure a pass that names
+    the parameter. DeepSpeed keeps gradients in its own partitioned buffers and steps inside
+    ``backward``, before any callback; its ZeRO optimizers compute the global gradient norm and skip
+    an update whose norm is not finite (``engine.was_step_applied()``), so the guard reads that
+    after the step and stops with the weights unchanged. Under fp16 a skipped step is the loss
+    scaler's normal calibration, so it is left to DeepSpeed there."""
+
+    def __init__(self, model, trainer=None):
         self.model = model
+        self.trainer = trainer  # set by setup_trainer: the DeepSpeed engine is known only once training starts
+
+    def _engine(self):
+        engine = getattr(self.trainer, "model_wrapped", None) if self.trainer is not None else None
+        return engine if engine is not None and hasattr(engine, "was_step_applied") else None
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        for name, p in self.model.named_parameters():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NonFiniteError(
-                    f"step {state.global_step + 1}: non-finite gradient in {name}; "
-                    "stopped before the optimizer step"
-                )
+        if self._engine() is not None:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return
+        name = next(n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all())
+        raise NonFiniteError(f"step {state.global_step + 1}: non-finite gradient in {name}; "
+                             "stopped before the optimizer step")
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        engine = self._engine()
+        if engine is None or engine.fp16_enabled() or engine.was_step_applied():
+            return
+        zero = engine.zero_optimization_stage()
+        raise NonFiniteError(f"step {state.global_step + 1}: non-finite gradient norm under DeepSpeed ZeRO-{zero}; "
+                             "DeepSpeed skipped the update, so the weights are unchanged; stopped")
 
 
 class JsonlLogger(TrainerCallback):
