@@ -66,7 +66,7 @@ rule chance:
     benchmark:
         L.timing("chance")
     params:
-        world=lambda wc, input: parent(input[0]),
+        world=L.world_dir(),
         benchmarks=",".join(BENCHMARKS),
         limit=f"--limit {C.eval.limit}" if C.eval.limit else "",
     shell:
