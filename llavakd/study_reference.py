@@ -61,13 +61,22 @@ def _nested(tp) -> list:
     return out
 
 
-def reference() -> str:
-    lines, seen, todo = [HEADER], set(), [StudyConfig]
+def sections() -> list[type]:
+    """StudyConfig and every section class below it, in the order the page lists them."""
+    seen, todo = [], [StudyConfig]
     while todo:
         cls = todo.pop(0)
         if cls in seen:
             continue
-        seen.add(cls)
+        seen.append(cls)
+        hints = typing.get_type_hints(cls)
+        todo += [t for f in dataclasses.fields(cls) for t in _nested(hints[f.name]) if t not in seen]
+    return seen
+
+
+def reference() -> str:
+    lines = [HEADER]
+    for cls in sections():
         hints, docs = typing.get_type_hints(cls), field_docs(cls)
         lines += ["", f"## {cls.__name__}", ""]
         if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
@@ -75,7 +84,6 @@ def reference() -> str:
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
             lines.append(f"| `{f.name}` | {_type(hints[f.name])} | {_default(f)} | {' '.join(docs[f.name].split())} |")
-            todo += [t for t in _nested(hints[f.name]) if t not in seen]
     lines += ["", "## What each rule gets when neither its section nor `resources.default` says", "",
               "| rule | resources |", "|---|---|"]
     lines += [f"| `{rule}` | {', '.join(f'{k} {v}' for k, v in res.items()) or '—'} |"
