@@ -168,3 +168,71 @@ def test_a_share_scales_the_configured_weights_without_rewriting_them(implementa
     torch.testing.assert_close(got_h, want_h, rtol=1e-10, atol=1e-12)
     assert (cfg.ce_weight, cfg.res_weight, cfg.vis_weight, cfg.rel_weight) == (1.0, 0.5, 2.0, 0.25)
     assert go(cfg, None)[0] != pytest.approx(got)  # the share matters (negative control)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "jsd"])
+def test_loss_and_gradients_do_not_depend_on_the_rows_per_chunk(name):
+    """float64: one row per chunk, a few, and every row in one chunk (the CUDA default's regime) give
+    the same loss, parts and gradients to 1e-10; a wrong accumulation across chunks (the first
+    chunk's head gradient dropped, say) fails here."""
+    inputs = make(seed=11)
+    ref = None
+    for rows in (1, 7, 10_000):
+        cfg = LossConfig(divergence=name, chunk_rows=rows)
+        out, gh, gw = run(True, cfg, inputs)
+        got = (out.total.detach(), torch.tensor(list(out.parts.values())), gh, gw)
+        if ref is None:
+            ref = got
+            continue
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_rows_per_chunk_follow_the_device():
+    from llavakd.distill.objective import BLOCK_TEMPORARIES, CUDA_CHUNK_BYTES, rows_per_chunk
+
+    V = 151_936
+    assert rows_per_chunk(V, torch.device("cpu")) == 55  # ~32 MB of fp32 per temporary (CPU-tuned)
+    cuda = rows_per_chunk(V, torch.device("cuda"))
+    assert 1000 <= cuda <= 5000  # a few thousand rows, within the budget
+    assert cuda * V * 4 * BLOCK_TEMPORARIES <= CUDA_CHUNK_BYTES
+    assert rows_per_chunk(V, torch.device("cuda"), configured=64) == 64
+
+
+def test_a_trained_heads_gram_is_computed_once_per_optimizer_step(monkeypatch):
+    """The trainer passes its step: the micro-batches of one step share the student's W^T W; a new
+    step, or an in-place change, computes it again; without a step every call does."""
+    import llavakd.distill.objective as objective
+
+    calls = []
+    real_zeros = torch.zeros
+
+    def counting_zeros(*shape, **kw):
+        if len(shape) == 2 and shape == (6, 6):
+            calls.append(1)
+        return real_zeros(*shape, **kw)
+
+    inputs = make(seed=3)
+    w = inputs[1].clone().requires_grad_(True)
+    monkeypatch.setattr(objective.torch, "zeros", counting_zeros)
+    grams = [objective.head_gram(w, torch.float64, step=5) for _ in range(3)]
+    assert len(calls) == 1 and all(g is grams[0] for g in grams)
+    objective.head_gram(w, torch.float64, step=6)
+    assert len(calls) == 2
+    with torch.no_grad():
+        w.mul_(2.0)
+    torch.testing.assert_close(objective.head_gram(w, torch.float64, step=6), 4 * grams[0])
+    assert len(calls) == 3
+    objective.head_gram(w, torch.float64)
+    objective.head_gram(w, torch.float64)
+    assert len(calls) == 5
+    # and through the objective: four micro-batches of one step, one W^T W for the student
+    calls.clear()
+    h_s, w_s, h_t, w_t, labels, vm = inputs
+    w_t = w_t.clone()
+    objective.head_gram(w_t, torch.float64)  # the teacher's, once per run
+    calls.clear()
+    w_s = w_s.clone().requires_grad_(True)
+    for _ in range(4):
+        fused_distill_loss(h_s, w_s, h_t, w_t, labels, vm, LossConfig(), step=9).total.backward()
+    assert len(calls) == 1

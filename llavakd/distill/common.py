@@ -21,9 +21,22 @@ class DistillShapeError(ValueError):
 
 @dataclass
 class LossOutput:
+    """The objective's value (``total``, differentiable) and its unweighted parts. The parts stay
+    device tensors (``part_tensors``: reading them waits for the device, so the trainer reads them
+    at logging steps only); ``parts`` gives them as floats."""
+
     total: torch.Tensor
-    parts: dict[str, float] = field(default_factory=dict)  # unweighted values of enabled terms
+    part_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted values of enabled terms
     counts: dict[str, int] = field(default_factory=dict)  # positions each term averaged over
+
+    @property
+    def parts(self) -> dict[str, float]:
+        """The parts as floats (one wait for the device)."""
+        if not self.part_tensors:
+            return {}
+        keys = list(self.part_tensors)
+        values = torch.stack([self.part_tensors[k].detach().double() for k in keys]).tolist()
+        return dict(zip(keys, values))
 
 
 def res_divergence(cfg: LossConfig) -> Divergence:
@@ -139,7 +152,7 @@ def with_feature_relation(out: LossOutput, student_features, teacher_features, v
                           weight: float) -> LossOutput:
     """Add L_rel from the features, times ``weight``, to an objective computed without it."""
     rel, n = feature_relation(student_features, teacher_features, visual_mask, cfg)
-    out.parts["rel"] = float(rel.detach())
+    out.part_tensors["rel"] = rel.detach()
     out.counts["rel"] = n
     out.total = out.total + (weight * rel).to(out.total.dtype)
     return out

@@ -16,6 +16,7 @@ dL/ds_j = p_j (g_j - sum_k p_k g_k), with g = dL/dp_s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -75,8 +76,7 @@ def _jsd(d, s, t, need_grad):
     ls, lt = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
     ps, pt = ls.exp(), lt.exp()
     b = d.beta
-    lm = torch.logsumexp(torch.stack([lt + torch.log(torch.tensor(b, dtype=s.dtype, device=s.device)),
-                                      ls + torch.log(torch.tensor(1 - b, dtype=s.dtype, device=s.device))]), 0)
+    lm = torch.logsumexp(torch.stack([lt + math.log(b), ls + math.log(1 - b)]), 0)  # scalars: no host-device copy
     loss = b * _xlogy_diff(pt, lt, lm) + (1 - b) * _xlogy_diff(ps, ls, lm)
     return loss, _softmax_pullback(ps, (1 - b) * (ls - lm)) if need_grad else None
 
@@ -95,8 +95,7 @@ def _skew_kl(d, s, t, need_grad):
     if a == 0.0:
         lm = ls
     else:
-        lm = torch.logsumexp(torch.stack([lt + torch.log(torch.tensor(a, dtype=s.dtype, device=s.device)),
-                                          ls + torch.log(torch.tensor(1 - a, dtype=s.dtype, device=s.device))]), 0)
+        lm = torch.logsumexp(torch.stack([lt + math.log(a), ls + math.log(1 - a)]), 0)
     loss = _xlogy_diff(pt, lt, lm)
     if not need_grad:
         return loss, None

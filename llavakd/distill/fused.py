@@ -26,10 +26,10 @@ its compiled GPU path is not measured yet). So liger is not used.
 
 L_rel's Gram matrices: by default (``rel_gram: identity``) through Z Z^T = H (W^T W) H^T, with
 W^T W (d x d) accumulated over vocabulary chunks in at least float32: the frozen teacher's once
-per run, the student's once per step; its gradient is S H (W^T W) for the hidden states and
-W (H^T S H) for the head. ``rel_gram: chunks`` accumulates Z Z^T over vocabulary chunks of Z
-recomputed from H and W instead (the chunked path's own code). benchmarks/distill_memory.py
-times both at the paper's shape. With ``rel_source: features`` L_rel comes from the projected
+per run, the student's once per optimizer step (``step``, passed by the trainer); its gradient
+is S H (W^T W) for the hidden states and W (H^T S H) for the head. ``rel_gram: chunks``
+accumulates Z Z^T over vocabulary chunks of Z recomputed from H and W instead (the chunked path's
+own code). benchmarks/distill_memory.py times both at the paper's shape. With ``rel_source: features`` L_rel comes from the projected
 visual features by plain autograd (``common.feature_relation``).
 """
 
@@ -71,13 +71,13 @@ class _FusedLinearObjective(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_s, w_s, h_t, w_t, labels, visual_mask, cfg, weights, sink):
         need_grad = h_s.requires_grad or w_s.requires_grad
-        src_s = LinearSource(h_s, w_s, need_grad, need_head_grad=w_s.requires_grad)
+        src_s = LinearSource(h_s, w_s, need_grad, need_head_grad=w_s.requires_grad, step=sink.get("step"))
         src_t = LinearSource(h_t, w_t, False) if h_t is not None else None
         total, parts, counts = _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad,
                                           _compute_dtype(h_s), h_s.device)
-        sink["parts"] = {k: float(v) for k, v in parts.items()}
+        sink["parts"] = {k: v.detach() for k, v in parts.items()}
         sink["counts"] = counts
-        ctx.grads = (src_s.grad_h, src_s.grad_w) if need_grad else None
+        ctx.grads = (src_s.grad_h, src_s.head_grad()) if need_grad else None
         ctx.meta = (h_s.shape, h_s.dtype, h_s.requires_grad, w_s.dtype, w_s.requires_grad)
         return total.to(h_s.dtype)
 
@@ -104,18 +104,21 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                        labels: torch.Tensor, visual_mask: torch.Tensor, cfg: LossConfig | None = None, *,
                        student_features: torch.Tensor | None = None,
                        teacher_features: torch.Tensor | None = None,
-                       scale: dict[str, float] | None = None, checked: bool = False) -> LossOutput:
+                       scale: dict[str, float] | None = None, checked: bool = False,
+                       step: int | None = None) -> LossOutput:
     """See the module docstring; raises DistillShapeError naming both shapes when they do not fit.
-    ``scale`` and ``checked`` as in ``llavakd.distill.objective.distill_loss``."""
+    ``scale`` and ``checked`` as in ``llavakd.distill.objective.distill_loss``. ``step``: the
+    optimizer step this call belongs to; the micro-batches of one step then share the trained
+    head's W^T W (``objective.head_gram``); without it W^T W is computed at every call."""
     cfg = resolve_config(cfg, teacher_hidden is not None, "hidden states", checked)
     w = term_weights(cfg, scale)
     _check(student_hidden, student_head, teacher_hidden, teacher_head, labels, visual_mask)
     check_features(student_features, teacher_features, labels, cfg)
     from_features = cfg.rel and cfg.rel_source == "features"
-    sink: dict = {}
+    sink: dict = {"step": step}
     total = _FusedLinearObjective.apply(student_hidden, student_head, teacher_hidden, teacher_head, labels,
                                         visual_mask, without_rel(cfg) if from_features else cfg, w, sink)
-    out = LossOutput(total=total, parts=sink["parts"], counts=sink["counts"])
+    out = LossOutput(total=total, part_tensors=sink["parts"], counts=sink["counts"])
     if from_features:
         return with_feature_relation(out, student_features, teacher_features, visual_mask, cfg, w["rel"])
     return out

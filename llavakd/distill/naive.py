@@ -83,5 +83,5 @@ def naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_featu
             rel = torch.stack([1 - F.cosine_similarity(a, b, dim=0, eps=1e-30) for a, b in zip(rt, rs)]).mean()
         parts["rel"] = rel
         total = total + w["rel"] * rel
-    return LossOutput(total=total.to(student.dtype), parts={k: float(v.detach()) for k, v in parts.items()},
+    return LossOutput(total=total.to(student.dtype), part_tensors={k: v.detach() for k, v in parts.items()},
                       counts=counts)

@@ -23,6 +23,15 @@ The chunked implementation computes every loss and its gradient in one pass over
 (CE/L_res/L_vis) and vocabulary chunks (the Gram matrices), so no more than one chunk of
 full-vocabulary fp32 intermediates exists at a time; ``backward`` only scales the stored
 gradient. ``implementation="naive"`` is the straightforward autograd version (the oracle).
+
+Chunk sizes come from the device (``rows_per_chunk``): on the CPU ~32 MB of fp32 per
+full-vocabulary temporary (55 rows at V = 151,936; tuned for this memory, benchmarks/distill_memory.py),
+on CUDA a budget of ``CUDA_CHUNK_BYTES`` for all of a chunk's temporaries together (~2,300 rows
+at that vocabulary), so a micro-batch of a few thousand supervised and visual positions is one to
+a few chunks and the head gradient is read and written that many times, not hundreds.
+``chunk_rows`` in the loss config overrides both. Inside the chunk loop nothing waits for the
+device: the rows to visit and the counts are read once before it, the CE gradient is a scatter,
+and the parts stay device tensors (``LossOutput.part_tensors``; ``parts`` reads them).
 """
 
 from __future__ import annotations
@@ -46,7 +55,36 @@ from llavakd.distill.common import (
 from llavakd.distill.naive import naive_distill_loss
 from llavakd.labels import IGNORE_INDEX
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 23  # ~32 MB of fp32 per full-vocabulary temporary
+DEFAULT_CHUNK_ELEMENTS = 1 << 23  # CPU: ~32 MB of fp32 per full-vocabulary temporary
+CUDA_CHUNK_BYTES = 8 << 30  # CUDA: every [chunk x V] temporary of one chunk together
+BLOCK_TEMPORARIES = 6  # [chunk x V] fp32 blocks alive at once: student, teacher, gradient, three in a divergence
+
+
+def rows_per_chunk(vocab: int, device: torch.device, configured: int | None = None) -> int:
+    """Rows of the [positions x vocabulary] blocks handled at once: ``configured`` when set, else
+    from the device's budget (module docstring)."""
+    if configured:
+        return configured
+    if torch.device(device).type == "cuda":
+        return max(1, CUDA_CHUNK_BYTES // (vocab * 4 * BLOCK_TEMPORARIES))
+    return max(1, DEFAULT_CHUNK_ELEMENTS // vocab)
+
+
+def accumulate_product(acc: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """acc + a @ b with ``acc`` in float32 (or float64). Low-precision inputs on CUDA multiply in
+    their own dtype with float32 accumulation inside the GEMM (``out_dtype``) and are added in one
+    pass; elsewhere the inputs are cast up. ``acc`` None: the product becomes the accumulator
+    (the first chunk writes instead of adding onto zeros)."""
+    dtype = acc.dtype if acc is not None else (torch.float64 if a.dtype == torch.float64 else torch.float32)
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and a.dtype == b.dtype:
+        try:
+            prod = torch.mm(a, b, out_dtype=dtype)
+        except (RuntimeError, TypeError):  # a torch without mm(out_dtype): the product in a's dtype
+            prod = (a @ b).to(dtype)
+        return prod if acc is None else acc.add_(prod)
+    if acc is None:
+        return a.to(dtype) @ b.to(dtype)
+    return acc.addmm_(a.to(dtype), b.to(dtype))
 
 
 def distill_loss(
@@ -146,8 +184,10 @@ class LinearSource:
     """Logits as hidden states times a head, [N, d] @ [V, d]^T, recomputed chunk by chunk and never held
     whole; a gradient chunk dZ becomes dZ @ W for the hidden states and dZ^T @ H for the head."""
 
-    def __init__(self, hidden: torch.Tensor, head: torch.Tensor, need_grad: bool, need_head_grad: bool = True):
+    def __init__(self, hidden: torch.Tensor, head: torch.Tensor, need_grad: bool, need_head_grad: bool = True,
+                 step: int | None = None):
         self.vocab = head.shape[0]
+        self.step = step  # the optimizer step this call belongs to (head_gram)
         # hidden states in the head's dtype (bf16 activations against fp32 master weights under
         # autocast): copying [tokens x d] is cheap, copying the [V x d] head per chunk would not be
         self.h = hidden.detach().reshape(-1, hidden.shape[-1]).to(head.dtype)
@@ -156,7 +196,10 @@ class LinearSource:
         self._wtw = None
         acc = _compute_dtype(hidden)
         self.grad_h = torch.zeros(self.h.shape, dtype=acc, device=self.h.device) if need_grad else None
-        self.grad_w = torch.zeros(self.w.shape, dtype=acc, device=self.w.device) if need_grad and need_head_grad else None
+        # the head's gradient in float32 (float64 for float64 inputs): allocated by the first chunk
+        # that writes it, then one accumulation per row chunk (accumulate_product)
+        self.need_grad_w = need_grad and need_head_grad
+        self.grad_w = None
 
     def rows(self, idx, cdt):
         return (self.h.index_select(0, idx) @ self.w.T).to(cdt)
@@ -169,19 +212,30 @@ class LinearSource:
         self.grad_h.index_add_(0, idx, (g.to(w.dtype) @ w).to(self.grad_h.dtype))
         return h
 
+    def _head_grad(self):
+        if self.grad_w is None:
+            self.grad_w = torch.zeros(self.w.shape, dtype=self.grad_h.dtype, device=self.w.device)
+        return self.grad_w
+
     def set_rows_grad(self, idx, g):
         h = self._backward(idx, self.w, g)
-        if self.grad_w is not None:
-            self.grad_w.addmm_(g.T.to(self.grad_w.dtype), h.to(self.grad_w.dtype))
+        if self.need_grad_w:
+            lo = self.w.dtype if self.w.dtype in (torch.bfloat16, torch.float16) else self.grad_h.dtype
+            self.grad_w = accumulate_product(self.grad_w, g.T.to(lo), h.to(lo))
 
     def add_block_grad(self, idx, c0, c1, g):
         h = self._backward(idx, self.w[c0:c1], g)
-        if self.grad_w is not None:
-            self.grad_w[c0:c1].addmm_(g.T.to(self.grad_w.dtype), h.to(self.grad_w.dtype))
+        if self.need_grad_w:
+            gw = self._head_grad()
+            gw[c0:c1].addmm_(g.T.to(gw.dtype), h.to(gw.dtype))
+
+    def head_grad(self):
+        """The head's gradient (zeros when no chunk touched it), or None when it is not wanted."""
+        return self._head_grad() if self.need_grad_w else None
 
     def head_gram(self, cdt):
         if self._wtw is None:
-            self._wtw = head_gram(self.head, cdt)
+            self._wtw = head_gram(self.head, cdt, self.step)
         return self._wtw
 
     # The Gram identity: Z Z^T = H (W^T W) H^T, and for dL/dZ = S Z (S symmetric, n x n):
@@ -198,27 +252,31 @@ class LinearSource:
         h = self.h.index_select(0, idx).to(cdt)
         sh = sym @ h
         self.grad_h.index_add_(0, idx, (sh @ self.head_gram(cdt)).to(self.grad_h.dtype))
-        if self.grad_w is not None:
-            m = (h.T @ sh).to(self.grad_w.dtype)
+        if self.need_grad_w:
+            gw = self._head_grad()
+            m = (h.T @ sh).to(gw.dtype)
             rows = max(1, DEFAULT_CHUNK_ELEMENTS // self.w.shape[1])
             for c in range(0, self.vocab, rows):
-                self.grad_w[c:c + rows].addmm_(self.w[c:c + rows].to(self.grad_w.dtype), m)
+                gw[c:c + rows].addmm_(self.w[c:c + rows].to(gw.dtype), m)
 
 
-def head_gram(w: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
-    """W^T W (d x d) accumulated over vocabulary chunks in ``cdt`` (at least float32). A frozen
-    head keeps its own on the tensor (the teacher's is computed once per run) until the tensor
-    changes in place; a trained head's is recomputed at every call (the student's: per step)."""
-    key = (w._version, cdt, w.device)
+def head_gram(w: torch.Tensor, cdt: torch.dtype, step: int | None = None) -> torch.Tensor:
+    """W^T W (d x d) accumulated over vocabulary chunks in ``cdt`` (at least float32), kept on the
+    tensor until it changes in place. A frozen head's is computed once per run (the teacher's); a
+    trained head's once per optimizer ``step`` (the student's: the trainer passes its step, so the
+    micro-batches of one step share it; the step is part of the key because an optimizer may write
+    the weights through ``.data``, which no version counter sees), or at every call without one."""
+    key = (w._version, cdt, w.device, None if not w.requires_grad else step)
     cached = getattr(w, "_llavakd_head_gram", None)
-    if not w.requires_grad and cached is not None and cached[0] == key:
+    reusable = not w.requires_grad or step is not None
+    if reusable and cached is not None and cached[0] == key:
         return cached[1]
     g = torch.zeros(w.shape[1], w.shape[1], dtype=cdt, device=w.device)
     rows = max(1, DEFAULT_CHUNK_ELEMENTS // w.shape[1])
     for c in range(0, w.shape[0], rows):
         block = w.detach()[c:c + rows].to(cdt)
         g.addmm_(block.T, block)
-    if not w.requires_grad:
+    if reusable:
         w._llavakd_head_gram = (key, g)
     return g
 
@@ -243,7 +301,7 @@ def _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad, cdt, 
     if use_vis:
         active |= vis_rows
     rows = active.nonzero().flatten()
-    step = cfg.chunk_rows or max(1, DEFAULT_CHUNK_ELEMENTS // V)
+    step = rows_per_chunk(V, dev, cfg.chunk_rows)
     w_ce = weights["ce"] / max(n_ce, 1)
     w_res = weights["res"] / max(n_res, 1)
     w_vis = weights["vis"] / max(n_vis, 1)
@@ -261,7 +319,7 @@ def _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad, cdt, 
             sums["ce"] += ce_rows.sum().double()
             if need_grad:
                 d = logp.exp_()
-                d[ok.nonzero().flatten(), y[ok]] -= 1.0
+                d.scatter_add_(1, y.clamp_min(0)[:, None], -ok.to(cdt)[:, None])  # p - onehot(y), no host sync
                 g.addcmul_(d, (w_ce * ok.to(cdt))[:, None])
             del logp
         if use_res or use_vis:
@@ -317,7 +375,7 @@ class _ChunkedObjective(torch.autograd.Function):
         src_t = LogitSource(teacher, False) if teacher is not None else None
         total, parts, counts = _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad,
                                           _compute_dtype(student), student.device)
-        sink["parts"] = {k: float(v) for k, v in parts.items()}
+        sink["parts"] = {k: v.detach() for k, v in parts.items()}
         sink["counts"] = counts
         # Kept as a plain attribute, not save_for_backward: backward hands autograd the only
         # reference, so the buffer becomes student.grad without a second full-size copy.
@@ -377,4 +435,4 @@ def _gram_cosine(src_s, src_t, visual_mask, cfg, weight, need_grad, cdt):
 def _chunked(student, teacher, labels, visual_mask, cfg, weights) -> LossOutput:
     sink: dict = {}
     total = _ChunkedObjective.apply(student, teacher, labels, visual_mask, cfg, weights, sink)
-    return LossOutput(total=total, parts=sink["parts"], counts=sink["counts"])
+    return LossOutput(total=total, part_tensors=sink["parts"], counts=sink["counts"])

@@ -239,6 +239,7 @@ def setup_training_args(cfg: StageConfig, out: Path, world: int):
         save_strategy="steps",
         save_steps=cfg.train.save_steps,
         logging_steps=cfg.train.logging_steps,
+        logging_nan_inf_filter=False,  # its check waits for the device every micro-batch; the guard stops on NaN
         report_to=["tensorboard"],
         remove_unused_columns=False,
         dataloader_num_workers=cfg.data.num_workers,

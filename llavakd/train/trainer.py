@@ -7,7 +7,6 @@ It overrides and sets some of Trainer's private methods and flags; each is liste
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -77,11 +76,14 @@ class KDTrainer(Trainer):
         # batch is split: compute_loss scales for accumulation and ranks itself.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = True
-        self._parts_sum: dict[str, float] = {}
+        # Bookkeeping stays on the device and is read at logging steps (and by the guard, once a step):
+        self._parts_sum: dict[str, torch.Tensor] = {}  # each part times its share, summed since the last log
         self._parts_n = 0.0  # optimizer steps the sums cover
-        self.tokens_seen = 0  # attended tokens of the student's micro-batches (tokens/s in logs and metadata)
+        self._step_finite: torch.Tensor | None = None  # [total, *parts] all finite in this optimizer step
+        self._step_keys: list[str] = []
+        self._attended = torch.zeros((), dtype=torch.float64)  # attended tokens of the student's micro-batches
         self.positions_seen = 0  # padded positions of the same micro-batches (attended + padding)
-        self._pad = [0, 0]  # padding, positions since the last log
+        self._at_log = [0.0, 0]  # attended tokens and positions at the last log (padding since then)
         self._t_start = time.perf_counter()
         self._staging: str | None = None
         self._teacher_ready = False
@@ -112,6 +114,11 @@ class KDTrainer(Trainer):
         group = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return ModalityLengthGroupedSampler(dataset.modality_lengths(), group, seed)
+
+    @property
+    def tokens_seen(self) -> int:
+        """Attended tokens of the student's micro-batches so far (this rank); reading waits for the device."""
+        return int(self._attended)
 
     @property
     def padding_fraction(self) -> float:
@@ -181,41 +188,61 @@ class KDTrainer(Trainer):
         if fused:
             res = fused_distill_loss(h_s, lm_head_weight(self.accelerator.unwrap_model(model)), h_t,
                                      lm_head_weight(self.teacher) if with_teacher else None, labels, visual_mask,
-                                     cfg, **features, scale=shares, checked=True)
+                                     cfg, **features, scale=shares, checked=True, step=self.state.global_step)
         else:
             res = distill_loss(out.logits, t_logits, labels, visual_mask, cfg, **features, scale=shares, checked=True)
-        step = self.state.global_step + 1
-        bad = [k for k, v in res.parts.items() if not math.isfinite(v)]
-        if bad or not torch.isfinite(res.total):
-            parts = ", ".join(f"{k}={v:.4g}" for k, v in res.parts.items())
-            raise NonFiniteError(
-                f"step {step}: non-finite loss in {', '.join(bad) or 'total'} ({parts}); "
-                "stopped before the backward pass and the optimizer step"
-            )
-        for k, v in res.parts.items():  # the step's means, as the loss
-            self._parts_sum[k] = self._parts_sum.get(k, 0.0) + v * shares[k]
-        self._parts_n += 1.0 / max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
-        attended, positions = int(fwd["attention_mask"].sum()), fwd["attention_mask"].numel()
-        self.tokens_seen += attended
-        self.positions_seen += positions
-        self._pad[0] += positions - attended
-        self._pad[1] += positions
+        self._note_loss(res, shares)
+        mask = fwd["attention_mask"]
+        self._attended = self._attended + mask.sum().detach().to(torch.float64)  # read at logging steps only
+        self.positions_seen += mask.numel()
         return (res.total, out) if return_outputs else res.total
+
+    def _note_loss(self, res, shares) -> None:
+        """Add a micro-batch's parts to the logging sums and its finiteness to the step's, on the device."""
+        keys = list(res.part_tensors)
+        for k in keys:  # the step's means, as the loss
+            v = res.part_tensors[k].detach().to(torch.float64)
+            self._parts_sum[k] = self._parts_sum.get(k, 0.0) + v * shares[k]
+        finite = torch.stack([torch.isfinite(res.total.detach()).all(),
+                              *(torch.isfinite(res.part_tensors[k]).all() for k in keys)])
+        if self._step_finite is None or self._step_keys != keys:
+            self._step_finite, self._step_keys = finite, keys
+        else:
+            self._step_finite = self._step_finite & finite
+        self._parts_n += 1.0 / max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
+
+    def take_loss_flags(self) -> tuple[list[str], torch.Tensor | None]:
+        """(["total", *parts], device bools: finite in every micro-batch of this step) and forget them;
+        the finiteness guard reads them with the gradients' check, one wait a step."""
+        flags, keys = self._step_finite, ["total", *self._step_keys]
+        self._step_finite = None
+        return keys, flags
+
+    def non_finite_loss_message(self, step: int, keys: list[str], finite: list[bool]) -> str | None:
+        """The guard's line when a loss of this step was NaN/inf, else None."""
+        bad = [k for k, ok in zip(keys, finite) if not ok]
+        if not bad:
+            return None
+        parts = ", ".join(f"{k}={float(v) / max(self._parts_n, 1e-12):.4g}" for k, v in self._parts_sum.items())
+        return (f"step {step}: non-finite loss in {', '.join(k for k in bad if k != 'total') or 'total'} ({parts}); "
+                "stopped before the optimizer step")
 
     def log(self, logs: dict, start_time=None) -> None:
         if "loss" in logs and self._parts_n:
             keys = sorted(self._parts_sum)
-            means = torch.tensor([self._parts_sum[k] / self._parts_n for k in keys], dtype=torch.float64)
+            means = torch.stack([torch.as_tensor(self._parts_sum[k], dtype=torch.float64) for k in keys]) / self._parts_n
             if self.accelerator.num_processes > 1:  # every rank logs: average the parts like the loss
-                means = self.accelerator.reduce(means.to(self.args.device), reduction="mean").cpu()
-            for k, v in zip(keys, means.tolist()):
+                means = self.accelerator.reduce(means.to(self.args.device), reduction="mean")
+            for k, v in zip(keys, means.cpu().tolist()):  # the wait for the device, at logging steps only
                 logs[f"loss_{k}"] = float(f"{v:.10g}")
             self._parts_sum, self._parts_n = {}, 0
             elapsed = time.perf_counter() - self._t_start
-            logs["tokens_per_s"] = round(self.tokens_seen / max(elapsed, 1e-9), 1)
-            if self._pad[1]:  # padded share of the positions since the last log
-                logs["padding_fraction"] = round(self._pad[0] / self._pad[1], 4)
-                self._pad = [0, 0]
+            attended = float(self._attended)
+            logs["tokens_per_s"] = round(attended / max(elapsed, 1e-9), 1)
+            positions = self.positions_seen - self._at_log[1]
+            if positions:  # padded share of the positions since the last log
+                logs["padding_fraction"] = round(1.0 - (attended - self._at_log[0]) / positions, 4)
+            self._at_log = [attended, self.positions_seen]
         super().log(logs, start_time) if start_time is not None else super().log(logs)
 
     # -- resume ------------------------------------------------------------------------------
@@ -397,8 +424,9 @@ class NonFiniteGradGuard(TrainerCallback):
     """Stop the run when a gradient is NaN/inf, before that step changes the weights.
 
     Plain and DDP runs: the gradients sit on the parameters; one device-side check over all of them
-    (a single host sync a step) before the optimizer step, and only on failure a pass that names
-    the parameter. DeepSpeed keeps gradients in its own partitioned buffers and steps inside
+    and over the step's losses (the trainer's ``take_loss_flags``; a single host sync a step) before
+    the optimizer step, and only on failure a pass that names the parameter or the loss term.
+    DeepSpeed keeps gradients in its own partitioned buffers and steps inside
     ``backward``, before any callback; its ZeRO optimizers compute the global gradient norm and skip
     an update whose norm is not finite (``engine.was_step_applied()``), so the guard reads that
     after the step and stops with the weights unchanged. Under fp16 a skipped step is the loss
@@ -412,11 +440,26 @@ class NonFiniteGradGuard(TrainerCallback):
         engine = getattr(self.trainer, "model_wrapped", None) if self.trainer is not None else None
         return engine if engine is not None and hasattr(engine, "was_step_applied") else None
 
+    def _loss_flags(self):
+        take = getattr(self.trainer, "take_loss_flags", None)
+        return take() if take is not None else ([], None)
+
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self._engine() is not None:
             return
+        keys, loss_ok = self._loss_flags()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        checks = [torch.stack([torch.isfinite(g).all() for g in grads]).all()] if grads else []
+        if loss_ok is not None:
+            checks.append(loss_ok.to(checks[0].device) if checks else loss_ok)
+        if not checks:
+            return
+        flags = torch.cat([c.reshape(-1) for c in checks]).tolist()  # the one wait for the device a step
+        if loss_ok is not None:
+            line = self.trainer.non_finite_loss_message(state.global_step + 1, keys, flags[-len(keys):])
+            if line:
+                raise NonFiniteError(line)
+        if not grads or flags[0]:
             return
         name = next(n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all())
         raise NonFiniteError(f"step {state.global_step + 1}: non-finite gradient in {name}; "
@@ -424,8 +467,16 @@ class NonFiniteGradGuard(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         engine = self._engine()
-        if engine is None or engine.fp16_enabled() or engine.was_step_applied():
+        if engine is None:
             return
+        keys, loss_ok = self._loss_flags()
+        if engine.fp16_enabled() or engine.was_step_applied():
+            return
+        if loss_ok is not None:
+            line = self.trainer.non_finite_loss_message(state.global_step + 1, keys, loss_ok.tolist())
+            if line:
+                raise NonFiniteError(line.replace("stopped before the optimizer step",
+                                                  "DeepSpeed skipped the update, so the weights are unchanged; stopped"))
         zero = engine.zero_optimization_stage()
         raise NonFiniteError(f"step {state.global_step + 1}: non-finite gradient norm under DeepSpeed ZeRO-{zero}; "
                              "DeepSpeed skipped the update, so the weights are unchanged; stopped")
