@@ -29,8 +29,9 @@ W^T W (d x d) accumulated over vocabulary chunks in at least float32: the frozen
 per run, the student's once per optimizer step (``step``, passed by the trainer); its gradient
 is S H (W^T W) for the hidden states and W (H^T S H) for the head. ``rel_gram: chunks``
 accumulates Z Z^T over vocabulary chunks of Z recomputed from H and W instead (the chunked path's
-own code). benchmarks/distill_memory.py times both at the paper's shape. With ``rel_source: features`` L_rel comes from the projected
-visual features by plain autograd (``common.feature_relation``).
+own code). benchmarks/distill_memory.py times both at the paper's shape. With
+``rel_source: features`` L_rel comes from the projected visual features by plain autograd
+(``common.feature_relation``).
 """
 
 from __future__ import annotations
