@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -130,13 +131,17 @@ class TrainConfig:
     seed: int = 1234
     precision: str | None = None  # fp32 | bf16 | fp16 | fp64 (exactness tests); default: the stage's
     grad_clip: float = 1.0
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | int | Literal["auto"] = False  # false off, true all layers, k every k-th
+    #   decoder layer (llavakd.memory.checkpointed_layers); "auto" in a study: the planner picks the least
+    #   recomputation that fits the memory estimate (llavakd.plan), and the job config holds its choice
     group_by_modality_length: bool = True  # batches of similar length, images and text apart (llavakd.data.sampler)
     deepspeed: str | None = None  # path to a DeepSpeed JSON config
     save_steps: int = 500
     keep_checkpoints: int = 2
     logging_steps: int = 1
     stop_after_steps: int | None = None  # stop (as if killed) after this step's checkpoint; for tests
+    share_vision_tower: bool = added(True)  # one vision pass for teacher and student when their frozen towers
+    #   hold the same weights (llavakd/train/vision.py); false: each model runs its own
 
 
 @dataclass
@@ -197,6 +202,13 @@ class StageConfig:
             p.append(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
         if t.precision not in (None, "fp32", "bf16", "fp16", "fp64"):
             p.append(f"train.precision: must be fp32, bf16, fp16 or fp64 (tests), got {t.precision!r}")
+        gc = t.gradient_checkpointing
+        if gc == "auto":
+            p.append("train.gradient_checkpointing: 'auto' is chosen by the study planner from the memory estimate "
+                     "(llavakd/memory.py knows the shapes of the paper's Qwen LLMs); a job needs false, true or k "
+                     "(every k-th layer)")
+        elif not isinstance(gc, bool) and isinstance(gc, int) and gc < 0:
+            p.append(f"train.gradient_checkpointing: k must be >= 1 (every k-th layer), got {gc}")
         if t.save_steps < 1:
             p.append(f"train.save_steps: must be >= 1, got {t.save_steps}")
         if t.deepspeed and not Path(t.deepspeed).is_file():

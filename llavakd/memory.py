@@ -9,13 +9,15 @@ What it counts (bytes per device, bf16 training; llavakd/model/shapes.py gives t
 - gradients, 2 B a trainable parameter, sharded from ZeRO-2 on;
 - optimizer state, 12 B a trainable parameter (fp32 master weights, Adam's m and v), sharded
   from ZeRO-1 on;
-- activations of the student LLM: with gradient checkpointing each layer's input
-  (tokens x d x 2 B) plus one layer's working set while it is recomputed; without, every layer's
-  working set. A layer's working set is taken as tokens x (12 d + 8 i) bytes (attention with a
-  fused kernel, no tokens^2 term; the SwiGLU MLP's three i-wide tensors and its product);
+- activations of the student LLM: a checkpointed layer keeps its input (tokens x d x 2 B), the
+  others their working set, plus one layer's working set while a layer is recomputed
+  (``gradient_checkpointing``: 0 off, 1 every layer, k every k-th layer). A layer's working set
+  is taken as tokens x (12 d + 8 i) bytes (attention with a fused kernel, no tokens^2 term; the
+  SwiGLU MLP's three i-wide tensors and its product);
 - the teacher's forward (no graph): one layer's working set and its last hidden state;
 - the objective: ``fused`` holds the fp32 head gradient (V x d x 4 B), fp32 hidden-state
-  gradients and a few chunk temporaries (32 MB each); ``chunked`` holds the student's and the
+  gradients and one chunk's temporaries (``CUDA_CHUNK_BYTES``, the budget the objective sizes
+  its chunks from on CUDA); ``chunked`` holds the student's and the
   teacher's [tokens x V] bf16 logits and the student's logit gradient (llavakd/distill);
 - the vision tower's forward (frozen, no graph) and a fixed reserve for the CUDA context and
   allocator fragmentation (3 GiB + 10%).
@@ -31,7 +33,10 @@ from llavakd.model.shapes import QWEN, SIGLIP_SO400M_384, count_llm_params, qwen
 from llavakd.stages import STAGES
 
 GIB = 2**30
-CHUNK_BYTES = 32 * 2**20  # one fp32 chunk temporary of the objective (llavakd.distill.objective)
+# The objective's chunk budget on CUDA: every [chunk x V] temporary of one chunk together. It lives
+# here, where planning (torch-free) counts it; llavakd.distill.objective sizes its chunks from it.
+CUDA_CHUNK_BYTES = 8 * GIB
+CHECKPOINTING_CHOICES = (0, 4, 3, 2, 1)  # least recomputation first: off, every 4th, 3rd, 2nd layer, all
 RESERVE_BYTES = 3 * GIB
 RESERVE_FRACTION = 0.10
 IMAGE_TOKENS = 729  # SigLIP-so400m-384 patches per image
@@ -57,10 +62,11 @@ def _layer_bytes(tokens: int, cfg) -> int:
 
 
 def estimate(student: str, teacher: str | None, *, stage: str, per_device_batch: int, zero_stage: int,
-             world: int, seq_len: int = 2048, gradient_checkpointing: bool = True,
+             world: int, seq_len: int = 2048, gradient_checkpointing: bool | int = True,
              implementation: str = "fused") -> dict:
     """Bytes per device of one training job, by component, and their ``total`` (see the module
-    docstring). ``teacher`` is ignored for a stage without distillation."""
+    docstring). ``teacher`` is ignored for a stage without distillation. ``gradient_checkpointing``:
+    false/0 off, true/1 every layer, k every k-th layer (``checkpointed_layers``)."""
     spec = STAGES[stage]
     s_cfg = _qwen(student)
     d, V = s_cfg.hidden_size, s_cfg.vocab_size
@@ -75,10 +81,10 @@ def estimate(student: str, teacher: str | None, *, stage: str, per_device_batch:
         "gradients": 2 * trainable / (world if zero_stage >= 2 else 1),
         "optimizer": 12 * trainable / (world if zero_stage >= 1 else 1),
     }
-    if gradient_checkpointing:
-        parts["activations"] = s_cfg.num_hidden_layers * tokens * d * 2 + _layer_bytes(tokens, s_cfg)
-    else:
-        parts["activations"] = s_cfg.num_hidden_layers * _layer_bytes(tokens, s_cfg)
+    n = s_cfg.num_hidden_layers
+    ckpt = len(checkpointed_layers(n, gradient_checkpointing))
+    parts["activations"] = ckpt * tokens * d * 2 + (n - ckpt) * _layer_bytes(tokens, s_cfg) \
+        + (_layer_bytes(tokens, s_cfg) if ckpt else 0)
     parts["vision_forward"] = per_device_batch * IMAGE_TOKENS * SIGLIP_SO400M_384["intermediate_size"] * 2 * 4
     t_cfg = _qwen(teacher) if (teacher and spec.distill) else None
     if t_cfg is not None:
@@ -87,14 +93,41 @@ def estimate(student: str, teacher: str | None, *, stage: str, per_device_batch:
         parts["teacher_forward"] = _layer_bytes(tokens, t_cfg) + tokens * t_cfg.hidden_size * 2
     if implementation == "fused":
         head_grad = V * d * 4 if "llm" in spec.trainable else 0
-        parts["objective"] = head_grad + tokens * d * 4 * 2 + 6 * CHUNK_BYTES
+        parts["objective"] = head_grad + tokens * d * 4 * 2 + CUDA_CHUNK_BYTES
     else:
         logits = tokens * V * 2
-        parts["objective"] = logits * (3 if t_cfg is not None else 2) + 6 * CHUNK_BYTES
+        parts["objective"] = logits * (3 if t_cfg is not None else 2) + CUDA_CHUNK_BYTES
     subtotal = sum(parts.values())
     parts["reserve"] = RESERVE_BYTES + RESERVE_FRACTION * subtotal
     parts["total"] = sum(parts.values())
     return {k: int(v) for k, v in parts.items()}
+
+
+def checkpointed_layers(num_layers: int, setting: bool | int) -> list[int]:
+    """The decoder layers recomputed in the backward pass: none (false/0), all (true/1), or every
+    k-th (layers 0, k, 2k, ...); the one reading of ``train.gradient_checkpointing`` (the trainer
+    applies it, the estimate counts it)."""
+    k = int(setting)  # False -> 0, True -> 1
+    return list(range(0, num_layers, k)) if k >= 1 else []
+
+
+def checkpointing_label(setting: bool | int) -> str:
+    """``off``, ``all layers`` or ``every k-th layer``."""
+    k = int(setting)
+    return "off" if k == 0 else "all layers" if k == 1 else f"every {k}th layer" if k > 3 else \
+        f"every {'2nd' if k == 2 else '3rd'} layer"
+
+
+def least_recomputation(student: str, teacher: str | None, *, per_device_batch: int, budget_gib: float = 80.0,
+                        **kw) -> tuple[int, dict]:
+    """The checkpointing that recomputes least and still fits ``budget_gib`` at this batch (0 off,
+    k every k-th layer, 1 all; 1 when nothing fits), and its estimate."""
+    est = {}
+    for k in CHECKPOINTING_CHOICES:
+        est = estimate(student, teacher, per_device_batch=per_device_batch, gradient_checkpointing=k, **kw)
+        if est["total"] <= budget_gib * GIB:
+            return k, est
+    return 1, est
 
 
 def largest_per_device_batch(student: str, teacher: str | None, *, stage: str, zero_stage: int, world: int,

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from llavakd.config import StageConfig, set_dotted, stage_config_from_dict, to_dict
-from llavakd.errors import ConfigError, LlavaKDError
+from llavakd.config import DataConfig, LossConfig, StageConfig, TrainConfig, set_dotted, stage_config_from_dict, to_dict
+from llavakd.errors import ConfigError, LlavaKDError, UnknownNameError
 from llavakd.layout import Layout, given_name, marker, model_name, parse_model, released_name
 from llavakd.stages import STAGES, TERMS, Chain, ChainError, Step, as_chain, with_terms
 from llavakd.study import Family, LossAblation, StudyConfig, load_study_config
@@ -214,11 +214,41 @@ class Study:
         subset = self.cfg.data.subset
         if subset is not None and subset.fraction < 1:
             merged["data.subset_fraction"], merged["data.subset_seed"] = subset.fraction, subset.seed
+        if merged.get("train.gradient_checkpointing") == "auto":
+            merged["train.gradient_checkpointing"] = self._checkpointing(llm, step, merged)
         raw: dict = {"stage": step.name, "model": self.start_dir(llm, seed, chain),
                      "teacher": self.teacher_dir(llm, chain), "output_dir": self.layout.run_dir(llm, seed, chain)}
         for key, value in merged.items():
             set_dotted(raw, key, value)
         return raw
+
+    def _checkpointing(self, llm: str, step, merged: dict):
+        """``gradient_checkpointing: auto``: the least recomputation whose memory estimate fits the
+        budget at the job's batch (llavakd.memory.least_recomputation); "auto" stays (and the job's
+        validation names it) when the estimate does not know the LLM's shape (the tiny world's)."""
+        from llavakd.memory import least_recomputation
+
+        if self.mode == "tiny":  # the estimate knows the paper's shapes, not the tiny world's models
+            return "auto"
+        teacher = self.teacher_of(llm) if step.distill else None
+        try:
+            k, _ = least_recomputation(llm, teacher, **self._memory_kw(step.name, merged))
+        except UnknownNameError:
+            return "auto"
+        return k
+
+    def _memory_kw(self, stage: str, merged: dict) -> dict:
+        """What the memory estimate needs of one job, from its merged overrides (stage defaults otherwise)."""
+        defaults = TrainConfig()
+        return dict(stage=stage, per_device_batch=int(merged.get("train.per_device_batch", defaults.per_device_batch)),
+                    zero_stage=_zero_stage(merged.get("train.deepspeed")), world=self.train_world(),
+                    seq_len=int(merged.get("data.max_length", DataConfig().max_length)),
+                    implementation=merged.get("loss.implementation", LossConfig().implementation))
+
+    def train_world(self) -> int:
+        """GPUs of one training job (nodes x GPUs a node)."""
+        res = self.resources("train")
+        return int(res.get("gpus", 1) or 1) * int(res.get("nodes", 1) or 1)
 
     def stage_config(self, llm: str, seed: int, chain: str) -> StageConfig:
         """The validated, resolved config of one training job (ConfigError names the job)."""
@@ -436,27 +466,30 @@ def _zero_stage(path: str | None) -> int:
 
 
 def memory_report(study: Study, budget_gib: float = 80.0) -> str:
-    """Per training stage, the estimated memory per GPU of the study's largest student/teacher pair
-    at the configured per-device batch (llavakd.memory), and the largest batch that fits."""
-    from llavakd.memory import GIB, estimate, largest_per_device_batch
+    """Per training stage and student/teacher pair: the estimated memory per GPU at the configured
+    per-device batch and checkpointing (llavakd.memory; ``auto`` shows the planner's choice), and
+    the largest batch that fits."""
+    from llavakd.memory import GIB, checkpointing_label, estimate, largest_per_device_batch
 
-    world = int(study.resources("train").get("gpus", 1) or 1) * int(study.resources("train").get("nodes", 1) or 1)
+    world = study.train_world()
     lines = [f"llavakd memory estimate per GPU (llavakd/memory.py; {budget_gib:g} GiB budget, {world} GPUs a job):"]
-    seen: dict[str, tuple] = {}
+    seen: set = set()
     for llm, seed, chain in train_jobs(study, study.table1_models()):
         stage = chain.last.name
         cfg = study.stage_config(llm, seed, chain)
         teacher = study.teacher_of(llm) if cfg.distill else None
+        key = (stage, llm, teacher, cfg.train.per_device_batch, cfg.train.gradient_checkpointing)
+        if key in seen:
+            continue
+        seen.add(key)
         kw = dict(stage=stage, zero_stage=_zero_stage(cfg.train.deepspeed), world=world,
                   seq_len=cfg.data.max_length, gradient_checkpointing=cfg.train.gradient_checkpointing,
                   implementation=cfg.loss.implementation)
         total = estimate(llm, teacher, per_device_batch=cfg.train.per_device_batch, **kw)["total"]
-        if stage not in seen or total > seen[stage][0]:
-            fits = largest_per_device_batch(llm, teacher, global_batch=cfg.train.global_batch, **kw)
-            seen[stage] = (total, llm, teacher, cfg.train.per_device_batch, kw["zero_stage"], fits)
-    for stage, (total, llm, teacher, batch, zero, fits) in seen.items():
+        fits = largest_per_device_batch(llm, teacher, global_batch=cfg.train.global_batch, budget_gib=budget_gib, **kw)
         pair = f"{llm} <- {teacher}" if teacher else llm
         flag = "" if total <= budget_gib * GIB else "  DOES NOT FIT"
-        lines.append(f"  {stage:4s} {pair:28s} ZeRO-{zero} per-device {batch:3d}: {total / GIB:5.1f} GiB "
-                     f"(largest that fits: {fits}){flag}")
+        lines.append(f"  {stage:4s} {pair:28s} ZeRO-{kw['zero_stage']} per-device {cfg.train.per_device_batch:3d}, "
+                     f"checkpointing {checkpointing_label(cfg.train.gradient_checkpointing)}: {total / GIB:5.1f} GiB "
+                     f"(largest batch that fits: {fits}){flag}")
     return "\n".join(lines)

@@ -302,3 +302,99 @@ def test_training_forwards_build_no_kv_cache(setup, tmp_path, monkeypatch, imple
     monkeypatch.setattr(tr.LLMTaps, "_outputs", spy)
     run_stage(_cfg(setup, "dft", tmp_path / "run", "train.max_steps=1", f"loss.implementation={implementation}"))
     assert len(seen) >= 2 and all(cache is None for cache in seen), seen
+
+
+@pytest.mark.parametrize("setting, expected", [(False, []), (True, [0, 1]), (2, [0])])
+def test_checkpointing_recomputes_the_chosen_layers_and_changes_no_gradient(setup, setting, expected):
+    """train.gradient_checkpointing off / all / every k-th: the chosen decoder layers run their
+    forward again in the backward pass (counted inside the layer), the others once; the gradients
+    equal those without checkpointing (float64)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.train.run import apply_checkpointing
+
+    def grads_and_calls(k):
+        torch.manual_seed(0)
+        m = LlavaForConditionalGeneration.from_pretrained(setup / "student", dtype=torch.float64)
+        m.train()
+        layers = m.model.language_model.layers
+        chosen = apply_checkpointing(m, k)
+        calls = [0] * len(layers)
+        for i, layer in enumerate(layers):  # the MLP's forward itself (recomputation runs no module hooks)
+            def counted(*a, _f=layer.mlp.forward, _i=i, **kw):
+                calls[_i] += 1
+                return _f(*a, **kw)
+            layer.mlp.forward = counted
+        ids = torch.randint(0, 50, (2, 9))
+        m(input_ids=ids, use_cache=False).logits.square().mean().backward()
+        return chosen, calls, [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    n = len(LlavaForConditionalGeneration.from_pretrained(setup / "student").model.language_model.layers)
+    assert n == 2  # the tiny student; ``expected`` is written for it
+    chosen, calls, grads = grads_and_calls(setting)
+    assert chosen == expected
+    assert calls == [2 if i in expected else 1 for i in range(n)]
+    _, base_calls, base = grads_and_calls(False)
+    assert base_calls == [1] * n
+    for a, b in zip(grads, base):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _metrics(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def test_one_vision_pass_equals_two(setup, tmp_path):
+    """float64, a DFT run of 3 steps: with the towers' pass shared (the default; metadata says
+    "shared") the per-step losses, their parts and the final weights equal those of two passes."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for share in (True, False):
+        out = tmp_path / f"share-{share}"
+        run_stage(_cfg(setup, "dft", out, "train.precision=fp64", "train.max_steps=3", "train.logging_steps=1",
+                       f"train.share_vision_tower={str(share).lower()}"))
+        runs[share] = out
+    meta = {s: json.loads((runs[s] / "metadata.json").read_text()) for s in runs}
+    assert meta[True]["vision_pass"] == "shared"
+    assert meta[False]["vision_pass"] == "separate: train.share_vision_tower is off"
+    a, b = _metrics(runs[True]), _metrics(runs[False])
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        for k in ("loss", "loss_ce", "loss_res", "loss_vis", "loss_rel", "grad_norm"):
+            assert x[k] == pytest.approx(y[k], rel=1e-10, abs=1e-12), k
+    wa, wb = (load_file(str(runs[s] / "final" / "model.safetensors")) for s in (True, False))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-10, atol=1e-12)
+
+
+def test_the_shared_pass_runs_the_tower_once_and_a_changed_tower_is_caught(setup):
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.train.vision import SharedVisionPass, tower_digest, vision_tower
+
+    student = LlavaForConditionalGeneration.from_pretrained(setup / "student", dtype=torch.float64)
+    teacher = LlavaForConditionalGeneration.from_pretrained(setup / "teacher", dtype=torch.float64)
+    student.requires_grad_(False)
+    assert tower_digest(vision_tower(student), torch.float64) == tower_digest(vision_tower(teacher), torch.float64)
+    shared = SharedVisionPass()
+    assert shared.install(student, teacher) == "shared"
+    size = student.config.vision_config.image_size
+    pixels = torch.randn(2, 3, size, size, dtype=torch.float64)
+    f_s = student.model.get_image_features(pixel_values=pixels, vision_feature_layer=-1,
+                                           vision_feature_select_strategy="full")
+    f_t = teacher.model.get_image_features(pixel_values=pixels, vision_feature_layer=-1,
+                                           vision_feature_select_strategy="full")
+    assert (shared.passes, shared.served) == (1, 1)  # the teacher's forward was served
+    torch.testing.assert_close(f_t.last_hidden_state, f_s.last_hidden_state)
+    shared.begin()
+    teacher.model.get_image_features(pixel_values=pixels.clone(), vision_feature_layer=-1,
+                                     vision_feature_select_strategy="full")
+    assert shared.passes == 2  # other pixels: its own pass
+    # a tower whose weights differ in one element is caught by the digest
+    changed = LlavaForConditionalGeneration.from_pretrained(setup / "teacher", dtype=torch.float64)
+    with torch.no_grad():
+        next(vision_tower(changed).parameters()).view(-1)[0] += 1e-3
+    assert SharedVisionPass().install(student, changed) == "separate: the teacher's and the student's vision towers differ"
+    student.model.vision_tower.requires_grad_(True)
+    assert SharedVisionPass().install(student, teacher) == "separate: the student's vision tower is trained"

@@ -54,9 +54,9 @@ from llavakd.distill.common import (
 )
 from llavakd.distill.naive import naive_distill_loss
 from llavakd.labels import IGNORE_INDEX
+from llavakd.memory import CUDA_CHUNK_BYTES  # CUDA: every [chunk x V] temporary of one chunk together
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 23  # CPU: ~32 MB of fp32 per full-vocabulary temporary
-CUDA_CHUNK_BYTES = 8 << 30  # CUDA: every [chunk x V] temporary of one chunk together
 BLOCK_TEMPORARIES = 6  # [chunk x V] fp32 blocks alive at once: student, teacher, gradient, three in a divergence
 
 

@@ -185,8 +185,24 @@ def load_teacher(cfg: StageConfig, student, dtype):
     return teacher
 
 
+def apply_checkpointing(model, setting: bool | int) -> list[int]:
+    """Recompute the chosen decoder layers of the student's LLM in the backward pass
+    (``train.gradient_checkpointing``: none, all, or every k-th; llavakd.memory.checkpointed_layers)
+    through transformers' per-layer switch; returns their indices."""
+    from llavakd.memory import checkpointed_layers
+
+    layers = model.model.language_model.layers
+    chosen = checkpointed_layers(len(layers), setting)
+    if chosen:
+        model.gradient_checkpointing_enable()  # what Trainer(gradient_checkpointing=True) calls: every layer
+        keep = set(chosen)
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i in keep
+    return chosen
+
+
 def setup_models(cfg: StageConfig):
-    """Student (freeze plan applied) and, for a distillation stage, the frozen teacher."""
+    """Student (freeze plan applied, checkpointing set) and, for a distillation stage, the frozen teacher."""
     cuda = torch.cuda.is_available()
     if not cuda and cfg.train.precision == "fp16":
         raise LlavaKDError("train.precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
@@ -194,6 +210,7 @@ def setup_models(cfg: StageConfig):
     # weights stay fp32 under mixed precision; the Trainer autocasts
     model, processor = load_student(cfg, dtype if cfg.train.precision in ("fp32", "fp64") else torch.float32)
     counts = apply_freeze_plan(model, cfg.spec.trainable)
+    apply_checkpointing(model, cfg.train.gradient_checkpointing)
     t_dtype = dtype if (cuda or cfg.train.precision == "fp64") else torch.float32
     teacher = load_teacher(cfg, model, t_dtype) if cfg.distill else None
     return model, processor, teacher, counts
@@ -234,7 +251,7 @@ def setup_training_args(cfg: StageConfig, out: Path, world: int):
         bf16=cfg.train.precision == "bf16",
         fp16=cfg.train.precision == "fp16",
         max_grad_norm=cfg.train.grad_clip,
-        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        gradient_checkpointing=False,  # applied per layer by apply_checkpointing (setup_models)
         deepspeed=cfg.train.deepspeed,
         save_strategy="steps",
         save_steps=cfg.train.save_steps,
@@ -261,7 +278,8 @@ def setup_trainer(cfg: StageConfig, out: Path, model, processor, teacher, datase
         callbacks.append(StopAfter(cfg.train.stop_after_steps))
     trainer = KDTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer),
                         loss_config=cfg.loss, teacher=teacher, keep_checkpoints=cfg.train.keep_checkpoints,
-                        group_by_modality_length=cfg.train.group_by_modality_length, callbacks=callbacks)
+                        group_by_modality_length=cfg.train.group_by_modality_length,
+                        share_vision=cfg.train.share_vision_tower, callbacks=callbacks)
     guard.trainer = trainer  # under DeepSpeed the guard reads the engine's verdict on each step
     if teacher is not None and not trainer.is_deepspeed_enabled:
         teacher.to(args.device)  # under DeepSpeed the trainer wraps it into an engine at the first step
@@ -285,11 +303,14 @@ def run_metadata(cfg: StageConfig, trainer, dataset, counts: dict, *, world: int
                                           "skipped": dict(dataset.skipped), "truncated": dataset.truncated},
         "steps": trainer.state.global_step, "tokens_per_s": round(trainer.tokens_seen / max(elapsed, 1e-9), 1),
         "group_by_modality_length": cfg.train.group_by_modality_length,
+        "checkpointed_layers": [i for i, layer in enumerate(trainer.model.model.language_model.layers)
+                                if getattr(layer, "gradient_checkpointing", False)],
         "padding_fraction": round(trainer.padding_fraction, 4),
         "peak_memory_mb": round(peak / 2**20, 1), "wall_time_s": round(elapsed, 1),
         "resumed_from": str(start) if start else None,
         "device": "cuda" if cuda else "cpu", "loss": dataclasses.asdict(cfg.loss),
         "loss_implementation_used": trainer.loss_implementation,
+        "vision_pass": trainer.vision.decision if trainer.teacher is not None else None,
         "teacher_placement": _teacher_placement(trainer.teacher),
         "teacher_partition": _teacher_partition(trainer.teacher),
     }

@@ -20,6 +20,7 @@ from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
 from llavakd.errors import LlavaKDError
 from llavakd.io import COMPLETE_MARKER, marker_problem, write_marker
 from llavakd.layout import CHECKPOINT_PREFIX, checkpoint_name
+from llavakd.train.vision import SharedVisionPass
 
 _CKPT = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 
@@ -65,7 +66,7 @@ class KDTrainer(Trainer):
     """
 
     def __init__(self, *args, loss_config: LossConfig, teacher=None, keep_checkpoints: int = 2,
-                 group_by_modality_length: bool = False, **kwargs):
+                 group_by_modality_length: bool = False, share_vision: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.group_by_modality_length = group_by_modality_length
         self.loss_config = loss_config
@@ -91,16 +92,25 @@ class KDTrainer(Trainer):
         self._student_taps = LLMTaps(self.model)
         self._teacher_taps = LLMTaps(teacher) if teacher is not None else None
         self._implementation: str | None = None
+        self.share_vision = share_vision  # one vision pass for both when the towers are the same (train/vision.py)
+        self.vision = SharedVisionPass()
 
     # -- teacher under DeepSpeed ------------------------------------------------------------
     def _prepare_teacher(self) -> None:
         """Under DeepSpeed the frozen teacher becomes an inference engine: sharded with ZeRO-3
         (no full copy per GPU), replicated otherwise (ZeRO-1/2 only shard optimizer state and
         gradients, which a frozen model has none of)."""
-        if self._teacher_ready or self.teacher is None or not self.is_deepspeed_enabled:
-            self._teacher_ready = True
+        if self._teacher_ready:
             return
-        self.teacher = shard_teacher(self.teacher, self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        if self.share_vision and self.teacher is not None and self.loss_config.needs_teacher:
+            self.vision.install(self.model, self.teacher, zero3=zero3)
+        elif self.teacher is not None:
+            self.vision.decision = "separate: train.share_vision_tower is off"
+        if self.teacher is not None and self.is_deepspeed_enabled:
+            self.teacher = shard_teacher(self.teacher, self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        if self.teacher is not None:
+            print(f"vision tower: {self.vision.decision}", flush=True)
         self._teacher_ready = True
 
     # -- batches ----------------------------------------------------------------------------
@@ -165,6 +175,7 @@ class KDTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._prepare_teacher()
+        self.vision.begin()
         visual_mask = inputs.pop("visual_mask")
         inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
