@@ -140,6 +140,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     logging_steps: int = 1
     stop_after_steps: int | None = None  # stop (as if killed) after this step's checkpoint; for tests
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = added("sdpa")  # every LLaVA the job
+    #   loads (transformers' attn_implementation; flash_attention_2 needs the flash-attn package and a GPU)
+    liger_kernels: bool = added(False)  # liger-kernel's Qwen2 kernels (RMSNorm, RoPE, SwiGLU) in both LLMs;
+    #   Triton, so CUDA only: a study refuses it for jobs without GPUs (pip install 'llavakd[cuda]')
+    compile: bool = added(False)  # torch.compile each decoder layer of the student's LLM
     share_vision_tower: bool = added(True)  # one vision pass for teacher and student when their frozen towers
     #   hold the same weights (llavakd/train/vision.py); false: each model runs its own
 

@@ -261,11 +261,16 @@ class Study:
     def job_config_problems(self) -> list[str]:
         """Every problem of every training job the study's targets need, each line naming its job."""
         problems = []
+        gpus = int(self.resources("train").get("gpus", 0) or 0)
         for llm, seed, chain in train_jobs(self, self.all_models()):
             try:
-                self.stage_config(llm, seed, chain)
+                cfg = self.stage_config(llm, seed, chain)
             except ConfigError as err:
                 problems += [f"{err.source}: {p}" for p in err.problems]
+                continue
+            if cfg.train.liger_kernels and gpus == 0:
+                problems.append(f"job {model_name(llm, seed, chain)}: train.liger_kernels needs a GPU (liger-kernel is "
+                                "Triton, CUDA only) and resources.train.gpus is 0; switch it off or give the job GPUs")
         return problems
 
     def data_paths(self) -> dict:

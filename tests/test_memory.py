@@ -182,3 +182,17 @@ def test_the_flop_count_against_a_hand_count_for_one_tiny_shape():
     frozen = step_flops(student=s_shape, teacher=None, seq=6, visual_tokens=2, vision=v, student_trains_llm=False)
     assert frozen["student_layers"] == 4 * 288 * 6 and frozen["student_attention"] == 6 * 2 * 36 * 4
     assert frozen["vision"] == 2 * 66 * 4 + 4 * 16 * 3  # one pass without a teacher
+
+
+def test_liger_is_refused_at_plan_time_without_gpus():
+    from llavakd.errors import ConfigError
+
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw["train"]["common"]["train.liger_kernels"] = True
+    with pytest.raises(ConfigError, match=r"job qwen1.5-4b/s0/pt: train.liger_kernels needs a GPU .*resources.train.gpus is 0"):
+        Study.load(raw, source="config.yaml")
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["train"]["common"]["train.liger_kernels"] = True  # eight GPUs a job: planned
+    study = Study.load(raw, source="paper.yaml")
+    llm, seed, chain = next(iter(train_jobs(study, study.table1_models())))
+    assert study.stage_config(llm, seed, chain).train.liger_kernels is True

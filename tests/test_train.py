@@ -398,3 +398,20 @@ def test_the_shared_pass_runs_the_tower_once_and_a_changed_tower_is_caught(setup
     assert SharedVisionPass().install(student, changed) == "separate: the teacher's and the student's vision towers differ"
     student.model.vision_tower.requires_grad_(True)
     assert SharedVisionPass().install(student, teacher) == "separate: the student's vision tower is trained"
+
+
+def test_kernel_switches_on_the_cpu(setup, tmp_path):
+    """liger is refused on the CPU before anything loads; attn_implementation reaches both models;
+    compile wraps every decoder layer of the student."""
+    from llavakd.train.run import setup_models
+
+    with pytest.raises(LlavaKDError, match="train.liger_kernels needs a GPU"):
+        setup_models(_cfg(setup, "dft", tmp_path / "r", "train.liger_kernels=true"))
+    model, _, teacher, _ = setup_models(_cfg(setup, "dft", tmp_path / "r", "train.attn_implementation=eager",
+                                             "train.compile=true"))
+    assert model.config._attn_implementation == teacher.config._attn_implementation == "eager"
+    assert model.model.language_model.config._attn_implementation == "eager"
+    assert all(layer._compiled_call_impl is not None for layer in model.model.language_model.layers)
+    model, _, teacher, _ = setup_models(_cfg(setup, "dft", tmp_path / "r"))
+    assert model.config._attn_implementation == "sdpa"
+    assert all(layer._compiled_call_impl is None for layer in model.model.language_model.layers)

@@ -160,7 +160,8 @@ def load_student(cfg: StageConfig, dtype):
     from llavakd.model.build import load_processor, resolve
 
     src = resolve(cfg.model, "model")
-    model = LlavaForConditionalGeneration.from_pretrained(src.ref, dtype=dtype, **src.kwargs)
+    model = LlavaForConditionalGeneration.from_pretrained(src.ref, dtype=dtype, **src.kwargs,
+                                                          attn_implementation=cfg.train.attn_implementation)
     processor = load_processor(src.ref, **src.kwargs)
     return model, processor
 
@@ -172,7 +173,8 @@ def load_teacher(cfg: StageConfig, student, dtype):
 
     check_same_vocab(cfg.teacher, cfg.model)
     src = resolve(cfg.teacher, "teacher")
-    teacher = LlavaForConditionalGeneration.from_pretrained(src.ref, dtype=dtype, **src.kwargs)
+    teacher = LlavaForConditionalGeneration.from_pretrained(src.ref, dtype=dtype, **src.kwargs,
+                                                            attn_implementation=cfg.train.attn_implementation)
     if teacher.config.image_seq_length != student.config.image_seq_length:
         raise LlavaKDError(
             f"teacher {cfg.teacher} places {teacher.config.image_seq_length} visual tokens per image but the "
@@ -201,18 +203,45 @@ def apply_checkpointing(model, setting: bool | int) -> list[int]:
     return chosen
 
 
+def apply_liger(model) -> None:
+    """liger-kernel's Qwen2 kernels (RMSNorm, RoPE, SwiGLU) on a LLaVA's LLM, in place; the
+    objective stays ours (no liger cross-entropy: llavakd.distill.fused says why)."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+    except ImportError as err:
+        raise LlavaKDError("train.liger_kernels: liger-kernel is not installed (pip install 'llavakd[cuda]')") from err
+    apply_liger_kernel_to_qwen2(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False, model=model.model.language_model)
+
+
+def compile_layers(model) -> int:
+    """torch.compile every decoder layer of the LLM in place; returns how many."""
+    layers = model.model.language_model.layers
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def setup_models(cfg: StageConfig):
     """Student (freeze plan applied, checkpointing set) and, for a distillation stage, the frozen teacher."""
     cuda = torch.cuda.is_available()
     if not cuda and cfg.train.precision == "fp16":
         raise LlavaKDError("train.precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    if not cuda and cfg.train.liger_kernels:
+        raise LlavaKDError("train.liger_kernels needs a GPU (liger-kernel is Triton, CUDA only); switch it off on the CPU")
     dtype = DTYPE[cfg.train.precision]
     # weights stay fp32 under mixed precision; the Trainer autocasts
     model, processor = load_student(cfg, dtype if cfg.train.precision in ("fp32", "fp64") else torch.float32)
     counts = apply_freeze_plan(model, cfg.spec.trainable)
     apply_checkpointing(model, cfg.train.gradient_checkpointing)
+    if cfg.train.liger_kernels:
+        apply_liger(model)
+    if cfg.train.compile:
+        compile_layers(model)
     t_dtype = dtype if (cuda or cfg.train.precision == "fp64") else torch.float32
     teacher = load_teacher(cfg, model, t_dtype) if cfg.distill else None
+    if teacher is not None and cfg.train.liger_kernels:
+        apply_liger(teacher)
     return model, processor, teacher, counts
 
 
@@ -311,6 +340,8 @@ def run_metadata(cfg: StageConfig, trainer, dataset, counts: dict, *, world: int
         "device": "cuda" if cuda else "cpu", "loss": dataclasses.asdict(cfg.loss),
         "loss_implementation_used": trainer.loss_implementation,
         "vision_pass": trainer.vision.decision if trainer.teacher is not None else None,
+        "kernels": {"attn_implementation": cfg.train.attn_implementation, "liger": cfg.train.liger_kernels,
+                    "compiled_layers": len(trainer.model.model.language_model.layers) if cfg.train.compile else 0},
         "teacher_placement": _teacher_placement(trainer.teacher),
         "teacher_partition": _teacher_partition(trainer.teacher),
     }
