@@ -189,7 +189,8 @@ def test_liger_is_refused_at_plan_time_without_gpus():
 
     raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     raw["train"]["common"]["train.liger_kernels"] = True
-    with pytest.raises(ConfigError, match=r"job qwen1.5-4b/s0/pt: train.liger_kernels needs a GPU .*resources.train.gpus is 0"):
+    with pytest.raises(ConfigError,
+                       match=r"job qwen1.5-4b/s0/pt: train.liger_kernels needs a GPU .*resources.train.gpus is 0"):
         Study.load(raw, source="config.yaml")
     raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     raw["train"]["common"]["train.liger_kernels"] = True  # eight GPUs a job: planned
