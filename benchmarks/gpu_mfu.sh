@@ -1,34 +1,27 @@
 #!/usr/bin/env bash
-# The DFT step at real shapes on one GPU: per-device batch 1, 4 and 8, fused and chunked objective,
-# for Qwen2-0.5B <- Qwen2-1.5B and Qwen1.5-1.8B <- Qwen1.5-4B (random weights, bf16, gradient
-# checkpointing). About 5 minutes on an H100/H200; each pair has 200 s at most.
+# The GPU check of the training step, as one command on a machine with one CUDA GPU and python3
+# with torch >= 2.11 and transformers >= 5.17 (wheels in .whl/ are installed to /tmp/site first:
+# liger-kernel, deepspeed, when carried). About 5 minutes on an H100/H200; 330 s at most.
 #
-#   bash benchmarks/gpu_mfu.sh                    # writes benchmarks/measured/gpu-mfu/
+#   bash benchmarks/gpu_mfu.sh              # writes benchmarks/measured/gpu-mfu/mfu.json (+ log.txt, gpu.txt)
 #   OUT=/somewhere bash benchmarks/gpu_mfu.sh
 #
-# mfu.json (both pairs' reports) is what config/paper.yaml's cost.mfu_file points at: once it is
-# committed, the dry run's cost estimate uses the MFU measured there instead of the configured one.
-set -euo pipefail
+# What it measures: benchmarks/gpu_mfu.py (config/paper.yaml's Qwen1.5-1.8B <- 4B DFT job, one
+# factor at a time, then KDTrainer at the best setting). Each measurement is in mfu.json as soon
+# as it exists; the exit status is non-zero when a setting failed or the trainer's tokens/s is
+# more than 10% below the sweep's. Once mfu.json is committed, config/paper.yaml's cost.mfu_file
+# points at it and the dry run's price uses the measured MFU.
+set -uo pipefail
 OUT=${OUT:-benchmarks/measured/gpu-mfu}
-PY=${PY:-python}
+PY=${PY:-python3}
 mkdir -p "$OUT"
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
-reports=()
-for pair in "Qwen2-0.5B Qwen2-1.5B" "Qwen1.5-1.8B Qwen1.5-4B"; do
-    read -r student teacher <<< "$pair"
-    timeout 200 "$PY" -m benchmarks.gpu_dft_step --student "$student" --teacher "$teacher" \
-        --per-device-batch 1,4,8 --implementation fused,chunked --steps 3 \
-        --out "$OUT/mfu_$student.json" > /dev/null 2>> "$OUT/log.txt" || echo "$student <- $teacher: exit $?" >> "$OUT/log.txt"
-    [ -f "$OUT/mfu_$student.json" ] && reports+=("$OUT/mfu_$student.json")
-done
-"$PY" - "$OUT/mfu.json" "${reports[@]}" <<'PYEOF'
-import json, sys
-out, files = sys.argv[1], sys.argv[2:]
-reports = [json.load(open(f)) for f in files]
-json.dump(reports, open(out, "w"), indent=2)
-for r in reports:
-    for run in r["runs"]:
-        print(r["student"], "<-", r["teacher"], run.get("implementation"), "batch", run.get("per_device_batch"),
-              "OOM" if run.get("oom") else f"mfu {run['mfu']:.3f} tokens/s {run['tokens_per_s']:.0f} peak {run['peak_memory_gib']} GiB")
-PYEOF
+timeout 330 "$PY" -m benchmarks.gpu_mfu --out "$OUT/mfu.json" "$@" 2> "$OUT/log.txt"
+status=$?
+grep -E '^\{' "$OUT/log.txt" || tail -20 "$OUT/log.txt"
+exit $status

@@ -22,7 +22,7 @@ What it counts (bytes per device, bf16 training; llavakd/model/shapes.py gives t
 - the vision tower's forward (frozen, no graph) and a fixed reserve for the CUDA context and
   allocator fragmentation (3 GiB + 10%).
 
-It is an estimate to pick a batch size, not a measurement: benchmarks/gpu_dft_step.py measures
+It is an estimate to pick a batch size, not a measurement: benchmarks/gpu_mfu.py measures
 peak memory on a GPU, and docs/training.md says how far the two were apart where measured.
 """
 

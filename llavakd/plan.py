@@ -351,8 +351,9 @@ def _known_shape(llm: str):
 
 
 def measured_mfu(study: Study) -> tuple[float, str] | None:
-    """The MFU measured by benchmarks/gpu_dft_step.py in ``cost.mfu_file``, when the file exists:
-    at the study's DFT per-device batch (or the largest measured batch below it) and loss
+    """The MFU measured by benchmarks/gpu_mfu.py in ``cost.mfu_file``, when the file exists: its
+    chosen setting's (the best that fits the memory budget), or, for a file with runs only, the
+    runs at the study's DFT per-device batch (or the largest measured below it) and loss
     implementation, the lowest over the measured pairs; with where it came from."""
     path = study.cfg.cost.mfu_file if study.cfg.cost else None
     if not path or not Path(path).is_file():
@@ -361,6 +362,11 @@ def measured_mfu(study: Study) -> tuple[float, str] | None:
         data = json.loads(Path(path).read_text())
     except ValueError as err:
         raise ConfigError("cost.mfu_file", [f"{path}: not JSON ({err})"]) from None
+    chosen = [r for r in (data if isinstance(data, list) else [data]) if isinstance(r, dict) and r.get("chosen")]
+    if chosen:
+        low = min(chosen, key=lambda r: r["chosen"]["mfu"])
+        pair = f"{low.get('student')} <- {low.get('teacher')}"
+        return float(low["chosen"]["mfu"]), f"measured in {path} ({pair}, best setting)"
     reports = data if isinstance(data, list) else [data]
     dft = next((study.stage_config(llm, seed, chain) for llm, seed, chain in train_jobs(study, study.table1_models())
                 if chain.last.name == "dft"), None)

@@ -319,7 +319,7 @@ class CostSection:
     eval_tokens: float = 0.0
     """Tokens one evaluation of one model reads and writes."""
     mfu_file: str | None = None
-    """JSON written by benchmarks/gpu_dft_step.py; when it exists, its measured MFU replaces ``mfu``."""
+    """JSON written by benchmarks/gpu_mfu.sh (benchmarks/gpu_mfu.py); when it exists, its measured MFU replaces ``mfu``."""
 
     def problems(self, prefix: str) -> list[str]:
         out = _at_least(prefix, self, 0, "peak_tflops", strict=True) + _at_least(prefix, self, 0, "eval_tokens")

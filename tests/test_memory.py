@@ -151,6 +151,11 @@ def test_cost_estimate_reads_a_measured_mfu(tmp_path):
     assert "MFU 20.0% (measured in" in report and "per-device 8" in report and "Qwen2-0.5B" in report
     hours = lambda line: float(line.split()[-2])  # noqa: E731
     assert hours(report.splitlines()[-1]) == pytest.approx(hours(configured_hours) * 0.35 / 0.2, rel=1e-3)
+    # benchmarks/gpu_mfu.py's report names its chosen setting: that MFU is the price's
+    (tmp_path / "mfu.json").write_text(json.dumps({"student": "qwen1.5-1.8b", "teacher": "qwen1.5-4b",
+                                                   "runs": runs([(16, 0.3)]), "chosen": {"mfu": 0.42}}))
+    report = cost_report(study, ["gqa"])
+    assert "MFU 42.0% (measured in" in report and "best setting" in report
 
 
 def test_the_flop_count_against_a_hand_count_for_one_tiny_shape():
