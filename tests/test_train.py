@@ -415,3 +415,51 @@ def test_kernel_switches_on_the_cpu(setup, tmp_path):
     model, _, teacher, _ = setup_models(_cfg(setup, "dft", tmp_path / "r"))
     assert model.config._attn_implementation == "sdpa"
     assert all(layer._compiled_call_impl is None for layer in model.model.language_model.layers)
+
+
+def test_training_goes_on_while_a_checkpoint_is_marked(setup, tmp_path, monkeypatch):
+    """The marker (sha256 of every file) is written in the background: with a slow writer, the step
+    after checkpoint-3 starts before checkpoint-3 is complete; the run still ends with every kept
+    checkpoint marked and intact, and older ones pruned only after the newer one's marker."""
+    import threading
+    import time
+
+    from transformers import TrainerCallback
+
+    import llavakd.train.trainer as trainer_mod
+    from llavakd.io import marker_problem
+
+    real = trainer_mod.write_marker
+    release = threading.Event()
+
+    def slow_marker(folder):
+        release.wait(timeout=30)
+        real(folder)
+
+    monkeypatch.setattr(trainer_mod, "write_marker", slow_marker)
+    seen = {}
+
+    class Probe(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == 3:  # the step after checkpoint-3 was saved
+                seen["marked_when_step_4_began"] = (tmp_path / "r" / "checkpoints" / "checkpoint-3" /
+                                                    COMPLETE_MARKER).exists()
+                release.set()
+
+    import llavakd.train.run as run_mod
+
+    real_setup = run_mod.setup_trainer
+
+    def setup_with_probe(*a, **kw):
+        t = real_setup(*a, **kw)
+        t.add_callback(Probe())
+        return t
+
+    monkeypatch.setattr(run_mod, "setup_trainer", setup_with_probe)
+    t0 = time.perf_counter()
+    run_stage(_cfg(setup, "pt", tmp_path / "r", "train.max_steps=9", "train.save_steps=3", "train.keep_checkpoints=2"))
+    assert time.perf_counter() - t0 < 25  # nothing waited for the 30 s timeout
+    assert seen == {"marked_when_step_4_began": False}
+    kept = complete_checkpoints(tmp_path / "r" / "checkpoints")
+    assert [p.name for p in kept] == ["checkpoint-6", "checkpoint-9"]
+    assert all(marker_problem(p) is None for p in kept)

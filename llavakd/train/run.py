@@ -13,6 +13,7 @@ Run directory (``output_dir``; the names come from ``llavakd.layout.RunDir``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -402,7 +403,13 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     else:
         if start:
             print(f"resuming from {start}")
-        trainer.train(resume_from_checkpoint=str(start) if start else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(start) if start else None)
+        except BaseException:
+            with contextlib.suppress(LlavaKDError):  # finish the marker being written; the first error stands
+                trainer.wait_for_checkpoints()
+            raise
+        trainer.wait_for_checkpoints()  # the last checkpoint's marker (written in the background)
     state = trainer.state
     if cfg.train.stop_after_steps and state.global_step < state.max_steps:
         return out

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -285,6 +286,12 @@ class KDTrainer(Trainer):
         return self._staging or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
+        """Stage, rename, then (main process) mark it complete in the background: hashing every file
+        of a large checkpoint takes seconds to minutes, and training goes on meanwhile. The marker is
+        written last, and older checkpoints are removed only after it, so a job killed while hashing
+        resumes from the checkpoint before (this one is not complete yet). The next checkpoint and
+        the end of the run wait for the writer (``wait_for_checkpoints``)."""
+        self.wait_for_checkpoints()
         final_root = Path(self.args.output_dir)
         name = checkpoint_name(self.state.global_step)
         staging = final_root / f".staging-{name}"
@@ -302,20 +309,42 @@ class KDTrainer(Trainer):
                 if target.exists():
                     shutil.rmtree(target)
                 os.replace(staging / name, target)  # rename: the folder appears complete or not at all
-                write_marker(target)  # sizes and sha256 of every file, written last
                 shutil.rmtree(staging, ignore_errors=True)
-                for old in complete_checkpoints(final_root)[:-self.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
+                self._marker_thread = threading.Thread(target=self._mark, args=(final_root, name),
+                                                       name=f"llavakd-marker-{name}")
+                self._marker_thread.start()
         except OSError as err:  # disk full, quota, I/O error: keep what is intact, say so, stop
             shutil.rmtree(staging, ignore_errors=True)
-            if (final_root / name).exists() and not (final_root / name / COMPLETE_MARKER).exists():
-                shutil.rmtree(final_root / name, ignore_errors=True)
-            earlier = complete_checkpoints(final_root)
-            kept = f"{earlier[-1].name} is intact" if earlier else "there is no earlier checkpoint"
-            raise CheckpointWriteError(
-                f"{final_root / name}: could not write the checkpoint ({err.strerror or err}); {kept}; "
-                "free space and rerun with --resume") from err
+            raise self._write_error(final_root, name, err) from err
         self.accelerator.wait_for_everyone()
+
+    def _mark(self, final_root: Path, name: str) -> None:
+        """The background writer: sizes and sha256 of every file, the marker last, then pruning."""
+        try:
+            write_marker(final_root / name)
+            for old in complete_checkpoints(final_root)[:-self.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as err:
+            self._marker_error = (final_root, name, err)
+
+    def wait_for_checkpoints(self) -> None:
+        """Wait for the background marker writer; raise CheckpointWriteError if it failed."""
+        thread, self._marker_thread = getattr(self, "_marker_thread", None), None
+        if thread is not None:
+            thread.join()
+        failed, self._marker_error = getattr(self, "_marker_error", None), None
+        if failed is not None:
+            raise self._write_error(*failed) from failed[2]
+
+    @staticmethod
+    def _write_error(final_root: Path, name: str, err: OSError) -> CheckpointWriteError:
+        if (final_root / name).exists() and not (final_root / name / COMPLETE_MARKER).exists():
+            shutil.rmtree(final_root / name, ignore_errors=True)
+        earlier = complete_checkpoints(final_root)
+        kept = f"{earlier[-1].name} is intact" if earlier else "there is no earlier checkpoint"
+        return CheckpointWriteError(
+            f"{final_root / name}: could not write the checkpoint ({err.strerror or err}); {kept}; "
+            "free space and rerun with --resume")
 
 
 def step_counts(labels: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
