@@ -32,3 +32,14 @@ def test_the_micro_benchmarks_run():
                            "--benchmark-disable"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "5 passed" in proc.stdout
+
+
+def test_distill_precision_smoke():
+    """benchmarks/distill_precision.py at a small shape: bf16 inputs within the bounds of float64."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.distill_precision", "--vocab", "2000", "--visual", "16",
+                           "--answer", "16", "--student-hidden", "64", "--teacher-hidden", "96"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and report["meets_bounds"], report
+    assert set(report["relative_difference"]) == {"ce", "res", "vis", "rel"}
+    assert 0 < report["gradient_relative_norm_difference"]["head"] < 0.02  # bf16 rounding, not zero, not broken

@@ -202,10 +202,10 @@ class LinearSource:
         self.grad_w = None
 
     def rows(self, idx, cdt):
-        return (self.h.index_select(0, idx) @ self.w.T).to(cdt)
+        return logits_in(self.h.index_select(0, idx), self.w, cdt)
 
     def block(self, idx, c0, c1, cdt):
-        return (self.h.index_select(0, idx) @ self.w[c0:c1].T).to(cdt)
+        return logits_in(self.h.index_select(0, idx), self.w[c0:c1], cdt)
 
     def _backward(self, idx, w, g):
         h = self.h.index_select(0, idx)
@@ -258,6 +258,18 @@ class LinearSource:
             rows = max(1, DEFAULT_CHUNK_ELEMENTS // self.w.shape[1])
             for c in range(0, self.vocab, rows):
                 gw[c:c + rows].addmm_(self.w[c:c + rows].to(gw.dtype), m)
+
+
+def logits_in(h: torch.Tensor, w: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    """h @ w^T in ``cdt``: low-precision inputs on CUDA multiply in their dtype with float32
+    accumulation and output (no rounding of the logits to bf16); elsewhere the product is taken
+    in the inputs' dtype and cast."""
+    if h.is_cuda and h.dtype in (torch.bfloat16, torch.float16) and h.dtype == w.dtype and cdt == torch.float32:
+        try:
+            return torch.mm(h, w.T, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch without mm(out_dtype)
+            pass
+    return (h @ w.T).to(cdt)
 
 
 def head_gram(w: torch.Tensor, cdt: torch.dtype, step: int | None = None) -> torch.Tensor:
