@@ -73,6 +73,9 @@ class LossConfig:
     implementation: str = "fused"  # "fused" (trainer: hidden states + heads), "chunked" or "naive" (logits)
     chunk_rows: int | None = None  # rows per chunk; default: ~32 MB of fp32 per full-vocabulary temporary
     chunk_vocab: int | None = None  # vocabulary columns per Gram chunk
+    on_policy: float = added(0.0)  # share of micro-batches whose last answer the student samples (GKD's lambda)
+    sample_temperature: float = added(1.0)  # the student's sampling temperature on those micro-batches
+    max_new_tokens: int = added(128)  # at most this many sampled tokens per answer
 
     def validate(self) -> list[str]:
         problems = []
@@ -95,6 +98,17 @@ class LossConfig:
         for name in ("ce_weight", "res_weight", "vis_weight", "rel_weight"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.on_policy <= 1:
+            problems.append(f"on_policy must be in [0, 1], got {self.on_policy}")
+        if self.on_policy and not self.res:
+            problems.append("on_policy: the sampled answers are distilled through res, which is off")
+        if self.on_policy and self.ce:
+            problems.append("on_policy with ce: CE on the dataset's answers beside the student's samples needs a "
+                            "second forward, which is not built; switch ce off (GKD trains without it)")
+        if self.sample_temperature <= 0:
+            problems.append(f"sample_temperature must be > 0, got {self.sample_temperature}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         for name in ("chunk_rows", "chunk_vocab"):
             v = getattr(self, name)
             if v is not None and v < 1:

@@ -17,6 +17,7 @@ the job itself uses to read its config file, so a mistyped key or value fails ``
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -24,10 +25,18 @@ import yaml
 from llavakd.config import DataConfig, LossConfig, StageConfig, TrainConfig, set_dotted, stage_config_from_dict, to_dict
 from llavakd.errors import ConfigError, LlavaKDError, UnknownNameError
 from llavakd.layout import Layout, given_name, marker, model_name, parse_model, released_name
-from llavakd.stages import STAGES, TERMS, Chain, ChainError, Step, as_chain, with_terms
+from llavakd.methods import BUILTIN, CONTROL, Method, is_stage_default, loss_overrides
+from llavakd.stages import METHOD_NAME, STAGES, TERMS, Chain, ChainError, Step, as_chain, with_terms
 from llavakd.study import Family, LossAblation, StudyConfig, load_study_config
 
 STUDENT_VARIANTS = ("baseline", "baseline_plus", "llava_kd")  # every student's rows in Table 1, in order
+
+
+def _steps_or_none(chain: str) -> tuple[Step, ...]:
+    try:
+        return Chain.parse(chain).steps
+    except ChainError:
+        return ()  # reported already
 
 
 class Study:
@@ -50,6 +59,7 @@ class Study:
         self.layout = Layout(self.run)
         self.root = self.layout.root
         self.protocols = cfg.eval.protocols  # the first is the main one
+        self.methods: dict[str, Method] = {**BUILTIN, **cfg.methods.define}  # every method a chain may name
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -102,6 +112,23 @@ class Study:
         for s in c.ablations.students or []:
             if s not in students:
                 p.append(f"ablations.students: {s} is not a student of any family")
+        methods = {**BUILTIN, **c.methods.define}
+        for name in c.methods.define:
+            if name in BUILTIN:
+                p.append(f"methods.define.{name}: a built-in method has this name; choose another")
+            elif not re.fullmatch(METHOD_NAME, name):
+                p.append(f"methods.define.{name}: a method name is lower-case letters, digits and _")
+        for name in c.methods.compare:
+            if name not in methods:
+                p.append(f"methods.compare: unknown method {name!r} (built in: {', '.join(BUILTIN)}; "
+                         f"defined: {', '.join(c.methods.define) or 'none'})")
+        for s in c.methods.students or []:
+            if s not in students:
+                p.append(f"methods.students: {s} is not a student of any family")
+        for name, chain in named.items():
+            for step in _steps_or_none(chain):
+                if step.method is not None and step.method not in methods:
+                    p.append(f"{name}: unknown method {step.method!r} in {chain!r}")
         return p
 
     # -- names ----------------------------------------------------------------------------
@@ -156,6 +183,32 @@ class Study:
         return {name: [model_name(s, seed, chain) for s in self.ablation_students() for seed in self.seeds]
                 for name, chain in self.ablation_stages.items()}
 
+    # -- methods ---------------------------------------------------------------------------
+    def compared_methods(self) -> list[str]:
+        """The methods benchmark_methods compares, the control (ce) first."""
+        listed = list(self.cfg.methods.compare)
+        return [CONTROL] + [m for m in listed if m != CONTROL] if listed else []
+
+    def method_chain(self, name: str) -> Chain:
+        """The chain that trains a method: the baseline's stages before its stage, then its stage
+        (``cft`` for the control; the bare stage for a method whose loss is the stage's own)."""
+        m = self.methods[name]
+        base = [s for s in self.variants["baseline"].steps]
+        if m.stage == "dpt":
+            first = Step("dpt", TERMS) if is_stage_default(m) else Step("dpt", TERMS, name)
+            return Chain.of(first, *base[1:])
+        if m.is_control:
+            return Chain.of(*base, Step("cft"))
+        return Chain.of(*base, Step("dft", TERMS, None if is_stage_default(m) else name))
+
+    def method_students(self) -> list[str]:
+        return list(self.cfg.methods.students or self.students())
+
+    def method_models(self) -> dict[str, list[str]]:
+        """Per compared method, its models: every method student under every seed."""
+        return {name: [model_name(s, seed, self.method_chain(name)) for s in self.method_students()
+                       for seed in self.seeds] for name in self.compared_methods()}
+
     def released_models(self) -> list[str]:
         """Released checkpoints (config ``released``) evaluated to measure our protocol's offset."""
         return [released_name(name) for name in self.cfg.released]
@@ -163,7 +216,7 @@ class Study:
     def all_models(self) -> list[str]:
         """Every model some target of the study trains or scores."""
         out = self.table1_models()
-        for groups in (self.ablation_loss_models(), self.ablation_stage_models()):
+        for groups in (self.ablation_loss_models(), self.ablation_stage_models(), self.method_models()):
             out += [m for ms in groups.values() for m in ms]
         return list(dict.fromkeys(out))
 
@@ -204,7 +257,9 @@ class Study:
         settings = step.spec.settings_of or step.name  # cft runs with DFT's steps and learning rate
         merged = self.cfg.train.for_stage(settings, teacher=llm in {f.teacher for f in self.families.values()})
         merged.setdefault("train.seed", seed)
-        if step.distill:
+        if step.method is not None:  # the method sets the stage's whole loss (llavakd.methods)
+            merged.update(loss_overrides(self.methods[step.method]))
+        elif step.distill:
             for t in TERMS:
                 merged[f"loss.{t}"] = t in step.terms
         data = self.data_paths()
@@ -268,6 +323,9 @@ class Study:
             except ConfigError as err:
                 problems += [f"{err.source}: {p}" for p in err.problems]
                 continue
+            if cfg.loss.on_policy > 0 and _zero_stage(cfg.train.deepspeed) == 3:
+                problems.append(f"job {model_name(llm, seed, chain)}: loss.on_policy under ZeRO-3 is refused: the "
+                                "student samples with its full weights, which ZeRO-3 partitions; use ZeRO-2")
             if cfg.train.liger_kernels and gpus == 0:
                 problems.append(f"job {model_name(llm, seed, chain)}: train.liger_kernels needs a GPU (liger-kernel is "
                                 "Triton, CUDA only) and resources.train.gpus is 0; switch it off or give the job GPUs")

@@ -6,6 +6,9 @@
     chain.last.name, chain.last.terms  # 'dft', ('res', 'vis', 'rel')
     str(chain.prefix(2))             # 'dpt~res+vis--sft'
 
+A distillation stage may instead name a *method* after ``@`` (``pt--sft--dft@kd``): a recipe of the
+study (llavakd.methods: built in, or defined in its YAML) that sets the stage's whole loss.
+
 A stage (docs/method.md, "Three stages") says what trains, which template and dataset it reads, whether
 a frozen teacher distils into it, and the paper's batch, learning rate and precision. A *chain*
 lists stages in order, joined by ``--``; a distillation stage may name the terms it adds to CE
@@ -29,6 +32,8 @@ TERMS = ("res", "vis", "rel")  # the distillation terms a distillation stage may
 SEPARATOR = "--"  # between the stages of a chain
 TERM_MARK = "~"  # after a distillation stage's name: the terms it uses
 TERM_JOIN = "+"  # between those terms
+METHOD_MARK = "@"  # after a distillation stage's name: the method (llavakd.methods) that sets its loss
+METHOD_NAME = r"[a-z][a-z0-9_]*"
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,9 @@ FIRST_STAGES = tuple(n for n, s in STAGES.items() if s.starts_chain)
 
 _ALT = "|".join
 TOKEN_REGEX = (rf"(?:{_ALT(NAMES)})(?:{re.escape(TERM_MARK)}(?:{_ALT(TERMS)})"
-               rf"(?:{re.escape(TERM_JOIN)}(?:{_ALT(TERMS)}))*)?")
+               rf"(?:{re.escape(TERM_JOIN)}(?:{_ALT(TERMS)}))*|{re.escape(METHOD_MARK)}{METHOD_NAME})?")
 CHAIN_REGEX = rf"{TOKEN_REGEX}(?:{SEPARATOR}{TOKEN_REGEX})*"  # Snakemake's {chain} wildcard
-_TOKEN = re.compile(rf"^({_ALT(NAMES)})(?:{re.escape(TERM_MARK)}(.*))?$")
+_TOKEN = re.compile(rf"^({_ALT(NAMES)})(?:{re.escape(TERM_MARK)}(.*)|{re.escape(METHOD_MARK)}(.*))?$")
 
 
 class ChainError(ValueError):
@@ -72,10 +77,12 @@ class ChainError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One stage of a chain: its name and, for a distillation stage, the terms it adds to CE."""
+    """One stage of a chain: its name and, for a distillation stage, the terms it adds to CE or the
+    method that sets its loss (the study resolves the method's name: llavakd.plan)."""
 
     name: str
     terms: tuple[str, ...] = ()
+    method: str | None = None
 
     @property
     def spec(self) -> StageSpec:
@@ -90,8 +97,14 @@ class Step:
         m = _TOKEN.match(token)
         if not m:
             raise ChainError(f"bad stage token {token!r}: expected one of {', '.join(NAMES)}, "
-                             f"optionally {TERM_MARK}{TERM_JOIN.join(TERMS)}")
-        name, listed = m.group(1), m.group(2)
+                             f"optionally {TERM_MARK}{TERM_JOIN.join(TERMS)} or {METHOD_MARK}<method>")
+        name, listed, method = m.group(1), m.group(2), m.group(3)
+        if method is not None:
+            if not STAGES[name].distill:
+                raise ChainError(f"stage token {token!r}: only {' and '.join(DISTILL_STAGES)} take a method")
+            if not re.fullmatch(METHOD_NAME, method):
+                raise ChainError(f"stage token {token!r}: a method name is lower-case letters, digits and _")
+            return cls(name, TERMS, method)
         if listed is None:
             return cls(name, TERMS if STAGES[name].distill else ())
         if not STAGES[name].distill:
@@ -103,6 +116,8 @@ class Step:
         return cls(name, tuple(t for t in TERMS if t in chosen))
 
     def __str__(self) -> str:
+        if self.method is not None:
+            return self.name + METHOD_MARK + self.method
         if not self.distill or set(self.terms) == set(TERMS):
             return self.name
         return self.name + TERM_MARK + TERM_JOIN.join(self.terms)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llavakd.errors import ConfigError
+from llavakd.methods import Method
 from llavakd.protocols import DEFAULT_PROTOCOL
 from llavakd.stages import TERMS
 from llavakd.typed import build
@@ -331,6 +332,19 @@ class CostSection:
 
 
 @dataclass
+class MethodsSection:
+    """Distillation methods compared on one footing (``snakemake benchmark_methods``; docs/methods.md)."""
+
+    compare: list[str] = field(default_factory=list)
+    """The methods to train and compare: built-in ones (ce, kd, reverse_kl, skew_kl, jsd, gkd,
+    llava_kd_dft) or ones under ``define``; ce, the step-matched control, is always compared."""
+    students: list[str] | None = None
+    """The students of the comparison (default: every student)."""
+    define: dict[str, Method] = field(default_factory=dict)
+    """This study's own methods, by name, with the keys of a built-in one (llavakd.methods.Method)."""
+
+
+@dataclass
 class StudyConfig:
     """One study: what to train, evaluate and report (``config/*.yaml``; Snakemake's ``config``)."""
 
@@ -370,6 +384,8 @@ class StudyConfig:
     """Per-rule resources (local cores or SLURM)."""
     cost: CostSection | None = None
     """The GPU-hour estimate (unset: none is printed)."""
+    methods: MethodsSection = field(default_factory=MethodsSection)
+    """Distillation methods compared on one footing."""
 
     def problems(self, prefix: str) -> list[str]:
         out = []

@@ -463,3 +463,80 @@ def test_training_goes_on_while_a_checkpoint_is_marked(setup, tmp_path, monkeypa
     kept = complete_checkpoints(tmp_path / "r" / "checkpoints")
     assert [p.name for p in kept] == ["checkpoint-6", "checkpoint-9"]
     assert all(marker_problem(p) is None for p in kept)
+
+
+def test_on_policy_loss_is_the_divergence_on_the_students_own_samples(setup, tmp_path, monkeypatch):
+    """GKD with lambda 1 (every micro-batch on-policy), float64, one step of two micro-batches: the
+    student's samples are plain draws from its softmax (a naive sampler without the KV cache, on the
+    same stream, draws the same tokens), and the logged L_res equals a hand computation of the
+    generalized JSD(0.5) on the sampled tokens, averaged over the step's sampled tokens."""
+    from transformers import LlavaForConditionalGeneration
+
+    import llavakd.train.onpolicy as onpolicy
+    from llavakd.labels import IGNORE_INDEX
+
+    seen = []
+    real = onpolicy.rewrite
+
+    def recording(batch, model, **kw):
+        new, samples = real(batch, model, **kw)
+        seen.append(({k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()}, new, samples))
+        return new, samples
+
+    monkeypatch.setattr(onpolicy, "rewrite", recording)
+    out = tmp_path / "gkd"
+    run_stage(_cfg(setup, "dft", out, "train.precision=fp64", "train.max_steps=1", "train.logging_steps=1",
+                   "loss.on_policy=1.0", "loss.ce=false", "loss.vis=false", "loss.rel=false", "loss.divergence=jsd",
+                   "loss.max_new_tokens=6"))
+    assert len(seen) == 2 and all(any(s) for _, _, s in seen)
+    student = LlavaForConditionalGeneration.from_pretrained(setup / "student", dtype=torch.float64).eval()
+    teacher = LlavaForConditionalGeneration.from_pretrained(setup / "teacher", dtype=torch.float64).eval()
+
+    # the draws: the same stream, a naive sampler (the whole sequence again for every token)
+    g = torch.Generator().manual_seed(1234 * 1009)
+    for old, new, samples in seen:
+        assert float(torch.rand(1, generator=g)) < 1.0
+        pix_i = 0
+        for b in range(old["input_ids"].shape[0]):
+            n = int(old["attention_mask"][b].sum())
+            start, _ = onpolicy.last_answer(old["labels"][b, :n])
+            ids = old["input_ids"][b, :start][None]
+            has_image = bool((old["visual_mask"][b]).any())
+            pix = old["pixel_values"][pix_i:pix_i + 1] if has_image else None
+            pix_i += has_image
+            drawn = []
+            with torch.no_grad():
+                for _ in range(6):
+                    logits = student(input_ids=ids, pixel_values=pix).logits[0, -1].float()
+                    tok = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=g))
+                    drawn.append(tok)
+                    ids = torch.cat([ids, torch.tensor([[tok]])], 1)
+                    if tok == setup_end_id(setup):
+                        break
+            assert drawn == samples[b]
+            assert new["input_ids"][b, start:start + len(drawn)].tolist() == drawn
+            assert (new["labels"][b, :start] == IGNORE_INDEX).all()
+
+    # the loss: JSD(0.5) at every sampled token (position t-1 predicts token t), float64, by hand
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for _, new, _ in seen:
+            fwd = {k: new[k] for k in ("input_ids", "attention_mask", "pixel_values") if new.get(k) is not None}
+            ls = torch.log_softmax(student(**fwd).logits, -1)
+            lt = torch.log_softmax(teacher(**fwd).logits, -1)
+            rows = new["labels"][:, 1:] != IGNORE_INDEX
+            ps, pt = ls[:, :-1][rows].exp(), lt[:, :-1][rows].exp()
+            m = 0.5 * ps + 0.5 * pt
+            jsd = 0.5 * (pt * (pt.log() - m.log())).sum(-1) + 0.5 * (ps * (ps.log() - m.log())).sum(-1)
+            total += float(jsd.sum())
+            count += int(rows.sum())
+    logged = _metrics(out)[0]
+    assert logged["loss_res"] == pytest.approx(total / count, rel=1e-9)
+
+
+def setup_end_id(setup) -> int:
+    from transformers import AutoTokenizer
+
+    from llavakd.model.chat import END_TOKEN
+
+    return AutoTokenizer.from_pretrained(setup / "student").convert_tokens_to_ids(END_TOKEN)

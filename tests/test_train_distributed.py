@@ -153,3 +153,38 @@ def test_an_inf_gradient_on_one_rank_stops_the_step_before_the_weights_change(se
     reports = [json.loads((tmp_path / f"fault.{r}.json").read_text()) for r in (0, 1)]
     assert all(r["unchanged"] and r["step"] == 2 for r in reports), reports
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "checkpoints" / "checkpoint-3").exists()
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+def test_on_policy_distillation_runs_on_two_ranks(setup, tmp_path, engine):
+    """GKD on 2 ranks (torchrun, and DeepSpeed ZeRO-2): every step's micro-batches are the student's
+    own samples (lambda 1), each rank on its own stream, saved per rank in the checkpoints; the
+    losses are finite and the samples are logged."""
+    import math
+
+    extra = [f"train.deepspeed={ROOT / 'config' / 'deepspeed' / 'zero2.json'}"] if engine == "zero2" else []
+    out = tmp_path / engine
+    steps, _ = _train(setup, out, "loss.on_policy=1.0", "loss.ce=false", "loss.vis=false", "loss.rel=false",
+                      "loss.divergence=jsd", "loss.max_new_tokens=8", "train.save_steps=2", "train.logging_steps=1",
+                      *extra, launcher=_torchrun())
+    assert sorted(steps) == list(range(1, STEPS + 1))
+    assert all(math.isfinite(rec["loss_res"]) and rec["loss_res"] > 0 for rec in steps.values())
+    assert all(rec.get("sampled") for rec in steps.values())
+    from llavakd.train.onpolicy import SAMPLING_STATE
+
+    ckpt = sorted((out / "checkpoints").glob("checkpoint-*"))[-1]
+    states = [torch.load(ckpt / SAMPLING_STATE.format(rank=r), weights_only=True) for r in (0, 1)]
+    assert not torch.equal(states[0], states[1])  # each rank has its own stream
+
+
+def test_on_policy_under_zero3_is_refused_by_the_dry_run():
+    import yaml
+
+    from llavakd.errors import ConfigError
+    from llavakd.plan import Study
+
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["train"]["dft"]["train.deepspeed"] = "config/deepspeed/zero3.json"
+    raw["methods"] = {"compare": ["gkd"]}
+    with pytest.raises(ConfigError, match=r"dft@gkd: loss.on_policy under ZeRO-3 is refused"):
+        Study.load(raw, source="paper.yaml")

@@ -309,7 +309,8 @@ def setup_trainer(cfg: StageConfig, out: Path, model, processor, teacher, datase
     trainer = KDTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer),
                         loss_config=cfg.loss, teacher=teacher, keep_checkpoints=cfg.train.keep_checkpoints,
                         group_by_modality_length=cfg.train.group_by_modality_length,
-                        share_vision=cfg.train.share_vision_tower, callbacks=callbacks)
+                        share_vision=cfg.train.share_vision_tower, tokenizer=processor.tokenizer,
+                        callbacks=callbacks)
     guard.trainer = trainer  # under DeepSpeed the guard reads the engine's verdict on each step
     if teacher is not None and not trainer.is_deepspeed_enabled:
         teacher.to(args.device)  # under DeepSpeed the trainer wraps it into an engine at the first step
@@ -403,6 +404,7 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     else:
         if start:
             print(f"resuming from {start}")
+            trainer.load_sampling_state(start)
         try:
             trainer.train(resume_from_checkpoint=str(start) if start else None)
         except BaseException:

@@ -67,7 +67,7 @@ class KDTrainer(Trainer):
     """
 
     def __init__(self, *args, loss_config: LossConfig, teacher=None, keep_checkpoints: int = 2,
-                 group_by_modality_length: bool = False, share_vision: bool = True, **kwargs):
+                 group_by_modality_length: bool = False, share_vision: bool = True, tokenizer=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.group_by_modality_length = group_by_modality_length
         self.loss_config = loss_config
@@ -95,6 +95,11 @@ class KDTrainer(Trainer):
         self._implementation: str | None = None
         self.share_vision = share_vision  # one vision pass for both when the towers are the same (train/vision.py)
         self.vision = SharedVisionPass()
+        self.tokenizer = tokenizer  # on-policy: the end token, padding, and the logged samples
+        # on-policy distillation (llavakd.train.onpolicy): this rank's draw and sampling stream
+        rank = int(os.environ.get("RANK", "0"))
+        self.sampling = torch.Generator().manual_seed(int(self.args.seed) * 1009 + rank)
+        self._sampled_text: list[str] = []
 
     # -- teacher under DeepSpeed ------------------------------------------------------------
     def _prepare_teacher(self) -> None:
@@ -152,13 +157,64 @@ class KDTrainer(Trainer):
     def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor:
         """The positions each term averages over in the whole optimizer step, summed over its
         micro-batches and the ranks: supervised tokens (CE, L_res), visual positions (L_vis) and
-        image samples (L_rel), float64 [3]; compute_loss divides by them."""
+        image samples (L_rel), float64 [3]; compute_loss divides by them. With on-policy
+        distillation the step's drawn micro-batches are rewritten with the student's samples
+        first (in place), so the counts are those of the sampled tokens."""
+        if self.loss_config.on_policy > 0:
+            self._draw_on_policy(batch_samples)
         counts = torch.zeros(3, dtype=torch.float64, device=device)
         for batch in batch_samples:
             counts += step_counts(batch["labels"], batch["visual_mask"]).to(device)
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         return counts
+
+    def _draw_on_policy(self, batch_samples: list) -> None:
+        """Each micro-batch of the step: on-policy with probability ``loss.on_policy`` (this rank's
+        stream), then its last answers sampled by the student (llavakd.train.onpolicy)."""
+        from llavakd.model.chat import END_TOKEN, IMAGE_TOKEN
+        from llavakd.train.onpolicy import rewrite
+
+        cfg, tok = self.loss_config, self.tokenizer
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise LlavaKDError("loss.on_policy under ZeRO-3: the student samples with its full weights, which "
+                               "ZeRO-3 partitions; use ZeRO-2")
+        if tok is None:
+            raise LlavaKDError("loss.on_policy: the trainer needs the tokenizer (setup_trainer passes it)")
+        student = self.accelerator.unwrap_model(self.model)
+        for i, batch in enumerate(batch_samples):
+            if float(torch.rand(1, generator=self.sampling)) >= cfg.on_policy:
+                continue
+            was_training = student.training
+            student.eval()
+            try:
+                new, samples = rewrite(
+                    batch, student, temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens,
+                    stop_id=tok.convert_tokens_to_ids(END_TOKEN), pad_id=tok.pad_token_id,
+                    image_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), generator=self.sampling,
+                    max_positions=student.config.text_config.max_position_embeddings)
+            finally:
+                student.train(was_training)
+                self._student_taps.take()
+            batch.clear()
+            batch.update(new)
+            self._sampled_text = [tok.decode(s) for s in samples if s][:2]
+
+    def sampling_state_file(self, checkpoint) -> Path:
+        from llavakd.train.onpolicy import SAMPLING_STATE
+
+        return Path(checkpoint) / SAMPLING_STATE.format(rank=int(os.environ.get("RANK", "0")))
+
+    def load_sampling_state(self, checkpoint) -> None:
+        """Restore this rank's sampling stream from a checkpoint (on-policy runs)."""
+        if self.loss_config.on_policy <= 0:
+            return
+        path = self.sampling_state_file(checkpoint)
+        if not path.is_file():
+            print(f"{checkpoint}: no sampling state ({path.name}); the student's samples restart from the seed",
+                  flush=True)
+            return
+        self.sampling.set_state(torch.load(path, weights_only=True))
 
     def _step_shares(self, labels, visual_mask, step_counts_: torch.Tensor | None) -> dict[str, float]:
         """Each term's share of the step's positions in this micro-batch (times the ranks, which DDP
@@ -255,6 +311,9 @@ class KDTrainer(Trainer):
             if positions:  # padded share of the positions since the last log
                 logs["padding_fraction"] = round(1.0 - (attended - self._at_log[0]) / positions, 4)
             self._at_log = [attended, self.positions_seen]
+            if self._sampled_text:  # on-policy: what the student answered in the latest drawn micro-batch
+                logs["sampled"] = self._sampled_text
+                self._sampled_text = []
         super().log(logs, start_time) if start_time is not None else super().log(logs)
 
     # -- resume ------------------------------------------------------------------------------
@@ -301,6 +360,8 @@ class KDTrainer(Trainer):
         try:
             try:
                 super()._save_checkpoint(model, trial)
+                if self.loss_config.on_policy > 0:  # this rank's sampling stream (llavakd.train.onpolicy)
+                    torch.save(self.sampling.get_state(), self.sampling_state_file(staging / name))
             finally:
                 self._staging = None
             self.accelerator.wait_for_everyone()
