@@ -51,6 +51,12 @@ rule ablation_stages:
         ],
 
 
+rule benchmark_methods:
+    """Distillation methods on one footing: each against ce, paired by seed (config: methods)."""
+    input:
+        METHODS_REPORT,
+
+
 rule prepare_data:
     """Real mode: fetch what data.manifest lists (run on a login node); tiny mode: the world."""
     input:

@@ -88,6 +88,7 @@ CHECKPOINT_PREFIX = "checkpoint-"  # transformers' checkpoint folder names: chec
 TABLE_FORMATS = ("md", "csv", "tex", "html")
 TABLE1, SEEDS, AGREEMENT = "table1", "seeds", "agreement"  # tables (AGREEMENT: also a figure)
 STUDY_FIGURES = ("benchmarks", "overview", "training_curves")  # figures of every study
+METHODS = "methods"  # benchmark_methods: a table and a figure
 OFFSET_FIGURE = "protocol_offset"  # with released checkpoints: .png and .csv
 
 

@@ -445,9 +445,11 @@ def measured_mfu(study: Study) -> tuple[float, str] | None:
     return mfu, f"measured in {path} ({impl}, per-device {b}, lowest of {len(best)} pairs: {pair})"
 
 
-def cost_report(study: Study, benchmarks: list[str]) -> str:
-    """GPU-hours per rule and in total: training jobs from the shared FLOP count (llavakd.flops), 2N
-    per evaluated token (N: the LLM's parameters), at the configured or measured MFU of the peak."""
+def pricer(study: Study):
+    """The price of a study's jobs (its ``cost`` section): (job_hours(llm, chain), eval_hours(model),
+    agreement_hours(model), mfu, where the MFU came from). Training from the shared FLOP count
+    (llavakd.flops), 2N per evaluated token (N: the LLM's parameters), at the configured or measured
+    MFU of the peak."""
     from llavakd.flops import llm_shape, step_flops, vision_shape
     from llavakd.model.shapes import PAPER_IMAGE_TOKENS, SIGLIP_SO400M_384
 
@@ -472,15 +474,25 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         records = samples[kind] * fraction
         teacher = study.teacher_of(llm) if st.distill else None
         named = [n for n in (llm, teacher) if n]
+        gen = generation_flops(llm, chain, records, per[kind])
         if any(n in c.params for n in named):
             flops = 6 * llm_params(study, llm) * stage_tokens(st.name)
             if teacher:
                 flops += 2 * llm_params(study, teacher) * stage_tokens(st.name)
-            return flops / rate / 3600
+            return (flops + gen) / rate / 3600
         f = step_flops(student=llm_shape(_known_shape(llm)), teacher=llm_shape(_known_shape(teacher)) if teacher else None,
                        seq=int(per[kind]), visual_tokens=PAPER_IMAGE_TOKENS, vision=vision_shape(SIGLIP_SO400M_384),
                        student_trains_llm="llm" in STAGES[st.name].trainable)
-        return f["total"] * records / rate / 3600
+        return (f["total"] * records + gen) / rate / 3600
+
+    def generation_flops(llm, chain, records, prompt_tokens) -> float:
+        """On-policy methods: the student's samples, a forward of the prompt and of each new token
+        (2N a token, at most max_new_tokens) on the drawn share of the records."""
+        st = as_chain(chain).last
+        if st.method is None or study.methods[st.method].on_policy is None:
+            return 0.0
+        loss = study.stage_config(llm, study.seeds[0], chain).loss
+        return loss.on_policy * records * 2 * llm_params(study, llm) * (prompt_tokens + loss.max_new_tokens)
 
     def eval_hours(model) -> float:
         return 2 * llm_params(study, parse_model(model).llm) * c.eval_tokens / rate / 3600
@@ -491,13 +503,22 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         n = llm_params(study, llm) + llm_params(study, study.teacher_of(llm))
         return 4 * n * c.eval_tokens / rate / 3600
 
+    return job_hours, eval_hours, agreement_hours, mfu, mfu_source
+
+
+def cost_report(study: Study, benchmarks: list[str]) -> str:
+    """GPU-hours per rule and in total (``pricer``)."""
+    c = study.cfg.cost
+    fraction = study.subset_fraction
+    job_hours, eval_hours, agreement_hours, mfu, mfu_source = pricer(study)
     lines = [f"llavakd cost estimate (run {study.run}): training from llavakd.flops (model FLOPs of each step: layers, "
              "attention, LM heads, vision tower, projectors), 2N per evaluated token, "
              f"MFU {mfu:.1%} ({mfu_source}) of {c.peak_tflops:g} TFLOP/s per GPU"
              + (f", {fraction:g} of the training records" if fraction < 1 else "")]
     targets = {"reproduce_table1": study.table1_models()}
     for name, groups in (("ablation_losses", study.ablation_loss_models()),
-                         ("ablation_stages", study.ablation_stage_models())):
+                         ("ablation_stages", study.ablation_stage_models()),
+                         ("benchmark_methods", study.method_models())):
         targets[name] = [m for ms in groups.values() for m in ms]
     done: set = set()
     grand = 0.0
@@ -508,7 +529,9 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         for llm, seed, chain in jobs:
             per_stage.setdefault(chain.last.name, []).append(job_hours(llm, chain))
         ev = [eval_hours(m) for m in evals]
-        agree = [agreement_hours(m) for m in study.student_models()] if target == "reproduce_table1" else []
+        agreeing = {"reproduce_table1": study.student_models(),
+                    "benchmark_methods": [m for m in models if m not in study.student_models()]}.get(target, [])
+        agree = [agreement_hours(m) for m in dict.fromkeys(agreeing)]
         total = sum(sum(v) for v in per_stage.values()) + sum(ev) + sum(agree)
         grand += total
         lines.append(f"  {target}{' (jobs not shared with the targets above)' if done else ''}:")

@@ -31,7 +31,7 @@ def load(name):
 
 
 def test_shipped_configs_validate():
-    for name in ("config.yaml", "tiny-study.yaml", "paper.yaml", "speedrun.yaml"):
+    for name in ("config.yaml", "tiny-study.yaml", "paper.yaml", "speedrun.yaml", "methods-study.yaml"):
         Study.load(load(name), source=name)
 
 
@@ -148,6 +148,25 @@ def _dry_run(*extra):
 def _job_counts(text):
     block = text.split("Job stats:")[1].split("Reasons:")[0]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["methods-study.yaml", "paper.yaml"])
+def test_benchmark_methods_plans_every_method_and_its_price(config):
+    out = _dry_run("benchmark_methods", "--configfile", f"config/{config}")
+    counts = _job_counts(out)
+    study = Study.load(load(config), source=config)
+    models = [m for ms in study.method_models().values() for m in ms]
+    assert len(study.compared_methods()) >= 7 and counts["methods_table"] == 1
+    for method in ("kd", "reverse_kl", "skew_kl", "jsd", "gkd"):
+        assert f"pt--sft--dft@{method}" in out
+    assert "pt--sft--cft" in out  # ce, the control
+    if config == "paper.yaml":
+        assert "pt--sft--dft@llava_kd_dft_rel_half" in out  # defined in the YAML only
+        assert re.search(r"benchmark_methods \(jobs not shared with the targets above\):\n\s+train\[dft\]\s+6 jobs", out)
+    else:
+        assert len(study.seeds) >= 5 and counts["train"] == 2 + len(study.seeds) * 9  # teacher 2; per seed pt, sft, 7
+        assert counts["evaluate"] == len(models)
 
 
 @pytest.mark.slow

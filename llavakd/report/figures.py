@@ -212,3 +212,25 @@ def agreement(rows, benches: list[str], out) -> Path:
         ax.tick_params(axis="x", rotation=30)
     g.figure.suptitle("Teacher agreement: each student against its teacher (baselines have no teacher signal)", y=1.02)
     return _save(g.figure, out)
+
+
+def methods(rows, out) -> Path:
+    """``rows``: llavakd.report.methods rows. Per student, each method's paired Avg10 difference to
+    ce with its Holm-adjusted 95% interval, and the per-seed differences as dots."""
+    import matplotlib.pyplot as plt
+
+    students = list(dict.fromkeys(r.llm for r in rows))
+    fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 3.2), squeeze=False)
+    for ax, llm in zip(axes[0], students):
+        mine = [r for r in rows if r.llm == llm and "avg10" in r.paired]
+        for i, r in enumerate(mine):
+            p = r.paired["avg10"]
+            ax.errorbar([p.mean], [i], xerr=[[p.half or 0.0], [p.half or 0.0]], fmt="o",
+                        color="tab:green" if p.beats else "tab:gray", capsize=3)
+            ax.scatter(p.diffs, [i] * len(p.diffs), s=10, color="black", alpha=0.5, zorder=3)
+        ax.axvline(0, color="tab:red", lw=1)
+        ax.set_yticks(range(len(mine)), [r.method for r in mine])
+        ax.set_xlabel("Avg10 − ce (paired by seed; Holm 95%)")
+        ax.set_title(display_llm(llm))
+    fig.tight_layout()
+    return _save(fig, out)

@@ -160,6 +160,27 @@ def render_agreement(study, reports_dir) -> list[Path]:
     return paths + [figures.agreement(rows, benches, Path(out.figure(AGREEMENT)))]
 
 
+def render_methods(study, reports_dir, formats=("md", "csv", "tex", "html")) -> list[Path]:
+    """``methods.{md,csv,tex,html}`` and ``figures/methods.png``: every compared method against ce
+    (llavakd.report.methods), with the planner's paper-scale price of each method's job when the
+    study has a cost section."""
+    from llavakd.layout import METHODS
+    from llavakd.plan import pricer
+    from llavakd.report import figures
+    from llavakd.report.methods import caption, collect_methods, write_methods
+
+    hours = None
+    if study.cfg.cost is not None:
+        job_hours = pricer(study)[0]
+        student = study.method_students()[0]
+        hours = {m: job_hours(student, study.method_chain(m)) for m in study.compared_methods()}
+    rows = collect_methods(study, gpu_hours=hours)
+    out = Reports(str(reports_dir))
+    text = caption(rows, study)
+    paths = write_methods(rows, text, Path(out.stem(METHODS)), chance=study_chance(study), formats=formats)
+    return paths + [figures.methods(rows, Path(out.figure(METHODS)))]
+
+
 def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv", "tex", "html")) -> None:
     """Entry point of the Snakemake report rules: render, and list what was written in the log."""
     if what == "table1":
@@ -172,6 +193,8 @@ def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv
         paths = render_protocol_offset(study, reports_dir)
     elif what == "agreement":
         paths = render_agreement(study, reports_dir)
+    elif what == "methods":
+        paths = render_methods(study, reports_dir, formats)
     else:
         raise ValueError(what)
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)

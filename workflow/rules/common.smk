@@ -11,6 +11,7 @@ from llavakd.io import atomic_write_text
 from llavakd.eval.registry import resolve
 from llavakd.layout import (
     AGREEMENT,
+    METHODS,
     MODEL_REGEX,
     NAME_REGEX,
     OFFSET_FIGURE,
@@ -157,6 +158,16 @@ def agreement_inputs(wc):
 
 
 AGREEMENT_FILES = [marker(L.agreement_dir(m)) for m in STUDY.student_models()]
+METHOD_MODELS = [
+    m for ms in STUDY.method_models().values() for m in ms
+]  # benchmark_methods
+METHOD_AGREEMENT_FILES = [marker(L.agreement_dir(m)) for m in METHOD_MODELS]
+METHOD_RUN_MARKERS = [  # the cost columns read each method job's metadata.json
+    L.final_marker(p.llm, p.seed, p.chain) for p in map(parse_model, METHOD_MODELS)
+]
+METHODS_REPORT = [REPORT_FILES.table(METHODS, ext) for ext in TABLE_FORMATS] + [
+    REPORT_FILES.figure(METHODS)
+]
 AGREEMENT_REPORT = [REPORT_FILES.table(AGREEMENT, ext) for ext in ("md", "csv")] + [
     REPORT_FILES.figure(AGREEMENT)
 ]

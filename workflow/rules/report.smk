@@ -115,3 +115,33 @@ rule agreement_report:
     localrule: True
     run:
         render_for_rule("agreement", STUDY, REPORTS, log[0])
+
+
+rule methods_table:
+    """Distillation methods on one footing, each against ce, paired by seed (config: methods)."""
+    input:
+        eval_files([m for ms in STUDY.method_models().values() for m in ms]),
+        METHOD_AGREEMENT_FILES,
+        METHOD_RUN_MARKERS,
+        CHANCE,
+    output:
+        [
+            report(
+                REPORT_FILES.table(METHODS, ext),
+                caption="../report/methods.rst",
+                category="Methods",
+            )
+            for ext in TABLE_FORMATS
+        ],
+        report(
+            REPORT_FILES.figure(METHODS),
+            caption="../report/methods.rst",
+            category="Methods",
+        ),
+    log:
+        L.log("report", "methods"),
+    benchmark:
+        L.timing("report", "methods")
+    localrule: True
+    run:
+        render_for_rule("methods", STUDY, REPORTS, log[0], TABLE_FORMATS)

@@ -1,0 +1,165 @@
+"""Distillation methods on one footing (llavakd.methods): recipes, the planner's jobs, one trainer step each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import build_pair
+
+from llavakd.config import LossConfig, load_stage_config, to_dict
+from llavakd.errors import ConfigError
+from llavakd.methods import BUILTIN, loss_overrides
+from llavakd.plan import Study
+
+ROOT = Path(__file__).resolve().parents[1]
+HALF_REL = {"terms": ["ce", "res", "vis", "rel"], "rel_weight": 0.5, "follows": "a YAML-only method"}
+
+
+def _study(**methods):
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw["methods"] = {"compare": list(BUILTIN) + ["half_rel"], "students": ["qwen1.5-0.5b"],
+                      "define": {"half_rel": dict(HALF_REL)}, **methods}
+    return Study.load(raw, source="config.yaml"), raw
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+# the loss each built-in method's job must train with (docs/methods.md)
+INTENDED = {
+    "ce": dict(ce=True, res=False, vis=False, rel=False),
+    "kd": dict(ce=True, res=True, vis=False, rel=False, divergence="forward_kl"),
+    "reverse_kl": dict(ce=True, res=True, vis=False, rel=False, divergence="reverse_kl"),
+    "skew_kl": dict(ce=True, res=True, vis=False, rel=False, divergence="skew_kl", skew_alpha=0.1),
+    "jsd": dict(ce=False, res=True, vis=False, rel=False, divergence="jsd", jsd_beta=0.5, on_policy=0.0),
+    "gkd": dict(ce=False, res=True, vis=False, rel=False, divergence="jsd", jsd_beta=0.5, on_policy=0.5,
+                sample_temperature=1.0),
+    "llava_kd_dft": dict(ce=True, res=True, vis=True, rel=True, divergence="forward_kl", rel_weight=1.0),
+    "half_rel": dict(ce=True, res=True, vis=True, rel=True, rel_weight=0.5),
+}
+
+
+def test_every_method_job_resolves_to_its_intended_loss():
+    study, _ = _study()
+    assert set(study.compared_methods()) == set(INTENDED) and study.compared_methods()[0] == "ce"
+    for name, want in INTENDED.items():
+        loss = study.stage_config("qwen1.5-0.5b", 0, study.method_chain(name)).loss
+        got = {k: getattr(loss, k) for k in want}
+        assert got == want, name
+        assert loss.ce_weight == loss.res_weight == loss.vis_weight == 1.0 and loss.temperature == 1.0
+
+
+def test_one_footing_the_jobs_differ_only_in_their_loss():
+    """Every method's job starts from the seed's one pt--sft model and differs from ce's only in
+    loss.* (and the stage, teacher and output folder that make ce the step-matched control)."""
+    study, _ = _study()
+    chains = {m: study.method_chain(m) for m in study.compared_methods()}
+    assert str(chains["ce"]) == "pt--sft--cft" and str(chains["llava_kd_dft"]) == "pt--sft--dft"
+    assert str(chains["kd"]) == "pt--sft--dft@kd"  # the grammar's method mark
+    for seed in study.seeds:
+        ref = _flat(to_dict(study.stage_config("qwen1.5-0.5b", seed, chains["ce"])))
+        for name, chain in chains.items():
+            job = _flat(to_dict(study.stage_config("qwen1.5-0.5b", seed, chain)))
+            assert job["model"] == ref["model"] == study.layout.final_dir("qwen1.5-0.5b", seed, "pt--sft")
+            differ = {k for k in set(job) | set(ref) if job.get(k) != ref.get(k)}
+            assert all(k.startswith("loss.") for k in differ - {"stage", "teacher", "output_dir"}), (name, differ)
+            if name != "ce":
+                assert job["stage"] == "dft" and job["teacher"] and job["train.max_steps"] == ref["train.max_steps"]
+
+
+def test_a_yaml_method_plans_and_typos_name_the_method_and_key():
+    study, raw = _study()
+    assert "qwen1.5-0.5b/s0/pt--sft--dft@half_rel" in study.method_models()["half_rel"]
+    bad = json.loads(json.dumps(raw))
+    bad["methods"]["define"]["half_rel"]["rel_wieght"] = 0.5
+    with pytest.raises(ConfigError, match=r"methods.define.half_rel.rel_wieght: unknown key \(did you mean rel_weight"):
+        Study.load(bad, source="config.yaml")
+    bad = json.loads(json.dumps(raw))
+    bad["methods"]["define"]["half_rel"]["divergence"] = "kl"
+    with pytest.raises(ConfigError, match=r"methods.define.half_rel.divergence: must be one of"):
+        Study.load(bad, source="config.yaml")
+    bad = json.loads(json.dumps(raw))
+    bad["methods"]["compare"].append("kdd")
+    with pytest.raises(ConfigError, match=r"methods.compare: unknown method 'kdd'"):
+        Study.load(bad, source="config.yaml")
+    bad = json.loads(json.dumps(raw))
+    bad["variants"]["llava_kd"] = "dpt--sft--dft@nope"
+    with pytest.raises(ConfigError, match=r"variants.llava_kd: unknown method 'nope'"):
+        Study.load(bad, source="config.yaml")
+
+
+# -- one trainer step per method ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pair(tiny_components, tmp_path_factory):
+    def confident(teacher):
+        with torch.no_grad():
+            teacher.lm_head.weight.mul_(25.0)
+
+    return build_pair(tiny_components, tmp_path_factory.mktemp("methods"), "qwen1.5-0.5b", "qwen1.5-1.8b",
+                      world_seed=5, teacher_hook=confident)
+
+
+def _one_step(pair, out, method, monkeypatch):
+    """One float64 DFT step (or CFT for ce) with the method's loss; returns (logged record, the batch)."""
+    from llavakd.methods import Method
+    from llavakd.train.run import run_stage
+    from llavakd.train.trainer import KDTrainer
+
+    m = BUILTIN.get(method) or Method(**{k: v for k, v in HALF_REL.items()})
+    stage = "cft" if m.is_control else "dft"
+    args = [f"model={pair / 'student'}", f"output_dir={out}", f"data.json={pair / 'world' / 'train' / 'instruct.json'}",
+            f"data.images={pair / 'world' / 'images'}", "train.precision=fp64", "train.global_batch=4",
+            "train.per_device_batch=4", "train.max_steps=1", "train.logging_steps=1", "train.lr=1e-3"]
+    args += [f"{k}={json.dumps(v)}" for k, v in loss_overrides(m).items()]
+    if stage == "dft":
+        args.append(f"teacher={pair / 'teacher'}")
+    cfg = load_stage_config(None, args, stage=stage)
+    seen = []
+    real = KDTrainer.compute_loss
+
+    def recording(self, model, inputs, *a, **kw):
+        seen.append({k: (v.clone() if torch.is_tensor(v) else v) for k, v in inputs.items()})
+        return real(self, model, inputs, *a, **kw)
+
+    monkeypatch.setattr(KDTrainer, "compute_loss", recording)
+    run_stage(cfg)
+    rec = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x][0]
+    return rec, seen[0], cfg.loss
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "reverse_kl", "skew_kl", "jsd", "llava_kd_dft", "half_rel"])
+def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, tmp_path, monkeypatch, method):
+    """The logged parts of the step equal the naive float64 objective with the method's loss on the
+    batch the trainer read (the initial student and the teacher, float64); and that batch is the
+    same for every method (same data order)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.distill import distill_loss
+
+    rec, batch, loss = _one_step(pair, tmp_path / method, method, monkeypatch)
+    student = LlavaForConditionalGeneration.from_pretrained(pair / "student", dtype=torch.float64).eval()
+    teacher = LlavaForConditionalGeneration.from_pretrained(pair / "teacher", dtype=torch.float64).eval()
+    fwd = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if batch.get(k) is not None}
+    with torch.no_grad():
+        s, t = student(**fwd).logits, teacher(**fwd).logits
+        oracle_cfg = LossConfig(**{**loss.__dict__, "implementation": "naive"})
+        if not oracle_cfg.needs_teacher:
+            t = None
+        ref = distill_loss(s, t, batch["labels"], batch["visual_mask"], oracle_cfg)
+    for k, v in ref.parts.items():
+        assert rec[f"loss_{k}"] == pytest.approx(v, rel=1e-9), k
+    assert {k[5:] for k in rec if k.startswith("loss_")} == set(ref.parts)
+    first = tmp_path.parent / "first_batch.json"
+    ids = list(batch["sample_ids"]) if "sample_ids" in batch else batch["input_ids"][:, :8].tolist()
+    if first.is_file():
+        assert json.loads(first.read_text()) == ids  # one data order for every method
+    else:
+        first.write_text(json.dumps(ids))
