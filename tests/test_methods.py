@@ -163,3 +163,59 @@ def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, tmp_pat
         assert json.loads(first.read_text()) == ids  # one data order for every method
     else:
         first.write_text(json.dumps(ids))
+
+
+def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypatch):
+    """Fabricated results for ce, kd and jsd over 5 seeds: the table's paired differences, Holm
+    levels, p-values and verdicts equal scipy's paired t-tests computed here; the cost columns are
+    ratios to ce; every format and the figure are written."""
+    import csv
+
+    from scipy.stats import ttest_rel
+
+    from llavakd.layout import parse_model
+    from llavakd.report.averages import COLUMNS
+    from llavakd.report.render import render_methods
+
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw["seeds"] = [0, 1, 2, 3, 4]
+    raw["methods"] = {"compare": ["kd", "jsd"], "students": ["qwen1.5-0.5b"]}
+    study = Study.load(raw, source="config.yaml")
+    shift = {"ce": [0, 0, 0, 0, 0], "kd": [3.0, 2.5, 3.5, 2.0, 3.1], "jsd": [1.0, -2.0, 0.5, 2.0, -1.0]}
+    base = [40.0, 44.0, 38.0, 42.0, 41.0]
+    chance = {c: 10.0 for c in COLUMNS}
+    Path(study.layout.chance_file()).parent.mkdir(parents=True, exist_ok=True)
+    Path(study.layout.chance_file()).write_text(json.dumps({c: {"headline": v, "answers": ["x"]} for c, v in chance.items()}))
+    for name, models in study.method_models().items():
+        for m in models:
+            seed = parse_model(m).seed
+            folder = Path(study.layout.eval_dir(m, study.protocols[0]))
+            folder.mkdir(parents=True)
+            for i, c in enumerate(COLUMNS):
+                (folder / f"{c}.json").write_text(json.dumps({"headline": base[seed] + shift[name][seed] + i}))
+            agree = Path(study.layout.agreement_dir(m))
+            agree.mkdir(parents=True)
+            (agree / "gqa.json").write_text(json.dumps({"answer_agreement": 0.5, "answer_kl": 1.0, "visual_kl": 2.0}))
+            p = parse_model(m)
+            run = Path(study.layout.run_dir(p.llm, p.seed, p.chain))
+            run.mkdir(parents=True)
+            cost = {"ce": 1.0, "kd": 1.5, "jsd": 2.0}[name]
+            (run / "metadata.json").write_text(json.dumps({"steps": 10, "wall_time_s": 10 * cost,
+                                                           "peak_memory_mb": 100 * cost}))
+    paths = render_methods(study, tmp_path / "reports")
+    assert {p.suffix for p in paths} == {".md", ".csv", ".tex", ".html", ".png"}
+    rows = list(csv.DictReader((tmp_path / "reports" / "methods.csv").open()))
+    got = {r["method"]: r for r in rows if r["column"] == "avg10"}
+    ps = {m: ttest_rel([b + s for b, s in zip(base, shift[m])], base).pvalue for m in ("kd", "jsd")}
+    order = sorted(ps, key=ps.get)
+    for i, m in enumerate(order):
+        assert float(got[m]["diff_vs_ce"]) == pytest.approx(sum(shift[m]) / 5, abs=1e-4)
+        assert float(got[m]["p_value"]) == pytest.approx(ps[m], rel=1e-3)
+        assert float(got[m]["holm_level"]) == pytest.approx(0.05 / (2 - i))
+    assert got["kd"]["beats_ce"] == "True" and got["jsd"]["beats_ce"] == "False"
+    md = (tmp_path / "reports" / "methods.md").read_text()
+    assert "Beat ce on Avg10: kd." in md and "Not shown to beat ce: jsd." in md
+    kd_line = next(x for x in md.splitlines() if x.startswith("| kd "))
+    assert "| 1.50 | 1.50 |" in kd_line  # seconds per step and peak memory relative to ce
+    assert md.index("| kd ") < md.index("| jsd ")  # sorted by the paired difference
