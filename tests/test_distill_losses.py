@@ -214,6 +214,7 @@ def test_response_positions_are_shifted_labels():
     T=st.sampled_from([1.0, 0.5, 2.0]), reduction=st.sampled_from(["batch", "per_sample"]),
 )
 @example(B=2, L=2, V=91, seed=0, rows=1, vocab=1, name="reverse_kl", T=0.5, reduction="batch")  # both fp32 ~1e-4 off
+@example(B=1, L=2, V=77, seed=155, rows=1, vocab=1, name="jsd", T=0.5, reduction="batch")  # a gradient of norm 1e-6
 @settings(max_examples=40, deadline=None)
 def test_chunked_equals_naive_fp32(B, L, V, seed, rows, vocab, name, T, reduction):
     g = torch.Generator().manual_seed(seed)
@@ -233,12 +234,13 @@ def test_chunked_equals_naive_fp32(B, L, V, seed, rows, vocab, name, T, reductio
     torch.testing.assert_close(lc, ln, rtol=1e-5, atol=1e-6)
     # The gradient, norm-wise: usually both fp32 paths are within ~5e-6 of float64, but sharp
     # distributions (T = 0.5, a reverse KL on one row) leave either ~1e-4 off it. So the float64
-    # oracle decides: the chunked gradient is within 1e-5 of it, or at least as close as the naive one.
+    # oracle decides: the chunked gradient is within 1e-5 of it, or at least as close as the naive one,
+    # or within fp32's rounding of O(1) entries (1e-7: a gradient of norm ~1e-6 is all rounding).
     x64 = s.double().requires_grad_(True)
     distill_loss(x64, t.double(), labels, vm, LossConfig(implementation="naive", **kw)).total.backward()
     g64 = x64.grad
     err_c, err_n = (gc.double() - g64).norm(), (gn.double() - g64).norm()
-    assert err_c <= max(1e-5 * g64.norm(), 1.5 * err_n) + 1e-12, (err_c, err_n)
+    assert err_c <= max(1e-5 * g64.norm(), 1.5 * err_n) + 1e-7, (err_c, err_n)
     assert pc == pytest.approx(pn, rel=1e-5, abs=1e-6)
 
 

@@ -162,7 +162,7 @@ METHOD_MODELS = [
     m for ms in STUDY.method_models().values() for m in ms
 ]  # benchmark_methods
 METHOD_AGREEMENT_FILES = [marker(L.agreement_dir(m)) for m in METHOD_MODELS]
-METHOD_RUN_MARKERS = [  # the cost columns read each method job's metadata.json
+METHOD_RUN_MARKERS = [  # the cost columns read each method job's run metadata
     L.final_marker(p.llm, p.seed, p.chain) for p in map(parse_model, METHOD_MODELS)
 ]
 METHODS_REPORT = [REPORT_FILES.table(METHODS, ext) for ext in TABLE_FORMATS] + [
