@@ -186,7 +186,8 @@ def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypat
     base = [40.0, 44.0, 38.0, 42.0, 41.0]
     chance = {c: 10.0 for c in COLUMNS}
     Path(study.layout.chance_file()).parent.mkdir(parents=True, exist_ok=True)
-    Path(study.layout.chance_file()).write_text(json.dumps({c: {"headline": v, "answers": ["x"]} for c, v in chance.items()}))
+    Path(study.layout.chance_file()).write_text(
+        json.dumps({c: {"headline": v, "answers": ["x"]} for c, v in chance.items()}))
     for name, models in study.method_models().items():
         for m in models:
             seed = parse_model(m).seed
