@@ -102,9 +102,6 @@ class LossConfig:
             problems.append(f"on_policy must be in [0, 1], got {self.on_policy}")
         if self.on_policy and not self.res:
             problems.append("on_policy: the sampled answers are distilled through res, which is off")
-        if self.on_policy and self.ce:
-            problems.append("on_policy with ce: CE on the dataset's answers beside the student's samples needs a "
-                            "second forward, which is not built; switch ce off (GKD trains without it)")
         if self.sample_temperature <= 0:
             problems.append(f"sample_temperature must be > 0, got {self.sample_temperature}")
         if self.max_new_tokens < 1:

@@ -465,11 +465,13 @@ def test_training_goes_on_while_a_checkpoint_is_marked(setup, tmp_path, monkeypa
     assert all(marker_problem(p) is None for p in kept)
 
 
-def test_on_policy_loss_is_the_divergence_on_the_students_own_samples(setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize("with_ce", [False, True])
+def test_on_policy_loss_is_the_divergence_on_the_students_own_samples(setup, tmp_path, monkeypatch, with_ce):
     """GKD with lambda 1 (every micro-batch on-policy), float64, one step of two micro-batches: the
     student's samples are plain draws from its softmax (a naive sampler without the KV cache, on the
     same stream, draws the same tokens), and the logged L_res equals a hand computation of the
-    generalized JSD(0.5) on the sampled tokens, averaged over the step's sampled tokens."""
+    generalized JSD(0.5) on the sampled tokens, averaged over the step's sampled tokens. With CE
+    kept, the logged CE is the dataset answers' cross-entropy over the step's dataset answers."""
     from transformers import LlavaForConditionalGeneration
 
     import llavakd.train.onpolicy as onpolicy
@@ -486,8 +488,8 @@ def test_on_policy_loss_is_the_divergence_on_the_students_own_samples(setup, tmp
     monkeypatch.setattr(onpolicy, "rewrite", recording)
     out = tmp_path / "gkd"
     run_stage(_cfg(setup, "dft", out, "train.precision=fp64", "train.max_steps=1", "train.logging_steps=1",
-                   "loss.on_policy=1.0", "loss.ce=false", "loss.vis=false", "loss.rel=false", "loss.divergence=jsd",
-                   "loss.max_new_tokens=6"))
+                   "loss.on_policy=1.0", f"loss.ce={str(with_ce).lower()}", "loss.vis=false", "loss.rel=false",
+                   "loss.divergence=jsd", "loss.max_new_tokens=6"))
     assert len(seen) == 2 and all(any(s) for _, _, s in seen)
     student = LlavaForConditionalGeneration.from_pretrained(setup / "student", dtype=torch.float64).eval()
     teacher = LlavaForConditionalGeneration.from_pretrained(setup / "teacher", dtype=torch.float64).eval()
@@ -532,6 +534,20 @@ def test_on_policy_loss_is_the_divergence_on_the_students_own_samples(setup, tmp
             count += int(rows.sum())
     logged = _metrics(out)[0]
     assert logged["loss_res"] == pytest.approx(total / count, rel=1e-9)
+    if not with_ce:
+        assert "loss_ce" not in logged
+        return
+    ce_sum, ce_n = 0.0, 0
+    with torch.no_grad():
+        for old, new, _ in seen:
+            assert torch.equal(new["ce_batch"]["input_ids"], old["input_ids"])  # the dataset's answers go along
+            fwd = {k: old[k] for k in ("input_ids", "attention_mask", "pixel_values") if old.get(k) is not None}
+            logp = torch.log_softmax(student(**fwd).logits[:, :-1], -1)
+            y = old["labels"][:, 1:]
+            rows = y != IGNORE_INDEX
+            ce_sum += float(-logp[rows].gather(1, y[rows][:, None]).sum())
+            ce_n += int(rows.sum())
+    assert logged["loss_ce"] == pytest.approx(ce_sum / ce_n, rel=1e-9)
 
 
 def setup_end_id(setup) -> int:

@@ -8,7 +8,9 @@ the record's prompt (earlier turns and the image stay as data) at ``loss.sample_
 ``loss.max_new_tokens`` tokens or the end token. The record becomes prompt + sample, and only the
 sampled tokens are supervised: teacher and student score them under teacher forcing in the step's
 forward, the divergence is taken on them, and the step's mean runs over every supervised token of
-the step, sampled ones included (the trainer counts them before any forward).
+the step, sampled ones included (the trainer counts them before any forward). CE, when the method
+keeps it, stays on the dataset's answers: the micro-batch as it was goes along and the student reads
+it in a forward of its own, CE averaged over the step's dataset answers.
 
 The draw and the sampling read one ``torch.Generator`` per rank, seeded from the run's seed and the
 rank; its state is saved in every checkpoint (``SAMPLING_STATE``) and restored on resume, so a
@@ -66,10 +68,12 @@ def sample_answer(model, prompt: torch.Tensor, pixel_values: torch.Tensor | None
 
 
 def rewrite(batch: dict, model, *, temperature: float, max_new_tokens: int, stop_id: int, pad_id: int,
-            image_id: int, generator: torch.Generator, max_positions: int) -> tuple[dict, list[list[int]]]:
+            image_id: int, generator: torch.Generator, max_positions: int,
+            keep_original: bool = False) -> tuple[dict, list[list[int]]]:
     """The micro-batch with each record's last answer replaced by the student's sample (see the
     module docstring), right-padded; and the sampled tokens per record. A record without a
-    supervised answer stays as it is."""
+    supervised answer stays as it is. ``keep_original``: the batch as it was goes along under
+    ``ce_batch`` (CE on the dataset's answers, beside the divergence on the samples)."""
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     pixels = batch.get("pixel_values")
     has_image = (ids == image_id).any(-1).tolist()
@@ -103,4 +107,7 @@ def rewrite(batch: dict, model, *, temperature: float, max_new_tokens: int, stop
         out["labels"][b, :row_labels.numel()] = row_labels
         out["attention_mask"][b, :row_ids.numel()] = 1
     out["visual_mask"] = (out["input_ids"] == image_id) & out["attention_mask"].bool()
+    if keep_original:
+        out["ce_batch"] = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values", "visual_mask")
+                           if k in batch}
     return out, samples

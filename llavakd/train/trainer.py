@@ -6,6 +6,7 @@ It overrides and sets some of Trainer's private methods and flags; each is liste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -156,15 +157,16 @@ class KDTrainer(Trainer):
 
     def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor:
         """The positions each term averages over in the whole optimizer step, summed over its
-        micro-batches and the ranks: supervised tokens (CE, L_res), visual positions (L_vis) and
-        image samples (L_rel), float64 [3]; compute_loss divides by them. With on-policy
+        micro-batches and the ranks: CE's and L_res's supervised tokens, visual positions (L_vis)
+        and image samples (L_rel), float64 [4]; compute_loss divides by them. With on-policy
         distillation the step's drawn micro-batches are rewritten with the student's samples
-        first (in place), so the counts are those of the sampled tokens."""
+        first (in place), so L_res counts the sampled tokens and CE the dataset's answers."""
         if self.loss_config.on_policy > 0:
             self._draw_on_policy(batch_samples)
-        counts = torch.zeros(3, dtype=torch.float64, device=device)
+        counts = torch.zeros(4, dtype=torch.float64, device=device)
         for batch in batch_samples:
-            counts += step_counts(batch["labels"], batch["visual_mask"]).to(device)
+            ce = batch.get("ce_batch")
+            counts += step_counts(batch["labels"], batch["visual_mask"], ce["labels"] if ce else None).to(device)
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         return counts
@@ -192,7 +194,7 @@ class KDTrainer(Trainer):
                     batch, student, temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens,
                     stop_id=tok.convert_tokens_to_ids(END_TOKEN), pad_id=tok.pad_token_id,
                     image_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), generator=self.sampling,
-                    max_positions=student.config.text_config.max_position_embeddings)
+                    max_positions=student.config.text_config.max_position_embeddings, keep_original=cfg.ce)
             finally:
                 student.train(was_training)
                 self._student_taps.take()
@@ -216,7 +218,8 @@ class KDTrainer(Trainer):
             return
         self.sampling.set_state(torch.load(path, weights_only=True))
 
-    def _step_shares(self, labels, visual_mask, step_counts_: torch.Tensor | None) -> dict[str, float]:
+    def _step_shares(self, labels, visual_mask, step_counts_: torch.Tensor | None,
+                     ce_labels: torch.Tensor | None = None) -> dict[str, float]:
         """Each term's share of the step's positions in this micro-batch (times the ranks, which DDP
         and DeepSpeed average over): the objective multiplies the configured weights by it (they are
         never rewritten), so the local means it computes sum to the step's means. (L_rel with
@@ -224,11 +227,11 @@ class KDTrainer(Trainer):
         samples: it cannot be split exactly.)"""
         if step_counts_ is None:
             return {"ce": 1.0, "res": 1.0, "vis": 1.0, "rel": 1.0}
-        local = step_counts(labels, visual_mask).tolist()
+        local = step_counts(labels, visual_mask, ce_labels).tolist()
         total = [float(x) for x in step_counts_.tolist()]
         world = self.accelerator.num_processes
         share = [world * lo / to if to > 0 else 0.0 for lo, to in zip(local, total)]
-        return {"ce": share[0], "res": share[0], "vis": share[1], "rel": share[2]}
+        return dict(zip(("ce", "res", "vis", "rel"), share))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._prepare_teacher()
@@ -236,9 +239,13 @@ class KDTrainer(Trainer):
         visual_mask = inputs.pop("visual_mask")
         inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
+        ce_batch = inputs.pop("ce_batch", None)  # on-policy with CE: the dataset's answers, for CE
         cfg = self.loss_config  # validated once, when the job read its config
+        if ce_batch is not None:
+            cfg = dataclasses.replace(cfg, ce=False)  # this forward: the divergence on the samples
         shares = self._step_shares(labels, visual_mask,
-                                   num_items_in_batch if torch.is_tensor(num_items_in_batch) else None)
+                                   num_items_in_batch if torch.is_tensor(num_items_in_batch) else None,
+                                   ce_batch["labels"] if ce_batch is not None else None)
         fwd = {k: v for k, v in inputs.items() if v is not None}
         fused = self.loss_implementation == "fused"
         keep = {"logits_to_keep": 1} if fused else {}  # fused: the heads are applied chunk by chunk
@@ -259,11 +266,30 @@ class KDTrainer(Trainer):
                                      cfg, **features, scale=shares, checked=True, step=self.state.global_step)
         else:
             res = distill_loss(out.logits, t_logits, labels, visual_mask, cfg, **features, scale=shares, checked=True)
+        if ce_batch is not None:
+            res = self._with_dataset_ce(model, res, ce_batch, shares, keep)
         self._note_loss(res, shares)
         mask = fwd["attention_mask"]
         self._attended = self._attended + mask.sum().detach().to(torch.float64)  # read at logging steps only
         self.positions_seen += mask.numel()
         return (res.total, out) if return_outputs else res.total
+
+    def _with_dataset_ce(self, model, res, batch, shares, keep):
+        """On-policy with CE: CE on the micro-batch's original answers (a student forward of its
+        own), added to the divergence on the student's samples."""
+        cfg = dataclasses.replace(self.loss_config, res=False, vis=False, rel=False)
+        fwd = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if batch.get(k) is not None}
+        out = model(**fwd, **keep)
+        h_s, _ = self._student_taps.take()
+        if self.loss_implementation == "fused":
+            ce = fused_distill_loss(h_s, lm_head_weight(self.accelerator.unwrap_model(model)), None, None,
+                                    batch["labels"], batch["visual_mask"], cfg, scale=shares, checked=True,
+                                    step=self.state.global_step)
+        else:
+            ce = distill_loss(out.logits, None, batch["labels"], batch["visual_mask"], cfg, scale=shares, checked=True)
+        res.total = res.total + ce.total
+        res.part_tensors = {"ce": ce.part_tensors["ce"], **res.part_tensors}
+        return res
 
     def _note_loss(self, res, shares) -> None:
         """Add a micro-batch's parts to the logging sums and its finiteness to the step's, on the device."""
@@ -408,12 +434,14 @@ class KDTrainer(Trainer):
             "free space and rerun with --resume")
 
 
-def step_counts(labels: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
-    """[supervised next-token positions, visual positions, image samples] of a batch (float64)."""
+def step_counts(labels: torch.Tensor, visual_mask: torch.Tensor, ce_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """[CE's supervised next-token positions, L_res's, visual positions, image samples] of a batch
+    (float64); CE's come from ``ce_labels`` when given (on-policy: the dataset's answers)."""
     from llavakd.labels import IGNORE_INDEX
 
-    return torch.tensor([float((labels[:, 1:] != IGNORE_INDEX).sum()), float(visual_mask.sum()),
-                         float(visual_mask.any(-1).sum())], dtype=torch.float64)
+    res = float((labels[:, 1:] != IGNORE_INDEX).sum())
+    ce = res if ce_labels is None else float((ce_labels[:, 1:] != IGNORE_INDEX).sum())
+    return torch.tensor([ce, res, float(visual_mask.sum()), float(visual_mask.any(-1).sum())], dtype=torch.float64)
 
 
 def lm_head_weight(model) -> torch.Tensor:
