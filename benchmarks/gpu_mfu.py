@@ -112,6 +112,9 @@ class Bench:
         self.student.model.vision_tower.requires_grad_(False)
         self.teacher.eval().requires_grad_(False)
         self.vision_shape = vision
+        from llavakd.train.trainer import LLMTaps
+
+        self.taps = (LLMTaps(self.student), LLMTaps(self.teacher))  # once: each holds a forward's hidden states
 
     # -- one setting ------------------------------------------------------------------------
     def run(self, s: dict) -> dict:
@@ -120,7 +123,7 @@ class Bench:
         from llavakd.flops import llm_shape, step_flops, vision_shape
         from llavakd.labels import IGNORE_INDEX
         from llavakd.train.run import apply_checkpointing, apply_liger, compile_layers
-        from llavakd.train.trainer import LLMTaps, lm_head_weight
+        from llavakd.train.trainer import lm_head_weight
         from llavakd.train.vision import SharedVisionPass
 
         student, teacher = self.student, self.teacher
@@ -143,7 +146,7 @@ class Bench:
         if s["vision"] == 1:
             shared.install(student, teacher)
         student.train()
-        s_taps, t_taps = LLMTaps(student), LLMTaps(teacher)
+        s_taps, t_taps = self.taps
         opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5, fused=self.cuda)
         batch, seq, n_img = s["batch"], s["seq"], self.n_img
         ids, labels, vm, pixels, mask = self.inputs(batch, seq)

@@ -114,8 +114,9 @@ def checkpointed_layers(num_layers: int, setting: bool | int) -> list[int]:
 def checkpointing_label(setting: bool | int) -> str:
     """``off``, ``all layers`` or ``every k-th layer``."""
     k = int(setting)
-    return "off" if k == 0 else "all layers" if k == 1 else f"every {k}th layer" if k > 3 else \
-        f"every {'2nd' if k == 2 else '3rd'} layer"
+    if k <= 1:
+        return "all layers" if k == 1 else "off"
+    return f"every {k}{ {2: 'nd', 3: 'rd'}.get(k, 'th')} layer"
 
 
 def least_recomputation(student: str, teacher: str | None, *, per_device_batch: int, budget_gib: float = 80.0,

@@ -158,17 +158,19 @@ def test_an_inf_gradient_on_one_rank_stops_the_step_before_the_weights_change(se
 @pytest.mark.parametrize("engine", ["ddp", "zero2"])
 def test_on_policy_distillation_runs_on_two_ranks(setup, tmp_path, engine):
     """GKD on 2 ranks (torchrun, and DeepSpeed ZeRO-2): every step's micro-batches are the student's
-    own samples (lambda 1), each rank on its own stream, saved per rank in the checkpoints; the
-    losses are finite and the samples are logged."""
+    own samples (lambda 1), each rank on its own stream, saved per rank in the checkpoints; CE stays
+    on the dataset's answers in a second student forward; the losses are finite and the samples are
+    logged."""
     import math
 
     extra = [f"train.deepspeed={ROOT / 'config' / 'deepspeed' / 'zero2.json'}"] if engine == "zero2" else []
     out = tmp_path / engine
-    steps, _ = _train(setup, out, "loss.on_policy=1.0", "loss.ce=false", "loss.vis=false", "loss.rel=false",
+    steps, _ = _train(setup, out, "loss.on_policy=1.0", "loss.ce=true", "loss.vis=false", "loss.rel=false",
                       "loss.divergence=jsd", "loss.max_new_tokens=8", "train.save_steps=2", "train.logging_steps=1",
                       *extra, launcher=_torchrun())
     assert sorted(steps) == list(range(1, STEPS + 1))
     assert all(math.isfinite(rec["loss_res"]) and rec["loss_res"] > 0 for rec in steps.values())
+    assert all(math.isfinite(rec["loss_ce"]) and rec["loss_ce"] > 0 for rec in steps.values())
     assert all(rec.get("sampled") for rec in steps.values())
     from llavakd.train.onpolicy import SAMPLING_STATE
 

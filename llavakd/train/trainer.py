@@ -98,8 +98,7 @@ class KDTrainer(Trainer):
         self.vision = SharedVisionPass()
         self.tokenizer = tokenizer  # on-policy: the end token, padding, and the logged samples
         # on-policy distillation (llavakd.train.onpolicy): this rank's draw and sampling stream
-        rank = int(os.environ.get("RANK", "0"))
-        self.sampling = torch.Generator().manual_seed(int(self.args.seed) * 1009 + rank)
+        self.sampling = torch.Generator().manual_seed(int(self.args.seed) * 1009 + self.args.process_index)
         self._sampled_text: list[str] = []
 
     # -- teacher under DeepSpeed ------------------------------------------------------------
@@ -184,7 +183,7 @@ class KDTrainer(Trainer):
         if tok is None:
             raise LlavaKDError("loss.on_policy: the trainer needs the tokenizer (setup_trainer passes it)")
         student = self.accelerator.unwrap_model(self.model)
-        for i, batch in enumerate(batch_samples):
+        for batch in batch_samples:
             if float(torch.rand(1, generator=self.sampling)) >= cfg.on_policy:
                 continue
             was_training = student.training
@@ -205,7 +204,7 @@ class KDTrainer(Trainer):
     def sampling_state_file(self, checkpoint) -> Path:
         from llavakd.train.onpolicy import SAMPLING_STATE
 
-        return Path(checkpoint) / SAMPLING_STATE.format(rank=int(os.environ.get("RANK", "0")))
+        return Path(checkpoint) / SAMPLING_STATE.format(rank=self.args.process_index)
 
     def load_sampling_state(self, checkpoint) -> None:
         """Restore this rank's sampling stream from a checkpoint (on-policy runs)."""
