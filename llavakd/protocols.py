@@ -8,3 +8,10 @@ from __future__ import annotations
 
 PROTOCOLS = ("lmms-eval", "paper")
 DEFAULT_PROTOCOL = "lmms-eval"
+
+# The scorer's revision: raised whenever a change to decoding or answer parsing moves scores. Evaluation
+# and agreement jobs carry it as a Snakemake parameter, so a finished tree scores its models again
+# (its training stays done), and the runner reuses no result file of an earlier revision.
+#   1: until 2026-12-03, answers capped at 32 new tokens by the adapter
+#   2: no cap of our own; the paper protocol decodes and parses MMMU and ScienceQA as upstream
+SCORING_REVISION = 2

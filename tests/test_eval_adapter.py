@@ -54,13 +54,26 @@ def test_batch_size_does_not_change_answers(world, tiny_student, task):
     assert len(answers[1]) == 12 and all(isinstance(a, str) for a in answers[1])
 
 
-def test_until_and_token_cap(world, tiny_student):
-    m = _model(tiny_student, max_new_tokens=3)
-    reqs, m.task_dict = _requests(world, "pope_random", 4, {"max_new_tokens": 50, "until": ["\n"]})
+def test_until_and_token_limit_come_from_the_task(world, tiny_student):
+    m = _model(tiny_student)
+    reqs, m.task_dict = _requests(world, "pope_random", 4, {"max_new_tokens": 3, "until": ["\n"]})
     base = m.generate_until(reqs)
     tok = m.processor.tokenizer
     assert all(len(tok(a, add_special_tokens=False)["input_ids"]) <= 3 for a in base)
     assert all("\n" not in a for a in base)
+
+
+@pytest.mark.parametrize("gen_kwargs, limit", [({"max_new_tokens": 50}, 50), ({"max_new_tokens": 1024}, 1024),
+                                               ({"until": ["\n\n"]}, 1024)])
+def test_no_hidden_cap_on_new_tokens(world, tiny_student, monkeypatch, gen_kwargs, limit):
+    """The task's limit reaches generate as it is (lmms-eval's model default, 1,024, when it names none)."""
+    m = _model(tiny_student)
+    seen = []
+    real = m.model.generate
+    monkeypatch.setattr(m.model, "generate", lambda **kw: seen.append(kw["max_new_tokens"]) or real(**kw))
+    reqs, m.task_dict = _requests(world, "pope_random", 2, gen_kwargs)
+    m.generate_until(reqs)
+    assert seen and set(seen) == {limit}
 
 
 def test_loglikelihood_agrees_with_greedy_decoding(world, tiny_student):
@@ -82,6 +95,8 @@ def test_loglikelihood_agrees_with_greedy_decoding(world, tiny_student):
 def test_unknown_model_args_are_refused(tiny_student):
     with pytest.raises(ValueError, match="unknown model_args"):
         _model(tiny_student, temperature=0.5)
+    with pytest.raises(ValueError, match="unknown model_args"):  # no cap of our own to set either
+        _model(tiny_student, max_new_tokens=8)
 
 
 @pytest.mark.slow

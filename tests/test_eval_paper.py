@@ -4,11 +4,14 @@ protocols scored side by side through lmms-eval on the stand-ins."""
 from __future__ import annotations
 
 import ast
+import random
 
 import pytest
 from test_eval_runner import LIMIT, Scripted, docs, world  # noqa: F401  (the world fixture, shared)
 
-from llavakd.eval.paper import VARIANTS, gqa_answer, pope_answer, sqa_letter
+from llavakd.eval.paper import (VARIANTS, gqa_answer, mmbench_doc_to_text, mmmu_choice, mmmu_doc_to_visual,
+                                 mmmu_process_results, pope_answer, sqa_letter, sqa_process_results,
+                                 textvqa_doc_to_text)
 from llavakd.eval.registry import load_registry
 from llavakd.eval.runner import evaluate
 from llavakd.tiny.score import gold_answer as gold
@@ -18,13 +21,126 @@ SHORT = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."
 
 
-def test_upstream_parsers_on_crafted_answers():
+def test_pope_parser_as_upstream():
+    """Fantasyele/LLaVA-KD llavakd/eval/eval_pope.py:11-20: the text before the first '.', commas removed,
+    split on single spaces; 'No', 'not' or 'no' among the words means no, anything else yes."""
     assert pope_answer("No, there is not.") == "no" and pope_answer("There is no dog in it.") == "no"
-    assert pope_answer("Yes. It is not red.") == "yes"  # only the first sentence counts
+    assert pope_answer("Yes. It is not red.") == "yes"  # line 13: the first sentence only
     assert pope_answer("Yes, there is a circle.") == "yes" and pope_answer("Nothing") == "yes"
-    assert [sqa_letter(a) for a in ("B", "B. one", "The answer is C.", "The answer is D", "b", "B.", "")] == \
-        ["B", "B", "C", "D", "FAILED", "FAILED", "FAILED"]
-    assert gqa_answer("Red.") == "red" and gqa_answer("red!") == "red!"
+    assert pope_answer("Not sure") == "yes"  # line 17: 'Not' (capital) is not one of the three words
+    assert pope_answer("no.") == "no" and pope_answer("No") == "no"
+
+
+def test_scienceqa_parser_as_upstream():
+    """Fantasyele/LLaVA-KD llavakd/eval/eval_science_qa.py:65-75 on the answer stripped by
+    model_vqa_science.py:81: the letter alone (65), 'X. ' at the start (67), else 'The answer is ([A-Z]).'
+    found exactly once (70-75); a letter past the choices is wrong (get_pred_idx, 32-35)."""
+    cases = {"B": "B", "  B \n": "B", "B. one": "B", "B.one": "FAILED", "b": "FAILED", "B.": "FAILED", "": "FAILED",
+             "The answer is C.": "C", "The answer is DX": "D", "So: The answer is B, surely": "B",
+             "The answer is D": "FAILED",  # the regex's '.' needs one more character
+             "The answer is B\nbecause": "FAILED",  # ... and it does not match a newline
+             "The answer is A. The answer is B.": "FAILED",  # two matches (line 72: exactly one)
+             "The answer is F.": "F"}
+    assert {a: sqa_letter(a) for a in cases} == cases
+    doc = {"choices": ["x", "y", "z"], "answer": 1}
+    assert sqa_process_results(doc, ["B"])["exact_match"] == 1.0
+    assert sqa_process_results(doc, ["The answer is F."])["exact_match"] == 0.0  # index -1 (line 35)
+    assert sqa_process_results(doc, ["The answer is D."])["exact_match"] == 0.0  # past the three choices
+
+
+def test_gqa_parser_as_upstream():
+    """Fantasyele/LLaVA-KD scripts/convert_gqa_for_eval.py:14: trailing full stops removed, lower case."""
+    assert gqa_answer("Red.") == "red" and gqa_answer("red!") == "red!" and gqa_answer("Red..") == "red"
+
+
+MMMU_OPTS = {"A": "Paris", "B": "Rome", "C": "Madrid", "D": "Berlin"}
+
+
+def _mmmu(response, seed="42:q"):
+    return mmmu_choice(response, list(MMMU_OPTS), MMMU_OPTS, random.Random(seed))
+
+
+def test_mmmu_parser_as_upstream():
+    """Fantasyele/LLaVA-KD llavakd/eval/model_vqa_mmmu.py:29-81."""
+    guess = random.Random("42:q").choice(list(MMMU_OPTS))
+    assert _mmmu("B") == "B" and _mmmu("B.") == "B"  # line 34: end punctuation stripped; 36: padded
+    assert _mmmu("(C)") == "C" and _mmmu("It is (C).") == "C"  # 41-44: '(X)'
+    assert _mmmu("(C) or rather (A)") == "A"  # 60-67, 77: several: the last by rfind
+    assert _mmmu("A or B") == "B"  # 47-49, 69-71: ' X ' with a space each side
+    assert _mmmu("B. Rome") == guess  # no ' B ' and only two words: 58-59, a random letter
+    assert _mmmu("Madrid") == guess  # an option's text counts only in answers of more than five words (52)
+    assert _mmmu("I am quite sure it is Madrid") == "C"  # 52-56
+    assert _mmmu("I would say Rome and not Berlin") == "D"  # 73-75: the text found last
+    for seed in ("42:a", "42:b", "42:c", "42:d", "42:e", "42:f"):  # the guess is the seeded stream's
+        assert _mmmu("?", seed) == random.Random(seed).choice(list(MMMU_OPTS))
+
+
+def _mmmu_doc(question, images, qtype="multiple-choice", answer="B"):
+    from PIL import Image
+
+    doc = {"id": "validation_Art_7", "question": question, "options": str(list(MMMU_OPTS.values())),
+           "question_type": qtype, "answer": answer}
+    for i in range(1, 8):
+        doc[f"image_{i}"] = Image.new("RGB", (8, 8), (i, 0, 0)) if i <= images else None
+    return doc
+
+
+def test_mmmu_feeds_one_image_and_guesses_without_it():
+    """model_vqa_mmmu.py:104-114 (one image, or none), 138-143 (no image: a random letter, or the invalid
+    string for an open question, without asking the model)."""
+    one = _mmmu_doc("<image 1> Which city?", 1)
+    several = _mmmu_doc("Compare <image 1> and <image 2>: which city?", 2)
+    assert [im.getpixel((0, 0)) for im in mmmu_doc_to_visual(one)] == [(1, 0, 0)]
+    assert mmmu_doc_to_visual(several) == []
+    right = mmmu_process_results(one, ["B"])["mmmu_acc"]["parsed_pred"]
+    assert right == ["B"]
+    guess = random.Random("42:validation_Art_7").choice(list(MMMU_OPTS))
+    for said in ("B", "A", "(D)"):  # the model's answer to a question it was not shown is not read
+        assert mmmu_process_results(several, [said])["mmmu_acc"]["parsed_pred"] == [guess]
+    open_q = _mmmu_doc("Name the city in <image 1> and <image 2>.", 2, qtype="open", answer="Rome")
+    parsed = mmmu_process_results(open_q, ["Rome"])["mmmu_acc"]["parsed_pred"]
+    assert "rome" not in [str(p).lower() for p in parsed[0]]
+
+
+def test_mmbench_prompt_as_upstream():
+    """Fantasyele/LLaVA-KD llavakd/eval/model_vqa_mmbench.py:94-99: the hint (unless is_none, 32-41) on the
+    line before the question, then 'X. option' lines until the first missing option (43-49)."""
+    doc = {"question": "Which shape?", "hint": "Look closely.", "A": "circle", "B": "square", "C": float("nan"),
+           "D": "star"}
+    assert mmbench_doc_to_text(doc) == "Look closely.\nWhich shape?\nA. circle\nB. square"
+    for none in (None, float("nan"), "nan", "None"):
+        assert mmbench_doc_to_text({**doc, "hint": none}) == "Which shape?\nA. circle\nB. square"
+    assert mmbench_doc_to_text({**doc, "hint": " nan"}).startswith(" nan\n")  # no strip in is_none
+
+
+def test_textvqa_prompt_with_zero_and_several_ocr_tokens():
+    """LLaVA-1.5's TextVQA question file (upstream's textvqa.sh reads it): the question, then
+    'Reference OCR token: ' and the tokens joined by ', ' (empty when there are none)."""
+    doc = {"question": "what is written?"}
+    assert textvqa_doc_to_text({**doc, "ocr_tokens": []}) == "what is written?\nReference OCR token: "
+    assert textvqa_doc_to_text({**doc, "ocr_tokens": ["7", "stop", "A1"]}) == \
+        "what is written?\nReference OCR token: 7, stop, A1"
+
+
+def test_paper_variants_decode_as_upstream(tmp_path):
+    """Up to 128 new tokens (model_vqa_loader.py:145, model_vqa_pope.py:144) or 1,024 (model_vqa_mmbench.py:138,
+    model_vqa_science.py:75, model_vqa_mmmu.py:133), and no stop string (the keyword criterion is commented
+    out, model_vqa_loader.py:98-99, 112): the variants as lmms-eval loads them."""
+    from llavakd.eval.paper import write_paper_yamls
+    from lmms_eval.utils import load_yaml_config
+
+    from llavakd.eval.tasks import HOOKS_MODULE, task_yaml, write_task_yamls
+
+    names = write_task_yamls(tmp_path)
+    variants = write_paper_yamls(tmp_path, names, lambda t, n: task_yaml(tmp_path, t, n), HOOKS_MODULE)
+    long_tasks = {"mmbench_en_dev_static", "mmbench_cn_dev_static", "scienceqa_img", "mmmu_val"}
+
+    for task, variant in variants.items():
+        cfg = load_yaml_config(str(tmp_path / f"{variant}.yaml"), mode="simple")
+        gen = cfg["generation_kwargs"]
+        assert gen["max_new_tokens"] == (1024 if task in long_tasks else 128), task
+        assert gen["until"] == [], task
+        assert "stopped by the end token only" in (tmp_path / f"{variant}.yaml").read_text()
 
 
 def test_every_registry_task_has_a_variant_naming_its_differences():
@@ -62,12 +178,15 @@ class Recording(Scripted):
 
     def __init__(self):
         super().__init__()
-        self.prompts = {}
+        self.prompts, self.images, self.gen_kwargs = {}, {}, {}
 
     def generate_until(self, requests):
         for req in requests:
-            context, _, _, doc_id, task, _ = req.args
-            self.prompts[(self.local[task.removesuffix("_paper")], doc_id)] = context
+            context, gen_kwargs, to_visual, doc_id, task, split = req.args
+            key = (self.local[task.removesuffix("_paper")], doc_id)
+            self.prompts[key] = context
+            self.images[key] = len(to_visual(self.task_dict[task][split][doc_id]))
+            self.gen_kwargs[key] = gen_kwargs
         return super().generate_until(requests)
 
 
@@ -87,6 +206,8 @@ def test_each_column_prompt_is_upstream_format(recorded, world):  # noqa: F811
     for task in tasks:
         for i, d in enumerate(docs(world, task)[:3]):
             assert model.prompts[(task, i)] == hand_prompt(task, d), task
+        assert model.gen_kwargs[(task, 0)]["until"] == [], task  # lmms-eval adds no blank-line stop
+    assert model.images[("mmmu_val", 0)] == 1 and max(v for (t, _), v in model.images.items() if t == "mmmu_val") <= 1
     assert all(r["protocol"] == "paper" for r in res.values())
     assert all(t["lmms_eval_task"].endswith("_paper") for r in res.values() for t in r["tasks"].values())
 

@@ -101,14 +101,19 @@ def hand_score(task, world) -> float:
             cats.setdefault(d["category"], {}).setdefault(d["question_id"], []).append(r)
         total = sum(sum(100 * sum(p) / 2 + 100 * all(p) for p in q.values()) / len(q) for q in cats.values())
         return total / (2 * len(cats))
-    if task.startswith("pope"):  # F1 with "yes" as the positive class
-        preds = [scripted_answer(task, d, i) for i, d in enumerate(ds)]
-        tp = sum(p == "yes" and d["answer"] == "yes" for p, d in zip(preds, ds))
-        fp = sum(p == "yes" and d["answer"] == "no" for p, d in zip(preds, ds))
-        fn = sum(p == "no" and d["answer"] == "yes" for p, d in zip(preds, ds))
-        precision, recall = tp / (tp + fp), tp / (tp + fn)
-        return 100 * 2 * precision * recall / (precision + recall)
+    if task.startswith("pope"):
+        return 100 * pope_hand([task], world)[0]
     return 100 * sum(right) / len(right)
+
+
+def pope_hand(tasks, world) -> tuple[float, float]:
+    """F1 with "yes" as the positive class, and accuracy, over the documents of ``tasks`` together."""
+    pairs = [(scripted_answer(t, d, i), d["answer"]) for t in tasks for i, d in enumerate(docs(world, t))]
+    tp = sum(p == "yes" and g == "yes" for p, g in pairs)
+    fp = sum(p == "yes" and g == "no" for p, g in pairs)
+    fn = sum(p == "no" and g == "yes" for p, g in pairs)
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    return 2 * precision * recall / (precision + recall), sum(p == g for p, g in pairs) / len(pairs)
 
 
 @pytest.mark.slow
@@ -127,6 +132,26 @@ def test_every_headline_equals_the_hand_computed_score(world, tmp_path, monkeypa
         assert len(lines) == LIMIT * len(bench.tasks)
         assert on_disk["lmms_eval_version"] == "0.7.3" and on_disk["seed"] == 0
         assert all(len(t["config_hash"]) == 16 for t in on_disk["tasks"].values())
+    pope = res["pope"]  # F1 and accuracy per split and pooled over the three
+    for task in registry["pope"].tasks:
+        f1, acc = pope_hand([task], world)
+        assert pope["tasks"][task]["metrics"]["pope_f1_score"] == pytest.approx(f1)
+        assert pope["tasks"][task]["metrics"]["pope_accuracy"] == pytest.approx(acc)
+    f1, acc = pope_hand(registry["pope"].tasks, world)
+    assert pope["pooled"] == pytest.approx({"pope_f1_score": f1, "pope_accuracy": acc})
+    assert res["mme"]["pooled"] == {}
+
+
+def test_pooled_pope_is_over_all_documents_not_the_mean_of_splits():
+    from llavakd.eval.registry import pooled_value
+
+    pope = load_registry()["pope"]
+    rec = lambda p, g: {"prediction": p, "ground_truth": g, "score": float(p == g)}  # noqa: E731
+    a = [rec("yes", "yes")] * 3 + [rec("yes", "no")] * 3  # F1 2/3, accuracy 1/2
+    b = [rec("no", "yes")] * 3 + [rec("yes", "yes")] + [rec("no", "no")] * 2  # F1 2/5, accuracy 1/2
+    assert pooled_value(pope, "pope_f1_score", a + b) == pytest.approx(2 * (4 / 7) * (4 / 7) / (8 / 7))
+    assert pooled_value(pope, "pope_accuracy", a + b) == pytest.approx(0.5)
+    assert pooled_value(pope, "pope_f1_score", a + b) != pytest.approx((2 / 3 + 2 / 5) / 2)
 
 
 def test_registry_conventions():

@@ -8,6 +8,11 @@ Prompts use the training template (``llavakd.model.chat``): the system prompt, "
 "<image>\\n" for each image, the task's text, " ASSISTANT:". Decoding is greedy. Requests are
 grouped by prompt length so a batch never needs padding: an answer is the same at any batch
 size. ``loglikelihood`` scores the continuation as the assistant's answer.
+
+Decoding follows the task and nothing else: its ``max_new_tokens`` (``DEFAULT_NEW_TOKENS``, the default
+of lmms-eval's own LLaVA models, when a task names none) and its ``until`` strings (lmms-eval adds a
+blank line to a task that names none; the paper protocol's variants name none and stop at the end
+token only). There is no cap of our own: a limit that exists is written in the task's YAML.
 """
 
 from __future__ import annotations
@@ -21,15 +26,15 @@ from tqdm import tqdm
 
 from llavakd.model.chat import END_TOKEN, render_prompt
 
-MAX_NEW_TOKENS = 32  # the most new tokens an answer gets, whatever a task asks for
+DEFAULT_NEW_TOKENS = 1024  # lmms-eval's LLaVA models' limit for a task that names none (models/simple/llava_hf.py)
 
 
-def stops_and_limit(gen_kwargs: dict | None, cap: int = MAX_NEW_TOKENS) -> tuple[list[str], int]:
-    """A task's stop strings and its new-token limit (at most ``cap``), from its generation kwargs."""
+def stops_and_limit(gen_kwargs: dict | None) -> tuple[list[str], int]:
+    """A task's stop strings and its new-token limit, from its generation kwargs, as they are."""
     gen_kwargs = dict(gen_kwargs or {})
     until = gen_kwargs.get("until") or []
     until = [until] if isinstance(until, str) else list(until)
-    return until, min(int(gen_kwargs.get("max_new_tokens", cap)), cap)
+    return until, int(gen_kwargs.get("max_new_tokens", DEFAULT_NEW_TOKENS))
 
 
 def cut_at_stops(text: str, until: list[str]) -> str:
@@ -67,7 +72,7 @@ class LlavaKD(lmms):
     is_simple = True
 
     def __init__(self, pretrained: str, batch_size: int | str = 1, device: str = "auto",
-                 dtype: str = "float32", max_new_tokens: int = MAX_NEW_TOKENS, **kwargs) -> None:
+                 dtype: str = "float32", **kwargs) -> None:
         super().__init__()
         from transformers import LlavaForConditionalGeneration
 
@@ -82,7 +87,6 @@ class LlavaKD(lmms):
             pretrained, dtype=getattr(torch, dtype), local_files_only=True).to(self.device).eval()
         self.processor = load_processor(pretrained, local_files_only=True)
         self.batch_size = int(batch_size)
-        self.max_new_tokens = int(max_new_tokens)
         self.eos_id = self.processor.tokenizer.convert_tokens_to_ids(END_TOKEN)
 
     # -- helpers -------------------------------------------------------------------------
@@ -106,7 +110,7 @@ class LlavaKD(lmms):
         for req in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             enc.append(self._encode(context, self._visuals(doc_to_visual, doc_id, task, split)))
-            until, limit = stops_and_limit(gen_kwargs, self.max_new_tokens)
+            until, limit = stops_and_limit(gen_kwargs)
             opts.append((tuple(until), limit))
         texts = generate_grouped(self.model, self.processor, enc, [o[1] for o in opts], self.batch_size,
                                  progress=self._rank == 0)

@@ -34,7 +34,7 @@ SUFFIX = "_paper"  # a variant's task name: the base task's name + this
 def _missing(value) -> bool:
     """Upstream's is_none: None, NaN, and the strings 'nan' / 'none' (any case)."""
     return (value is None or (isinstance(value, float) and math.isnan(value))
-            or (isinstance(value, str) and value.strip().lower() in ("nan", "none")))
+            or (isinstance(value, str) and value.lower() in ("nan", "none")))
 
 
 def _kw(kwargs, key: str) -> str:
@@ -69,6 +69,87 @@ def mmmu_doc_to_text(doc, lmms_eval_specific_kwargs=None) -> str:
     return f"{doc['question']}\n\n{options}\n\n{MMMU_LETTER}"
 
 
+# upstream's MMMU (Fantasyele/LLaVA-KD llavakd/eval/model_vqa_mmmu.py): a question with its image is
+# answered by the model (lines 104-111, 126-137); one its question file gives no image is not: a random
+# option letter, or the invalid string for an open question (lines 138-143), from Python's random after
+# transformers.set_seed(42) (line 166). The question file is not public; LLaVA-style files carry one
+# image per question, so a question that refers to one image is read as having it and one that refers
+# to several as having none (inferred). Upstream's single random stream runs over its question order,
+# which cannot be replayed: each question here draws from its own stream, seeded by 42 and its id.
+MMMU_SEED = 42
+MMMU_INVALID = "INVALID GENERATION FOR MULTIPLE IMAGE INPUTS"
+
+
+def mmmu_image_keys(doc) -> list[str]:
+    """The image fields a question refers to (``<image N>`` in its question or options), as lmms-eval's
+    mmmu_doc_to_visual finds them."""
+    text = f"{doc['question']} {doc.get('options', '')}"
+    return sorted({t.strip("<>").replace(" ", "_") for t in re.findall(r"<image \d+>", text)})
+
+
+def mmmu_answered(doc) -> bool:
+    """Whether upstream's model sees the question: it refers to exactly one image."""
+    return len(mmmu_image_keys(doc)) == 1
+
+
+def mmmu_doc_to_visual(doc) -> list:
+    """At most one image: the question's only image; none for a question upstream does not ask."""
+    return [doc[mmmu_image_keys(doc)[0]].convert("RGB")] if mmmu_answered(doc) else []
+
+
+def mmmu_rng(doc):
+    import random
+
+    return random.Random(f"{MMMU_SEED}:{doc['id']}")
+
+
+def mmmu_choice(response: str, all_choices: list[str], index2ans: dict[str, str], rng) -> str:
+    """Upstream's parse_multi_choice_response (model_vqa_mmmu.py:29-81): end punctuation stripped; an
+    option as ``(X)``, else as `` X `` with a space on each side (no ``X.`` rule), else, for an answer of
+    more than five words, an option's text; several candidates: the last one; none: a random letter."""
+    for char in [",", ".", "!", "?", ";", ":", "'"]:
+        response = response.strip(char)
+    response = f" {response} "
+    by_letter, bracketed = True, False
+    candidates = [c for c in all_choices if f"({c})" in response]
+    bracketed = bool(candidates)
+    if not candidates:
+        candidates = [c for c in all_choices if f" {c} " in response]
+    if not candidates and len(response.split()) > 5:
+        candidates = [i for i, ans in index2ans.items() if ans.lower() in response.lower()]
+        by_letter = not candidates
+    if not candidates:
+        return rng.choice(all_choices)
+    if len(candidates) == 1:
+        return candidates[0]
+    if not by_letter:
+        starts = [response.lower().rfind(index2ans[c].lower()) for c in candidates]
+    else:
+        starts = [response.rfind(f"({c})" if bracketed else f" {c} ") for c in candidates]
+    return candidates[max(range(len(starts)), key=lambda i: (starts[i], -i))]
+
+
+def mmmu_process_results(doc, results):
+    """Upstream's answer for the question (the model's, or its guess without an image), parsed as upstream
+    parses it; open answers then go through MMMU's own parse_open_response and every answer through
+    lmms-eval's MMMU aggregation (MMMU's evaluation code, which upstream's main_eval_only runs)."""
+    import ast
+
+    from lmms_eval.tasks.mmmu.utils import (extract_subset_name, get_multi_choice_info, parse_open_response,
+                                            to_submission_answer)
+
+    rng, answered = mmmu_rng(doc), mmmu_answered(doc)
+    if doc["question_type"] == "multiple-choice":
+        index2ans, all_choices = get_multi_choice_info(ast.literal_eval(doc["options"]))
+        output = results[0] if answered else rng.choice(all_choices)
+        parsed = mmmu_choice(output, all_choices, index2ans, rng)
+    else:
+        parsed = parse_open_response(results[0] if answered else MMMU_INVALID)
+    acc = {"id": doc["id"], "subdomain": extract_subset_name(doc["id"]), "question_type": doc["question_type"],
+           "answer": doc["answer"], "parsed_pred": [parsed]}
+    return {"mmmu_acc": acc, "mmmu_acc_pass_at_k": acc, "submission": {doc["id"]: to_submission_answer(parsed)}}
+
+
 def mmbench_doc_to_text(doc, lmms_eval_specific_kwargs=None) -> str:
     """Hint (when there is one) and question on their own lines, then one line per option: ``A. text``."""
     text = doc["question"] if _missing(doc.get("hint")) else f"{doc['hint']}\n{doc['question']}"
@@ -92,14 +173,17 @@ SQA_OPTIONS = ("A", "B", "C", "D", "E")
 
 
 def sqa_letter(prediction: str) -> str:
-    """ScienceQA's parser: the letter alone, ``X. ...`` at the start, or ``The answer is X``; else FAILED."""
-    text = prediction.replace("\n", ". ")
-    if text.strip() in SQA_OPTIONS:
-        return text.strip()
+    """ScienceQA's parser (upstream's eval_science_qa.py:65-75 on the stripped answer of
+    model_vqa_science.py:81): the letter alone; ``X. `` at the start; else ``The answer is ([A-Z]).``
+    (the regex dot: any character but a newline must follow) found exactly once; else FAILED. A
+    letter past the question's choices scores as wrong (get_pred_idx, line 32)."""
+    text = prediction.strip()
+    if text in SQA_OPTIONS:
+        return text
     if len(text) >= 3 and text[0] in SQA_OPTIONS and text[1:3] == ". ":
         return text[0]
-    found = re.search(r"The answer is ([A-E])", text)
-    return found.group(1) if found else "FAILED"
+    found = re.findall(r"The answer is ([A-Z]).", text)
+    return found[0] if len(found) == 1 else "FAILED"
 
 
 def sqa_process_results(doc, results):
@@ -132,22 +216,36 @@ def mme_process_results(doc, results):
     return stock(doc, [answer])
 
 
+# upstream's decoding (Fantasyele/LLaVA-KD llavakd/eval/): greedy, up to 128 new tokens for the short-answer
+# tasks (model_vqa_loader.py:145, model_vqa_pope.py:144), 1,024 for MMBench, ScienceQA and MMMU
+# (model_vqa_mmbench.py:138, model_vqa_science.py:75, model_vqa_mmmu.py:133); the keyword stopping
+# criterion is commented out (model_vqa_loader.py:98-99, 112), so only the end token stops an answer
+SHORT_NEW_TOKENS, LONG_NEW_TOKENS = 128, 1024
+
+
+def decoding(new_tokens: int) -> tuple[str, dict]:
+    """The difference note and the ``generation_kwargs`` of a variant that decodes as upstream."""
+    note = (f"decoding: greedy, up to {new_tokens} new tokens, stopped by the end token only (no stop "
+            "string), as upstream's scripts")
+    return note, {"generation_kwargs": {"max_new_tokens": new_tokens, "until": [], "do_sample": False,
+                                        "temperature": 0}}
+
+
 # -- the variants -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
     differences: tuple[str, ...]  # what the variant changes, or why nothing is changed
     hooks: dict[str, str] = field(default_factory=dict)  # YAML key -> function of this module
     overrides: dict = field(default_factory=dict)  # plain YAML keys
+    new_tokens: int = SHORT_NEW_TOKENS  # upstream's new-token limit for the task (decoding())
 
 
 _SERVER = "the paper's number comes from {}, scored on the evaluation server: this scores the local val split"
-_SHORT_GEN = ("upstream generates up to 128 new tokens; the stock limit is kept (the answers asked for are a "
-              "word, a phrase or a letter)")
 _VQAV2 = Variant((_SERVER.format("test-dev"), "prompt (LLaVA-1.5's short-answer suffix) and VQA scoring "
-                  "(EvalAI answer normalisation) are the stock task's", _SHORT_GEN))
+                  "(EvalAI answer normalisation) are the stock task's"))
 _VIZWIZ = Variant((_SERVER.format("test"), "prompt: the question as typed (the stock task capitalises it), then "
                    "the 'Unanswerable' instruction and the short-answer suffix, as the stock task", "VQA scoring "
-                   "(EvalAI answer normalisation) is the stock task's", _SHORT_GEN),
+                   "(EvalAI answer normalisation) is the stock task's"),
                   hooks={"doc_to_text": "vizwiz_doc_to_text"})
 _POPE = Variant(("parsing: the first sentence only; 'No', 'no' or 'not' among its words means no, anything else "
                  "yes (the stock task counts only an exact 'yes' / 'no')",
@@ -172,7 +270,8 @@ VARIANTS: dict[str, Variant] = {
                               "takes a lower-case letter and 'X.' without a space, and not 'The answer is X')"),
                              hooks={"process_results": "sqa_process_results"},
                              overrides={"metric_list": [{"metric": "exact_match", "aggregation": "mean",
-                                                         "higher_is_better": True}]}),
+                                                         "higher_is_better": True}]},
+                             new_tokens=LONG_NEW_TOKENS),
     "textvqa_val": Variant(("prompt: the OCR tokens in the prompt ('Reference OCR token: a, b'), the question "
                             "as the dataset spells it (the stock task leaves the tokens out and capitalises it)",),
                            hooks={"doc_to_text": "textvqa_doc_to_text"}),
@@ -180,18 +279,26 @@ VARIANTS: dict[str, Variant] = {
                     "prompt: the question with 'Please answer yes or no.' replaced by the short-answer suffix, "
                     "as the stock task (LLaVA-1.5's question file)"),
                    hooks={"process_results": "mme_process_results"}),
-    "mmbench_en_dev_static": Variant(_MMBENCH, hooks={"doc_to_text": "mmbench_doc_to_text"}),
+    "mmbench_en_dev_static": Variant(_MMBENCH, hooks={"doc_to_text": "mmbench_doc_to_text"},
+                                     new_tokens=LONG_NEW_TOKENS),
     "mmbench_cn_dev_static": Variant((*_MMBENCH, "prompt: LLaVA-1.5's Chinese letter instruction "
                                       f"({LETTER_CN.strip()}) instead of the stock one"),
                                      hooks={"doc_to_text": "mmbench_doc_to_text"},
                                      overrides={"lmms_eval_specific_kwargs": {
-                                         "default": {"pre_prompt": "", "post_prompt": LETTER_CN}}}),
+                                         "default": {"pre_prompt": "", "post_prompt": LETTER_CN}}},
+                                     new_tokens=LONG_NEW_TOKENS),
     "pope_adv": _POPE, "pope_pop": _POPE, "pope_random": _POPE,
     "mmmu_val": Variant(("prompt: MMMU's own LLaVA-1.5 format, options as '(A) text' lines between blank lines "
                          "(the stock task writes 'A. text' with single line breaks)",
-                         "parsing: MMMU's own (a letter or an option's text; an unparsable answer is a seeded "
-                         "random guess), as the stock task's"),
-                        hooks={"doc_to_text": "mmmu_doc_to_text"}),
+                         "images: at most one; a question that refers to several images is not shown to the "
+                         "model: a random letter (the invalid answer for an open question), seeded by 42 and "
+                         "the question id (the stock task feeds every image)",
+                         "parsing: upstream's, an option as '(X)' or ' X ' (a space each side; no 'X.' rule), "
+                         "else an option's text in an answer of more than five words, else a seeded random "
+                         "letter; open answers and the accuracy by MMMU's own code, as the stock task"),
+                        hooks={"doc_to_text": "mmmu_doc_to_text", "doc_to_visual": "mmmu_doc_to_visual",
+                               "process_results": "mmmu_process_results"},
+                        new_tokens=LONG_NEW_TOKENS),
 }
 HOOK_FUNCTIONS = sorted({f for v in VARIANTS.values() for f in v.hooks.values()})
 
@@ -201,9 +308,10 @@ def variant_yaml(task: str, base_yaml: Path, name: str, hooks_module: str) -> st
     ``base_yaml``; its ``!function`` entries name this module's functions through ``hooks_module``, the
     module written beside the YAMLs that re-exports them (llavakd.eval.tasks)."""
     v = VARIANTS[task]
+    note, generation = decoding(v.new_tokens)
     head = [f"# {name}: {task} as the paper's evaluation scripts score it (llavakd.eval.paper)"]
-    head += [f"#   - {d}" for d in v.differences]
-    body = yaml.safe_dump({"include": str(base_yaml), "task": name, **v.overrides}, sort_keys=False,
+    head += [f"#   - {d}" for d in (*v.differences, note)]
+    body = yaml.safe_dump({"include": str(base_yaml), "task": name, **generation, **v.overrides}, sort_keys=False,
                           allow_unicode=True)
     hooks = "".join(f"{key}: !function {hooks_module}.{fn}\n" for key, fn in v.hooks.items())
     return "\n".join(head) + "\n" + body + hooks

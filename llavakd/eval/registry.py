@@ -22,7 +22,7 @@ from llavakd.errors import ConfigError, LlavaKDError
 REGISTRY_PATH = Path(str(importlib.resources.files("llavakd.eval") / "benchmarks.yaml"))  # package data
 SCALES = ("percent", "identity", "mme_perception")
 REDUCES = ("mean",)
-KEYS = {"column", "tasks", "submission", "metric", "scale", "reduce", "paper_split", "extra_datasets"}
+KEYS = {"column", "tasks", "submission", "metric", "scale", "reduce", "paper_split", "extra_datasets", "pooled"}
 
 # MME's perception categories (lmms-eval's mme/utils.py eval_type_dict["Perception"]); a stand-in
 # may hold a subset, so the divisor counts the categories actually scored
@@ -41,6 +41,20 @@ class Benchmark:
     submission: tuple[str, ...] = ()
     reduce: str = "mean"
     extra_datasets: tuple[tuple[str, str | None], ...] = ()  # (hub id, config) the task code loads itself
+    # (metric, lmms-eval aggregation as "module:function" under lmms_eval.tasks): also scored over the
+    # documents of all tasks together, beside each task's own value (POPE: pooled F1 and accuracy)
+    pooled: tuple[tuple[str, str], ...] = ()
+
+
+def pooled_value(bench: Benchmark, metric: str, records: list[dict]) -> float:
+    """``metric`` over the per-sample records of all the benchmark's tasks, by lmms-eval's own aggregation."""
+    import importlib
+
+    module, fn = dict(bench.pooled)[metric].split(":")
+    value = float(getattr(importlib.import_module(f"lmms_eval.tasks.{module}"), fn)(records))
+    if not math.isfinite(value):
+        raise LlavaKDError(f"{bench.name}: pooled {metric} is not finite ({value})")
+    return value
 
 
 def load_registry(path: str | Path = REGISTRY_PATH) -> dict[str, Benchmark]:
@@ -70,11 +84,15 @@ def load_registry(path: str | Path = REGISTRY_PATH) -> dict[str, Benchmark]:
         extra = spec.get("extra_datasets", [])
         if not isinstance(extra, list) or not all(isinstance(d, dict) and isinstance(d.get("path"), str) for d in extra):
             problems.append(f"{name}.extra_datasets: expected a list of {{path: hub id, name: config}}")
+        pooled = spec.get("pooled", {})
+        if not isinstance(pooled, dict) or not all(isinstance(f, str) and f.count(":") == 1 for f in pooled.values()):
+            problems.append(f"{name}.pooled: expected a mapping of metric -> 'module:function' under lmms_eval.tasks")
         if not problems:
             out[name] = Benchmark(name=name, column=spec["column"], tasks=tuple(spec["tasks"]), metric=spec["metric"],
                                   scale=spec["scale"], paper_split=spec["paper_split"],
                                   submission=tuple(spec.get("submission", ())), reduce=spec.get("reduce", "mean"),
-                                  extra_datasets=tuple((d["path"], d.get("name")) for d in extra))
+                                  extra_datasets=tuple((d["path"], d.get("name")) for d in extra),
+                                  pooled=tuple(pooled.items()))
     if problems:
         raise ConfigError(path, problems)
     return out

@@ -9,7 +9,8 @@ For each benchmark (``llavakd/eval/benchmarks.yaml``) this runs ``lmms_eval.eval
 on its tasks with the ``llavakd`` model class, in a working folder of its own
 (``<out>/.work/<benchmark>/``: lmms-eval's submission files land there), and writes
 
-    <out>/<benchmark>.json           headline in the paper's scale, every raw lmms-eval metric,
+    <out>/<benchmark>.json           headline in the paper's scale, every raw lmms-eval metric per task,
+                                     pooled metrics over all its tasks (POPE: F1 and accuracy),
                                      lmms-eval version, task config hash, model path, seed, doc counts
     <out>/<benchmark>.samples.jsonl  one line per scored document: task, doc id, target, prediction,
                                      the task's per-sample metric records
@@ -45,9 +46,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from llavakd.errors import LlavaKDError
-from llavakd.eval.registry import Benchmark, headline, resolve
+from llavakd.eval.registry import Benchmark, headline, pooled_value, resolve
 from llavakd.io import COMPLETE_MARKER, atomic_write_text, write_marker
-from llavakd.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+from llavakd.protocols import DEFAULT_PROTOCOL, PROTOCOLS, SCORING_REVISION
 
 log = logging.getLogger("llavakd.eval")
 
@@ -236,6 +237,8 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, names: di
         "tasks": {t: {"lmms_eval_task": n, "metrics": per_task[t], "docs": counts[t],
                       "config_hash": config_hash(res.get("configs", {}).get(n, {}))}
                   for t, n in zip(bench.tasks, local)},
+        "pooled": {m: pooled_value(bench, m, [s[m] for t in bench.tasks for s in samples[t] if isinstance(s.get(m), dict)])
+                   for m, _ in bench.pooled},
         "submission_files": _keep_submissions(work, out, bench) if submission else [],
         "model": model_path, "seed": seed, "limit": limit,
         "lmms_eval_version": version("lmms_eval"), "request": request,
@@ -294,7 +297,7 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
     request = None if fingerprint is None else {
         "model": model_path, "model_fingerprint": fingerprint, "seed": seed, "limit": limit, "dtype": dtype,
         "submission": submission, "protocol": protocol, "tasks_hash": _tasks_hash(tasks_dir),
-        "lmms_eval_version": version("lmms_eval"),
+        "lmms_eval_version": version("lmms_eval"), "scoring_revision": SCORING_REVISION,
         "hf_offline": os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_DATASETS_OFFLINE") == "1"}
     results, todo = {}, []
     for b in benches:

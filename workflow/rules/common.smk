@@ -24,6 +24,7 @@ from llavakd.layout import (
     parse_model,
 )
 from llavakd.plan import Study, cost_report, memory_report, train_jobs
+from llavakd.protocols import SCORING_REVISION
 from llavakd.stages import CHAIN_REGEX
 from llavakd.tiny.family import LLM_NAMES as TINY_LLMS
 

@@ -33,6 +33,7 @@ for _protocol in STUDY.protocols:
             dtype=C.eval.dtype,
             hf_home=f"--hf-home {C.eval.hf_home}" if C.eval.hf_home else "",
             protocol=_protocol,
+            scoring=SCORING_REVISION,  # a new revision scores finished models again
         shell:
             "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.launch --gpus {resources.gpu} -- "
             "$LLAVAKD_PY -m llavakd.cli eval --model {params.model} --benchmarks {params.benchmarks} --out {params.out} "
@@ -102,6 +103,7 @@ rule agreement:
         limit=f"--limit {C.agreement.limit}" if C.agreement.limit else "",
         dtype=C.agreement.dtype or C.eval.dtype,
         hf_home=f"--hf-home {C.eval.hf_home}" if C.eval.hf_home else "",
+        scoring=SCORING_REVISION,  # answers decoded as the evaluation decodes them
     shell:
         "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.launch --gpus {resources.gpu} -- "
         "$LLAVAKD_PY -m llavakd.cli agreement --student {params.student} --teacher {params.teacher} "
