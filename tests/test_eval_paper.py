@@ -9,9 +9,18 @@ import random
 import pytest
 from test_eval_runner import LIMIT, Scripted, docs, world  # noqa: F401  (the world fixture, shared)
 
-from llavakd.eval.paper import (VARIANTS, gqa_answer, mmbench_doc_to_text, mmmu_choice, mmmu_doc_to_visual,
-                                 mmmu_process_results, pope_answer, sqa_letter, sqa_process_results,
-                                 textvqa_doc_to_text)
+from llavakd.eval.paper import (
+    VARIANTS,
+    gqa_answer,
+    mmbench_doc_to_text,
+    mmmu_choice,
+    mmmu_doc_to_visual,
+    mmmu_process_results,
+    pope_answer,
+    sqa_letter,
+    sqa_process_results,
+    textvqa_doc_to_text,
+)
 from llavakd.eval.registry import load_registry
 from llavakd.eval.runner import evaluate
 from llavakd.tiny.score import gold_answer as gold
@@ -126,9 +135,9 @@ def test_paper_variants_decode_as_upstream(tmp_path):
     """Up to 128 new tokens (model_vqa_loader.py:145, model_vqa_pope.py:144) or 1,024 (model_vqa_mmbench.py:138,
     model_vqa_science.py:75, model_vqa_mmmu.py:133), and no stop string (the keyword criterion is commented
     out, model_vqa_loader.py:98-99, 112): the variants as lmms-eval loads them."""
-    from llavakd.eval.paper import write_paper_yamls
     from lmms_eval.utils import load_yaml_config
 
+    from llavakd.eval.paper import write_paper_yamls
     from llavakd.eval.tasks import HOOKS_MODULE, task_yaml, write_task_yamls
 
     names = write_task_yamls(tmp_path)

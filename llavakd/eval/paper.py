@@ -135,8 +135,12 @@ def mmmu_process_results(doc, results):
     lmms-eval's MMMU aggregation (MMMU's evaluation code, which upstream's main_eval_only runs)."""
     import ast
 
-    from lmms_eval.tasks.mmmu.utils import (extract_subset_name, get_multi_choice_info, parse_open_response,
-                                            to_submission_answer)
+    from lmms_eval.tasks.mmmu.utils import (
+        extract_subset_name,
+        get_multi_choice_info,
+        parse_open_response,
+        to_submission_answer,
+    )
 
     rng, answered = mmmu_rng(doc), mmmu_answered(doc)
     if doc["question_type"] == "multiple-choice":
