@@ -101,6 +101,7 @@ class Study:
                     p.append(f"data.{key}: missing (real mode trains on the LLaVA-1.5 data)")
         named = {f"variants.{k}": v for k, v in c.variants.items()}
         named.update({f"ablations.stages.{k}": v for k, v in c.ablations.stages.items()})
+        named.update({f"ablations.losses.{k}.chain": v.chain for k, v in c.ablations.losses.items() if v.chain})
         for name, chain in named.items():
             try:
                 Chain.parse(chain)
@@ -156,7 +157,9 @@ class Study:
 
     @staticmethod
     def loss_chain(spec: LossAblation) -> Chain:
-        """The chain of a loss ablation: DPT and DFT with the listed terms (all when unlisted)."""
+        """The chain of a loss ablation: its own, or DPT and DFT with the listed terms (all when unlisted)."""
+        if spec.chain is not None:
+            return Chain.parse(spec.chain)
         return Chain.of(with_terms("dpt", spec.dpt), with_terms("sft", None), with_terms("dft", spec.dft))
 
     # -- targets --------------------------------------------------------------------------

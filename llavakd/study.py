@@ -173,10 +173,16 @@ class LossAblation:
     """The distillation terms DPT adds to CE (unset: all)."""
     dft: list[Term] | None = None
     """The distillation terms DFT adds to CE (unset: all)."""
+    chain: str | None = None
+    """A whole chain instead of ``dpt``/``dft``, for a row that distils in one stage only
+    (``dpt~res--sft``, ``pt--sft--dft~res``)."""
 
     def problems(self, prefix: str) -> list[str]:
-        return [f"{prefix}{st}: name at least one of {', '.join(TERMS)}" for st in ("dpt", "dft")
-                if getattr(self, st) is not None and not getattr(self, st)]
+        p = [f"{prefix}{st}: name at least one of {', '.join(TERMS)}" for st in ("dpt", "dft")
+             if getattr(self, st) is not None and not getattr(self, st)]
+        if self.chain is not None and (self.dpt is not None or self.dft is not None):
+            p.append(f"{prefix}chain: give a chain or dpt/dft terms, not both")
+        return p
 
 
 @dataclass

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from llavakd.plan import Study
 from llavakd.report.averages import AVG9, average, avg7, avg10
-from llavakd.report.collect import Cell, collect_row
+from llavakd.report.collect import Cell, Row, collect_row
 from llavakd.report.reference import PAPER_DIR, display_llm, load_paper, paper_row
 from llavakd.report.render import render_ablation, render_figures, render_table1
 from llavakd.report.tables import HEADERS as HEADER
@@ -267,3 +267,23 @@ def test_agreement_report_pools_seeds_and_averages_benchmarks(golden_study, tmp_
     assert vis["gqa"] == pytest.approx(2.5) and pd.isna(vis["pope"]) and vis["all"] == pytest.approx(2.5)
     assert vis["gqa_ci95"] == pytest.approx(12.706 * (0.5 ** 0.5) / (2 ** 0.5), rel=1e-3)
     assert "LLaVA-KD" in (tmp_path / "out" / "agreement.md").read_text()
+
+
+def test_thirdparty_rows_sit_under_our_run_of_the_same_chain_never_as_paper():
+    from llavakd.report.reference import THIRDPARTY_SOURCE, thirdparty_rows
+    from llavakd.report.tables import ablation_table, to_csv
+
+    losses = thirdparty_rows("losses")
+    assert [r["chain"] for r in losses] == ["dpt~res--sft", "dpt~res+vis--sft", "pt--sft--dft~res",
+                                            "pt--sft--dft~res+vis"]
+    row = Row(label="x", role="x", llm="qwen1.5-0.5b", cells={"avg10": Cell([50.0])})
+    table = ablation_table("t", [("DFT res", "pt--sft--dft~res", row), ("other", "pt--sft--dft~vis", row)],
+                           thirdparty=losses)
+    labels = [(ln.method, ln.label) for ln in table.lines]
+    at = labels.index(("DFT res (pt--sft--dft~res)", "ours"))
+    assert labels[at + 1] == ("DFT res (pt--sft--dft~res)", THIRDPARTY_SOURCE)
+    assert table.lines[at + 1].values == {"avg10": 57.2}
+    assert labels[at + 2] == ("other (pt--sft--dft~vis)", "ours")  # no reference row for this chain
+    assert sum(lab == THIRDPARTY_SOURCE for _, lab in labels) == 4
+    assert not any(ln.source == "paper" and ln.values for ln in table.lines)
+    assert "third-party" in to_csv(table) and ",paper," not in to_csv(table)

@@ -17,7 +17,7 @@ import yaml
 from conftest import metrics_by_step
 
 from llavakd.errors import ConfigError
-from llavakd.layout import model_name
+from llavakd.layout import model_name, parse_model
 from llavakd.plan import Study, train_jobs
 from llavakd.stages import Chain, Step
 from llavakd.tiny.family import LLM_NAMES
@@ -57,12 +57,25 @@ def test_semantic_problems_are_listed_too():
     bad["families"]["qwen2.5"]["students"].append("qwen1.5-0.5b")
     bad["variants"]["llava_kd"] = "sft--dft"
     bad["families"]["qwen1.5"]["students"].append("qwen9-1b")
+    bad.setdefault("ablations", {})["losses"] = {"one stage": {"chain": "dpt~kl--sft"}}
     with pytest.raises(ConfigError) as e:
         Study.load(bad, tiny_llms=LLM_NAMES)
     text = str(e.value)
     assert "qwen1.5-0.5b appears in more than one family" in text
     assert "variants.llava_kd: chain 'sft--dft' must start with pt or dpt" in text
     assert "qwen9-1b is not a tiny LLM" in text
+    assert "ablations.losses.one stage.chain: stage token 'dpt~kl'" in text
+    bad = copy.deepcopy(load("config.yaml"))
+    bad.setdefault("ablations", {})["losses"] = {"both": {"chain": "dpt~res--sft", "dft": ["res"]}}
+    with pytest.raises(ConfigError, match="ablations.losses.both.chain: give a chain or dpt/dft terms, not both"):
+        Study.load(bad, tiny_llms=LLM_NAMES)
+
+
+def test_a_loss_ablation_row_may_distil_in_one_stage_only():
+    study = Study.load(load("paper.yaml"))
+    chains = {n: {parse_model(m).chain for m in ms} for n, ms in study.ablation_loss_models().items()}
+    assert chains["DPT res"] == {"dpt~res--sft"} and chains["DFT res+vis"] == {"pt--sft--dft~res+vis"}
+    assert chains["res"] == {"dpt~res--sft--dft~res"}  # the two-stage rows keep their meaning
 
 
 def test_chains_and_shared_prefixes():

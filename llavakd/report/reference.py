@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from llavakd.report.averages import COLUMNS
+from llavakd.stages import SEPARATOR, TERMS, Chain, Step
 
 PAPER_DIR = Path(str(importlib.resources.files("llavakd.report") / "paper"))  # package data
 TEACHER_METHOD = "TinyLLaVA†"  # the TinyLLaVA-recipe models the authors trained (teachers and baselines)
@@ -41,3 +42,35 @@ def paper_row(paper: pd.DataFrame, role: str, llm: str) -> dict | None:
 def llm_size_billions(llm: str) -> float | None:
     m = re.search(r"(\d+(?:\.\d+)?)B$", llm)
     return float(m.group(1)) if m else None
+
+
+THIRDPARTY = "ablations_thirdparty.csv"  # ablation rows from a third-party summary (paper/SOURCE.md)
+THIRDPARTY_SOURCE = "third-party summary, unverified"  # how the reports label them: never "paper"
+
+
+def thirdparty_chain(table: str, variant: str, terms: dict[str, float | None]) -> Chain:
+    """The chain a third-party ablation row describes. A stages row names its chain (``DPT+SFT+DFT``);
+    a losses row distils in the one stage it names, with the terms marked 1 (a term not stated is
+    read as off): ``DPT res`` is ``dpt~res--sft`` (DPT+SFT with L_res only), ``DFT res+vis`` is
+    ``pt--sft--dft~res+vis`` (PT+SFT, then DFT with L_res and L_vis)."""
+    if table == "stages":
+        return Chain.parse(variant.lower().replace("+", SEPARATOR))
+    stage = variant.split(" ", 1)[0].lower()
+    on = tuple(t for t in TERMS if terms.get(t) == 1)
+    if stage == "dpt":
+        return Chain.of(Step("dpt", on), Step("sft"))
+    if stage == "dft":
+        return Chain.of(Step("pt"), Step("sft"), Step("dft", on))
+    raise ValueError(f"{THIRDPARTY}: a losses row names DPT or DFT first, got {variant!r}")
+
+
+def thirdparty_rows(table: str) -> list[dict]:
+    """The third-party rows of one ablation table (``stages`` | ``losses``): student (the paper's spelling),
+    variant as the summary writes it, the chain it describes, and its Avg10."""
+    ref = load_paper(THIRDPARTY)
+    out = []
+    for _, r in ref[ref["table"] == table].iterrows():
+        terms = {t: (None if pd.isna(r[t]) else float(r[t])) for t in TERMS}
+        out.append({"student": r["student"], "variant": r["variant"],
+                    "chain": str(thirdparty_chain(table, r["variant"], terms)), "avg10": float(r["avg10"])})
+    return out

@@ -17,7 +17,7 @@ from llavakd.io import atomic_write_text
 from llavakd.layout import AGREEMENT, OFFSET_FIGURE, SEEDS, STUDY_FIGURES, TABLE1, Reports, model_name, parse_model
 from llavakd.plan import STUDENT_VARIANTS
 from llavakd.report.collect import collect_row, read_chance
-from llavakd.report.reference import load_paper
+from llavakd.report.reference import load_paper, thirdparty_rows
 from llavakd.report.tables import ablation_table, seed_table, table1, write_table
 from llavakd.stages import NAMES as STAGE_NAMES
 
@@ -93,7 +93,8 @@ def render_ablation(study, kind: str, reports_dir, formats=("md", "csv", "tex", 
             chain = parse_model(mine[0]).chain
             rows.append((f"{name}, {s}", chain, _row(study, name, name, s, mine)))
     title = {"losses": "Ablation: distillation terms in DPT/DFT", "stages": "Ablation: training stages"}[kind]
-    table = ablation_table(title, rows, study.protocols[0], study_chance(study), smoke_caption(study))
+    table = ablation_table(title, rows, study.protocols[0], study_chance(study), smoke_caption(study),
+                           thirdparty_rows(kind))
     return write_table(table, Reports(str(reports_dir)).stem(Reports.ablation(kind)), formats)
 
 

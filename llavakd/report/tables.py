@@ -24,7 +24,7 @@ from pathlib import Path
 from llavakd.io import atomic_write_text
 from llavakd.report.averages import COLUMNS, avg7, avg10
 from llavakd.report.collect import Row
-from llavakd.report.reference import TEACHER_METHOD, display_llm, paper_row
+from llavakd.report.reference import THIRDPARTY_SOURCE, TEACHER_METHOD, display_llm, paper_row
 
 HEADERS = {"vqav2": "VQAv2", "gqa": "GQA", "vizwiz": "VizWiz", "sciqa": "SciQA", "textvqa": "TextVQA",
            "mme": "MME", "mmb": "MMB", "mmb_cn": "MMB-CN", "pope": "POPE", "mmmu": "MMMU",
@@ -35,6 +35,9 @@ NOTE = ("Ours: mean over seeds, ± the 95% t-interval when there are several; [p
         "VizWiz test). Δ = ours − paper; Δ protocol = ours [paper] − ours [lmms-eval]. - : not reported.")
 CHANCE_NOTE = (" chance: the best constant answer on each stand-in, scored by lmms-eval; ° not above chance (the "
                "95% interval's lower end, or the single seed's value, is at or below it).")
+THIRDPARTY_NOTE = (f" {THIRDPARTY_SOURCE}: Avg10 of an ablation row as an AI-written summary of the paper gives it, "
+                   "not checked against the paper (llavakd/report/paper/SOURCE.md); shown under our run of "
+                   "the chain it describes.")
 NOT_ABOVE = "°"
 # the rows of one student in Table 1, in order, and what its Method column says
 ROLE_LABEL = {"teacher": f"{TEACHER_METHOD} (teacher)", "baseline": f"{TEACHER_METHOD} (baseline)",
@@ -57,7 +60,8 @@ class Line:
     @property
     def label(self) -> str:
         """What the Source column says."""
-        base = {"delta": "Δ", "protocol-delta": "Δ protocol"}.get(self.source, self.source)
+        base = {"delta": "Δ", "protocol-delta": "Δ protocol", "third-party": THIRDPARTY_SOURCE}.get(self.source,
+                                                                                                 self.source)
         return f"{base} [{self.protocol}]" if self.protocol and self.source in ("ours", "delta") else base
 
     def cell(self, c: str) -> str:
@@ -155,15 +159,27 @@ def table1(by_protocol: dict[str, list[dict]], paper, chance: dict[str, float] |
 
 
 def ablation_table(title: str, rows: list[tuple[str, str, Row]], protocol: str | None = None,
-                   chance: dict[str, float] | None = None, caption: str | None = None) -> Table:
+                   chance: dict[str, float] | None = None, caption: str | None = None,
+                   thirdparty: list[dict] | None = None) -> Table:
     """``rows``: (variant name, chain, Row), scored under ``protocol``. The paper's ablation numbers are not
-    available."""
+    available; ``thirdparty`` (reference.thirdparty_rows) rows follow our row of the same chain and
+    student, labelled as a third-party summary, and those no run of ours matches come last."""
     note = "the paper's ablation numbers are not available (see docs/method.md, Ablations)"
     lines = [Line("paper", "", "info", text=note)] + ([chance_line(chance)] if chance else [])
+    left = list(thirdparty or [])
+
+    def reference_line(ref: dict, matched: bool) -> Line:
+        what = f"{ref['variant']} ({ref['chain']})" + ("" if matched else "; no run of ours")
+        return Line(what, ref["student"], "third-party", {"avg10": ref["avg10"]})
+
     for name, chain, row in rows:
-        line = _ours_line(f"{name} ({chain})", row, protocol, chance)
-        lines.append(line)
-    return Table(title, lines, NOTE + (CHANCE_NOTE if chance else ""), caption)
+        lines.append(_ours_line(f"{name} ({chain})", row, protocol, chance))
+        same = [r for r in left if r["chain"] == str(chain) and r["student"] == display_llm(row.llm)]
+        lines += [reference_line(r, True) for r in same]
+        left = [r for r in left if r not in same]
+    lines += [reference_line(r, False) for r in left]
+    return Table(title, lines, NOTE + (CHANCE_NOTE if chance else "") + (THIRDPARTY_NOTE if thirdparty else ""),
+                 caption)
 
 
 # -- renderers ----------------------------------------------------------------------------
