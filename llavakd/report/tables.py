@@ -24,7 +24,7 @@ from pathlib import Path
 from llavakd.io import atomic_write_text
 from llavakd.report.averages import COLUMNS, avg7, avg10
 from llavakd.report.collect import Row
-from llavakd.report.reference import THIRDPARTY_SOURCE, TEACHER_METHOD, display_llm, paper_row
+from llavakd.report.reference import TEACHER_METHOD, THIRDPARTY_SOURCE, display_llm, paper_row
 
 HEADERS = {"vqav2": "VQAv2", "gqa": "GQA", "vizwiz": "VizWiz", "sciqa": "SciQA", "textvqa": "TextVQA",
            "mme": "MME", "mmb": "MMB", "mmb_cn": "MMB-CN", "pope": "POPE", "mmmu": "MMMU",
