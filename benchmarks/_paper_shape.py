@@ -26,7 +26,9 @@ MMAP_THRESHOLD = 1 << 20
 
 def add_shape_args(p: argparse.ArgumentParser, dtypes=("float32", "bfloat16", "float16")) -> None:
     p.add_argument("--vocab", type=int, default=151_936)
-    p.add_argument("--visual", type=int, default=728, help="visual positions per sample")
+    from llavakd.model.shapes import PAPER_IMAGE_TOKENS
+
+    p.add_argument("--visual", type=int, default=PAPER_IMAGE_TOKENS, help="visual positions per sample (the paper's)")
     p.add_argument("--answer", type=int, default=512, help="supervised answer tokens per sample")
     p.add_argument("--student-hidden", type=int, default=1024)
     p.add_argument("--teacher-hidden", type=int, default=2560)

@@ -49,8 +49,9 @@ SHRINK_VISION = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermed
                  "num_hidden_layers": 1, "num_attention_heads": 2}
 
 
-def start_setting(config: str, student: str) -> dict:
-    """The DFT job of ``student`` in ``config``, as the planner writes it, reduced to the factors."""
+def start_setting(config: str, student: str) -> tuple[dict, dict]:
+    """The DFT job of ``student`` in ``config``, as the planner writes it, reduced to the factors; and the
+    shapes the models are built with, from the study's components (their configs, else the paper's)."""
     import yaml
 
     from llavakd.plan import Study, train_jobs
@@ -61,7 +62,9 @@ def start_setting(config: str, student: str) -> dict:
     if job is None:
         raise SystemExit(f"{config}: no DFT job for student {student!r}")
     cfg = study.stage_config(*job)
-    return {"student": student, "teacher": study.teacher_of(student), "seq": cfg.data.max_length,
+    shapes = {"vision": study.vision_shape()[0], "vision_source": study.vision_shape()[1],
+              "student": vars(study.llm_shape(student)), "teacher": vars(study.llm_shape(study.teacher_of(student)))}
+    return shapes, {"student": student, "teacher": study.teacher_of(student), "seq": cfg.data.max_length,
             "batch": cfg.train.per_device_batch, "implementation": cfg.loss.implementation,
             "vision": 1 if cfg.train.share_vision_tower else 2,
             "checkpointing": int(cfg.train.gradient_checkpointing), "compile": cfg.train.compile,
@@ -82,23 +85,23 @@ class Bench:
     """Models built once; each setting is applied to them (checkpointing, compile, vision sharing
     and liger switch in place) and timed."""
 
-    def __init__(self, args, start: dict):
+    def __init__(self, args, start: dict, shapes: dict):
         import torch
 
         from llavakd.model.build import image_token_count, llava_config
-        from llavakd.model.shapes import qwen_config, siglip_config
+        from llavakd.model.shapes import llm_config, siglip_config
 
         self.torch, self.args = torch, args
         self.dev = torch.device(args.device)
         self.cuda = self.dev.type == "cuda"
         self.image_id = 3 if args.shrink else 151646  # inside the vocabulary, after Qwen's tokenizer entries
-        vision = siglip_config(**(SHRINK_VISION if args.shrink else {}))
+        vision = siglip_config(**{**shapes["vision"], **(SHRINK_VISION if args.shrink else {})})
         self.n_img = image_token_count(vision.image_size, vision.patch_size, "default")
         self.image_size = vision.image_size
         self.texts = {}
         models = []
         for role, dtype in (("student", torch.float32), ("teacher", torch.bfloat16 if self.cuda else torch.float32)):
-            text = qwen_config(_qwen_key(start[role]), **(SHRINK_LLM if args.shrink else {}))
+            text = llm_config(shapes[role], **(SHRINK_LLM if args.shrink else {}))
             self.texts[role] = text
             cfg = llava_config(vision, text, self.image_id, "default", -2)
             with torch.device(self.dev):
@@ -217,12 +220,6 @@ class Bench:
                 pixels.to(dev, torch.bfloat16 if self.cuda else torch.float32), torch.ones_like(ids).to(dev))
 
 
-def _qwen_key(name: str) -> str:
-    from llavakd.model.shapes import QWEN
-
-    return {k.lower(): k for k in QWEN}[name.lower()]
-
-
 # -- the trainer at the best setting ---------------------------------------------------------------
 def trainer_run(bench: Bench, s: dict, steps: int) -> dict:
     """KDTrainer (what a job runs) for ``steps`` steps at setting ``s`` on the bench's models:
@@ -310,7 +307,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.manual_seed(0)
-    start = start_setting(args.config, args.student)
+    shapes, start = start_setting(args.config, args.student)
     if args.seq:
         start["seq"] = args.seq
     settings = variations(start, factors)
@@ -328,13 +325,13 @@ def main(argv=None) -> int:
     report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "torch": torch.__version__, "config": args.config, "student": start["student"],
               "teacher": start["teacher"], "start": start, "shrink": args.shrink, "steps": args.steps,
-              "peak_tflops": args.peak_tflops, "runs": [], "failures": 0}
+              "peak_tflops": args.peak_tflops, "vision_shape": shapes["vision_source"], "runs": [], "failures": 0}
 
     def save():
         out.write_text(json.dumps(report, indent=2) + "\n")
 
     save()
-    bench = Bench(args, start)
+    bench = Bench(args, start, shapes)
     report["visual_positions"] = bench.n_img
     for s in settings:
         t0 = time.perf_counter()

@@ -29,7 +29,7 @@ peak memory on a GPU, and docs/training.md says how far the two were apart where
 from __future__ import annotations
 
 from llavakd.errors import UnknownNameError
-from llavakd.model.shapes import QWEN, SIGLIP_SO400M_384, count_llm_params, qwen_shape
+from llavakd.model.shapes import QWEN, SIGLIP_SO400M_384, count_llm_params, qwen_shape, visual_tokens
 from llavakd.stages import STAGES
 
 GIB = 2**30
@@ -39,18 +39,19 @@ CUDA_CHUNK_BYTES = 8 * GIB
 CHECKPOINTING_CHOICES = (0, 4, 3, 2, 1)  # least recomputation first: off, every 4th, 3rd, 2nd layer, all
 RESERVE_BYTES = 3 * GIB
 RESERVE_FRACTION = 0.10
-IMAGE_TOKENS = 729  # SigLIP-so400m-384 patches per image
 
 
-def _qwen(name: str):
+def _qwen(name):
+    """An LLM's shape: given (a namespace, llavakd.model.shapes.resolve_llm), or documented by name."""
+    if not isinstance(name, str):
+        return name
     match = {k.lower(): k for k in QWEN}.get(name.lower())
     if match is None:
         raise UnknownNameError(f"unknown LLM {name!r}; known: {', '.join(sorted(k.lower() for k in QWEN))}")
     return qwen_shape(match)
 
 
-def _siglip_params() -> int:
-    v = SIGLIP_SO400M_384
+def _siglip_params(v: dict = SIGLIP_SO400M_384) -> int:
     h, i, n = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
     patches = (v["image_size"] // v["patch_size"]) ** 2
     per_layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h  # attention, MLP, two layer norms
@@ -61,17 +62,20 @@ def _layer_bytes(tokens: int, cfg) -> int:
     return tokens * (12 * cfg.hidden_size + 8 * cfg.intermediate_size)
 
 
-def estimate(student: str, teacher: str | None, *, stage: str, per_device_batch: int, zero_stage: int,
+def estimate(student, teacher, *, stage: str, per_device_batch: int, zero_stage: int,
              world: int, seq_len: int = 2048, gradient_checkpointing: bool | int = True,
-             implementation: str = "fused") -> dict:
+             implementation: str = "fused", vision: dict | None = None) -> dict:
     """Bytes per device of one training job, by component, and their ``total`` (see the module
-    docstring). ``teacher`` is ignored for a stage without distillation. ``gradient_checkpointing``:
-    false/0 off, true/1 every layer, k every k-th layer (``checkpointed_layers``)."""
+    docstring). ``student``/``teacher``: a shape (llavakd.model.shapes.resolve_llm) or a documented
+    name; ``teacher`` is ignored for a stage without distillation. ``vision``: the tower's shape
+    (resolve_vision; the paper's when not given). ``gradient_checkpointing``: false/0 off, true/1
+    every layer, k every k-th layer (``checkpointed_layers``)."""
     spec = STAGES[stage]
     s_cfg = _qwen(student)
     d, V = s_cfg.hidden_size, s_cfg.vocab_size
-    vision = _siglip_params()
-    projector = SIGLIP_SO400M_384["hidden_size"] * d + d + d * d + d  # mlp2x_gelu
+    v_shape = vision or SIGLIP_SO400M_384
+    vision = _siglip_params(v_shape)
+    projector = v_shape["hidden_size"] * d + d + d * d + d  # mlp2x_gelu
     llm = count_llm_params(s_cfg)
     trainable = projector + (llm if "llm" in spec.trainable else 0)
     shard3 = world if zero_stage >= 3 else 1
@@ -85,10 +89,11 @@ def estimate(student: str, teacher: str | None, *, stage: str, per_device_batch:
     ckpt = len(checkpointed_layers(n, gradient_checkpointing))
     parts["activations"] = ckpt * tokens * d * 2 + (n - ckpt) * _layer_bytes(tokens, s_cfg) \
         + (_layer_bytes(tokens, s_cfg) if ckpt else 0)
-    parts["vision_forward"] = per_device_batch * IMAGE_TOKENS * SIGLIP_SO400M_384["intermediate_size"] * 2 * 4
+    patches = visual_tokens(v_shape, "full")  # the tower runs on every patch
+    parts["vision_forward"] = per_device_batch * patches * v_shape["intermediate_size"] * 2 * 4
     t_cfg = _qwen(teacher) if (teacher and spec.distill) else None
     if t_cfg is not None:
-        t_proj = SIGLIP_SO400M_384["hidden_size"] * t_cfg.hidden_size + t_cfg.hidden_size * (t_cfg.hidden_size + 2)
+        t_proj = v_shape["hidden_size"] * t_cfg.hidden_size + t_cfg.hidden_size * (t_cfg.hidden_size + 2)
         parts["teacher_weights"] = 2 * (vision + t_proj + count_llm_params(t_cfg)) / shard3
         parts["teacher_forward"] = _layer_bytes(tokens, t_cfg) + tokens * t_cfg.hidden_size * 2
     if implementation == "fused":

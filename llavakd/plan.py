@@ -60,6 +60,32 @@ class Study:
         self.root = self.layout.root
         self.protocols = cfg.eval.protocols  # the first is the main one
         self.methods: dict[str, Method] = {**BUILTIN, **cfg.methods.define}  # every method a chain may name
+        self._shapes: dict = {}
+
+    # -- shapes (llavakd.model.shapes: the components' own configs, else the paper's) ------------
+    def vision_shape(self) -> tuple[dict, str]:
+        """The vision tower's shape and where it came from (real mode; read once)."""
+        from llavakd.model.shapes import resolve_vision
+
+        if "vision" not in self._shapes:
+            self._shapes["vision"] = resolve_vision(self.cfg.vision)
+        return self._shapes["vision"]
+
+    def image_tokens(self) -> int:
+        """Visual tokens per image of the study's tower (the build's 'default' strategy: first patch dropped)."""
+        from llavakd.model.shapes import visual_tokens
+
+        return visual_tokens(self.vision_shape()[0])
+
+    def llm_shape(self, llm: str):
+        """An LLM's shape (its own config, else the documented one its name gives; UnknownNameError)."""
+        from llavakd.model.shapes import resolve_llm
+
+        if llm not in self._shapes:
+            ref = self.cfg.llms.get(llm)
+            given = [f.teacher_checkpoint for f in self.families.values() if f.teacher == llm and f.teacher_checkpoint]
+            self._shapes[llm] = resolve_llm(llm, ref or (given[0] if given else None))
+        return self._shapes[llm][0]
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
@@ -72,10 +98,28 @@ class Study:
         if problems:
             raise ConfigError(source, problems)
         study = cls(cfg)
-        problems += study.job_config_problems()
+        problems += study.tower_problems() + study.job_config_problems()
         if problems:
             raise ConfigError(source, problems)
         return study
+
+    def tower_problems(self) -> list[str]:
+        """Real mode: a given teacher checkpoint whose tower gives another visual-token count than the
+        students' tower (read from the checkpoints' configs; a checkpoint not readable here is not checked)."""
+        from llavakd.model.shapes import read_config, vision_shape_from, visual_tokens
+
+        if self.mode == "tiny":
+            return []
+        out = []
+        for name, fam in self.families.items():
+            config, where = read_config(fam.teacher_checkpoint) if fam.teacher_checkpoint else (None, "")
+            if config is None or "vision_config" not in config:
+                continue
+            n = visual_tokens(vision_shape_from(config), config.get("vision_feature_select_strategy", "default"))
+            if n != self.image_tokens():
+                out.append(f"families.{name}.teacher_checkpoint: {where} gives {n} visual tokens per image, the "
+                           f"students' tower {self.image_tokens()} (vision: {self.vision_shape()[1]})")
+        return out
 
     @staticmethod
     def _semantic_problems(c: StudyConfig, tiny_llms=None) -> list[str]:
@@ -290,7 +334,8 @@ class Study:
             return "auto"
         teacher = self.teacher_of(llm) if step.distill else None
         try:
-            k, _ = least_recomputation(llm, teacher, **self._memory_kw(step.name, merged))
+            k, _ = least_recomputation(self.llm_shape(llm), teacher and self.llm_shape(teacher),
+                                       **self._memory_kw(step.name, merged))
         except UnknownNameError:
             return "auto"
         return k
@@ -301,7 +346,8 @@ class Study:
         return dict(stage=stage, per_device_batch=int(merged.get("train.per_device_batch", defaults.per_device_batch)),
                     zero_stage=_zero_stage(merged.get("train.deepspeed")), world=self.train_world(),
                     seq_len=int(merged.get("data.max_length", DataConfig().max_length)),
-                    implementation=merged.get("loss.implementation", LossConfig().implementation))
+                    implementation=merged.get("loss.implementation", LossConfig().implementation),
+                    vision=self.vision_shape()[0])
 
     def train_world(self) -> int:
         """GPUs of one training job (nodes x GPUs a node)."""
@@ -366,9 +412,7 @@ class Study:
         if self.mode == "tiny":
             c = self.layout.components_dir()
             return ["--vision", f"{c}/vision/siglip", "--llm", f"{c}/llm/{llm}", "--strategy", "full", "--seed", str(seed)]
-        from llavakd.model.shapes import PAPER_IMAGE_TOKENS
-
-        return ["--vision", self.cfg.vision, "--llm", self.cfg.llms[llm], "--image-tokens", str(PAPER_IMAGE_TOKENS),
+        return ["--vision", self.cfg.vision, "--llm", self.cfg.llms[llm], "--image-tokens", str(self.image_tokens()),
                 "--seed", str(seed)]
 
     def resources(self, rule: str) -> dict:
@@ -398,17 +442,15 @@ def llm_params(study: Study, llm: str) -> float:
         return float(given[llm])
     from llavakd.model.shapes import count_llm_params
 
-    return float(count_llm_params(_known_shape(llm)))
+    return float(count_llm_params(_known_shape(study, llm)))
 
 
-def _known_shape(llm: str):
-    """The documented shape of an LLM the planner knows by name (llavakd.model.shapes), or ConfigError."""
-    from llavakd.model.shapes import QWEN, qwen_shape
-
-    match = {k.lower(): k for k in QWEN}.get(llm.lower())
-    if match is None:
-        raise ConfigError("cost", [f"cost.params.{llm}: unknown LLM size; give its parameter count"])
-    return qwen_shape(match)
+def _known_shape(study: Study, llm: str):
+    """An LLM's shape (its config, else its documented one: Study.llm_shape), or ConfigError."""
+    try:
+        return study.llm_shape(llm)
+    except UnknownNameError:
+        raise ConfigError("cost", [f"cost.params.{llm}: unknown LLM size; give its parameter count"]) from None
 
 
 def measured_mfu(study: Study) -> tuple[float, str] | None:
@@ -454,8 +496,6 @@ def pricer(study: Study):
     (llavakd.flops), 2N per evaluated token (N: the LLM's parameters), at the configured or measured
     MFU of the peak."""
     from llavakd.flops import llm_shape, step_flops, vision_shape
-    from llavakd.model.shapes import PAPER_IMAGE_TOKENS, SIGLIP_SO400M_384
-
     c = study.cfg.cost
     measured = measured_mfu(study)
     mfu, mfu_source = measured if measured else (c.mfu, "configured" + (
@@ -483,8 +523,9 @@ def pricer(study: Study):
             if teacher:
                 flops += 2 * llm_params(study, teacher) * stage_tokens(st.name)
             return (flops + gen) / rate / 3600
-        f = step_flops(student=llm_shape(_known_shape(llm)), teacher=llm_shape(_known_shape(teacher)) if teacher else None,
-                       seq=int(per[kind]), visual_tokens=PAPER_IMAGE_TOKENS, vision=vision_shape(SIGLIP_SO400M_384),
+        f = step_flops(student=llm_shape(_known_shape(study, llm)),
+                       teacher=llm_shape(_known_shape(study, teacher)) if teacher else None,
+                       seq=int(per[kind]), visual_tokens=study.image_tokens(), vision=vision_shape(study.vision_shape()[0]),
                        student_trains_llm="llm" in STAGES[st.name].trainable)
         return (f["total"] * records + gen) / rate / 3600
 
@@ -568,6 +609,8 @@ def memory_report(study: Study, budget_gib: float = 80.0) -> str:
 
     world = study.train_world()
     lines = [f"llavakd memory estimate per GPU (llavakd/memory.py; {budget_gib:g} GiB budget, {world} GPUs a job):"]
+    if study.mode != "tiny":
+        lines.append(f"  vision tower: {study.vision_shape()[1]}, {study.image_tokens()} visual tokens per image")
     seen: set = set()
     for llm, seed, chain in train_jobs(study, study.table1_models()):
         stage = chain.last.name
@@ -579,9 +622,10 @@ def memory_report(study: Study, budget_gib: float = 80.0) -> str:
         seen.add(key)
         kw = dict(stage=stage, zero_stage=_zero_stage(cfg.train.deepspeed), world=world,
                   seq_len=cfg.data.max_length, gradient_checkpointing=cfg.train.gradient_checkpointing,
-                  implementation=cfg.loss.implementation)
-        total = estimate(llm, teacher, per_device_batch=cfg.train.per_device_batch, **kw)["total"]
-        fits = largest_per_device_batch(llm, teacher, global_batch=cfg.train.global_batch, budget_gib=budget_gib, **kw)
+                  implementation=cfg.loss.implementation, vision=study.vision_shape()[0])
+        shapes = (study.llm_shape(llm), teacher and study.llm_shape(teacher))
+        total = estimate(*shapes, per_device_batch=cfg.train.per_device_batch, **kw)["total"]
+        fits = largest_per_device_batch(*shapes, global_batch=cfg.train.global_batch, budget_gib=budget_gib, **kw)
         pair = f"{llm} <- {teacher}" if teacher else llm
         flag = "" if total <= budget_gib * GIB else "  DOES NOT FIT"
         lines.append(f"  {stage:4s} {pair:28s} ZeRO-{kw['zero_stage']} per-device {cfg.train.per_device_batch:3d}, "

@@ -19,7 +19,7 @@ import torch
 
 from llavakd.errors import LlavaKDError
 from llavakd.model.chat import CHAT_TEMPLATE, END_TOKEN, IMAGE_TOKEN
-from llavakd.model.shapes import PAPER_IMAGE_TOKENS  # noqa: F401  (re-exported: the build checks against it)
+from llavakd.model.shapes import PAPER_IMAGE_TOKENS, image_token_count  # noqa: F401  (re-exported)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,14 +51,6 @@ def resolve(ref: str | Path, what: str) -> Source:
     if _HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
         return Source(ref, False)
     raise LlavaKDError(f"{what}: {ref} does not exist (and is not a hub id like 'org/name')")
-
-
-def image_token_count(image_size: int, patch_size: int, strategy: str) -> int:
-    """Visual positions per image: the patch grid, minus the first patch for 'default'."""
-    if strategy not in ("default", "full"):
-        raise LlavaKDError(f"vision_feature_select_strategy must be 'default' or 'full', got {strategy!r}")
-    grid = image_size // patch_size
-    return grid * grid - (1 if strategy == "default" else 0)
 
 
 def _load_vision(src: Source, dtype: torch.dtype):

@@ -1,21 +1,46 @@
-"""Architecture shapes of the paper's components (public config facts), for random-weight builds.
+"""Architecture shapes: the paper's components (public config facts), and any component's own config.
 
-Used to check real-size invariants (728 visual tokens) without downloading anything, for the
-GPU step benchmark, and for the cost model of the paper DAG.
+The paper's shapes build random-weight models (the GPU step benchmark, real-size invariants) and
+stand in for a hub id the planner cannot read. Everywhere a shape is used (build, planner, memory
+estimate, cost, GPU benchmark) it comes from ``resolve_vision`` / ``resolve_llm``: the component's
+own ``config.json`` (a local folder, or the hub id's snapshot in the local Hugging Face cache),
+else the documented paper shape, saying so. Torch-free (JSON only): the planner imports it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import types
+from pathlib import Path
 
-from llavakd.errors import UnknownNameError
-
-PAPER_IMAGE_TOKENS = 728  # the paper's visual tokens per image: 27x27 SigLIP-so400m-384 patches, the first dropped
+from llavakd.errors import LlavaKDError, UnknownNameError
 
 SIGLIP_SO400M_384 = dict(
     hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
     image_size=384, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
 )
+STRATEGIES = ("default", "full")  # LLaVA's vision_feature_select_strategy: drop the first patch, or keep all
+VISION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
+               "patch_size")
+LLM_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "tie_word_embeddings", "vocab_size")
+
+
+def image_token_count(image_size: int, patch_size: int, strategy: str = "default") -> int:
+    """Visual positions per image: the patch grid, minus the first patch for 'default'."""
+    if strategy not in STRATEGIES:
+        raise LlavaKDError(f"vision_feature_select_strategy must be 'default' or 'full', got {strategy!r}")
+    grid = image_size // patch_size
+    return grid * grid - (1 if strategy == "default" else 0)
+
+
+def visual_tokens(vision: dict, strategy: str = "default") -> int:
+    """The visual-token count a vision shape gives per image."""
+    return image_token_count(int(vision["image_size"]), int(vision["patch_size"]), strategy)
+
+
+PAPER_IMAGE_TOKENS = visual_tokens(SIGLIP_SO400M_384)  # the paper's: a 27x27 grid of SigLIP-so400m-384, first dropped
 
 _QWEN_COMMON = dict(vocab_size=151936, max_position_embeddings=32768, hidden_act="silu",
                     rms_norm_eps=1e-6)
@@ -58,6 +83,13 @@ def qwen_config(name: str, **overrides):
     return Qwen2Config(**{**_QWEN_COMMON, **QWEN[name], **overrides})
 
 
+def llm_config(shape, **overrides):
+    """A transformers Qwen2Config from an LLM shape (a namespace or dict: resolve_llm, qwen_shape)."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(**{**(shape if isinstance(shape, dict) else vars(shape)), **overrides})
+
+
 def qwen_shape(name: str) -> types.SimpleNamespace:
     """The numbers of ``qwen_config`` without transformers (the planner's cost and memory estimate
     stay torch-free, so ``snakemake -n`` imports neither)."""
@@ -75,3 +107,72 @@ def count_llm_params(cfg) -> int:
     per_layer = attn + mlp + 2 * h
     emb = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)
     return n * per_layer + emb + h
+
+
+# -- a component's own config ----------------------------------------------------------------
+def _hub_cache() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
+def read_config(ref: str | None) -> tuple[dict | None, str]:
+    """``config.json`` of a local checkpoint folder, or of a hub id's snapshot in the local cache
+    (refs/main first): (the parsed JSON, where it came from), or (None, why not). Never the network."""
+    if not ref:
+        return None, "not configured"
+    path = Path(str(ref)).expanduser()
+    if path.is_dir():
+        file = path / "config.json"
+        return (json.loads(file.read_text()), str(file)) if file.is_file() else (None, f"{path} has no config.json")
+    repo = _hub_cache() / f"models--{str(ref).replace('/', '--')}"
+    snapshots = repo / "snapshots"
+    if snapshots.is_dir():
+        main = repo / "refs" / "main"
+        order = [snapshots / main.read_text().strip()] if main.is_file() else []
+        for snap in order + sorted(snapshots.iterdir()):
+            if (snap / "config.json").is_file():
+                return json.loads((snap / "config.json").read_text()), f"{ref} (local Hugging Face cache)"
+    return None, f"{ref} is not a local folder nor in the local Hugging Face cache"
+
+
+def vision_shape_from(config: dict) -> dict:
+    """A SigLIP vision shape from a vision config, a SigLIP config or a LLaVA config (its vision_config)."""
+    cfg = config.get("vision_config", config)
+    missing = [k for k in VISION_KEYS if k not in cfg]
+    if missing:
+        raise LlavaKDError(f"vision config lacks {', '.join(missing)}")
+    return {k: cfg[k] for k in VISION_KEYS}
+
+
+def llm_shape_from(config: dict) -> types.SimpleNamespace:
+    """A Qwen2-shaped LLM's numbers from its config (a LLaVA config: its text_config)."""
+    cfg = config.get("text_config", config)
+    values = {**_QWEN_COMMON, **{k: cfg[k] for k in LLM_KEYS if k in cfg}}
+    values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
+    values.setdefault("tie_word_embeddings", False)
+    missing = [k for k in LLM_KEYS if values.get(k) is None]
+    if missing:
+        raise LlavaKDError(f"LLM config lacks {', '.join(missing)}")
+    return types.SimpleNamespace(**values)
+
+
+def resolve_vision(ref: str | None) -> tuple[dict, str]:
+    """(vision shape, source): the tower's own config, else SigLIP-so400m-384 (the paper's), saying why."""
+    config, where = read_config(ref)
+    if config is None:
+        return dict(SIGLIP_SO400M_384), f"paper default SigLIP-so400m-patch14-384 ({where})"
+    return vision_shape_from(config), where
+
+
+def resolve_llm(name: str, ref: str | None) -> tuple[types.SimpleNamespace, str]:
+    """(LLM shape, source): the LLM's own config, else the documented shape its name gives
+    (UnknownNameError when there is neither)."""
+    config, where = read_config(ref)
+    if config is not None:
+        return llm_shape_from(config), where
+    match = {k.lower(): k for k in QWEN}.get(name.lower())
+    if match is None:
+        raise UnknownNameError(f"LLM {name}: no config ({where}) and no documented shape by that name; "
+                               f"known: {', '.join(sorted(k.lower() for k in QWEN))}")
+    return qwen_shape(match), f"paper default {match} ({where})"

@@ -1,0 +1,98 @@
+"""Shapes from the components' own configs (llavakd.model.shapes): the planner, the memory estimate and the
+cost read a tower's visual-token count and the LLMs' sizes from their config.json, and fall back to the
+paper's documented shapes, saying so, only where nothing can be read locally."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llavakd.errors import ConfigError
+from llavakd.memory import estimate
+from llavakd.model.shapes import PAPER_IMAGE_TOKENS, SIGLIP_SO400M_384, resolve_llm, resolve_vision
+from llavakd.plan import Study, memory_report, pricer
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_TOWER = {"model_type": "siglip_vision_model", "hidden_size": 64, "intermediate_size": 128,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 4}
+SMALL_LLM = {"model_type": "qwen2", "hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3,
+             "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 500, "tie_word_embeddings": True}
+
+
+def _folder(root: Path, name: str, config: dict) -> str:
+    (root / name).mkdir(parents=True)
+    (root / name / "config.json").write_text(json.dumps(config))
+    return str(root / name)
+
+
+def _study(tmp_path, **edit) -> Study:
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["vision"] = _folder(tmp_path, "tower", SMALL_TOWER)
+    for llm in list(raw["llms"]):
+        size = {"qwen1.5-4b": 4, "qwen2.5-3b": 3}.get(llm, 1)
+        raw["llms"][llm] = _folder(tmp_path, llm, {**SMALL_LLM, "hidden_size": 96 * size})
+    for key, value in edit.items():
+        raw[key] = value(copy.deepcopy(raw[key])) if callable(value) else value
+    return Study.load(raw, source="test")
+
+
+def test_a_32px_tower_gives_its_own_token_count_everywhere(tmp_path):
+    study = _study(tmp_path)
+    assert study.image_tokens() == (32 // 4) ** 2 - 1 == 63  # 8x8 patches, the first dropped
+    args = study.build_args("qwen1.5-0.5b", 0)
+    assert args[args.index("--image-tokens") + 1] == "63"
+    assert study.llm_shape("qwen1.5-0.5b").hidden_size == 96 and study.llm_shape("qwen1.5-4b").hidden_size == 384
+    paper = Study.load(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()), source="paper")
+    small = estimate(study.llm_shape("qwen1.5-0.5b"), None, stage="sft", per_device_batch=1, zero_stage=0, world=1,
+                     vision=study.vision_shape()[0])
+    big = estimate("qwen1.5-0.5b", None, stage="sft", per_device_batch=1, zero_stage=0, world=1)
+    assert small["vision_forward"] == 64 * 128 * 2 * 4  # 64 patches, the tower's MLP width
+    assert small["student_weights"] < big["student_weights"] / 1000
+    job_hours = pricer(study)[0]
+    assert job_hours("qwen1.5-0.5b", "dpt--sft--dft") < pricer(paper)[0]("qwen1.5-0.5b", "dpt--sft--dft") / 1000
+    report = memory_report(study)
+    assert f"vision tower: {tmp_path / 'tower' / 'config.json'}, 63 visual tokens per image" in report
+
+
+def test_a_hub_id_reads_the_local_cache_else_falls_back_to_the_paper_shape(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    shape, source = resolve_vision("google/siglip-so400m-patch14-384")
+    assert shape == {k: SIGLIP_SO400M_384[k] for k in shape} and source.startswith("paper default")
+    snap = tmp_path / "hub" / "models--org--tower" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps({"model_type": "siglip", "vision_config": SMALL_TOWER}))
+    (tmp_path / "hub" / "models--org--tower" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tower" / "refs" / "main").write_text("abc")
+    shape, source = resolve_vision("org/tower")
+    assert shape["image_size"] == 32 and "local Hugging Face cache" in source
+    llm, source = resolve_llm("qwen1.5-0.5b", "Qwen/Qwen1.5-0.5B")
+    assert llm.hidden_size == 1024 and source.startswith("paper default Qwen1.5-0.5B")
+    paper = Study.load(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()), source="paper")
+    assert paper.image_tokens() == PAPER_IMAGE_TOKENS  # the paper's dry run needs no network
+
+
+def test_a_teacher_checkpoint_with_another_token_count_is_refused_at_plan_time(tmp_path):
+    teacher = _folder(tmp_path, "teacher-ckpt", {"model_type": "llava", "vision_config": {**SMALL_TOWER,
+                      "image_size": 64}, "text_config": SMALL_LLM, "vision_feature_select_strategy": "default"})
+
+    def with_teacher(fams):
+        fams["qwen1.5"]["teacher_checkpoint"] = teacher
+        return fams
+
+    with pytest.raises(ConfigError) as e:
+        _study(tmp_path, families=with_teacher)
+    assert "families.qwen1.5.teacher_checkpoint:" in str(e.value) and "gives 255 visual tokens" in str(e.value)
+    assert "students' tower 63" in str(e.value)
+    same = _folder(tmp_path, "teacher-same", {"model_type": "llava", "vision_config": SMALL_TOWER,
+                                              "text_config": SMALL_LLM})
+    (tmp_path / "again").mkdir()
+
+    def with_same(fams):
+        fams["qwen1.5"]["teacher_checkpoint"] = same
+        return fams
+
+    assert _study(tmp_path / "again", families=with_same).image_tokens() == 63
