@@ -96,3 +96,50 @@ def test_a_teacher_checkpoint_with_another_token_count_is_refused_at_plan_time(t
         return fams
 
     assert _study(tmp_path / "again", families=with_same).image_tokens() == 63
+
+
+@pytest.mark.slow
+def test_a_real_mode_study_with_a_32px_tower_plans_and_trains_dpt_sft_dft(tiny_components, tmp_path):
+    """The tiny world's components as a user's "real" local models: a 32 px / patch-8 SigLIP (4x4 patches,
+    15 visual tokens with the first dropped), LLaVA-format data, a given teacher checkpoint; the whole
+    DPT -> SFT -> DFT chain of one student plans and trains through Snakemake on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from llavakd.model.build import build_llava, save_llava
+    from llavakd.tiny.world import write_world
+
+    write_world(tmp_path / "world", seed=3, size="tiny")
+    c = tiny_components
+    teacher, proc, prov = build_llava(c / "vision" / "siglip", c / "llm" / "qwen1.5-4b", strategy="default")
+    save_llava(teacher, proc, tmp_path / "teacher", prov)
+    config = {
+        "run": "real32", "mode": "real", "seeds": [0], "vision": str(c / "vision" / "siglip"),
+        "llms": {n: str(c / "llm" / n) for n in ("qwen1.5-4b", "qwen1.5-0.5b")},
+        "data": {"captions": str(tmp_path / "world/train/captions.json"),
+                 "instruct": str(tmp_path / "world/train/instruct.json"), "images": str(tmp_path / "world/images")},
+        "families": {"qwen1.5": {"teacher": "qwen1.5-4b", "teacher_checkpoint": str(tmp_path / "teacher"),
+                                 "students": ["qwen1.5-0.5b"]}},
+        "variants": {"baseline": "pt--sft", "llava_kd": "dpt--sft--dft"},
+        "train": {"common": {"train.precision": "fp32", "train.global_batch": 4, "train.per_device_batch": 4,
+                             "train.max_steps": 2, "train.save_steps": 100, "train.gradient_checkpointing": False,
+                             "data.max_length": 256}},
+        "eval": {"benchmarks": "all", "limit": 2, "batch_size": 4, "dtype": "float32"},
+        "resources": {"default": {"gpus": 0, "threads": 1, "mem_mb": 4000, "runtime": 60}},
+    }
+    (tmp_path / "real32.yaml").write_text(yaml.safe_dump(config))
+    final = "results/real32/runs/qwen1.5-0.5b/s0/dpt--sft--dft/final/COMPLETE"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "1", "--configfile", str(tmp_path / "real32.yaml"), "--", final]
+    env = dict(os.environ, OMP_NUM_THREADS="1", LLAVAKD_PY=sys.executable)
+    plan = subprocess.run(cmd[:-2] + ["-n"] + cmd[-2:], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "--image-tokens 15" in plan.stdout + plan.stderr
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for chain in ("dpt", "dpt--sft", "dpt--sft--dft"):
+        model = tmp_path / f"results/real32/runs/qwen1.5-0.5b/s0/{chain}/final"
+        assert (model / "COMPLETE").is_file(), chain
+        assert json.loads((model / "config.json").read_text())["image_seq_length"] == 15
