@@ -17,6 +17,7 @@ from llavakd.eval.paper import (
     mmmu_doc_to_visual,
     mmmu_process_results,
     pope_answer,
+    sqa_doc_to_text,
     sqa_letter,
     sqa_process_results,
     textvqa_doc_to_text,
@@ -55,6 +56,18 @@ def test_scienceqa_parser_as_upstream():
     assert sqa_process_results(doc, ["B"])["exact_match"] == 1.0
     assert sqa_process_results(doc, ["The answer is F."])["exact_match"] == 0.0  # index -1 (line 35)
     assert sqa_process_results(doc, ["The answer is D."])["exact_match"] == 0.0  # past the three choices
+
+
+def test_scienceqa_prompt_as_llavas_question_file():
+    """haotian-liu/LLaVA scripts/convert_sqa_to_llava_base_prompt.py: the context is the hint or 'N/A'
+    (lines 6-12), options '(A) x (B) y' (15-22), the CQM layout (47), double spaces collapsed once (97);
+    then upstream's model_vqa_science.py:59 instruction."""
+    doc = {"hint": "", "question": "Which is  heavier?", "choices": ["a rock", "a leaf"]}
+    assert sqa_doc_to_text(doc) == ("Context: N/A\nQuestion: Which is heavier?\nOptions: (A) a rock (B) a leaf\n"
+                                    "Answer with the option's letter from the given choices directly.")
+    doc = {"hint": "Look at the picture. ", "question": "Q?", "choices": ["x", "y", "z"]}
+    assert sqa_doc_to_text(doc).startswith("Context: Look at the picture.\nQuestion: Q?\nOptions: (A) x (B) y (C) z\n")
+    assert sqa_doc_to_text({**doc, "hint": None}).startswith("Context: N/A\n")
 
 
 def test_gqa_parser_as_upstream():
@@ -167,8 +180,8 @@ def hand_prompt(task: str, d: dict) -> str:
     if task == "vizwiz_vqa_val":
         return q + "\nWhen the provided information is insufficient, respond with 'Unanswerable'." + SHORT
     if task == "scienceqa_img":
-        opts = "".join(f"\n{'ABCDE'[i]}. {c}" for i, c in enumerate(d["choices"]))
-        return (f"Context: {d['hint']}\n" if d["hint"] else "") + q + opts + LETTER
+        opts = " ".join(f"({'ABCDE'[i]}) {c}" for i, c in enumerate(d["choices"]))
+        return f"Context: {d['hint'] or 'N/A'}\nQuestion: {q}\nOptions: {opts}" + LETTER
     if task == "textvqa_val":
         return f"{q}\nReference OCR token: {', '.join(d['ocr_tokens'])}" + SHORT
     if task == "mme":

@@ -176,6 +176,20 @@ def gqa_process_results(doc, results):
 SQA_OPTIONS = ("A", "B", "C", "D", "E")
 
 
+def sqa_doc_to_text(doc, lmms_eval_specific_kwargs=None) -> str:
+    """LLaVA's ScienceQA question file in its CQM-A format, then the letter instruction. The layout is
+    the generator's (haotian-liu/LLaVA scripts/convert_sqa_to_llava_base_prompt.py: context = the hint,
+    or "N/A", lines 6-12; "(A) x (B) y" options, 15-22; "Context: ...\nQuestion: ...\nOptions: ...",
+    line 47; double spaces collapsed once and stripped, line 97), inferred: the released
+    llava_test_CQM-A.json is not available here (a copy quoted in public code agrees). Upstream's
+    model_vqa_science.py moves the image token first (lines 46, 53; our template does the same) and
+    appends the instruction (line 59)."""
+    context = " ".join([doc.get("hint") or "", ""]).strip() or "N/A"
+    choices = " ".join(f"({SQA_OPTIONS[i]}) {c}" for i, c in enumerate(doc["choices"]))
+    text = f"Context: {context}\nQuestion: {doc['question']}\nOptions: {choices}\n".replace("  ", " ").strip()
+    return f"{text}\n{MMMU_LETTER}"
+
+
 def sqa_letter(prediction: str) -> str:
     """ScienceQA's parser (upstream's eval_science_qa.py:65-75 on the stripped answer of
     model_vqa_science.py:81): the letter alone; ``X. `` at the start; else ``The answer is ([A-Z]).``
@@ -268,11 +282,13 @@ VARIANTS: dict[str, Variant] = {
                    overrides={"metric_list": [{"metric": "exact_match", "aggregation": "mean",
                                                "higher_is_better": True}]}),
     "vizwiz_vqa_val": _VIZWIZ, "vizwiz_vqa_test": _VIZWIZ,
-    "scienceqa_img": Variant(("prompt: the stock 'default' format is LLaVA-1.5's (context, question, lettered "
-                              "options, the letter instruction)",
+    "scienceqa_img": Variant(("prompt: LLaVA's CQM-A question file, 'Context: <hint or N/A>', 'Question: ...', "
+                              "'Options: (A) x (B) y' lines, then the letter instruction (inferred from LLaVA's "
+                              "generator; the stock task writes the context only when there is one and 'A. x' "
+                              "lines)",
                               "parsing: the letter alone, 'X. ...', or 'The answer is X' (the stock task also "
                               "takes a lower-case letter and 'X.' without a space, and not 'The answer is X')"),
-                             hooks={"process_results": "sqa_process_results"},
+                             hooks={"doc_to_text": "sqa_doc_to_text", "process_results": "sqa_process_results"},
                              overrides={"metric_list": [{"metric": "exact_match", "aggregation": "mean",
                                                          "higher_is_better": True}]},
                              new_tokens=LONG_NEW_TOKENS),
