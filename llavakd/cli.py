@@ -222,7 +222,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         standins = standin_tasks(args.world)
     res = evaluate(args.model, args.benchmarks, args.out, standins=standins, limit=args.limit,
                    batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype,
-                   submission=args.submission, hf_home=args.hf_home, recompute=args.recompute, protocol=args.protocol)
+                   submission=args.submission, hf_home=args.hf_home, recompute=args.recompute, protocol=args.protocol,
+                   pope_questions=args.pope_questions)
     print(f"protocol: {args.protocol}")
     print(f"{'benchmark':10s} {'column':8s} {'score':>8s}  docs")
     for name, r in res.items():
@@ -427,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
                    help="lmms-eval: the stock tasks; paper: the variants that prompt and parse as upstream's "
                    "evaluation scripts did (llavakd.eval.paper; docs/evaluation.md)")
+    s.add_argument("--pope-questions", type=Path, help="paper protocol: read POPE from upstream's files in this folder "
+                   "(llava_pope_test.jsonl, coco/coco_pope_<split>.json, val2014/) instead of lmms-lab's copy")
     s.set_defaults(func=cmd_eval)
     s = sub.add_parser("agreement", help="how close a student is to its teacher: answer agreement, answer KL, "
                        "visual KL per benchmark", description=_doc("llavakd.eval.agreement"), formatter_class=_RawFormatter)

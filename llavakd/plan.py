@@ -112,10 +112,10 @@ class Study:
             return []
         out = []
         for name, fam in self.families.items():
-            config, where = read_config(fam.teacher_checkpoint) if fam.teacher_checkpoint else (None, "")
-            if config is None or "vision_config" not in config:
+            given, where = read_config(fam.teacher_checkpoint) if fam.teacher_checkpoint else (None, "")
+            if given is None or "vision_config" not in given:
                 continue
-            n = visual_tokens(vision_shape_from(config), config.get("vision_feature_select_strategy", "default"))
+            n = visual_tokens(vision_shape_from(given), given.get("vision_feature_select_strategy", "default"))
             if n != self.image_tokens():
                 out.append(f"families.{name}.teacher_checkpoint: {where} gives {n} visual tokens per image, the "
                            f"students' tower {self.image_tokens()} (vision: {self.vision_shape()[1]})")

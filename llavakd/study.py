@@ -205,6 +205,9 @@ class EvalSection:
     """Generation batch (answers do not depend on it)."""
     dtype: DType = "float32"
     """Weights' dtype during evaluation."""
+    pope_questions: str | None = None
+    """Paper protocol: a folder of upstream's POPE question files (llava_pope_test.jsonl, coco/, val2014/)
+    to score POPE on instead of lmms-lab's copy."""
     hf_home: str | None = None
     """Real mode: a shared Hugging Face cache; evaluation then runs offline after prefetch_benchmarks."""
     protocol: Protocol | list[Protocol] = DEFAULT_PROTOCOL

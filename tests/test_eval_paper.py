@@ -262,3 +262,66 @@ def test_crafted_answers_score_as_each_protocol_parses_them(world, tmp_path, mon
     assert paper["mme"]["headline"] == 0.0 < stock["mme"]["headline"]  # "y": lmms-eval reads yes, MME does not
     assert paper["gqa"]["headline"] == 0.0 and stock["gqa"]["headline"] == 100.0  # "red!" is not "red"
     assert paper["pope"]["protocol"] == "paper" and stock["pope"]["protocol"] == "lmms-eval"
+
+
+def _pope_folder(root, counts=None):
+    """Upstream's POPE layout in miniature: llava_pope_test.jsonl, coco/coco_pope_<split>.json, val2014/."""
+    import json
+
+    from PIL import Image
+
+    counts = counts or {"adversarial": 4, "popular": 4, "random": 5}
+    (root / "coco").mkdir(parents=True)
+    (root / "val2014").mkdir()
+    questions, qid = [], 0
+    for split, n in counts.items():
+        labels = []
+        for i in range(n):
+            qid += 1
+            img = f"COCO_val2014_{qid:012d}.jpg"
+            Image.new("RGB", (16, 16), (qid * 9 % 255, 0, 0)).save(root / "val2014" / img)
+            questions.append({"question_id": qid, "image": img, "text": f"Is there a thing {qid} in the image?",
+                              "category": split})
+            labels.append({"question_id": qid, "image": img, "text": "x", "label": "yes" if i % 2 == 0 else "no"})
+        (root / "coco" / f"coco_pope_{split}.json").write_text("".join(json.dumps(x) + "\n" for x in labels))
+    (root / "llava_pope_test.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return root
+
+
+def test_pope_reads_upstreams_question_files_pairing_labels_by_position(tmp_path):
+    """Fantasyele/LLaVA-KD llavakd/eval/eval_pope.py:6 (labels in file order), 78 (the category's answers in
+    question-file order), 22-33 (paired by position)."""
+    from llavakd.errors import LlavaKDError
+    from llavakd.eval.pope_files import pope_documents, pope_file_doc_to_visual
+
+    root = _pope_folder(tmp_path / "pope")
+    docs = pope_documents(root, "random")
+    assert [d["question_id"] for d in docs] == ["9", "10", "11", "12", "13"]
+    assert [d["answer"] for d in docs] == ["yes", "no", "yes", "no", "yes"]
+    assert docs[0]["question"] == "Is there a thing 9 in the image?" and docs[0]["image_path"].endswith("09.jpg")
+    assert pope_file_doc_to_visual(docs[0])[0].getpixel((0, 0))[0] == 81  # its own image (9 * 9)
+    (root / "coco" / "coco_pope_popular.json").write_text('{"label": "yes"}\n')
+    with pytest.raises(LlavaKDError, match="1 labels for 4 popular questions"):
+        pope_documents(root, "popular")
+    (root / "val2014" / "COCO_val2014_000000000001.jpg").unlink()
+    with pytest.raises(LlavaKDError, match="question 1: image .* is missing"):
+        pope_documents(root, "adversarial")
+
+
+@pytest.mark.slow
+def test_pope_paper_scores_upstreams_files_when_given(world, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)
+    root = _pope_folder(tmp_path / "pope")
+    model = Scripted()
+    model.local |= {f"{k}_paper": v for k, v in model.local.items()}
+    res = evaluate(model, "pope", tmp_path / "out", standins=standin_tasks(world), protocol="paper",
+                   pope_questions=root)
+    assert {t: r["docs"] for t, r in res["pope"]["tasks"].items()} == {"pope_adv": 4, "pope_pop": 4, "pope_random": 5}
+    header = (tmp_path / "out/.work/tasks/llavakd_tiny_pope_random_paper.yaml").read_text()
+    assert f"data: upstream's question files under {root} (5 questions)" in header
+    lmms = (tmp_path / "lab")
+    evaluate(model, "pope", lmms, standins=standin_tasks(world), protocol="paper", limit=LIMIT)
+    assert "lmms-lab's POPE has 3,000 questions per split" in \
+        (lmms / ".work/tasks/llavakd_tiny_pope_random_paper.yaml").read_text()
+    with pytest.raises(Exception, match="add --protocol paper"):
+        evaluate(model, "pope", tmp_path / "x", standins=standin_tasks(world), pope_questions=root)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from llavakd.eval.pope_files import CATEGORY as POPE_CATEGORY
+from llavakd.eval.pope_files import data_overrides, pope_file_doc_to_visual, write_pope_documents  # noqa: F401
 from llavakd.model.chat import LETTER_CN
 
 SUFFIX = "_paper"  # a variant's task name: the base task's name + this
@@ -320,30 +322,46 @@ VARIANTS: dict[str, Variant] = {
                                "process_results": "mmmu_process_results"},
                         new_tokens=LONG_NEW_TOKENS),
 }
-HOOK_FUNCTIONS = sorted({f for v in VARIANTS.values() for f in v.hooks.values()})
+HOOK_FUNCTIONS = sorted({f for v in VARIANTS.values() for f in v.hooks.values()} | {"pope_file_doc_to_visual"})
+POPE_LMMS_LAB = ("data: the included task's (lmms-lab's POPE has 3,000 questions per split; upstream's files have "
+                 "2,910 in the random split: give --pope-questions to read them)")
 
 
-def variant_yaml(task: str, base_yaml: Path, name: str, hooks_module: str) -> str:
+def variant_yaml(task: str, base_yaml: Path, name: str, hooks_module: str, data: dict | None = None,
+                 data_note: str | None = None) -> str:
     """The YAML text of ``name``, the paper variant of registry task ``task`` whose lmms-eval YAML is
     ``base_yaml``; its ``!function`` entries name this module's functions through ``hooks_module``, the
-    module written beside the YAMLs that re-exports them (llavakd.eval.tasks)."""
+    module written beside the YAMLs that re-exports them (llavakd.eval.tasks). ``data``: YAML keys that
+    replace the task's data (upstream's POPE files), named by ``data_note`` in the header."""
     v = VARIANTS[task]
     note, generation = decoding(v.new_tokens)
     head = [f"# {name}: {task} as the paper's evaluation scripts score it (llavakd.eval.paper)"]
-    head += [f"#   - {d}" for d in (*v.differences, note)]
-    body = yaml.safe_dump({"include": str(base_yaml), "task": name, **generation, **v.overrides}, sort_keys=False,
-                          allow_unicode=True)
-    hooks = "".join(f"{key}: !function {hooks_module}.{fn}\n" for key, fn in v.hooks.items())
-    return "\n".join(head) + "\n" + body + hooks
+    head += [f"#   - {d}" for d in (*v.differences, note, *([data_note] if data_note else []))]
+    body = yaml.safe_dump({"include": str(base_yaml), "task": name, **generation, **v.overrides, **(data or {})},
+                          sort_keys=False, allow_unicode=True)
+    hooks = dict(v.hooks, **({"doc_to_visual": "pope_file_doc_to_visual"} if data else {}))
+    lines = "".join(f"{key}: !function {hooks_module}.{fn}\n" for key, fn in hooks.items())
+    return "\n".join(head) + "\n" + body + lines
 
 
-def write_paper_yamls(folder: str | Path, names: dict[str, str], base_yaml, hooks_module: str) -> dict[str, str]:
+def write_paper_yamls(folder: str | Path, names: dict[str, str], base_yaml, hooks_module: str,
+                      pope_questions: str | Path | None = None) -> dict[str, str]:
     """Write the paper variant of every task in ``names`` ({registry task: task run}) into ``folder``;
-    ``base_yaml(task, name)`` is the YAML file of the task run. Returns {registry task: variant name}."""
+    ``base_yaml(task, name)`` is the YAML file of the task run. ``pope_questions``: upstream's POPE
+    folder (llavakd.eval.pope_files), read instead of the task's own data. Returns {registry task:
+    variant name}."""
     folder = Path(folder)
     out = {}
     for task, name in names.items():
         variant = f"{name}{SUFFIX}"
-        (folder / f"{variant}.yaml").write_text(variant_yaml(task, base_yaml(task, name), variant, hooks_module))
+        data, data_note = None, None
+        if task in POPE_CATEGORY:
+            data_note = POPE_LMMS_LAB
+            if pope_questions:
+                path, n = write_pope_documents(folder, task, pope_questions)
+                data = data_overrides(path)
+                data_note = f"data: upstream's question files under {pope_questions} ({n} questions)"
+        (folder / f"{variant}.yaml").write_text(variant_yaml(task, base_yaml(task, name), variant, hooks_module,
+                                                             data, data_note))
         out[task] = variant
     return out

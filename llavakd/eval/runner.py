@@ -251,14 +251,15 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, names: di
 
 def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: int = 1, seed: int = 0,
              device: str = "auto", dtype: str = "float32", submission: bool = False, hf_home=None,
-             recompute: bool = False, protocol: str = DEFAULT_PROTOCOL) -> dict:
+             recompute: bool = False, protocol: str = DEFAULT_PROTOCOL, pope_questions=None) -> dict:
     """Run the named benchmarks; returns {benchmark: record}. Raises EvalError on the first failure
     (benchmarks already finished keep their files; the failing one has none).
 
     ``model`` is a checkpoint folder, or an lmms-eval model object (tests drive the runner with a
     scripted one). ``standins``: a task writer ``folder -> {registry task: task name}`` that swaps
     the official tasks for stand-ins (tiny mode: ``llavakd.tiny.tasks.standin_tasks(world)``); it is
-    passed in, not imported, so the runner knows nothing of the tiny world."""
+    passed in, not imported, so the runner knows nothing of the tiny world. ``pope_questions``: the
+    paper protocol reads POPE from upstream's question files in this folder (llavakd.eval.pope_files)."""
     from lmms_eval.api.model import lmms
 
     from llavakd.eval.tasks import task_manager, write_protocol_yamls, write_task_yamls
@@ -280,6 +281,8 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
         raise EvalError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if batch_size < 1:
         raise EvalError(f"--batch-size must be at least 1, got {batch_size}")
+    if pope_questions and protocol != "paper":
+        raise EvalError("--pope-questions gives the paper protocol's POPE data; add --protocol paper")
     if hf_home:  # a pre-filled Hugging Face cache: the official task data without any network access
         from llavakd.eval.prefetch import benchmark_datasets, missing, use_cache
 
@@ -293,7 +296,7 @@ def evaluate(model, benchmarks, out, *, standins=None, limit=None, batch_size: i
     for stale in out.glob(".*.tmp-*"):  # a killed run's half-written files
         stale.unlink(missing_ok=True)
     tasks_dir = out / ".work" / "tasks"
-    names = write_protocol_yamls(tasks_dir, (standins or write_task_yamls)(tasks_dir), protocol)
+    names = write_protocol_yamls(tasks_dir, (standins or write_task_yamls)(tasks_dir), protocol, pope_questions)
     request = None if fingerprint is None else {
         "model": model_path, "model_fingerprint": fingerprint, "seed": seed, "limit": limit, "dtype": dtype,
         "submission": submission, "protocol": protocol, "tasks_hash": _tasks_hash(tasks_dir),

@@ -82,9 +82,10 @@ def task_yaml(folder: str | Path, task: str, name: str) -> Path:
     return written if written.is_file() else lmms_tasks_root() / STOCK_YAML[task]
 
 
-def write_protocol_yamls(folder: str | Path, names: dict[str, str], protocol: str) -> dict[str, str]:
+def write_protocol_yamls(folder: str | Path, names: dict[str, str], protocol: str,
+                         pope_questions: str | Path | None = None) -> dict[str, str]:
     """The tasks to run under ``protocol``: ``names`` itself for lmms-eval's, the paper variants (written
-    into ``folder``) for the paper's."""
+    into ``folder``) for the paper's (POPE from upstream's files under ``pope_questions`` when given)."""
     from llavakd.eval.paper import write_paper_yamls
     from llavakd.protocols import PROTOCOLS
 
@@ -92,4 +93,5 @@ def write_protocol_yamls(folder: str | Path, names: dict[str, str], protocol: st
         raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if protocol == "lmms-eval":
         return dict(names)
-    return write_paper_yamls(folder, names, lambda task, name: task_yaml(folder, task, name), HOOKS_MODULE)
+    return write_paper_yamls(folder, names, lambda task, name: task_yaml(folder, task, name), HOOKS_MODULE,
+                             pope_questions)

@@ -136,18 +136,18 @@ def read_config(ref: str | None) -> tuple[dict | None, str]:
     return None, f"{ref} is not a local folder nor in the local Hugging Face cache"
 
 
-def vision_shape_from(config: dict) -> dict:
+def vision_shape_from(checkpoint: dict) -> dict:
     """A SigLIP vision shape from a vision config, a SigLIP config or a LLaVA config (its vision_config)."""
-    cfg = config.get("vision_config", config)
+    cfg = checkpoint.get("vision_config", checkpoint)
     missing = [k for k in VISION_KEYS if k not in cfg]
     if missing:
         raise LlavaKDError(f"vision config lacks {', '.join(missing)}")
     return {k: cfg[k] for k in VISION_KEYS}
 
 
-def llm_shape_from(config: dict) -> types.SimpleNamespace:
+def llm_shape_from(checkpoint: dict) -> types.SimpleNamespace:
     """A Qwen2-shaped LLM's numbers from its config (a LLaVA config: its text_config)."""
-    cfg = config.get("text_config", config)
+    cfg = checkpoint.get("text_config", checkpoint)
     values = {**_QWEN_COMMON, **{k: cfg[k] for k in LLM_KEYS if k in cfg}}
     values.setdefault("num_key_value_heads", values.get("num_attention_heads"))
     values.setdefault("tie_word_embeddings", False)

@@ -33,12 +33,17 @@ for _protocol in STUDY.protocols:
             dtype=C.eval.dtype,
             hf_home=f"--hf-home {C.eval.hf_home}" if C.eval.hf_home else "",
             protocol=_protocol,
+            pope=(
+                f"--pope-questions {C.eval.pope_questions}"
+                if C.eval.pope_questions and _protocol == "paper"
+                else ""
+            ),
             scoring=SCORING_REVISION,  # a new revision scores finished models again
         shell:
             "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.launch --gpus {resources.gpu} -- "
             "$LLAVAKD_PY -m llavakd.cli eval --model {params.model} --benchmarks {params.benchmarks} --out {params.out} "
             "{params.world} {params.limit} --batch-size {params.batch} --dtype {params.dtype} {params.hf_home} "
-            "--protocol {params.protocol} > {log} 2>&1"
+            "--protocol {params.protocol} {params.pope} > {log} 2>&1"
 
 
 rule prefetch_benchmarks_data:
