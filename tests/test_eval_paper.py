@@ -325,3 +325,21 @@ def test_pope_paper_scores_upstreams_files_when_given(world, tmp_path, monkeypat
         (lmms / ".work/tasks/llavakd_tiny_pope_random_paper.yaml").read_text()
     with pytest.raises(Exception, match="add --protocol paper"):
         evaluate(model, "pope", tmp_path / "x", standins=standin_tasks(world), pope_questions=root)
+
+
+def test_textvqa_scores_as_upstreams_m4c_evaluator():
+    """Fantasyele/LLaVA-KD llavakd/eval/m4c_evaluator.py: answers normalised by EvalAIAnswerProcessor
+    (number words to digits, lines 137-150; articles dropped, 151 and 198-205; punctuation, 186-196), then
+    the leave-one-out soft score min(1, matches among the other nine / 3), averaged (221-257). The paper
+    variant keeps the stock task's scorer, which computes the same."""
+    from lmms_eval.tasks.textvqa.utils import textvqa_process_results
+
+    assert "process_results" not in VARIANTS["textvqa_val"].hooks
+    gt = ["2", "2"] + ["3"] * 8
+
+    def score(pred):
+        return textvqa_process_results({"answers": list(gt), "question_id": 1}, [pred])["exact_match"]
+
+    assert score("Two.") == pytest.approx((2 * (1 / 3) + 8 * (2 / 3)) / 10)  # 0.6, derived by hand
+    assert score("the 3") == 1.0 and score("three") == 1.0
+    assert score("2 apples") == 0.0
