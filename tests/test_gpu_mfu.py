@@ -39,6 +39,8 @@ def test_gpu_mfu_smoke_run_measures_every_setting_and_the_trainer(tmp_path):
     liger = [r for r in runs.values() if r["liger"]]
     assert liger and all(r["not_run"].startswith("liger-kernel is Triton") for r in liger)  # said, not skipped silently
     trainer = report["trainer"]
-    assert trainer["engine"] == "plain" and trainer["vision_pass"] == "shared" and trainer["tokens_per_s"] > 0
+    assert trainer["engine"] == "plain" and trainer["tokens_per_s"] > 0
+    # the trainer runs at the chosen setting (the fastest here, which timing noise decides between 1 and 2 passes)
+    assert (trainer["vision_pass"] == "shared") == (report["chosen"]["vision"] == 1), trainer["vision_pass"]
     assert trainer["ratio"] == round(trainer["tokens_per_s"] / report["chosen"]["tokens_per_s"], 3)
     assert proc.returncode == (0 if trainer["within_10_percent"] else 1)
