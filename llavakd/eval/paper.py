@@ -112,7 +112,7 @@ def mmmu_choice(response: str, all_choices: list[str], index2ans: dict[str, str]
     for char in [",", ".", "!", "?", ";", ":", "'"]:
         response = response.strip(char)
     response = f" {response} "
-    by_letter, bracketed = True, False
+    by_letter = True
     candidates = [c for c in all_choices if f"({c})" in response]
     bracketed = bool(candidates)
     if not candidates:
