@@ -166,9 +166,10 @@ def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, tmp_pat
 
 
 def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypatch):
-    """Fabricated results for ce, kd and jsd over 5 seeds: the table's paired differences, Holm
-    levels, p-values and verdicts equal scipy's paired t-tests computed here; the cost columns are
-    ratios to ce; every format and the figure are written."""
+    """Fabricated results for ce, kd, jsd and reverse_kl over 5 seeds (kd above ce, reverse_kl below,
+    jsd neither): the table's paired differences, Holm levels, p-values and verdicts equal scipy's
+    paired t-tests computed here; the cost columns are ratios to ce; every format and the figure
+    are written."""
     import csv
 
     from scipy.stats import ttest_rel
@@ -180,9 +181,10 @@ def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     raw["seeds"] = [0, 1, 2, 3, 4]
-    raw["methods"] = {"compare": ["kd", "jsd"], "students": ["qwen1.5-0.5b"]}
+    raw["methods"] = {"compare": ["kd", "jsd", "reverse_kl"], "students": ["qwen1.5-0.5b"]}
     study = Study.load(raw, source="config.yaml")
-    shift = {"ce": [0, 0, 0, 0, 0], "kd": [3.0, 2.5, 3.5, 2.0, 3.1], "jsd": [1.0, -2.0, 0.5, 2.0, -1.0]}
+    shift = {"ce": [0, 0, 0, 0, 0], "kd": [3.0, 2.5, 3.5, 2.0, 3.1], "jsd": [1.0, -2.0, 0.5, 2.0, -1.0],
+             "reverse_kl": [-2.0, -2.6, -1.9, -2.4, -2.2]}
     base = [40.0, 44.0, 38.0, 42.0, 41.0]
     chance = {c: 10.0 for c in COLUMNS}
     Path(study.layout.chance_file()).parent.mkdir(parents=True, exist_ok=True)
@@ -201,22 +203,25 @@ def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypat
             p = parse_model(m)
             run = Path(study.layout.run_dir(p.llm, p.seed, p.chain))
             run.mkdir(parents=True)
-            cost = {"ce": 1.0, "kd": 1.5, "jsd": 2.0}[name]
+            cost = {"ce": 1.0, "kd": 1.5, "jsd": 2.0, "reverse_kl": 1.5}[name]
             (run / "metadata.json").write_text(json.dumps({"steps": 10, "wall_time_s": 10 * cost,
                                                            "peak_memory_mb": 100 * cost}))
     paths = render_methods(study, tmp_path / "reports")
     assert {p.suffix for p in paths} == {".md", ".csv", ".tex", ".html", ".png"}
     rows = list(csv.DictReader((tmp_path / "reports" / "methods.csv").open()))
     got = {r["method"]: r for r in rows if r["column"] == "avg10"}
-    ps = {m: ttest_rel([b + s for b, s in zip(base, shift[m])], base).pvalue for m in ("kd", "jsd")}
+    ps = {m: ttest_rel([b + s for b, s in zip(base, shift[m])], base).pvalue for m in ("kd", "jsd", "reverse_kl")}
     order = sorted(ps, key=ps.get)
     for i, m in enumerate(order):
         assert float(got[m]["diff_vs_ce"]) == pytest.approx(sum(shift[m]) / 5, abs=1e-4)
         assert float(got[m]["p_value"]) == pytest.approx(ps[m], rel=1e-3)
-        assert float(got[m]["holm_level"]) == pytest.approx(0.05 / (2 - i))
-    assert got["kd"]["beats_ce"] == "True" and got["jsd"]["beats_ce"] == "False"
+        assert float(got[m]["holm_level"]) == pytest.approx(0.05 / (3 - i), rel=1e-3)
+    assert [got[m]["beats_ce"] for m in ("kd", "jsd", "reverse_kl")] == ["True", "False", "False"]
+    assert [got[m]["below_ce"] for m in ("kd", "jsd", "reverse_kl")] == ["False", "False", "True"]
     md = (tmp_path / "reports" / "methods.md").read_text()
-    assert "Beat ce on Avg10: kd." in md and "Not shown to beat ce: jsd." in md
+    assert "Beat ce on Avg10: kd. Below ce: reverse_kl. Not shown to differ from ce: jsd." in md
+    assert "| -2.2 ± " in next(x for x in md.splitlines() if x.startswith("| reverse_kl ")).replace("−", "-")
+    assert " ✗ |" in next(x for x in md.splitlines() if x.startswith("| reverse_kl "))
     kd_line = next(x for x in md.splitlines() if x.startswith("| kd "))
     assert "| 1.50 | 1.50 |" in kd_line  # seconds per step and peak memory relative to ce
     assert md.index("| kd ") < md.index("| jsd ")  # sorted by the paired difference

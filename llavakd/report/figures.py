@@ -226,7 +226,7 @@ def methods(rows, out) -> Path:
         for i, r in enumerate(mine):
             p = r.paired["avg10"]
             ax.errorbar([p.mean], [i], xerr=[[p.half or 0.0], [p.half or 0.0]], fmt="o",
-                        color="tab:green" if p.beats else "tab:gray", capsize=3)
+                        color="tab:green" if p.beats else "tab:orange" if p.below else "tab:gray", capsize=3)
             ax.scatter(p.diffs, [i] * len(p.diffs), s=10, color="black", alpha=0.5, zorder=3)
         ax.axvline(0, color="tab:red", lw=1)
         ax.set_yticks(range(len(mine)), [r.method for r in mine])

@@ -13,7 +13,8 @@ the planner's price. Rows are sorted by the paired Avg10 difference.
 
 Holm: the k comparisons with ce are ordered by their paired t-test p-value; the i-th smallest
 (i = 0..k-1) is tested at 0.05 / (k - i), and its interval uses the t quantile of that level, so a
-method "beats ce" only when its adjusted interval excludes zero and every smaller p-value's did.
+method "beats ce" only when its adjusted interval lies above zero and every comparison with a
+smaller p-value was rejected too ("below ce" likewise, with its interval below zero).
 The smallest detectable difference: (t_{1-0.05/(2k)} + t_{0.8}) x sd / sqrt(n), with n seeds and
 sd the standard deviation of the paired Avg10 differences pooled over methods (80% power at the
 strictest Holm level).
@@ -45,7 +46,8 @@ class Paired:
     p: float | None = None
     half: float | None = None  # Holm-adjusted half-width
     level: float | None = None  # the Holm level this comparison was tested at
-    beats: bool | None = None  # the adjusted interval excludes zero (above), in Holm's order
+    beats: bool | None = None  # the adjusted interval lies above zero, in Holm's order
+    below: bool | None = None  # the adjusted interval lies below zero, in Holm's order
 
     @property
     def mean(self) -> float:
@@ -96,6 +98,7 @@ def holm(pairs: list[Paired]) -> None:
         p.half = _t(1 - p.level / 2, n - 1) * statistics.stdev(p.diffs) / math.sqrt(n)
         still = still and p.p < p.level
         p.beats = still and p.mean - p.half > 0
+        p.below = still and p.mean + p.half < 0
 
 
 def detectable(rows: list[MethodRow], k: int) -> float | None:
@@ -188,18 +191,20 @@ def _paired(p: Paired | None) -> str:
     if p is None:
         return "-"
     s = f"{p.mean:+.1f}" + (f" ± {p.half:.1f}" if p.half is not None else "")
-    return s + (" ✓" if p.beats else "")
+    return s + (" ✓" if p.beats else " ✗" if p.below else "")
 
 
 def caption(rows: list[MethodRow], study) -> str:
     k = max(len(study.compared_methods()) - 1, 1)
     mde = detectable(rows, k)
-    beat = sorted({r.method for r in rows if r.paired.get("avg10") and r.paired["avg10"].beats})
-    others = sorted({r.method for r in rows if r.paired.get("avg10") and not r.paired["avg10"].beats})
+    paired = [(r.method, r.paired["avg10"]) for r in rows if r.paired.get("avg10")]
+    beat = sorted({m for m, p in paired if p.beats})
+    below = sorted({m for m, p in paired if p.below})
+    others = sorted({m for m, p in paired if not p.beats and not p.below})
     n = len(study.seeds)
     return (f"Methods on one footing ({n} seeds, paired by seed with ce, the step-matched control; Holm-adjusted "
-            f"95% intervals over {k} comparisons). Beat ce on Avg10: {', '.join(beat) or 'none'}. Not shown to beat "
-            f"ce: {', '.join(others) or 'none'}."
+            f"95% intervals over {k} comparisons). Beat ce on Avg10: {', '.join(beat) or 'none'}. Below ce: "
+            f"{', '.join(below) or 'none'}. Not shown to differ from ce: {', '.join(others) or 'none'}."
             + (f" The smallest Avg10 difference {n} seeds detect (80% power, strictest Holm level): {mde:.1f}."
                if mde is not None else ""))
 
@@ -229,9 +234,10 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
                     + [rel(r.step_s, ce.step_s if ce else None), rel(r.peak_mb, ce.peak_mb if ce else None),
                        f"{r.gpu_hours:.1f}" if r.gpu_hours is not None else "-"])
     note = ("Mean ± 95% t-interval over seeds; Δ: the method minus ce, paired by seed, ± the Holm-adjusted 95% "
-            "interval, ✓ where it lies above zero. Agreement with the teacher: answer agreement (%), answer KL and "
-            "visual KL (nats), means over the benchmarks. Cost: seconds per optimizer step and peak memory "
-            "relative to ce in this study; GPU-h: the planner's price of the method's job at paper scale."
+            "interval, ✓ where it lies above zero and ✗ where below (in Holm's order). Agreement with the "
+            "teacher: answer agreement (%), answer KL and visual KL (nats), means over the benchmarks. Cost: "
+            "seconds per optimizer step and peak memory relative to ce in this study; GPU-h: the planner's "
+            "price of the method's job at paper scale."
             + (" ° not above chance." if chance else ""))
     stem = Path(stem)
     out = []
@@ -240,7 +246,7 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
             w.writerow(["method", "llm", "follows", "column", "mean", "ci95", "diff_vs_ce", "holm_half", "holm_level",
-                        "p_value", "beats_ce", "per_seed_diffs"])
+                        "p_value", "beats_ce", "below_ce", "per_seed_diffs"])
             for r in rows:
                 for c in cols:
                     cell, p = r.cells.get(c), r.paired.get(c)
@@ -251,6 +257,7 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
                                 "" if p is None else f"{p.mean:.4f}", "" if p is None or p.half is None else f"{p.half:.4f}",
                                 "" if p is None or p.level is None else f"{p.level:.4g}",
                                 "" if p is None or p.p is None else f"{p.p:.4g}", "" if p is None else bool(p.beats),
+                                "" if p is None else bool(p.below),
                                 "" if p is None else ";".join(f"{d:.4f}" for d in p.diffs)])
             out.append(atomic_write_text(stem.with_name(stem.name + ".csv"), buf.getvalue()))
         elif ext == "md":
@@ -259,7 +266,8 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
             out.append(atomic_write_text(stem.with_name(stem.name + ".md"), "\n".join(md)))
         elif ext == "tex":
             esc = (lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("÷", "/")  # noqa: E731
-                   .replace("Δ", r"$\Delta$").replace("✓", r"$\checkmark$").replace("°", r"$^\circ$"))
+                   .replace("Δ", r"$\Delta$").replace("✓", r"$\checkmark$")
+                   .replace("✗", r"$\times$").replace("°", r"$^\circ$"))
             tex = [r"\begin{table}", r"\centering", r"\caption{" + esc(text) + "}",
                    r"\begin{tabular}{" + "l" * len(head) + "}", " & ".join(esc(h) for h in head) + r" \\", r"\hline"]
             tex += [" & ".join(esc(c) for c in b) + r" \\" for b in body]
