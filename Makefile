@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml
 demo: install  ## the main job: the whole tiny DAG (= snakemake --cores all reproduce_table1), reports in reports/demo/
 	$(BIN)/snakemake --cores all reproduce_table1
 
-test: install  ## the whole test suite (what CI runs)
-	rc=0; $(BIN)/pytest -q -p no:cacheprovider || rc=$$?; \
+# Two pytest workers (pytest-xdist) on the 2-core machine; the tests that share the micro tree form one
+# group on one worker (--dist loadgroup), which builds it once. The 15 slowest tests are printed.
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+
+test: install  ## the whole test suite (what CI runs), about 15 minutes on 2 cores
+	rc=0; $(PYTEST) --durations=15 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-fast: install  ## the unit tests only (no test marked slow), under 2 minutes
-	rc=0; $(BIN)/pytest -q -p no:cacheprovider -m "not slow" || rc=$$?; \
+	rc=0; $(PYTEST) -m "not slow" || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: install  ## ruff, snakefmt and Snakemake's linter

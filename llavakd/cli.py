@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategy", choices=["default", "full"], default="default",
                    help="'default' drops the first patch (paper: 729 -> 728); 'full' keeps all")
     s.add_argument("--feature-layer", type=int, default=-2, help="vision layer to read (default -2)")
-    s.add_argument("--dtype", choices=DTYPES, default="float32")
+    s.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype the checkpoint is saved in (default float32)")
     s.add_argument("--seed", type=int, default=1234, help="projector initialisation seed")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_build)
@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst", type=Path, help="output folder")
     s.add_argument("--tokenizer", help="tokenizer folder or hub id, if SRC ships none")
     s.add_argument("--image-processor", help="image processor folder or hub id (default: SigLIP's)")
-    s.add_argument("--dtype", choices=DTYPES, default=None)
+    s.add_argument("--dtype", choices=DTYPES, default=None,
+                   help="dtype to save in (default: keep the dtype the weights load in)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_convert_upstream)
 
@@ -361,8 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("json", type=Path, help="LLaVA JSON file (558K / mix665k format)")
     s.add_argument("--images", required=True, type=Path, help="image folder the records' 'image' paths are relative to")
     s.add_argument("--processor", required=True, help="a model folder (or hub id) whose processor tokenizes")
-    s.add_argument("--template", choices=["chat", "pretrain"], default="chat")
-    s.add_argument("--max-length", type=int, default=2048)
+    s.add_argument("--template", choices=["chat", "pretrain"], default="chat",
+                   help="conversation template the records are tokenized with: chat (SFT) or pretrain (captions)")
+    s.add_argument("--max-length", type=int, default=2048,
+                   help="tokens a record may have before it counts as too long (default 2048)")
     s.add_argument("--json-output", action="store_true", help="print the report as JSON")
     s.add_argument("--strict", action="store_true", help="exit 1 when any record is bad")
     s.set_defaults(func=cmd_data_report)
@@ -378,8 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("json", type=Path, help="LLaVA JSON file (558K / mix665k format)")
     s.add_argument("--images", required=True, type=Path, help="image folder the records' paths are relative to")
     s.add_argument("--processor", required=True, help="a model folder (or hub id) whose processor tokenizes")
-    s.add_argument("--template", choices=["chat", "pretrain"], default="chat")
-    s.add_argument("--max-length", type=int, default=2048)
+    s.add_argument("--template", choices=["chat", "pretrain"], default="chat",
+                   help="conversation template the records are tokenized with: chat (SFT) or pretrain (captions)")
+    s.add_argument("--max-length", type=int, default=2048,
+                   help="tokens a record may have before it counts as too long (default 2048)")
     s.add_argument("--max-bad-fraction", type=float, default=0.0,
                    help="fail when more than this fraction of records is bad (default 0: any bad record fails)")
     s.add_argument("--out", required=True, help="report path without suffix (writes .report.json and .report.md)")
@@ -397,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="trained model folder")
     s.add_argument("--world", required=True, type=Path, help="synth-world folder")
     s.add_argument("--tasks", help="comma-separated subset (default: all)")
-    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--batch-size", type=int, default=16, help="generation batch (default 16)")
     s.add_argument("--out", type=Path, help="also write the scores as JSON here")
     s.set_defaults(func=cmd_score_standins)
     s = sub.add_parser("chance", help="chance on the stand-ins: each task's best constant answer, scored by "
@@ -417,9 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="score only the first N documents of each task")
     s.add_argument("--batch-size", type=int, default=ev.batch_size,
                    help=f"generation batch (answers do not depend on it; default {ev.batch_size})")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="lmms-eval's random seed (default 0)")
     s.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, ...")
-    s.add_argument("--dtype", default=ev.dtype, choices=DTYPES)
+    s.add_argument("--dtype", default=ev.dtype, choices=DTYPES, help=f"weights' dtype (default {ev.dtype})")
     s.add_argument("--recompute", action="store_true",
                    help="score every benchmark again, even one finished earlier for this model and settings")
     s.add_argument("--submission", action="store_true",
@@ -439,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmarks", default="all", help="'all' or a comma list of llavakd/eval/benchmarks.yaml names")
     s.add_argument("--world", type=Path, help="tiny mode: the stand-ins of this synth-world")
     s.add_argument("--limit", type=int, help="the first N documents of each task (default: all)")
-    s.add_argument("--dtype", default=ev.dtype, choices=DTYPES)
+    s.add_argument("--dtype", default=ev.dtype, choices=DTYPES, help=f"weights' dtype (default {ev.dtype})")
     s.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, ...")
     s.add_argument("--hf-home", type=Path, help="a pre-filled Hugging Face cache with the official task data (offline)")
     s.set_defaults(func=cmd_agreement)

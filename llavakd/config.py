@@ -150,7 +150,10 @@ class TrainConfig:
     save_steps: int = 500
     keep_checkpoints: int = 2
     logging_steps: int = 1
-    stop_after_steps: int | None = None  # stop (as if killed) after this step's checkpoint; for tests
+    stop_after_steps: int | None = None  # a test hook: stop at the first checkpoint at or after this step, with no
+    #   final/, as a job killed right after that checkpoint would. It exists so the resume and damaged-checkpoint
+    #   tests (tests/test_faults.py, tests/test_train.py) get a half-finished run in-process, without a subprocess
+    #   and a SIGKILL; it is not part of what is trained (a resume may drop it) and a study never sets it
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = added("sdpa")  # every LLaVA the job
     #   loads (transformers' attn_implementation; flash_attention_2 needs the flash-attn package and a GPU)
     liger_kernels: bool = added(False)  # liger-kernel's Qwen2 kernels (RMSNorm, RoPE, SwiGLU) in both LLMs;

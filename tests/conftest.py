@@ -1,8 +1,14 @@
-"""Shared fixtures: the tiny component family is written once per test session."""
+"""Shared fixtures: the tiny component family and the micro study's finished tree are made once per
+test session (per xdist worker; every test that reads the micro tree runs in one xdist group, so the
+tree is built once)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -12,6 +18,35 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+MICRO_GROUP = "micro"  # the xdist group of the tests that use the micro tree (make test: --dist loadgroup)
+
+
+_DRY_RUNS: dict[tuple[str, ...], str] = {}
+
+
+def dry_run(*args: str) -> str:
+    """``snakemake -n <args>`` in the repository (stdout and stderr), run once per argument list and
+    session: the tests that read the same plan share one subprocess."""
+    if args not in _DRY_RUNS:
+        r = subprocess.run(SNAKEMAKE + ["-n", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        _DRY_RUNS[args] = r.stdout + r.stderr
+    return _DRY_RUNS[args]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The micro tree's group first, then the other slow tests, then the rest (a stable sort): under
+    xdist the long tests start at once instead of trailing the run on one worker."""
+    def rank(item):
+        group = item.get_closest_marker("xdist_group")
+        if group is not None and group.args and group.args[0] == MICRO_GROUP:
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
 
 
 def metrics_by_step(run_dir) -> dict:
@@ -73,3 +108,66 @@ def build_pair(components, root, student_llm: str, teacher_llm: str, world_seed:
             teacher_hook(m)
         save_llava(m, p, root / name, prov)
     return root
+
+
+# -- the micro study: the whole DAG at the smallest sizes that still train and score -------------------
+MICRO = {
+    "run": "micro", "mode": "tiny", "seeds": [0],
+    "world": {"seed": 0, "size": "tiny"},
+    "components": {"seed": 0, "vision_steps": 3, "llm_steps": 2, "min_probe": 0.0},
+    "families": {"qwen1.5": {"teacher": "qwen1.5-1.8b", "students": ["qwen1.5-0.5b"]}},
+    "variants": {"baseline": "pt--sft", "llava_kd": "dpt--sft--dft"},
+    "train": {"common": {"train.precision": "fp32", "train.global_batch": 4, "train.per_device_batch": 4,
+                         "train.save_steps": 2, "train.max_steps": 2, "data.max_length": 256},
+              "teacher": {"sft": {"train.max_steps": 40}}, "dft": {"loss.rel_weight": 0.5}},
+    "ablations": {"students": ["qwen1.5-0.5b"], "stages": {"PT+SFT+DFT": "pt--sft--dft"}},
+    "eval": {"benchmarks": "pope,mme", "limit": 2, "batch_size": 4},
+    "agreement": {"limit": 2},
+    "resources": {"default": {"gpus": 0, "threads": 1, "mem_mb": 2000, "runtime": 10}},
+}
+MICRO_TARGETS = ("reproduce_table1", "ablation_stages")  # what the shared micro tree is built with
+
+
+def micro_cmd(root: Path, cfg: Path, *targets: str) -> list[str]:
+    """``snakemake <targets>`` on the micro config in ``root`` (2 cores)."""
+    return SNAKEMAKE + [*targets, "--snakefile", str(REPO / "Snakefile"), "--directory", str(root), "--cores", "2",
+                        "--configfile", str(cfg)]
+
+
+def micro_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def write_micro_config(root: Path, cfg: dict | None = None) -> Path:
+    import yaml
+
+    path = Path(root) / "micro.yaml"
+    path.write_text(yaml.safe_dump(MICRO if cfg is None else cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def micro_tree(tmp_path_factory):
+    """The micro study run once, uninterrupted, with ``MICRO_TARGETS``: world, components, every
+    training job, the evaluations, agreement and the reports. Tests read it and never write to it; a
+    test that kills, changes or reruns a tree works on ``copy_micro_tree``. Mark such tests
+    ``@pytest.mark.xdist_group(MICRO_GROUP)`` so one xdist worker builds it once."""
+    root = tmp_path_factory.mktemp("micro_tree")
+    cfg = write_micro_config(root)
+    r = subprocess.run(micro_cmd(root, cfg, *MICRO_TARGETS), cwd=root, env=micro_env(), capture_output=True,
+                       text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return root
+
+
+def copy_micro_tree(tree: Path, dest: Path, parts: tuple[str, ...] | None = None) -> Path:
+    """A copy of the micro tree (modification times kept, so Snakemake sees what the original holds):
+    all of it, with Snakemake's metadata, or only ``parts`` (paths under the tree) and no metadata."""
+    if parts is None:
+        shutil.copytree(tree, dest, symlinks=True)
+    else:
+        dest.mkdir(parents=True)
+        for part in parts:
+            shutil.copytree(tree / part, dest / part, symlinks=True)
+    write_micro_config(dest)
+    return dest

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--vocab", "512", "--visual", "8", "--answer", "8", "--student-hidden", "16", "--teacher-hidden", "24"]
 
 
+@pytest.mark.slow
 def test_distill_memory_prints_every_ratio_in_one_json_line():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.distill_memory", *SMALL], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -26,6 +29,7 @@ def test_distill_memory_prints_every_ratio_in_one_json_line():
     assert report["shape"]["malloc_mmap_threshold"] == 1 << 20
 
 
+@pytest.mark.slow
 def test_the_micro_benchmarks_run():
     """make bench's pytest-benchmark suite runs (timing off: a smoke run, so it cannot rot unseen)."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/micro", "-q", "-p", "no:cacheprovider",
@@ -34,6 +38,7 @@ def test_the_micro_benchmarks_run():
     assert "5 passed" in proc.stdout
 
 
+@pytest.mark.slow
 def test_distill_precision_smoke():
     """benchmarks/distill_precision.py at a small shape: bf16 inputs within the bounds of float64."""
     proc = subprocess.run([sys.executable, "-m", "benchmarks.distill_precision", "--vocab", "2000", "--visual", "16",

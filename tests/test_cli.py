@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+
+import pytest
 
 from llavakd.cli import build_parser, main
 
 
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    """{name: its parser}, as the top-level parser holds them."""
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+SUBCOMMANDS = sorted(_subcommands())
+
+
 def test_help_lists_every_subcommand_with_a_line():
     text = build_parser().format_help()
-    for name in ("tiny-models", "build", "convert-upstream"):
-        line = next(ln for ln in text.splitlines() if ln.strip().startswith(name))
-        assert len(line.split(maxsplit=1)) == 2, f"{name} has no one-line explanation"
+    assert len(SUBCOMMANDS) >= 15, SUBCOMMANDS
+    for name in SUBCOMMANDS:
+        lines = text.splitlines()
+        at = next((i for i, ln in enumerate(lines) if ln.split()[:1] == [name]), None)
+        assert at is not None, f"{name} is not listed in llavakd --help"
+        said = lines[at].split(maxsplit=1)[1:] or lines[at + 1].split()  # a long name: the text on the next line
+        assert said, f"{name} has no one-line explanation"
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_explains_itself_with_help(name, capsys):
+    """``llavakd <name> --help`` exits 0 with its usage, and every option it takes says what it is."""
+    with pytest.raises(SystemExit) as done:
+        main([name, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: llavakd {name}"), out[:200]
+    parser = _subcommands()[name]
+    silent = [a.option_strings or [a.dest] for a in parser._actions if a.dest != "help" and not a.help]
+    assert not silent, f"llavakd {name}: no help text for {silent}"
+    for action in parser._actions:
+        for flag in action.option_strings:
+            assert flag in out, f"llavakd {name} --help does not show {flag}"
 
 
 def test_console_script_help_runs():

@@ -108,7 +108,7 @@ def pair(tiny_components, tmp_path_factory):
 
 
 def _one_step(pair, out, method, monkeypatch):
-    """One float64 DFT step (or CFT for ce) with the method's loss; returns (logged record, the batch)."""
+    """One float64 DFT step (or CFT for ce) with the method's loss; returns (logged record, the batch, loss)."""
     from llavakd.methods import Method
     from llavakd.train.run import run_stage
     from llavakd.train.trainer import KDTrainer
@@ -135,16 +135,35 @@ def _one_step(pair, out, method, monkeypatch):
     return rec, seen[0], cfg.loss
 
 
-@pytest.mark.parametrize("method", ["ce", "kd", "reverse_kl", "skew_kl", "jsd", "llava_kd_dft", "half_rel"])
-def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, tmp_path, monkeypatch, method):
+STEP_METHODS = ["ce", "kd", "reverse_kl", "skew_kl", "jsd", "llava_kd_dft", "half_rel"]
+
+
+@pytest.fixture(scope="module")
+def one_step(pair, tmp_path_factory):
+    """{method: (logged record, the batch the trainer read, its loss config)}: one step of every method,
+    run once for the module (the oracle test reads one method, the data-order test all of them)."""
+    out = tmp_path_factory.mktemp("one_step")
+    steps = {}
+    for method in STEP_METHODS:
+        with pytest.MonkeyPatch.context() as mp:
+            steps[method] = _one_step(pair, out / method, method, mp)
+    return steps
+
+
+def _first_ids(batch) -> list:
+    return list(batch["sample_ids"]) if "sample_ids" in batch else batch["input_ids"][:, :8].tolist()
+
+
+@pytest.mark.xdist_group("methods_one_step")  # one worker runs the module's steps once
+@pytest.mark.parametrize("method", STEP_METHODS)
+def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, one_step, method):
     """The logged parts of the step equal the naive float64 objective with the method's loss on the
-    batch the trainer read (the initial student and the teacher, float64); and that batch is the
-    same for every method (same data order)."""
+    batch the trainer read (the initial student and the teacher, float64)."""
     from transformers import LlavaForConditionalGeneration
 
     from llavakd.distill import distill_loss
 
-    rec, batch, loss = _one_step(pair, tmp_path / method, method, monkeypatch)
+    rec, batch, loss = one_step[method]
     student = LlavaForConditionalGeneration.from_pretrained(pair / "student", dtype=torch.float64).eval()
     teacher = LlavaForConditionalGeneration.from_pretrained(pair / "teacher", dtype=torch.float64).eval()
     fwd = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if batch.get(k) is not None}
@@ -157,12 +176,14 @@ def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, tmp_pat
     for k, v in ref.parts.items():
         assert rec[f"loss_{k}"] == pytest.approx(v, rel=1e-9), k
     assert {k[5:] for k in rec if k.startswith("loss_")} == set(ref.parts)
-    first = tmp_path.parent / "first_batch.json"
-    ids = list(batch["sample_ids"]) if "sample_ids" in batch else batch["input_ids"][:, :8].tolist()
-    if first.is_file():
-        assert json.loads(first.read_text()) == ids  # one data order for every method
-    else:
-        first.write_text(json.dumps(ids))
+
+
+@pytest.mark.xdist_group("methods_one_step")
+def test_every_method_reads_the_same_first_batch(one_step):
+    """One data order for every method: the batch each method's first step read, compared in one test."""
+    ids = {method: _first_ids(batch) for method, (_, batch, _) in one_step.items()}
+    assert len(ids) == len(STEP_METHODS) and all(ids.values())
+    assert all(v == ids["ce"] for v in ids.values()), ids
 
 
 def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ def _cli(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_every_task_dataset_is_listed_once_with_what_task_code_loads():
     found = {(d.path, d.name): d for d in benchmark_datasets(resolve("all"))}
     assert ("lmms-lab-encoder/GQA", "testdev_balanced_instructions") in found
@@ -34,6 +35,7 @@ def test_every_task_dataset_is_listed_once_with_what_task_code_loads():
     assert len(with_submission) >= len(benchmark_datasets(resolve("vqav2")))
 
 
+@pytest.mark.slow
 def test_an_empty_cache_is_listed_offline(tmp_path):
     r = _cli("prefetch-benchmarks", "--benchmarks", "gqa,pope", "--hf-home", str(tmp_path / "empty"), "--check")
     assert r.returncode == 1, r.stderr[-2000:]

@@ -78,6 +78,7 @@ def pair(tiny_components, tmp_path_factory):
     return build_pair(tiny_components, tmp_path_factory.mktemp("sampler"), "qwen1.5-0.5b", "qwen1.5-1.8b", world_seed=5)
 
 
+@pytest.mark.slow
 def test_a_grouped_run_logs_less_padding_than_an_ungrouped_one(pair, tmp_path):
     padding = {}
     for grouped in (True, False):

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,16 +15,24 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import metrics_by_step
+from conftest import (
+    MICRO,
+    MICRO_GROUP,
+    REPO,
+    SNAKEMAKE,
+    copy_micro_tree,
+    dry_run,
+    metrics_by_step,
+    micro_cmd,
+    micro_env,
+    write_micro_config,
+)
 
 from llavakd.errors import ConfigError
 from llavakd.layout import model_name, parse_model
 from llavakd.plan import Study, train_jobs
 from llavakd.stages import Chain, Step
 from llavakd.tiny.family import LLM_NAMES
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def load(name):
@@ -152,10 +161,8 @@ def test_a_study_loss_override_reaches_the_job_as_one_typed_config(tmp_path):
         "results/demo/configs/qwen1.5-0.5b/s0/dpt--sft--dft.yaml")
 
 
-def _dry_run(*extra):
-    r = subprocess.run(SNAKEMAKE + ["-n", *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout + r.stderr
+_dry_run = dry_run  # memoised per session (conftest)
+DATA_TARGETS = ("prefetch_benchmarks", "prepare_data", "validate_data")  # one plan for the two tests below
 
 
 def _job_counts(text):
@@ -201,15 +208,14 @@ def test_paper_dry_run_plans_everything_and_prints_the_cost():
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_prefetch_benchmarks_plans_with_nothing_present():
-    counts = _job_counts(_dry_run("prefetch_benchmarks", "--configfile", "config/paper.yaml"))
+    counts = _job_counts(_dry_run(*DATA_TARGETS, "--configfile", "config/paper.yaml"))
     assert counts["prefetch_benchmarks_data"] == 1 and "evaluate" not in counts
 
 
 @pytest.mark.slow
 def test_prepare_and_validate_data_plan_with_nothing_present():
-    counts = _job_counts(_dry_run("prepare_data", "validate_data", "--configfile", "config/paper.yaml"))
+    counts = _job_counts(_dry_run(*DATA_TARGETS, "--configfile", "config/paper.yaml"))
     assert counts["prepare_data_files"] == 1 and counts["validate_data_file"] == 2 and "train" not in counts
 
 
@@ -226,6 +232,7 @@ def test_the_speedrun_plans_within_eight_gpu_hours():
     assert "0.2 of the training records" in out
 
 
+@pytest.mark.slow
 def test_paper_slurm_dry_run_requests_gpus():
     out = _dry_run("--executor", "slurm", "--workflow-profile", "profiles/slurm", "reproduce_table1",
                    "--configfile", "config/paper.yaml")
@@ -235,31 +242,24 @@ def test_paper_slurm_dry_run_requests_gpus():
     assert re.search(r"resources:.*gpu=1", ev), ev
 
 
-MICRO = {
-    "run": "micro", "mode": "tiny", "seeds": [0],
-    "world": {"seed": 0, "size": "tiny"},
-    "components": {"seed": 0, "vision_steps": 3, "llm_steps": 2, "min_probe": 0.0},
-    "families": {"qwen1.5": {"teacher": "qwen1.5-1.8b", "students": ["qwen1.5-0.5b"]}},
-    "variants": {"baseline": "pt--sft", "llava_kd": "dpt--sft--dft"},
-    "train": {"common": {"train.precision": "fp32", "train.global_batch": 4, "train.per_device_batch": 4,
-                         "train.save_steps": 2, "train.max_steps": 2, "data.max_length": 256},
-              "teacher": {"sft": {"train.max_steps": 40}}, "dft": {"loss.rel_weight": 0.5}},
-    "ablations": {"students": ["qwen1.5-0.5b"], "stages": {"PT+SFT+DFT": "pt--sft--dft"}},
-    "eval": {"benchmarks": "pope,mme", "limit": 2, "batch_size": 4},
-    "resources": {"default": {"gpus": 0, "threads": 1, "mem_mb": 2000, "runtime": 10}},
-}
-
-
 @pytest.mark.slow
-def test_micro_study_end_to_end_with_a_kill_and_resume(tmp_path):
-    """The whole DAG on a micro config; killed during a training job, run again: it resumes."""
-    cfg = tmp_path / "micro.yaml"
-    cfg.write_text(yaml.safe_dump(MICRO))
-    cmd = SNAKEMAKE + ["reproduce_table1", "ablation_stages", "--snakefile", str(REPO / "Snakefile"),
-                       "--directory", str(tmp_path), "--cores", "2", "--configfile", str(cfg)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = tmp_path / "results/micro/runs/qwen1.5-1.8b/s0/pt--sft"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+@pytest.mark.xdist_group(MICRO_GROUP)
+def test_micro_study_end_to_end_with_a_kill_and_resume(micro_tree, tmp_path):
+    """The whole DAG on the micro config; killed during the teacher's SFT, run again: it resumes and
+    finishes. It starts from a copy of the shared micro tree without the teacher's SFT and what follows
+    it (the distilled students' runs, every score, agreement and report): Snakemake does not remake a
+    missing file that up-to-date outputs downstream were made from."""
+    root = copy_micro_tree(micro_tree, tmp_path / "tree")
+    runs = root / "results/micro/runs"
+    for gone in [runs / "qwen1.5-1.8b/s0/pt--sft", *runs.glob("qwen1.5-0.5b/s0/dpt*"),
+                 runs / "qwen1.5-0.5b/s0/pt--sft--dft", root / "results/micro/eval", root / "results/micro/agreement",
+                 root / "reports"]:
+        shutil.rmtree(gone)
+    cfg = root / "micro.yaml"
+    cmd = micro_cmd(root, cfg, "reproduce_table1", "ablation_stages")
+    env = micro_env()
+    run = root / "results/micro/runs/qwen1.5-1.8b/s0/pt--sft"
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     t0 = time.time()
     def past_step_4():  # keep_checkpoints 2: checkpoint-4 itself is gone once checkpoint-8 is written
@@ -273,32 +273,32 @@ def test_micro_study_end_to_end_with_a_kill_and_resume(tmp_path):
     os.killpg(proc.pid, signal.SIGTERM)  # as a user's Ctrl-C / a scheduler's kill would
     proc.communicate(timeout=120)
     assert not (run / "final" / "COMPLETE").exists()
-    kept = {p.relative_to(tmp_path) for p in (tmp_path / "results/micro/runs").glob("*/s0/*/final/COMPLETE")}
+    kept = {p.relative_to(root) for p in (root / "results/micro/runs").glob("*/s0/*/final/COMPLETE")}
     assert Path("results/micro/runs/qwen1.5-1.8b/s0/pt/final/COMPLETE") in kept
 
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    log = (tmp_path / "results/micro/logs/train/qwen1.5-1.8b/s0/pt--sft.log").read_text()
+    log = (root / "results/micro/logs/train/qwen1.5-1.8b/s0/pt--sft.log").read_text()
     assert "resuming from" in log and "checkpoint-" in log
     for ext in ("md", "csv", "tex", "html"):
-        assert (tmp_path / f"reports/micro/table1.{ext}").stat().st_size > 0
-        assert (tmp_path / f"reports/micro/ablation_stages.{ext}").stat().st_size > 0
+        assert (root / f"reports/micro/table1.{ext}").stat().st_size > 0
+        assert (root / f"reports/micro/ablation_stages.{ext}").stat().st_size > 0
     for fig in ("benchmarks", "overview", "training_curves"):
-        assert (tmp_path / f"reports/micro/figures/{fig}.png").stat().st_size > 10_000
+        assert (root / f"reports/micro/figures/{fig}.png").stat().st_size > 10_000
     # a study's loss override reached the trainer through the job's one config file
-    job = tmp_path / "results/micro/configs/qwen1.5-0.5b/s0/dpt--sft--dft.yaml"
-    kd_run = tmp_path / "results/micro/runs/qwen1.5-0.5b/s0/dpt--sft--dft"
+    job = root / "results/micro/configs/qwen1.5-0.5b/s0/dpt--sft--dft.yaml"
+    kd_run = root / "results/micro/runs/qwen1.5-0.5b/s0/dpt--sft--dft"
     assert yaml.safe_load(job.read_text()) == yaml.safe_load((kd_run / "config.yaml").read_text())
     assert json.loads((kd_run / "metadata.json").read_text())["loss"]["rel_weight"] == 0.5
     for rule_dir in ("logs", "benchmarks"):
-        assert list((tmp_path / "results/micro" / rule_dir / "train").rglob("*"))
+        assert list((root / "results/micro" / rule_dir / "train").rglob("*"))
     # the HTML report with every table and figure
-    rep = subprocess.run(cmd + ["--report", str(tmp_path / "report.html")], cwd=tmp_path, env=env, capture_output=True,
+    rep = subprocess.run(cmd + ["--report", str(tmp_path / "report.html")], cwd=root, env=env, capture_output=True,
                          text=True, timeout=300)
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 100_000
     # nothing left to do
-    again = subprocess.run(cmd + ["-n"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd + ["-n"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -350,23 +350,21 @@ def test_lmms_tasks_command_writes_the_rule_only_mmbench_cn(tmp_path):
     assert "mmbench_cn_dev.yaml" in text and "llavakd_task_hooks.mmbench_cn_dev_static" in text
 
 
-def _micro_cmd(tmp_path, cfg):
-    return SNAKEMAKE + ["reproduce_table1", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-                        "--cores", "2", "--configfile", str(cfg), "--rerun-incomplete"]
+def _micro_cmd(root, cfg):
+    return micro_cmd(root, cfg, "reproduce_table1") + ["--rerun-incomplete"]
 
 
 @pytest.mark.slow
-def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(tmp_path):
+@pytest.mark.xdist_group(MICRO_GROUP)
+def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(micro_tree, tmp_path):
     """SIGKILL to snakemake and its jobs while the components are built, while a training job is
     between checkpoints and while a model is being evaluated; rerun after each: the reports equal a
-    run that was never interrupted (tables byte-identical, every step's metrics to 1e-5)."""
-    cfg = tmp_path / "micro.yaml"
-    cfg.write_text(yaml.safe_dump(MICRO))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    ref, hit = tmp_path / "ref", tmp_path / "hit"
-    ref.mkdir(), hit.mkdir()
-    r = subprocess.run(_micro_cmd(ref, cfg), cwd=ref, env=env, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run that was never interrupted (the shared micro tree; tables byte-identical, every step's metrics
+    to 1e-5)."""
+    ref, hit = micro_tree, tmp_path / "hit"
+    hit.mkdir()
+    cfg = write_micro_config(hit)
+    env = micro_env()
     res = hit / "results/micro"
     moments = [
         lambda: (res / "world/COMPLETE").exists(),  # the components are being pre-trained
@@ -389,7 +387,7 @@ def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("table1.md", "table1.csv", "table1.tex", "seeds.md", "seeds.csv"):
         assert (hit / "reports/micro" / name).read_bytes() == (ref / "reports/micro" / name).read_bytes(), name
-    runs = sorted(p.parent.relative_to(ref) for p in ref.glob("results/micro/runs/**/metrics.jsonl"))
+    runs = sorted(p.parent.relative_to(hit) for p in hit.glob("results/micro/runs/**/metrics.jsonl"))
     assert len(runs) == 8  # teacher pt, pt--sft; student pt, pt--sft, pt--sft--cft, dpt, dpt--sft, dpt--sft--dft
     for run in runs:
         a, b = metrics_by_step(ref / run), metrics_by_step(hit / run)
@@ -401,15 +399,18 @@ def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(
 
 
 @pytest.mark.slow
-def test_validate_data_on_the_tiny_world_fails_on_a_planted_bad_record_or_leaves_it_out(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+@pytest.mark.xdist_group(MICRO_GROUP)
+def test_validate_data_on_the_tiny_world_fails_on_a_planted_bad_record_or_leaves_it_out(micro_tree, tmp_path):
+    """The world, components and initial models copied from the shared micro tree (no Snakemake
+    metadata: validation and training are planned afresh)."""
+    env = micro_env()
+    tmp_path = copy_micro_tree(micro_tree, tmp_path / "tree",
+                               parts=("results/micro/world", "results/micro/components", "results/micro/models"))
 
     def smk(cfg: dict, *targets):
-        path = tmp_path / "micro.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return subprocess.run(SNAKEMAKE + [*targets, "--snakefile", str(REPO / "Snakefile"), "--directory",
-                                           str(tmp_path), "--cores", "2", "--configfile", str(path)],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        path = write_micro_config(tmp_path, cfg)
+        return subprocess.run(micro_cmd(tmp_path, path, *targets), cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=900)
 
     r = smk(MICRO, "validate_data")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -432,6 +433,7 @@ def test_validate_data_on_the_tiny_world_fails_on_a_planted_bad_record_or_leaves
     assert meta["dataset"]["listed_bad_left_out"] == 1 and meta["dataset"]["records"] == len(records) - 1
 
 
+@pytest.mark.slow
 def test_planning_imports_no_plotting_library_nor_torch():
     """`snakemake -n` of the paper plans and prices without matplotlib, seaborn, torch or transformers
     (-X importtime lists every module imported; pandas comes with the SLURM executor plugin)."""

@@ -25,6 +25,7 @@ def test_cell_labels_parse_every_object():
     assert len(CLASSES) == 26
 
 
+@pytest.mark.slow
 def test_vision_pretraining_learns(world):
     from transformers import SiglipVisionModel
 
@@ -37,6 +38,7 @@ def test_vision_pretraining_learns(world):
     assert rep["probe_cell_accuracy"] > 0.3  # 26 classes; chance is far lower
 
 
+@pytest.mark.slow
 def test_llm_pretraining_learns(world, tiny_components):
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 

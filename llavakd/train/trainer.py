@@ -624,7 +624,12 @@ class JsonlLogger(TrainerCallback):
 
 
 class StopAfter(TrainerCallback):
-    """Stop right after the checkpoint of step N (simulates a killed job in tests)."""
+    """Stop right after the first checkpoint at or after step N (``train.stop_after_steps``).
+
+    A test hook, kept in the production trainer on purpose: the resume and damaged-checkpoint tests
+    need a run that ends after a checkpoint and before ``final/``, as a killed job does, and this
+    gives it in-process and deterministically (the SIGKILL tests cover a real kill). Nothing a study
+    plans sets it; the run then writes no ``final/`` (llavakd.train.run)."""
 
     def __init__(self, step: int):
         self.step = step
