@@ -14,4 +14,5 @@ DEFAULT_PROTOCOL = "lmms-eval"
 # (its training stays done), and the runner reuses no result file of an earlier revision.
 #   1: until 2026-12-03, answers capped at 32 new tokens by the adapter
 #   2: no cap of our own; the paper protocol decodes and parses MMMU and ScienceQA as upstream
-SCORING_REVISION = 2
+#   3: every result file carries the headline's 95% interval over its documents (llavakd.eval.interval)
+SCORING_REVISION = 3

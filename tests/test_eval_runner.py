@@ -122,6 +122,7 @@ def test_every_headline_equals_the_hand_computed_score(world, tmp_path, monkeypa
     res = evaluate(Scripted(), "all", tmp_path / "out", standins=standin_tasks(world), limit=LIMIT)
     registry = load_registry()
     assert list(res) == list(registry)
+    proportions = []
     for name, bench in registry.items():
         expected = sum(hand_score(t, world) for t in bench.tasks) / len(bench.tasks)
         assert res[name]["headline"] == pytest.approx(expected, abs=1e-3), name
@@ -132,6 +133,21 @@ def test_every_headline_equals_the_hand_computed_score(world, tmp_path, monkeypa
         assert len(lines) == LIMIT * len(bench.tasks)
         assert on_disk["lmms_eval_version"] == "0.7.3" and on_disk["seed"] == 0
         assert all(len(t["config_hash"]) == 16 for t in on_disk["tasks"].values())
+        # the interval over the scored documents, from the tasks' own aggregation (llavakd.eval.interval)
+        ci = on_disk["interval95"]
+        assert ci["value"] == pytest.approx(expected, abs=1e-3) and ci["documents"] == LIMIT * len(bench.tasks)
+        assert ci["low"] < ci["value"] < ci["high"] and len(ci["replicates"]) == 1000, name
+        # a column of right-or-wrong answers (one task, every document 0 or 100) is a proportion: Wilson
+        per_doc = [json.loads(x)[bench.metric] for x in lines]
+        proportion = len(bench.tasks) == 1 and all(v in (0, 1) for v in per_doc if not isinstance(v, dict))
+        if proportion and not any(isinstance(v, dict) for v in per_doc):
+            from llavakd.eval.interval import wilson
+
+            k = sum(per_doc)
+            assert ci["method"] == "wilson" and ci["low"] == pytest.approx(100 * wilson(int(k), LIMIT)[0], abs=1e-4)
+            proportions.append(name)
+    assert len(proportions) >= 4, proportions  # the exact-match columns
+    assert res["pope"]["interval95"]["method"] == "bootstrap" and res["mme"]["interval95"]["method"] == "bootstrap"
     pope = res["pope"]  # F1 and accuracy per split and pooled over the three
     for task in registry["pope"].tasks:
         f1, acc = pope_hand([task], world)

@@ -63,6 +63,8 @@ def test_seed_interval_is_the_t_interval():
 
 
 CHANCE = {c: 44.0 + 0.5 * j for j, c in enumerate(COLS)}
+DOC_HALF = 1.0  # each fixture result's 95% interval over documents: value ± 1
+SPREAD = (-2.0, -1.0, 0.0, 1.0, 2.0)  # its bootstrap replicates: an average's lower end is its value - 1.9
 FIXTURE = {
     "run": "golden", "mode": "tiny", "seeds": [0, 1],
     "families": {"qwen1.5": {"teacher": "qwen1.5-4b", "students": ["qwen1.5-0.5b"]}},
@@ -84,7 +86,10 @@ def _write_results(root: Path, study: Study):
             if c == "mmmu" and model.startswith("qwen1.5-0.5b/") and model.endswith("/pt--sft"):
                 continue
             seed = int(model.split("/")[1][1:]) if "/s" in model else 0
-            rec = {"headline": 40.0 + 3 * k + j + 0.5 * seed, "local_split_differs": c in ("vqav2", "vizwiz")}
+            value = 40.0 + 3 * k + j + 0.5 * seed
+            rec = {"headline": value, "local_split_differs": c in ("vqav2", "vizwiz"),
+                   "interval95": {"low": value - DOC_HALF, "high": value + DOC_HALF,
+                                  "replicates": [value + d for d in SPREAD]}}
             (d / f"{c}.json").write_text(json.dumps(rec))
     # the stand-ins' chance (tiny mode): some fixture cells sit below it, some above
     chance = {c: {"headline": CHANCE[c], "answers": {}} for c in COLS}
@@ -235,12 +240,29 @@ def test_cells_not_above_chance_are_marked(golden_study, tmp_path):
         for c in (*COLS, "avg7", "avg10"):
             if line[c] == "":
                 continue
-            ci = float(line[f"{c}_ci95"]) if line[f"{c}_ci95"] != "" else 0.0
-            expected = float(line[c]) - ci <= float(chance[c]) + 1e-9  # the csv rounds to 4 places
+            if int(line["seeds"]) > 1:  # the t-interval over seeds
+                low = float(line[c]) - float(line[f"{c}_ci95"])
+            else:  # one seed: the interval over its documents (an average's from the replicates)
+                low = float(line[c]) - (1.9 if c.startswith("avg") else DOC_HALF)
+            expected = low <= float(chance[c]) + 1e-9  # the csv rounds to 4 places
             assert (c in marked) == expected, (line["method"], c)
     teacher = df[(df.source == "ours") & (df.method == "TinyLLaVA† (teacher)")].iloc[0]
     kd = df[(df.source == "ours") & (df.method == "LLaVA-KD")].iloc[0]
     assert "gqa" in teacher["not_above_chance"] and kd["not_above_chance"] == ""  # the fixture has both kinds
+    # one seed above chance by less than its documents' interval: not shown to be above chance
+    assert teacher["seeds"] == "1" and float(teacher["mmmu"]) > CHANCE["mmmu"] and "mmmu" in teacher["not_above_chance"]
+
+
+def test_a_single_seed_cell_without_an_interval_over_documents_is_refused(golden_study, tmp_path):
+    """A result file scored before intervals existed: the report names the cell instead of guessing."""
+    from llavakd.errors import LlavaKDError
+
+    path = next(Path(".").glob("results/golden/eval/qwen1.5-4b/*/pt--sft/gqa.json"))
+    rec = json.loads(path.read_text())
+    del rec["interval95"]
+    path.write_text(json.dumps(rec))
+    with pytest.raises(LlavaKDError, match="teacher qwen1.5-4b gqa: no 95% interval over documents"):
+        render_table1(golden_study, tmp_path / "out", formats=("csv",))
 
 
 def test_agreement_report_pools_seeds_and_averages_benchmarks(golden_study, tmp_path):

@@ -186,6 +186,23 @@ def _keep_submissions(work: Path, out: Path, bench: Benchmark) -> list[str]:
     return kept
 
 
+def _interval(bench: Benchmark, res: dict, local: dict[str, str], task_manager, work: Path, seed: int,
+              score: float) -> dict:
+    """The headline's 95% interval over the scored documents (llavakd.eval.interval), from the values
+    lmms-eval aggregated; recomputing the headline through the tasks' aggregation must give it back."""
+    from lmms_eval.tasks import get_task_dict
+
+    from llavakd.eval.interval import document_interval
+
+    tasks = {t: get_task_dict([name], task_manager)[name] for t, name in local.items()}
+    items = {t: [s[bench.metric] for s in res["samples"][name]] for t, name in local.items()}
+    interval = document_interval(bench, items, tasks, work, seed)
+    if not math.isclose(interval["value"], round(score, 4), abs_tol=1e-3):
+        raise EvalError(f"{bench.name}: the interval's recomputed headline {interval['value']} is not lmms-eval's "
+                        f"{score:.4f}")
+    return interval
+
+
 def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, names: dict[str, str], tiny: bool = False,
                   protocol: str = DEFAULT_PROTOCOL, limit=None, batch_size: int = 1, seed: int = 0,
                   model_path: str | None = None, submission: bool = False, request: dict | None = None) -> dict:
@@ -229,6 +246,7 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, names: di
     # per-sample metric records (MME's carry the category its headline divisor counts)
     records = {t: [s[bench.metric] for s in samples[t] if isinstance(s.get(bench.metric), dict)] for t in samples}
     score = headline(bench, per_task, records)
+    interval = _interval(bench, res, dict(zip(bench.tasks, local)), task_manager, work, seed, score)
     record = {
         "benchmark": bench.name, "column": bench.column, "headline": round(score, 4), "scale": bench.scale,
         "paper_split": bench.paper_split,
@@ -242,6 +260,7 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, names: di
         "submission_files": _keep_submissions(work, out, bench) if submission else [],
         "model": model_path, "seed": seed, "limit": limit,
         "lmms_eval_version": version("lmms_eval"), "request": request,
+        "interval95": interval,
     }
     atomic_write_text(out / f"{bench.name}.samples.jsonl",
                   "".join(json.dumps(s, sort_keys=True) + "\n" for t in bench.tasks for s in samples[t]))

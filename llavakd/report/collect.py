@@ -16,6 +16,8 @@ from llavakd.report.averages import COLUMNS, avg7, avg10
 class Cell:
     values: list[float]            # one per seed
     local_split: bool = False      # scored on a local split where the paper used a server (VQAv2, VizWiz)
+    lows: list[float | None] = field(default_factory=list)  # per seed: the lower end of its 95% interval over
+    #   the documents it scored (the result file's interval95; llavakd.eval.interval); None: the file has none
 
     @property
     def mean(self) -> float:
@@ -35,6 +37,22 @@ class Cell:
 
         n = len(self.values)
         return float(t.ppf(0.975, n - 1) * self.sd / math.sqrt(n))
+
+
+    def seed_low(self, i: int, where: str) -> float:
+        """Seed ``i``'s lower 95% end over its documents; a result file without one is an error, not a guess."""
+        low = self.lows[i] if i < len(self.lows) else None
+        if low is None:
+            raise LlavaKDError(f"{where}: no 95% interval over documents in its result file (scored before scoring "
+                               "revision 3): score the model again (snakemake plans it; llavakd eval --recompute)")
+        return low
+
+    def low95(self, where: str) -> float:
+        """The lower end of the cell's 95% interval: the t-interval over seeds when there are several; with
+        one seed, the interval over the documents that seed scored (Wilson or a bootstrap)."""
+        if len(self.values) > 1:
+            return self.mean - self.ci95
+        return self.seed_low(0, where)
 
 
 @dataclass
@@ -75,12 +93,29 @@ def collect_row(spec: dict) -> Row:
         if recs and len(recs) != len(per_seed):
             raise LlavaKDError(f"{spec['label']} {spec['llm']}: {c} exists for {len(recs)} of {len(per_seed)} seeds")
         if recs:
-            row.cells[c] = Cell([float(r["headline"]) for r in recs], local_split=bool(recs[0].get("local_split_differs")))
+            row.cells[c] = Cell([float(r["headline"]) for r in recs], local_split=bool(recs[0].get("local_split_differs")),
+                                lows=[(r.get("interval95") or {}).get("low") for r in recs])
     for name, fn in (("avg7", avg7), ("avg10", avg10)):  # per seed, then pooled like any column
         vals = [fn({c: float(s[c]["headline"]) for c in s}) for s in per_seed]
         if vals and all(v is not None for v in vals):
-            row.cells[name] = Cell(vals)
+            row.cells[name] = Cell(vals, lows=[_average_low(s, fn) for s in per_seed])
     return row
+
+
+def _average_low(scores: dict[str, dict], fn) -> float | None:
+    """The lower 95% end of an average over documents: the columns' bootstrap replicates (each result
+    file's interval95) averaged replicate by replicate, then their 2.5th percentile; None when a column
+    has no replicates."""
+    reps = {c: (r.get("interval95") or {}).get("replicates") for c, r in scores.items()}
+    if any(not v for v in reps.values()) or len({len(v) for v in reps.values()}) != 1:
+        return None
+    import numpy as np
+
+    n = len(next(iter(reps.values())))
+    averaged = [fn({c: v[b] for c, v in reps.items()}) for b in range(n)]
+    if any(a is None for a in averaged):
+        return None
+    return float(np.percentile(averaged, 2.5))
 
 
 def read_chance(path: str | Path) -> dict[str, float]:

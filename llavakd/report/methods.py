@@ -179,12 +179,11 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
     return rows
 
 
-def _cell(c: Cell | None, chance: float | None = None) -> str:
+def _cell(c: Cell | None, chance: float | None = None, where: str = "") -> str:
     if c is None:
         return "-"
     s = f"{c.mean:.1f}" + (f" ± {c.ci95:.1f}" if c.ci95 is not None else "")
-    low = c.mean - (c.ci95 or 0.0)
-    return s + (NOT_ABOVE if chance is not None and low <= chance else "")
+    return s + (NOT_ABOVE if chance is not None and c.low95(where) <= chance else "")
 
 
 def _paired(p: Paired | None) -> str:
@@ -228,7 +227,7 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
         rel = (lambda a, b: f"{a / b:.2f}" if a is not None and b else "-")  # noqa: E731
         p = r.paired.get("avg10")
         body.append([r.method, display_llm(r.llm), str(len(next(iter(r.cells.values())).values) if r.cells else 0)]
-                    + [_cell(r.cells.get(c), ref.get(c)) for c in cols]
+                    + [_cell(r.cells.get(c), ref.get(c), f"{r.method} {r.llm} {c}") for c in cols]
                     + [_paired(p), ", ".join(f"{d:+.1f}" for d in p.diffs) if p else "-"]
                     + [_cell(r.agreement.get(m)) for m in MEASURES]
                     + [rel(r.step_s, ce.step_s if ce else None), rel(r.peak_mb, ce.peak_mb if ce else None),

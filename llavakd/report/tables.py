@@ -33,8 +33,9 @@ ALL = (*COLUMNS, "avg7", "avg10")
 NOTE = ("Ours: mean over seeds, ± the 95% t-interval when there are several; [protocol]: the evaluation protocol "
         "that scored the line. * local val split where the paper used the evaluation server (VQAv2 test-dev, "
         "VizWiz test). Δ = ours − paper; Δ protocol = ours [paper] − ours [lmms-eval]. - : not reported.")
-CHANCE_NOTE = (" chance: the best constant answer on each stand-in, scored by lmms-eval; ° not above chance (the "
-               "95% interval's lower end, or the single seed's value, is at or below it).")
+CHANCE_NOTE = (" chance: the best constant answer on each stand-in, scored by lmms-eval; ° not above chance: the "
+               "lower end of the cell's 95% interval is at or below it (over seeds with several; with one seed, over "
+               "the documents scored: Wilson for a proportion, a bootstrap for POPE, MME and the averages).")
 THIRDPARTY_NOTE = (f" {THIRDPARTY_SOURCE}: Avg10 of an ablation row as an AI-written summary of the paper gives it, "
                    "not checked against the paper (llavakd/report/paper/SOURCE.md); shown under our run of "
                    "the chain it describes.")
@@ -91,8 +92,9 @@ def chance_line(chance: dict[str, float]) -> Line:
 
 
 def not_above(row: Row, chance: dict[str, float] | None) -> set[str]:
-    """Columns (averages included) where the row is not above chance: its 95% interval's lower end, or
-    with one seed its value, is at or below chance."""
+    """Columns (averages included) where the row is not above chance: the lower end of its 95% interval
+    (over seeds with several; over the scored documents with one, so that noise alone does not clear
+    chance) is at or below chance."""
     if not chance:
         return set()
     ref = chance_line(chance).values
@@ -100,8 +102,7 @@ def not_above(row: Row, chance: dict[str, float] | None) -> set[str]:
     for c, cell in row.cells.items():
         if ref.get(c) is None:
             continue
-        low = cell.mean - (cell.ci95 or 0.0)
-        if low <= ref[c]:
+        if cell.low95(f"{row.label} {row.llm} {c}") <= ref[c]:
             out.add(c)
     return out
 
@@ -283,7 +284,8 @@ def seed_table(families: list[dict], seeds: list[int], chance: dict[str, float] 
             for avg in ("avg7", "avg10"):
                 cell = row.cells.get(avg)
                 vals = list(cell.values) if cell else []
-                below = [ref.get(avg) is not None and v <= ref[avg] for v in vals]
+                below = [ref.get(avg) is not None and cell.seed_low(i, f"{method} {row.llm} {avg} seed {s}") <= ref[avg]
+                         for i, s in enumerate(seeds[:len(vals)])]
                 per = [f"{v:.1f}{NOT_ABOVE if b else ''}" for v, b in zip(vals, below)] + ["-"] * (len(seeds) - len(vals))
                 if cell and cell.sd is not None:
                     tail = [f"{cell.mean:.1f}", f"{cell.sd:.2f}", f"{cell.ci95:.1f}"]
@@ -293,6 +295,7 @@ def seed_table(families: list[dict], seeds: list[int], chance: dict[str, float] 
                 flags = [";".join(f"seed_{s}" for s, b in zip(seeds, below) if b)] if chance else []
                 w.writerow([method, display_llm(row.llm), avg, *[p.rstrip(NOT_ABOVE) for p in per], *tail, *flags])
     md += ["", "Teachers are trained once (first seed); students once per seed. sd: sample standard deviation."
-           + (" ° not above chance (the best constant answer on each stand-in, scored by lmms-eval)." if chance else ""),
+           + (" ° not above chance (the best constant answer on each stand-in, scored by lmms-eval): the seed's 95% "
+              "interval over its documents reaches down to it." if chance else ""),
            ""]
     return "\n".join(md), buf.getvalue()

@@ -14,12 +14,11 @@ them (chance is measured on the documents the models are).
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import json
 import tempfile
 from pathlib import Path
 
+from llavakd.eval.interval import aggregate
 from llavakd.eval.registry import headline, resolve
 from llavakd.io import atomic_write_text
 from llavakd.tiny.score import gold_answer
@@ -31,17 +30,10 @@ def _fresh(doc: dict) -> dict:
     return {k: (list(v) if isinstance(v, list) else v) for k, v in doc.items()}
 
 
-def _aggregate(task, metric: str, items: list, work: Path):
-    fn = task.aggregation()[metric]
-    if "args" in inspect.signature(fn).parameters:  # as lmms-eval's evaluator calls it
-        return fn(items, args=argparse.Namespace(output_path=str(work), process_with_media=False))
-    return fn(items)
-
-
 def task_scores(task, docs: list[dict], answer: str, metric: str, work: Path) -> tuple[float, list]:
     """(aggregated ``metric``, per-document records) when every document is answered ``answer``."""
     items = [task.process_results(_fresh(d), [answer])[metric] for d in docs]
-    return float(_aggregate(task, metric, items, work)), items
+    return float(aggregate(task, metric, items, work)), items
 
 
 def chance(world: str | Path, benchmarks="all", limit: int | None = None) -> dict:
