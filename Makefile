@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml
 demo: install  ## the main job: the whole tiny DAG (= snakemake --cores all reproduce_table1), reports in reports/demo/
 	$(BIN)/snakemake --cores all reproduce_table1
 
-# Two pytest workers (pytest-xdist) on the 2-core machine; the tests that share the micro tree form one
-# group on one worker (--dist loadgroup), which builds it once. The 15 slowest tests are printed.
-PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+# Two pytest workers (pytest-xdist) on the 2-core machine, the slow tests handed out first; the micro
+# tree is built once for both (tests/conftest.py). `make test` prints the 15 slowest tests.
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2
 
 test: install  ## the whole test suite (what CI runs), about 15 minutes on 2 cores
 	rc=0; $(PYTEST) --durations=15 || rc=$$?; \

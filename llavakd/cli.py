@@ -42,11 +42,12 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     from llavakd.tiny.pretrain import write_pretrained_components
 
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        llms = [n.strip() for n in args.llms.split(",") if n.strip()] if args.llms else None
         if args.world is None:
-            manifest = write_tiny_components(tmp, seed=args.seed)
+            manifest = write_tiny_components(tmp, seed=args.seed, llms=llms)
         else:
             manifest = write_pretrained_components(tmp, args.world, seed=args.seed, vision_steps=args.vision_steps,
-                                                   llm_steps=args.llm_steps, min_probe=args.min_probe)
+                                                   llm_steps=args.llm_steps, min_probe=args.min_probe, llms=llms)
     print(f"wrote tiny components to {args.out}: vision tower + {len(manifest['llms'])} LLMs "
           f"({'pre-trained on ' + str(args.world) if args.world else 'random initialisation'})")
     return 0
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"LM pre-training steps per LLM (batch 32; default {comp.llm_steps})")
     s.add_argument("--min-probe", type=float, default=comp.min_probe,
                    help=f"fail unless the tower's held-out cell accuracy reaches this (default {comp.min_probe})")
+    s.add_argument("--llms", help="comma list of the tiny LLMs to write (default: all six; each is seeded by its "
+                   "name, so a subset's weights equal the whole family's)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=cmd_tiny_models)
 

@@ -196,6 +196,10 @@ class Study:
     def students(self) -> list[str]:
         return [s for f in self.families.values() for s in f.students]
 
+    def llms(self) -> list[str]:
+        """Every LLM the families name, teachers first, each once."""
+        return list(dict.fromkeys([f.teacher for f in self.families.values()] + self.students()))
+
     def ablation_students(self) -> list[str]:
         return list(self.cfg.ablations.students or self.students())
 

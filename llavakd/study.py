@@ -50,8 +50,10 @@ def _fraction(prefix: str, node, *names: str) -> list[str]:
 class WorldSection:
     seed: int = 0
     """Seed of the synthetic world (tiny mode); the same seed writes byte-identical files."""
-    size: Literal["tiny", "small"] = "tiny"
-    """``tiny``: 1,500 training images; ``small``: 6,000 and 150 documents per stand-in."""
+    size: Literal["tiny", "small", "demo"] = "tiny"
+    """``tiny``: 1,500 training images and 40 per stand-in; ``small``: 6,000 and 150; ``demo``: tiny's
+    1,500 without the yes/no checks and the text-only records (MME and POPE are not taught), 100 per
+    stand-in (llavakd.tiny.world.SIZES)."""
 
 
 @dataclass
@@ -64,6 +66,9 @@ class ComponentsSection:
     """Language-model pre-training steps of each tiny LLM (batch 32)."""
     min_probe: float = 0.9
     """Fail unless the tower's held-out cell accuracy reaches this."""
+    only_study_llms: bool = False
+    """Pre-train only the tiny LLMs the study's families name, not all six (the demo: a minute less on
+    2 cores). Off by default: the components job of a study that leaves it unset is unchanged."""
 
     def problems(self, prefix: str) -> list[str]:
         return _at_least(prefix, self, 1, "vision_steps", "llm_steps") + _fraction(prefix, self, "min_probe")
@@ -254,7 +259,20 @@ class ReportSection:
     paper_table: str | None = None
     """Not read by the reports (the paper's numbers are under llavakd/report/paper/); kept so older configs load."""
     smoke_run: bool = False
-    """The tables say their numbers come from a smoke run (the demo)."""
+    """The tables say their numbers come from a smoke run, with its step counts."""
+    caption: str | None = None
+    """Said above every table instead (the demo: what it can and cannot show); ``{steps}`` and
+    ``{batch}`` are replaced by the stage step counts and the global batch of the students' runs,
+    ``{teacher_steps}`` by the first teacher's."""
+
+    def problems(self, prefix: str) -> list[str]:
+        if self.caption is None:
+            return []
+        import string
+
+        fields = {f for _, f, _, _ in string.Formatter().parse(self.caption) if f is not None}
+        return [f"{prefix}caption: unknown placeholder {{{f}}} (known: {{steps}}, {{batch}}, {{teacher_steps}})"
+                for f in sorted(fields - {"steps", "batch", "teacher_steps"})]
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Shared fixtures: the tiny component family and the micro study's finished tree are made once per
-test session (per xdist worker; every test that reads the micro tree runs in one xdist group, so the
-tree is built once)."""
+"""Shared fixtures: the tiny component family (once per test session and xdist worker) and the micro
+study's finished tree (once per run: the first worker to need it builds it under a file lock, the
+other waits and reads the same tree)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-MICRO_GROUP = "micro"  # the xdist group of the tests that use the micro tree (make test: --dist loadgroup)
+# The demo config as it was until 2026-12-06 (two families, four students, both ablation tables): the
+# tests of planning and of finished-tree job files read this frozen copy, so config/config.yaml, the
+# demo, is free to change.
+FROZEN_DEMO = REPO / "tests" / "golden" / "demo-config-2026-12-05.yaml"
 
 
 _DRY_RUNS: dict[tuple[str, ...], str] = {}
@@ -38,11 +41,10 @@ def dry_run(*args: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The micro tree's group first, then the other slow tests, then the rest (a stable sort): under
-    xdist the long tests start at once instead of trailing the run on one worker."""
+    """The tests that read the micro tree first, then the other slow tests, then the rest (a stable
+    sort): under xdist the long tests start at once instead of trailing the run on one worker."""
     def rank(item):
-        group = item.get_closest_marker("xdist_group")
-        if group is not None and group.args and group.args[0] == MICRO_GROUP:
+        if "micro_tree" in getattr(item, "fixturenames", ()):
             return 0
         return 1 if item.get_closest_marker("slow") else 2
 
@@ -150,13 +152,25 @@ def write_micro_config(root: Path, cfg: dict | None = None) -> Path:
 def micro_tree(tmp_path_factory):
     """The micro study run once, uninterrupted, with ``MICRO_TARGETS``: world, components, every
     training job, the evaluations, agreement and the reports. Tests read it and never write to it; a
-    test that kills, changes or reruns a tree works on ``copy_micro_tree``. Mark such tests
-    ``@pytest.mark.xdist_group(MICRO_GROUP)`` so one xdist worker builds it once."""
-    root = tmp_path_factory.mktemp("micro_tree")
-    cfg = write_micro_config(root)
-    r = subprocess.run(micro_cmd(root, cfg, *MICRO_TARGETS), cwd=root, env=micro_env(), capture_output=True,
-                       text=True, timeout=1500)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    test that kills, changes or reruns a tree works on ``copy_micro_tree``. Under xdist the workers
+    share one tree: it lives in the run's common temporary folder, and a file lock lets the first
+    worker build it while the other waits (a failed build is not retried: the others fail too)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder above every worker's own
+    root, done = shared / "micro_tree", shared / "micro_tree.done"
+    with FileLock(str(shared / "micro_tree.lock")):
+        if not done.exists():
+            if root.exists():
+                raise AssertionError(f"the shared micro tree {root} failed to build in another worker")
+            root.mkdir()
+            cfg = write_micro_config(root)
+            r = subprocess.run(micro_cmd(root, cfg, *MICRO_TARGETS), cwd=root, env=micro_env(), capture_output=True,
+                               text=True, timeout=1500)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            done.touch()
     return root
 
 
@@ -171,3 +185,10 @@ def copy_micro_tree(tree: Path, dest: Path, parts: tuple[str, ...] | None = None
             shutil.copytree(tree / part, dest / part, symlinks=True)
     write_micro_config(dest)
     return dest
+
+
+def frozen_demo() -> dict:
+    """A fresh copy of the frozen demo config (see FROZEN_DEMO)."""
+    import yaml
+
+    return yaml.safe_load(FROZEN_DEMO.read_text())

@@ -115,3 +115,24 @@ def test_pope_f1_over_three_splits_is_bootstrapped_by_the_tasks_own_aggregation(
     reps = np.array(got["replicates"])
     assert (got["low"], got["high"]) == (pytest.approx(np.percentile(reps, 2.5), abs=1e-4),
                                          pytest.approx(np.percentile(reps, 97.5), abs=1e-4))
+
+
+def test_mme_pairs_drawn_twice_count_twice_through_lmms_evals_own_aggregation(tmp_path):
+    """MME with unequal categories (its score is not a mean over pairs: bootstrapped) through lmms-eval's
+    own ``mme_aggregate_results``, which refuses an image with more than two answers: a pair drawn twice
+    in a resample is two pairs."""
+    from lmms_eval.tasks.mme.utils import mme_aggregate_results
+
+    bench = _bench("mme")
+    items = []
+    for cat, pairs, right in (("color", 12, 9), ("count", 4, 1), ("OCR", 7, 3)):
+        for q in range(pairs):
+            for k in range(2):  # pair q: both right for q < right, one right for the next one, else none
+                score = 1.0 if q < right or (q == right and k == 0) else 0.0
+                items.append({"question_id": f"{cat}/{q}.png", "category": cat, "score": score})
+    task = {"mme": _Task(bench.metric, mme_aggregate_results)}
+    got = document_interval(bench, {"mme": items}, task, tmp_path)
+    full = mme_aggregate_results(items) / (2 * 3)  # registry.headline: the categories' sum over 2 x categories
+    assert got["method"] == "bootstrap" and got["value"] == pytest.approx(full, abs=1e-4)
+    assert got["clusters"] == 23 and got["documents"] == 46
+    assert got["low"] < full < got["high"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import frozen_demo
 
 from llavakd.memory import GIB, _siglip_params, estimate, largest_per_device_batch
 from llavakd.model.shapes import count_llm_params, qwen_config
@@ -112,7 +113,7 @@ def test_auto_checkpointing_recomputes_least_of_what_fits_for_every_paper_pair()
 def test_auto_checkpointing_needs_a_known_shape():
     from llavakd.errors import ConfigError
 
-    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw = frozen_demo()
     raw["train"]["common"]["train.gradient_checkpointing"] = "auto"
     with pytest.raises(ConfigError, match=r"job qwen1.5-4b/s0/pt: train.gradient_checkpointing: 'auto' is chosen"):
         Study.load(raw, source="config.yaml")  # the tiny world's models: the dry run fails, naming the job
@@ -192,7 +193,7 @@ def test_the_flop_count_against_a_hand_count_for_one_tiny_shape():
 def test_liger_is_refused_at_plan_time_without_gpus():
     from llavakd.errors import ConfigError
 
-    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw = frozen_demo()
     raw["train"]["common"]["train.liger_kernels"] = True
     with pytest.raises(ConfigError,
                        match=r"job qwen1.5-4b/s0/pt: train.liger_kernels needs a GPU .*resources.train.gpus is 0"):

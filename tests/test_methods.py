@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import build_pair
+from conftest import build_pair, frozen_demo
 
 from llavakd.config import LossConfig, load_stage_config, to_dict
 from llavakd.errors import ConfigError
@@ -20,7 +19,7 @@ HALF_REL = {"terms": ["ce", "res", "vis", "rel"], "rel_weight": 0.5, "follows": 
 
 
 def _study(**methods):
-    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw = frozen_demo()
     raw["methods"] = {"compare": list(BUILTIN) + ["half_rel"], "students": ["qwen1.5-0.5b"],
                       "define": {"half_rel": dict(HALF_REL)}, **methods}
     return Study.load(raw, source="config.yaml"), raw
@@ -154,7 +153,6 @@ def _first_ids(batch) -> list:
     return list(batch["sample_ids"]) if "sample_ids" in batch else batch["input_ids"][:, :8].tolist()
 
 
-@pytest.mark.xdist_group("methods_one_step")  # one worker runs the module's steps once
 @pytest.mark.parametrize("method", STEP_METHODS)
 def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, one_step, method):
     """The logged parts of the step equal the naive float64 objective with the method's loss on the
@@ -178,7 +176,6 @@ def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, one_ste
     assert {k[5:] for k in rec if k.startswith("loss_")} == set(ref.parts)
 
 
-@pytest.mark.xdist_group("methods_one_step")
 def test_every_method_reads_the_same_first_batch(one_step):
     """One data order for every method: the batch each method's first step read, compared in one test."""
     ids = {method: _first_ids(batch) for method, (_, batch, _) in one_step.items()}
@@ -200,7 +197,7 @@ def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypat
     from llavakd.report.render import render_methods
 
     monkeypatch.chdir(tmp_path)
-    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw = frozen_demo()
     raw["seeds"] = [0, 1, 2, 3, 4]
     raw["methods"] = {"compare": ["kd", "jsd", "reverse_kl"], "students": ["qwen1.5-0.5b"]}
     study = Study.load(raw, source="config.yaml")

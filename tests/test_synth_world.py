@@ -251,3 +251,39 @@ def test_pope_negatives_follow_the_three_sampling_rules():
                 assert freq[n] == max(freq[it] for it in absent)
     negatives = {s: Counter(text_to_item[r["question"]] for r in rows[1::2]) for s, (rows, _) in splits.items()}
     assert negatives["random"] != negatives["popular"] != negatives["adversarial"]
+
+
+# the training sets of the tiny world (seed 0) as they were before the demo's world existed (commit
+# 8dd82e3): the sizes the studies use draw exactly what they drew before (small differs from tiny only
+# in its counts, through the same code)
+TINY_SEED0_SHA256 = {
+    "train/captions.json": "e46e978bf145518990f770882b729a2dec6dba653c3770384b92b7247b02dc17",
+    "train/instruct.json": "36fe955fc8c13515bcc4466498245c395c80cb141d015a2608c82b47000a8814",
+}
+
+
+def test_the_tiny_world_is_what_it_was_before_the_demo_world(world):
+    assert {k: v for k, v in _digest(world).items() if k in TINY_SEED0_SHA256} == TINY_SEED0_SHA256
+
+
+@pytest.mark.slow
+def test_the_demo_world_teaches_no_yes_no_checks(tmp_path):
+    """The demo's world: the tiny world's training images, conversations without yes/no checks or
+    text-only records (the other formats all there), 100 images per stand-in."""
+    from llavakd.tiny.world import SIZES
+
+    m = write_world(tmp_path, seed=0, size="demo")
+    assert m["train"]["captions"] == SIZES["tiny"]["train"] and m["train"]["text_only"] == 0
+    records = json.loads((tmp_path / "train" / "instruct.json").read_text(encoding="utf-8"))
+    yes_no = [r["conversations"][i - 1]["value"] for r in records for i, t in enumerate(r["conversations"])
+              if t["from"] == "gpt" and t["value"] in ("yes", "no")]
+    assert yes_no  # VQAv2's open "is there a red shape ?" questions stay ...
+    assert not [q for q in yes_no if "in the image" in q]  # ... MME's and POPE's checks ("... in the image?") go
+    assert len(records) == SIZES["tiny"]["train"] and all("image" in r for r in records)  # no text-only record
+    text = (tmp_path / "train" / "instruct.json").read_text(encoding="utf-8")
+    for marker in ("Answer the question using a single word or phrase.",
+                   "Answer with the option's letter from the given choices directly.",
+                   "请直接回答选项字母", "unanswerable", "how many", "where is", "what number is written"):
+        assert marker in text, marker
+    for b, n in m["bench"].items():
+        assert n >= 70, (b, n)  # 100 images per stand-in (TextVQA keeps the images with a digit)

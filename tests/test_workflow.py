@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -16,12 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import (
+    FROZEN_DEMO,
     MICRO,
-    MICRO_GROUP,
     REPO,
     SNAKEMAKE,
     copy_micro_tree,
     dry_run,
+    frozen_demo,
     metrics_by_step,
     micro_cmd,
     micro_env,
@@ -42,10 +42,11 @@ def load(name):
 def test_shipped_configs_validate():
     for name in ("config.yaml", "tiny-study.yaml", "paper.yaml", "speedrun.yaml", "methods-study.yaml"):
         Study.load(load(name), source=name)
+    Study.load(frozen_demo(), source=str(FROZEN_DEMO))  # the tests' frozen copy of the old demo still loads
 
 
 def test_every_config_problem_is_listed_at_once():
-    bad = copy.deepcopy(load("config.yaml"))
+    bad = frozen_demo()
     bad["colour"] = "red"
     bad["seeds"] = [0, "one"]
     bad["train"]["pt"]["trian.lr"] = 1
@@ -62,7 +63,7 @@ def test_every_config_problem_is_listed_at_once():
 
 
 def test_semantic_problems_are_listed_too():
-    bad = copy.deepcopy(load("config.yaml"))
+    bad = frozen_demo()
     bad["families"]["qwen2.5"]["students"].append("qwen1.5-0.5b")
     bad["variants"]["llava_kd"] = "sft--dft"
     bad["families"]["qwen1.5"]["students"].append("qwen9-1b")
@@ -74,7 +75,7 @@ def test_semantic_problems_are_listed_too():
     assert "variants.llava_kd: chain 'sft--dft' must start with pt or dpt" in text
     assert "qwen9-1b is not a tiny LLM" in text
     assert "ablations.losses.one stage.chain: stage token 'dpt~kl'" in text
-    bad = copy.deepcopy(load("config.yaml"))
+    bad = frozen_demo()
     bad.setdefault("ablations", {})["losses"] = {"both": {"chain": "dpt~res--sft", "dft": ["res"]}}
     with pytest.raises(ConfigError, match="ablations.losses.both.chain: give a chain or dpt/dft terms, not both"):
         Study.load(bad, tiny_llms=LLM_NAMES)
@@ -94,7 +95,7 @@ def test_chains_and_shared_prefixes():
             Step.parse(bad)
     with pytest.raises(ValueError):
         Chain.parse("pt--sft--dpt")
-    study = Study.load(load("config.yaml"))
+    study = Study.load(frozen_demo())
     jobs = train_jobs(study, study.table1_models())
     # 2 teachers x (pt, sft) + 4 students x (pt, sft, pt--sft--cft) + 4 x (dpt, dpt--sft, dpt--sft--dft): each once
     assert len(jobs) == 2 * 2 + 4 * 3 + 4 * 3 and len(set(jobs)) == len(jobs)
@@ -123,7 +124,7 @@ def test_baseline_plus_is_the_baseline_then_ce_only_fine_tuning_as_long_as_dft()
 
 
 def _with_dft_overrides(**overrides):
-    cfg = copy.deepcopy(load("config.yaml"))
+    cfg = frozen_demo()
     cfg["train"]["dft"].update(overrides)
     return cfg
 
@@ -243,7 +244,6 @@ def test_paper_slurm_dry_run_requests_gpus():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group(MICRO_GROUP)
 def test_micro_study_end_to_end_with_a_kill_and_resume(micro_tree, tmp_path):
     """The whole DAG on the micro config; killed during the teacher's SFT, run again: it resumes and
     finishes. It starts from a copy of the shared micro tree without the teacher's SFT and what follows
@@ -355,7 +355,6 @@ def _micro_cmd(root, cfg):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group(MICRO_GROUP)
 def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(micro_tree, tmp_path):
     """SIGKILL to snakemake and its jobs while the components are built, while a training job is
     between checkpoints and while a model is being evaluated; rerun after each: the reports equal a
@@ -399,7 +398,6 @@ def test_the_dag_killed_at_three_moments_reports_what_an_uninterrupted_run_does(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group(MICRO_GROUP)
 def test_validate_data_on_the_tiny_world_fails_on_a_planted_bad_record_or_leaves_it_out(micro_tree, tmp_path):
     """The world, components and initial models copied from the shared micro tree (no Snakemake
     metadata: validation and training are planned afresh)."""
@@ -450,7 +448,7 @@ def test_new_config_fields_leave_finished_jobs_config_files_as_they_were():
     """The demo's job config files as 2fafe22 wrote them (tests/golden/job-configs): planning writes
     the same bytes today, so a finished demo tree does not look stale. A field added since is
     declared with config.added (written only when set away from its default)."""
-    study = Study.load(load("config.yaml"), tiny_llms=LLM_NAMES)
+    study = Study.load(frozen_demo(), tiny_llms=LLM_NAMES)
     golden = REPO / "tests" / "golden" / "job-configs"
     for llm, chain in (("qwen1.5-0.5b", "dpt--sft--dft"), ("qwen1.5-4b", "pt")):
         want = (golden / f"demo-{llm}-s0-{chain}.yaml").read_text()
@@ -470,3 +468,36 @@ def test_an_added_field_is_written_only_away_from_its_default():
     assert to_dict(Section()) == {"old": 1}
     assert to_dict(Section(new="on")) == {"old": 1, "new": "on"}
     assert dataclasses.asdict(Section()) != to_dict(Section())  # negative control: asdict writes it
+
+
+def test_a_caption_placeholder_that_does_not_exist_fails_the_plan():
+    bad = frozen_demo()
+    bad["report"] = {"caption": "steps {steps}, batch {batch}, teacher {teacher_steps}, and {nope}"}
+    with pytest.raises(ConfigError, match=r"report.caption: unknown placeholder \{nope\}"):
+        Study.load(bad)
+
+
+def test_the_demo_caption_says_its_step_counts():
+    """The demo's tables say what it can and cannot show, with the step counts its jobs are planned with."""
+    from llavakd.report.render import smoke_caption
+
+    study = Study.load(load("config.yaml"), tiny_llms=LLM_NAMES)
+    text = smoke_caption(study)
+    (teacher,) = [f.teacher for f in study.families.values()]
+    student = study.students()[0]
+    assert f"SFT {study.stage_config(teacher, 0, 'pt--sft').train.max_steps} steps" in text
+    assert f"DFT {study.stage_config(student, 0, 'dpt--sft--dft').train.max_steps} steps" in text
+    assert "{" not in text and "MME and POPE" in text.replace("MME's and POPE's", "MME and POPE")
+
+
+@pytest.mark.slow
+def test_only_the_studys_llms_are_pre_trained_when_asked_and_the_old_command_is_kept_otherwise():
+    """components.only_study_llms: the demo's components job names its two LLMs; a study without the key
+    (the frozen old demo) plans the very command it had, so its finished components job stays finished."""
+    demo = _dry_run("components", "--forcerun", "components")
+    line = next(ln for ln in demo.splitlines() if "llavakd.cli tiny-models" in ln)
+    assert "--llms qwen1.5-1.8b,qwen1.5-0.5b --overwrite" in line
+    old = _dry_run("components", "--forcerun", "components", "--configfile", str(FROZEN_DEMO))
+    line = next(ln for ln in old.splitlines() if "llavakd.cli tiny-models" in ln)
+    assert line.rstrip().endswith("--min-probe 0.9 --overwrite > results/demo/logs/components.log 2>&1"), line
+    assert "--llms" not in old

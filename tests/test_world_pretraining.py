@@ -66,3 +66,19 @@ def test_cli_world_pretraining_records_the_probe(world, tmp_path, capsys):
 def test_missing_world_is_a_clean_error(tmp_path, capsys):
     rc = main(["tiny-models", "--out", str(tmp_path / "c"), "--world", str(tmp_path / "nowhere")])
     assert rc == 2 and "not a synthetic world" in capsys.readouterr().err
+
+
+def test_a_subset_of_the_llms_has_the_whole_familys_weights(tiny_components, tmp_path):
+    """``tiny-models --llms`` (components.only_study_llms): each LLM is seeded by its name, so writing two
+    of the six gives those two exactly the weights the whole family's run gives them."""
+    from safetensors.torch import load_file
+
+    from llavakd.tiny.components import write_tiny_components
+
+    manifest = write_tiny_components(tmp_path, seed=0, llms=["qwen1.5-1.8b", "qwen1.5-0.5b"])
+    assert sorted(manifest["llms"]) == ["qwen1.5-0.5b", "qwen1.5-1.8b"]
+    assert sorted(p.name for p in (tmp_path / "llm").iterdir()) == ["qwen1.5-0.5b", "qwen1.5-1.8b"]
+    for name in manifest["llms"]:
+        a = load_file(tmp_path / "llm" / name / "model.safetensors")
+        b = load_file(tiny_components / "llm" / name / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -78,6 +78,15 @@ def _clusters(items: list) -> list[list]:
     return list(groups.values())
 
 
+def _copy_of(item, draw: int):
+    """A resampled document as the ``draw``-th cluster of the replicate: a cluster drawn twice must count
+    as two (MME's aggregation refuses an image with four answers), so its ``question_id`` gets the draw.
+    MMBench's circular groups are never resampled here: its aggregate is a mean over them (Wilson)."""
+    if isinstance(item, dict) and "question_id" in item:
+        return {**item, "question_id": f"{item['question_id']}#{draw}"}
+    return item
+
+
 def _value(bench: Benchmark, per_task: dict[str, float], records: dict[str, list]) -> float:
     return headline(bench, {t: {bench.metric: v} for t, v in per_task.items()}, records)
 
@@ -118,7 +127,8 @@ def document_interval(bench: Benchmark, items: dict[str, list], tasks: dict, wor
     for _ in range(REPLICATES):
         per_task, records = {}, {}
         for t in bench.tasks:
-            picked = [x for i in rng.integers(0, len(clusters[t]), size=len(clusters[t])) for x in clusters[t][i]]
+            draws = rng.integers(0, len(clusters[t]), size=len(clusters[t]))
+            picked = [_copy_of(x, j) for j, i in enumerate(draws) for x in clusters[t][i]]
             per_task[t] = float(aggregate(tasks[t], bench.metric, picked, work))
             records[t] = _records(picked)
         replicates.append(_value(bench, per_task, records))

@@ -55,8 +55,9 @@ def study_chance(study) -> dict[str, float] | None:
 
 
 def smoke_caption(study) -> str | None:
-    """config ``report.smoke_run``: say that the numbers come from a smoke run, with its step counts."""
-    if not study.cfg.report.smoke_run:
+    """config ``report.caption`` (with the step counts and batch filled in), or ``report.smoke_run``: say
+    that the numbers come from a smoke run, with its step counts."""
+    if not study.cfg.report.smoke_run and study.cfg.report.caption is None:
         return None
     student, seed = study.students()[0], study.seeds[0]
     steps = {}
@@ -65,6 +66,13 @@ def smoke_caption(study) -> str | None:
             steps[prefix.last.name] = study.stage_config(student, seed, prefix).train.max_steps
     steps = [f"{name.upper()} {steps[name]} steps" for name in STAGE_NAMES if name in steps]
     batch = study.stage_config(student, seed, study.variants["llava_kd"]).train.global_batch
+    if study.cfg.report.caption is not None:
+        teacher = next(iter(study.families.values())).teacher
+        chain = study.variants["baseline"]
+        taught = [f"{p.last.name.upper()} {study.stage_config(teacher, seed, p).train.max_steps} steps"
+                  for p in chain.prefixes()]
+        return study.cfg.report.caption.format(steps=", ".join(steps), batch=batch,
+                                               teacher_steps=", ".join(taught)).strip()
     return (f"A smoke run of the whole DAG ({', '.join(steps)}, batch {batch}): far too short for the numbers to "
             "say anything about distillation. The evidence is the tiny study (docs/results/tiny-study.md).")
 

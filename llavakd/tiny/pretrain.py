@@ -170,9 +170,10 @@ def pretrain_llm(lm, tokenizer, world: Path, seed: int, steps: int = _DEFAULTS.l
 
 def write_pretrained_components(out, world: Path, *, seed: int = _DEFAULTS.seed,
                                 vision_steps: int = _DEFAULTS.vision_steps, llm_steps: int = _DEFAULTS.llm_steps,
-                                min_probe: float = _DEFAULTS.min_probe) -> dict:
+                                min_probe: float = _DEFAULTS.min_probe, llms: list[str] | None = None) -> dict:
     """The tiny components, pre-trained on ``world``: the tower until its held-out probe reaches
-    ``min_probe`` (else LlavaKDError, nothing written), each LLM for ``llm_steps``."""
+    ``min_probe`` (else LlavaKDError, nothing written), each LLM for ``llm_steps``. ``llms``: only these
+    (default all six; each LLM is seeded by its name, so a subset's weights equal the full family's)."""
     world = Path(world)
 
     def train_vision(tower):
@@ -190,4 +191,4 @@ def write_pretrained_components(out, world: Path, *, seed: int = _DEFAULTS.seed,
         print(f"{name}: LM loss {rep['loss_first']:.3f} -> {rep['loss_last']:.3f} ({rep['seconds']} s)")
         return rep
 
-    return write_tiny_components(out, seed=seed, train_vision=train_vision, train_llm=train_llm)
+    return write_tiny_components(out, seed=seed, llms=llms, train_vision=train_vision, train_llm=train_llm)

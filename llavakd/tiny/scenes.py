@@ -327,12 +327,13 @@ def choice_turn(qa: QA, rng: np.random.Generator) -> tuple[str, str]:
     return _mc_text(question, opts), LETTERS[k]
 
 
-def instruction_turns(objs: list[Obj], rng: np.random.Generator) -> list[tuple[str, str]]:
-    """A multi-turn conversation about one image, mixing the benchmarks' answer formats."""
+def instruction_turns(objs: list[Obj], rng: np.random.Generator, checks: int = 3) -> list[tuple[str, str]]:
+    """A multi-turn conversation about one image, mixing the benchmarks' answer formats; ``checks``
+    yes/no checks among them (0 in the demo's world)."""
     # three yes/no checks per image (a one-bit answer teaches least per turn): with two, the
     # 1.8b-like LLM at seed 1234 answered "yes" to every shape check (README, "Is the world
     # learnable?"); cell and digit checks stay at chance either way
-    turns = [t for _ in range(3) for t in verification_turns(objs, rng)]
+    turns = [t for _ in range(checks) for t in verification_turns(objs, rng)]
     if rng.random() < 0.5:
         choices = choice_questions(objs, rng)
         turns.append(choice_turn(choices[int(rng.integers(len(choices)))], rng))

@@ -2,6 +2,13 @@
 # initial LLaVA (frozen tower + fresh projector + base LLM), one per LLM and seed.
 
 
+# components.only_study_llms: pre-train the study's LLMs only. Unset, the rule's parameters and command
+# are what they were before the option existed, so a finished tree's components job stays finished.
+COMPONENT_LLMS = (
+    {"llms": ",".join(STUDY.llms())} if TINY and C.components.only_study_llms else {}
+)
+
+
 rule components:
     """Tiny SigLIP pre-trained on the world until its probe passes; tiny LLMs LM-pre-trained on it."""
     input:
@@ -17,6 +24,7 @@ rule components:
         mem_mb=res("components", "mem_mb"),
         runtime=res("components", "runtime"),
     params:
+        **COMPONENT_LLMS,
         out=lambda wc, output: parent(output[0]),
         world=lambda wc, input: parent(input[0]),
         seed=C.components.seed,
@@ -26,7 +34,9 @@ rule components:
     shell:
         "OMP_NUM_THREADS={threads} $LLAVAKD_PY -m llavakd.cli tiny-models --out {params.out} --world {params.world} "
         "--seed {params.seed} --vision-steps {params.vision_steps} --llm-steps {params.llm_steps} "
-        "--min-probe {params.min_probe} --overwrite > {log} 2>&1"
+        "--min-probe {params.min_probe}"
+        + (" --llms {params.llms}" if COMPONENT_LLMS else "")
+        + " --overwrite > {log} 2>&1"
 
 
 rule init_model:
