@@ -270,7 +270,10 @@ class ReportSection:
             return []
         import string
 
-        fields = {f for _, f, _, _ in string.Formatter().parse(self.caption) if f is not None}
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.caption) if f is not None}
+        except ValueError as e:  # a lone brace
+            return [f"{prefix}caption: {e} (write a brace as {{{{ or }}}})"]
         return [f"{prefix}caption: unknown placeholder {{{f}}} (known: {{steps}}, {{batch}}, {{teacher_steps}})"
                 for f in sorted(fields - {"steps", "batch", "teacher_steps"})]
 

@@ -41,14 +41,19 @@ def dry_run(*args: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests that read the micro tree first, then the other slow tests, then the rest (a stable
-    sort): under xdist the long tests start at once instead of trailing the run on one worker."""
+    """Modules that read the micro tree first, then modules with slow tests, then the rest (a stable
+    sort, each module kept together so its module fixtures are set up once): under xdist the long
+    tests start at once instead of trailing the run on one worker."""
     def rank(item):
         if "micro_tree" in getattr(item, "fixturenames", ()):
             return 0
         return 1 if item.get_closest_marker("slow") else 2
 
-    items.sort(key=rank)
+    by_module: dict = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        by_module[path] = min(rank(item), by_module.get(path, 2))
+    items.sort(key=lambda item: by_module[item.nodeid.split("::")[0]])
 
 
 def metrics_by_step(run_dir) -> dict:

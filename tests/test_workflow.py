@@ -479,10 +479,10 @@ def test_a_caption_placeholder_that_does_not_exist_fails_the_plan():
 
 def test_the_demo_caption_says_its_step_counts():
     """The demo's tables say what it can and cannot show, with the step counts its jobs are planned with."""
-    from llavakd.report.render import smoke_caption
+    from llavakd.report.render import table_caption
 
     study = Study.load(load("config.yaml"), tiny_llms=LLM_NAMES)
-    text = smoke_caption(study)
+    text = table_caption(study)
     (teacher,) = [f.teacher for f in study.families.values()]
     student = study.students()[0]
     assert f"SFT {study.stage_config(teacher, 0, 'pt--sft').train.max_steps} steps" in text

@@ -53,7 +53,7 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 def aggregate(task, metric: str, items: list, work: Path):
     """``metric`` over ``items`` by the task's own aggregation, called as lmms-eval's evaluator calls it
-    (MMBench's prints its table and writes a file under ``work``: both kept out of the way)."""
+    (MMBench's prints its table, swallowed here, and writes a file under ``work``: pass a scratch folder)."""
     fn = task.aggregation()[metric]
     with contextlib.redirect_stdout(io.StringIO()):
         if "args" in inspect.signature(fn).parameters:
@@ -123,6 +123,10 @@ def document_interval(bench: Benchmark, items: dict[str, list], tasks: dict, wor
                 return _record("wilson", 100 * low, 100 * high, full, documents, len(scores), replicates)
             return _record("bootstrap", *np.percentile(replicates, [2.5, 97.5]), full, documents, len(scores),
                            replicates)
+    if any(cluster_key(c[0], 0)[0] == "index" for t in bench.tasks for c in clusters[t]):
+        # resampled circular groups would merge with their copies under MMBench's own grouping
+        raise ValueError(f"{bench.name}: MMBench's score is not a mean over its questions here (a --limit that "
+                         "splits a question's circular passes?); no interval over documents")
     replicates = []
     for _ in range(REPLICATES):
         per_task, records = {}, {}

@@ -196,7 +196,13 @@ def _interval(bench: Benchmark, res: dict, local: dict[str, str], task_manager, 
 
     tasks = {t: get_task_dict([name], task_manager)[name] for t, name in local.items()}
     items = {t: [s[bench.metric] for s in res["samples"][name]] for t, name in local.items()}
-    interval = document_interval(bench, items, tasks, work, seed)
+    scratch = work / "interval"  # aggregations that write files (MMBench's) write them here, not into submissions/
+    try:
+        interval = document_interval(bench, items, tasks, scratch, seed)
+    except ValueError as e:
+        raise EvalError(str(e)) from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if not math.isclose(interval["value"], round(score, 4), abs_tol=1e-3):
         raise EvalError(f"{bench.name}: the interval's recomputed headline {interval['value']} is not lmms-eval's "
                         f"{score:.4f}")

@@ -54,7 +54,7 @@ def study_chance(study) -> dict[str, float] | None:
     return read_chance(path)
 
 
-def smoke_caption(study) -> str | None:
+def table_caption(study) -> str | None:
     """config ``report.caption`` (with the step counts and batch filled in), or ``report.smoke_run``: say
     that the numbers come from a smoke run, with its step counts."""
     if not study.cfg.report.smoke_run and study.cfg.report.caption is None:
@@ -83,7 +83,7 @@ def render_table1(study, reports_dir, formats=("md", "csv", "tex", "html")):
     by_protocol = {p: study_families(study, p) for p in study.protocols}
     fams = by_protocol[study.protocols[0]]
     chance = study_chance(study)
-    paths = write_table(table1(by_protocol, load_paper(), chance, smoke_caption(study)),
+    paths = write_table(table1(by_protocol, load_paper(), chance, table_caption(study)),
                         Reports(str(reports_dir)).stem(TABLE1), formats)
     md, csv_text = seed_table(fams, study.seeds, chance)
     for ext, text in (("md", md), ("csv", csv_text)):
@@ -101,7 +101,7 @@ def render_ablation(study, kind: str, reports_dir, formats=("md", "csv", "tex", 
             chain = parse_model(mine[0]).chain
             rows.append((f"{name}, {s}", chain, _row(study, name, name, s, mine)))
     title = {"losses": "Ablation: distillation terms in DPT/DFT", "stages": "Ablation: training stages"}[kind]
-    table = ablation_table(title, rows, study.protocols[0], study_chance(study), smoke_caption(study),
+    table = ablation_table(title, rows, study.protocols[0], study_chance(study), table_caption(study),
                            thirdparty_rows(kind))
     return write_table(table, Reports(str(reports_dir)).stem(Reports.ablation(kind)), formats)
 

@@ -82,7 +82,7 @@ class Table:
     title: str
     lines: list[Line]
     note: str = NOTE
-    caption: str | None = None  # said before the table (the demo: a smoke run)
+    caption: str | None = None  # said before the table (the demo: what one seed can and cannot show)
 
 
 def chance_line(chance: dict[str, float]) -> Line:
