@@ -475,6 +475,9 @@ def test_a_caption_placeholder_that_does_not_exist_fails_the_plan():
     bad["report"] = {"caption": "steps {steps}, batch {batch}, teacher {teacher_steps}, and {nope}"}
     with pytest.raises(ConfigError, match=r"report.caption: unknown placeholder \{nope\}"):
         Study.load(bad)
+    bad["report"] = {"caption": "a lone } brace"}
+    with pytest.raises(ConfigError, match=r"report.caption: Single '\}' encountered"):
+        Study.load(bad)
 
 
 def test_the_demo_caption_says_its_step_counts():

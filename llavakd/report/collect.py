@@ -38,7 +38,6 @@ class Cell:
         n = len(self.values)
         return float(t.ppf(0.975, n - 1) * self.sd / math.sqrt(n))
 
-
     def seed_low(self, i: int, where: str) -> float:
         """Seed ``i``'s lower 95% end over its documents; a result file without one is an error, not a guess."""
         low = self.lows[i] if i < len(self.lows) else None

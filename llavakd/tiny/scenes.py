@@ -327,7 +327,11 @@ def choice_turn(qa: QA, rng: np.random.Generator) -> tuple[str, str]:
     return _mc_text(question, opts), LETTERS[k]
 
 
-def instruction_turns(objs: list[Obj], rng: np.random.Generator, checks: int = 3) -> list[tuple[str, str]]:
+YES_NO_CHECKS = 3  # yes/no checks per training image (the demo's world asks none)
+
+
+def instruction_turns(objs: list[Obj], rng: np.random.Generator,
+                      checks: int = YES_NO_CHECKS) -> list[tuple[str, str]]:
     """A multi-turn conversation about one image, mixing the benchmarks' answer formats; ``checks``
     yes/no checks among them (0 in the demo's world)."""
     # three yes/no checks per image (a one-bit answer teaches least per turn): with two, the

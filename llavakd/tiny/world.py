@@ -23,10 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from llavakd.tiny.scenes import IMAGE_SIZE, caption, instruction_turns, png_bytes, render, sample_scene, text_only_turns
+from llavakd.tiny.scenes import (
+    IMAGE_SIZE,
+    YES_NO_CHECKS,
+    caption,
+    instruction_turns,
+    png_bytes,
+    render,
+    sample_scene,
+    text_only_turns,
+)
 from llavakd.tiny.standins import WRITERS
 
-SIZES = {  # images per split; "checks": yes/no checks per training image (3), "text_only": text-only records (on)
+SIZES = {  # images per split; "checks": yes/no checks per image (YES_NO_CHECKS), "text_only": text-only records (on)
     "tiny": {"train": 1500, "bench": 40},
     "small": {"train": 6000, "bench": 150},
     # the demo's world (config/config.yaml): tiny's training images, taught in 10 minutes on 2 cores.
@@ -121,7 +130,7 @@ class World:
         for iid, objs, _ in imgs:
             captions.append({"id": iid, "image": f"train/{iid}.png",
                              "conversations": _conversation([("", caption(objs))], True)})
-            turns = instruction_turns(objs, rng, checks=self.counts.get("checks", 3))
+            turns = instruction_turns(objs, rng, checks=self.counts.get("checks", YES_NO_CHECKS))
             instruct.append({"id": iid, "image": f"train/{iid}.png", "conversations": _conversation(turns, True)})
         n_text = len(imgs) // 9 if self.counts.get("text_only", True) else 0  # ~10% of the set is text-only
         for i in range(n_text):
