@@ -82,7 +82,7 @@ def rel_check(args) -> dict:
     import torch
 
     from llavakd.distill import LossConfig, fused_distill_loss
-    from llavakd.distill.common import relation_value
+    from llavakd.terms.rel import relation_value
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)

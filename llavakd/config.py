@@ -10,7 +10,7 @@ paths (``train.lr=1e-3``, ``loss.rel=false``); values are parsed as YAML scalars
     output_dir: results/.../dft
     data:  {json: ..., images: ..., max_length: 2048, skip_bad: false}
     train: {global_batch: 128, per_device_batch: 1, lr: 2.0e-5, ...}
-    loss:  {ce: true, res: true, vis: true, rel: true, ...}   # LossConfig below
+    loss:  {ce: true, res: true, vis: true, rel: true, ...}   # LossConfig below (llavakd.terms)
 
 The planner builds one ``StageConfig`` per training job from the study (``llavakd.plan``) with
 the same code a job uses to read it back (``stage_config_from_dict``), so a bad key fails the
@@ -26,16 +26,13 @@ from typing import Literal
 
 import yaml
 
+from llavakd import terms
 from llavakd.errors import ConfigError
 from llavakd.stages import DISTILL_STAGES, NAMES, STAGES, StageSpec
+from llavakd.terms.base import LEGACY_KEY_ORDER
 from llavakd.typed import build
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tv", "skew_kl")  # implemented in llavakd.distill.divergences
 IMPLEMENTATIONS = ("fused", "chunked", "naive")  # fused: from hidden states and heads (llavakd.distill.fused)
-REL_REDUCTIONS = ("batch", "per_sample")
-REL_SOURCES = ("logits", "features")
-REL_NORMALISATIONS = ("none", "l2")
-REL_GRAMS = ("identity", "chunks")
 
 
 def added(default):
@@ -45,76 +42,114 @@ def added(default):
     return field(default=default, metadata={"omit_at_default": True})
 
 
-@dataclass
-class LossConfig:
-    """Weights and switches of the four terms (paper: all on, weight 1, temperature 1).
+class _Loss:
+    """The objective's configuration: for every registered term (llavakd.terms) a switch
+    ``<term>``, a weight ``<term>_weight`` and the term's parameters, plus the settings every term
+    shares (below). The paper's default: CE, L_res, L_vis and L_rel on, weight 1, temperature 1;
+    a term added since is off unless a method or a chain names it.
 
-    docs/method.md ("Losses") has the equations; docs/losses.md the divergences and implementations.
+    docs/method.md ("Losses") has the equations; docs/losses.md the divergences and implementations;
+    docs/methods.md every term and its parameters.
     """
 
-    ce: bool = True
-    res: bool = True
-    vis: bool = True
-    rel: bool = True
-    ce_weight: float = 1.0
-    res_weight: float = 1.0
-    vis_weight: float = 1.0
-    rel_weight: float = 1.0
-    divergence: str = "forward_kl"  # for L_res and L_vis; vis_divergence overrides for L_vis
-    vis_divergence: str | None = None
-    jsd_beta: float = 0.5
-    skew_alpha: float = 0.1
-    temperature: float = 1.0
-    rel_reduction: str = "batch"  # "batch" (upstream) or "per_sample"
-    rel_source: str = "logits"  # L_rel's Z: the visual positions' "logits" (upstream's loss) or "features"
-    #   (the projected visual embeddings the LLM receives, which upstream's model code also compares)
-    rel_normalise: str = "none"  # "l2": rows of Z unit-normalised first (cosine self-similarity)
-    rel_gram: str = "identity"  # fused only: Z Z^T as H (W^T W) H^T ("identity") or over vocabulary "chunks"
-    implementation: str = "fused"  # "fused" (trainer: hidden states + heads), "chunked" or "naive" (logits)
-    chunk_rows: int | None = None  # rows per chunk; default: ~32 MB of fp32 per full-vocabulary temporary
-    chunk_vocab: int | None = None  # vocabulary columns per Gram chunk
-    on_policy: float = added(0.0)  # share of micro-batches whose last answer the student samples (GKD's lambda)
-    sample_temperature: float = added(1.0)  # the student's sampling temperature on those micro-batches
-    max_new_tokens: int = added(128)  # at most this many sampled tokens per answer
+    def enabled(self) -> tuple[str, ...]:
+        """The terms switched on, in registration order."""
+        return tuple(n for n in terms.names() if getattr(self, n))
 
-    def validate(self) -> list[str]:
-        problems = []
-        for name in ("divergence", "vis_divergence"):
-            v = getattr(self, name)
-            if v is not None and v not in DIVERGENCES:
-                problems.append(f"{name}: unknown divergence {v!r} (choose from {', '.join(DIVERGENCES)})")
-        if self.temperature <= 0:
-            problems.append(f"temperature must be > 0, got {self.temperature}")
-        if self.rel_reduction not in REL_REDUCTIONS:
-            problems.append(f"rel_reduction must be 'batch' or 'per_sample', got {self.rel_reduction!r}")
-        for name, allowed in (("implementation", IMPLEMENTATIONS), ("rel_source", REL_SOURCES),
-                              ("rel_normalise", REL_NORMALISATIONS), ("rel_gram", REL_GRAMS)):
-            if getattr(self, name) not in allowed:
-                problems.append(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not 0 < self.jsd_beta < 1:
-            problems.append(f"jsd_beta must be in (0, 1), got {self.jsd_beta}")
-        if not 0 <= self.skew_alpha < 1:
-            problems.append(f"skew_alpha must be in [0, 1), got {self.skew_alpha}")
-        for name in ("ce_weight", "res_weight", "vis_weight", "rel_weight"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.on_policy <= 1:
-            problems.append(f"on_policy must be in [0, 1], got {self.on_policy}")
-        if self.on_policy and not self.res:
-            problems.append("on_policy: the sampled answers are distilled through res, which is off")
-        if self.sample_temperature <= 0:
-            problems.append(f"sample_temperature must be > 0, got {self.sample_temperature}")
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        for name in ("chunk_rows", "chunk_vocab"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                problems.append(f"{name} must be >= 1, got {v}")
-        return problems
+    def weight(self, name: str) -> float:
+        return getattr(self, terms.weight_key(name))
+
+    def only(self, names) -> _Loss:
+        """The same settings with exactly these terms switched on."""
+        return dataclasses.replace(self, **{n: n in names for n in terms.names()})
+
+    def without(self, names) -> _Loss:
+        """The same settings with these terms switched off."""
+        return dataclasses.replace(self, **{n: False for n in names})
 
     @property
     def needs_teacher(self) -> bool:
-        return self.res or self.vis or self.rel
+        return any(terms.spec(n).teacher for n in self.enabled())
+
+    def needs(self) -> set[str]:
+        """Inputs beyond logits that the enabled terms read (``features``: the projected visual features)."""
+        return {x for n in self.enabled() for x in terms.spec(n).needs(self)}
+
+    def validate(self) -> list[str]:
+        """Every problem, one line each: the settings in the config's key order, then the weights,
+        then the rules between settings."""
+        params = {p.name: p for _, p in terms.params()}
+        problems = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in params:
+                bad = params[f.name].problem(value)
+            else:
+                bad = _SHARED_CHECKS.get(f.name, lambda v: None)(value)
+            if bad:
+                problems.append(f"{f.name}: {bad}")
+        for name in terms.names():
+            if self.weight(name) < 0:
+                problems.append(f"{terms.weight_key(name)}: must be >= 0, got {self.weight(name)}")
+        for name in self.enabled():
+            problems += terms.spec(name).checks(self)
+        if self.on_policy and not any(terms.spec(n).teacher and terms.spec(n).rows == "responses"
+                                      for n in self.enabled()):
+            problems.append("on_policy: the sampled answers are distilled through a teacher term on the responses "
+                            f"({', '.join(n for n in terms.teacher_terms() if terms.spec(n).rows == 'responses')}), "
+                            "and none is on")
+        return problems
+
+
+def _positive(v):
+    return None if v > 0 else f"must be > 0, got {v}"
+
+
+def _at_least_one(v):
+    return None if v is None or v >= 1 else f"must be >= 1, got {v}"
+
+
+_SHARED_CHECKS = {
+    "temperature": _positive,
+    "implementation": lambda v: None if v in IMPLEMENTATIONS else f"must be one of {', '.join(IMPLEMENTATIONS)}, got {v!r}",
+    "on_policy": lambda v: None if 0 <= v <= 1 else f"must be in [0, 1], got {v}",
+    "sample_temperature": _positive,
+    "max_new_tokens": _at_least_one,
+    "chunk_rows": _at_least_one,
+    "chunk_vocab": _at_least_one,
+}
+
+
+# The settings every term shares (name, type, default, omitted at default).
+_SHARED = [
+    ("temperature", float, 1.0, False),  # softmax temperature of every divergence on logits (value times T^2)
+    ("implementation", str, "fused", False),  # "fused" (trainer: hidden states + heads), "chunked" or "naive" (logits)
+    ("chunk_rows", int | None, None, False),  # rows per chunk; default: ~32 MB of fp32 per full-vocabulary temporary
+    ("chunk_vocab", int | None, None, False),  # vocabulary columns per Gram chunk
+    ("on_policy", float, 0.0, True),  # share of micro-batches whose last answer the student samples (GKD's lambda)
+    ("sample_temperature", float, 1.0, True),  # the student's sampling temperature on those micro-batches
+    ("max_new_tokens", int, 128, True),  # at most this many sampled tokens per answer
+]
+
+
+def _loss_fields() -> list[tuple]:
+    """LossConfig's fields from the registry: every term's switch, weight and parameters, then the
+    shared settings; keys of configs written before the registry keep their order (llavakd.terms.base)."""
+    out = []
+    for spec in terms.REGISTRY.values():
+        out.append((spec.name, bool, spec.default_on, spec.added))
+        out.append((terms.weight_key(spec.name), float, 1.0, spec.added))
+    for spec, p in terms.params():
+        out.append((p.name, p.type, p.default, p.added))
+    out += _SHARED
+    legacy = {k: i for i, k in enumerate(LEGACY_KEY_ORDER)}
+    out.sort(key=lambda f: (0, legacy[f[0]]) if f[0] in legacy else (1, 0))  # stable: new keys keep their order
+    return [(name, tp, added(default) if omit else field(default=default)) for name, tp, default, omit in out]
+
+
+LossConfig = dataclasses.make_dataclass("LossConfig", _loss_fields(), bases=(_Loss,))
+LossConfig.__module__ = __name__
+LossConfig.__doc__ = _Loss.__doc__
 
 
 @dataclass
@@ -190,7 +225,7 @@ class StageConfig:
         cfg.train.lr = spec.lr if cfg.train.lr is None else cfg.train.lr
         cfg.train.precision = cfg.train.precision or spec.precision
         if not cfg.distill:
-            cfg.loss.res = cfg.loss.vis = cfg.loss.rel = False
+            cfg.loss = cfg.loss.without(terms.teacher_terms())
         return cfg
 
     def validate(self) -> list[str]:
@@ -237,7 +272,7 @@ class StageConfig:
         if self.data.max_length < 8:
             p.append(f"data.max_length: must be >= 8, got {self.data.max_length}")
         p += [f"loss.{x}" if not x.startswith("loss.") else x for x in self.loss.validate()]
-        if self.stage in DISTILL_STAGES and not (self.loss.ce or self.loss.res or self.loss.vis or self.loss.rel):
+        if self.stage in DISTILL_STAGES and not self.loss.enabled():
             p.append("loss: every term is switched off")
         return p
 

@@ -21,14 +21,12 @@ the same keys. Torch-free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Literal
 
-from llavakd.config import DIVERGENCES
+from llavakd import terms
 
-LossTerm = Literal["ce", "res", "vis", "rel"]
-Divergence = Literal["forward_kl", "reverse_kl", "jsd", "tv", "skew_kl"]  # llavakd.config.DIVERGENCES
-assert set(Divergence.__args__) == set(DIVERGENCES)
 CONTROL = "ce"  # the step-matched control every method is compared with
 
 
@@ -55,63 +53,78 @@ class OnPolicy:
         return p
 
 
-@dataclass
-class Method:
-    """One distillation method: its stage and that stage's loss."""
-
-    terms: list[LossTerm]
-    """The terms of the loss: ce (the dataset's answers), res (the responses), vis (the visual
-    positions), rel (the visual positions' relation matrix)."""
-    stage: Literal["dft", "dpt"] = "dft"
-    """The stage the method distils in (its chain: the baseline's stages up to it, then it)."""
-    ce_weight: float = 1.0
-    """Weight of CE."""
-    res_weight: float = 1.0
-    """Weight of the response divergence."""
-    vis_weight: float = 1.0
-    """Weight of the visual-position divergence."""
-    rel_weight: float = 1.0
-    """Weight of L_rel."""
-    divergence: Divergence = "forward_kl"
-    """D(teacher || student) of res and vis (llavakd.distill.divergences)."""
-    jsd_beta: float = 0.5
-    """The generalized JSD's teacher weight beta."""
-    skew_alpha: float = 0.1
-    """skew_kl's teacher share alpha in KL(p_t || alpha p_t + (1 - alpha) p_s)."""
-    temperature: float = 1.0
-    """Softmax temperature of the divergences."""
-    on_policy: OnPolicy | None = None
-    """The student's own samples as responses (null: the dataset's answers only)."""
-    follows: str = ""
-    """The paper (or summary) the method follows, in a few words."""
+class _Method:
+    """One distillation method: its stage and that stage's loss (a weight per registered term of
+    llavakd.terms, and every term parameter a method sets)."""
 
     def problems(self, prefix: str) -> list[str]:
         p = []
+        known = terms.names()
         if not self.terms:
-            p.append(f"{prefix}terms: name at least one of ce, res, vis, rel")
-        for name in ("ce_weight", "res_weight", "vis_weight", "rel_weight", "temperature"):
-            if getattr(self, name) < 0 or (name == "temperature" and self.temperature == 0):
-                p.append(f"{prefix}{name}: must be {'> 0' if name == 'temperature' else '>= 0'}, "
-                         f"got {getattr(self, name)!r}")
-        if not 0 < self.jsd_beta < 1:
-            p.append(f"{prefix}jsd_beta: must be in (0, 1), got {self.jsd_beta!r}")
-        if not 0 <= self.skew_alpha < 1:
-            p.append(f"{prefix}skew_alpha: must be in [0, 1), got {self.skew_alpha!r}")
+            p.append(f"{prefix}terms: name at least one of {', '.join(known)}")
+        p += [f"{prefix}terms: unknown term {t!r} (registered: {', '.join(known)})" for t in self.terms if t not in known]
+        for name in known:
+            if getattr(self, terms.weight_key(name)) < 0:
+                p.append(f"{prefix}{terms.weight_key(name)}: must be >= 0, got {getattr(self, terms.weight_key(name))!r}")
+        for _, param in method_params():
+            bad = param.problem(getattr(self, param.name))
+            if bad:
+                p.append(f"{prefix}{param.name}: {bad}")
+        if self.temperature <= 0:
+            p.append(f"{prefix}temperature: must be > 0, got {self.temperature!r}")
         if self.on_policy is not None:
-            if "res" not in self.terms:
-                p.append(f"{prefix}on_policy: the sampled responses are distilled through res; add it to terms")
+            if not any(t in known and terms.spec(t).teacher and terms.spec(t).rows == "responses" for t in self.terms):
+                p.append(f"{prefix}on_policy: the sampled responses are distilled through a teacher term on the "
+                         f"responses; add one of {', '.join(_response_terms())} to terms")
             if self.stage != "dft":
                 p.append(f"{prefix}on_policy: the student samples answers in dft only (dpt has captions)")
         return p
 
     @property
     def is_control(self) -> bool:
-        """CE alone: no teacher, the stage's step-matched control (``cft``)."""
-        return list(self.terms) == ["ce"]
+        """No teacher term (CE alone): the stage's step-matched control (``cft``)."""
+        return bool(self.terms) and not any(t in terms.REGISTRY and terms.spec(t).teacher for t in self.terms)
+
+
+def _response_terms() -> list[str]:
+    return [n for n in terms.teacher_terms() if terms.spec(n).rows == "responses"]
+
+
+def method_params() -> list:
+    """The term parameters a method sets (llavakd.terms.base.Param.method), with their terms."""
+    return [(s, p) for s, p in terms.params() if p.method]
+
+
+def _method_fields() -> tuple[list, dict[str, str]]:
+    fields = [("terms", list[Literal[terms.names()]], field()),
+              ("stage", Literal["dft", "dpt"], field(default="dft"))]
+    docs = {"terms": "The terms of the loss (llavakd.terms; docs/methods.md): a method names every term it uses, "
+                     "CE included.",
+            "stage": "The stage the method distils in (its chain: the baseline's stages up to it, then it)."}
+    for name in terms.names():
+        fields.append((terms.weight_key(name), float, field(default=1.0)))
+        docs[terms.weight_key(name)] = f"Weight of {terms.spec(name).title} ({terms.spec(name).summary})."
+    for spec, param in method_params():
+        fields.append((param.name, param.type, field(default=param.default)))
+        docs[param.name] = f"{spec.title}: {param.doc}."
+    fields += [("temperature", float, field(default=1.0)),
+               ("on_policy", OnPolicy | None, field(default=None)),
+               ("follows", str, field(default=""))]
+    docs.update(temperature="Softmax temperature of the divergences on logits.",
+                on_policy="The student's own samples as responses (null: the dataset's answers only).",
+                follows="The paper (or summary) the method follows, in a few words.")
+    return fields, docs
+
+
+_fields, _docs = _method_fields()
+Method = dataclasses.make_dataclass("Method", _fields, bases=(_Method,))
+Method.__module__ = __name__
+Method.__doc__ = _Method.__doc__
+Method.__field_docs__ = _docs
 
 
 BUILTIN: dict[str, Method] = {
-    "ce": Method(terms=["ce"], follows="the step-matched control: the same stage with CE only, no teacher"),
+    CONTROL: Method(terms=["ce"], follows="the step-matched control: the same stage with CE only, no teacher"),
     "kd": Method(terms=["ce", "res"], follows="Hinton et al. 2015; the dense response distillation of LLaVA-MoD's "
                                               "mimic stage and LLaVADI"),
     "reverse_kl": Method(terms=["ce", "res"], divergence="reverse_kl",
@@ -131,12 +144,13 @@ BUILTIN: dict[str, Method] = {
 
 
 def loss_overrides(m: Method) -> dict:
-    """The ``loss.*`` keys of a job of this method (every key a method sets, always written, so that
-    two methods' jobs differ exactly where their losses do)."""
-    out = {f"loss.{t}": t in m.terms for t in ("ce", "res", "vis", "rel")}
-    for name in ("ce_weight", "res_weight", "vis_weight", "rel_weight", "divergence", "jsd_beta", "skew_alpha",
-                 "temperature"):
-        out[f"loss.{name}"] = getattr(m, name)
+    """The ``loss.*`` keys of a job of this method: every registered term's switch and weight and
+    every parameter a method sets, always written, so that two methods' jobs differ exactly where
+    their losses do (keys of terms added since are left out of the job's file at their defaults)."""
+    out = {f"loss.{t}": t in m.terms for t in terms.names()}
+    out.update({f"loss.{terms.weight_key(t)}": getattr(m, terms.weight_key(t)) for t in terms.names()})
+    out.update({f"loss.{p.name}": getattr(m, p.name) for _, p in method_params()})
+    out["loss.temperature"] = m.temperature
     op = m.on_policy or OnPolicy(fraction=0.0)
     out.update({"loss.on_policy": op.fraction, "loss.sample_temperature": op.temperature,
                 "loss.max_new_tokens": op.max_new_tokens})
@@ -144,7 +158,6 @@ def loss_overrides(m: Method) -> dict:
 
 
 def is_stage_default(m: Method) -> bool:
-    """Whether the method's loss is its stage's own (every term, the defaults): its chain is the bare stage."""
-    default = Method(terms=["ce", "res", "vis", "rel"], stage=m.stage)
+    """Whether the method's loss is its stage's own (the paper's terms, the defaults): its chain is the bare stage."""
+    default = Method(terms=[*terms.dataset_terms(), *terms.default_terms()], stage=m.stage)
     return loss_overrides(m) == loss_overrides(default) and m.stage == default.stage
-

@@ -26,7 +26,7 @@ from llavakd.config import DataConfig, LossConfig, StageConfig, TrainConfig, set
 from llavakd.errors import ConfigError, LlavaKDError, UnknownNameError
 from llavakd.layout import Layout, given_name, marker, model_name, parse_model, released_name
 from llavakd.methods import BUILTIN, CONTROL, Method, is_stage_default, loss_overrides
-from llavakd.stages import METHOD_NAME, STAGES, TERMS, Chain, ChainError, Step, as_chain, with_terms
+from llavakd.stages import DEFAULT_TERMS, METHOD_NAME, STAGES, TERMS, Chain, ChainError, Step, as_chain, with_terms
 from llavakd.study import Family, LossAblation, StudyConfig, load_study_config
 
 STUDENT_VARIANTS = ("baseline", "baseline_plus", "llava_kd")  # every student's rows in Table 1, in order
@@ -246,11 +246,11 @@ class Study:
         m = self.methods[name]
         base = [s for s in self.variants["baseline"].steps]
         if m.stage == "dpt":
-            first = Step("dpt", TERMS) if is_stage_default(m) else Step("dpt", TERMS, name)
+            first = Step("dpt", DEFAULT_TERMS) if is_stage_default(m) else Step("dpt", DEFAULT_TERMS, name)
             return Chain.of(first, *base[1:])
         if m.is_control:
             return Chain.of(*base, Step("cft"))
-        return Chain.of(*base, Step("dft", TERMS, None if is_stage_default(m) else name))
+        return Chain.of(*base, Step("dft", DEFAULT_TERMS, None if is_stage_default(m) else name))
 
     def method_students(self) -> list[str]:
         return list(self.cfg.methods.students or self.students())

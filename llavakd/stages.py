@@ -12,7 +12,8 @@ study (llavakd.methods: built in, or defined in its YAML) that sets the stage's 
 A stage (docs/method.md, "Three stages") says what trains, which template and dataset it reads, whether
 a frozen teacher distils into it, and the paper's batch, learning rate and precision. A *chain*
 lists stages in order, joined by ``--``; a distillation stage may name the terms it adds to CE
-after ``~`` (``dpt~res+vis``; no list means all of L_res, L_vis, L_rel). ``pt--sft`` is the
+after ``~`` (``dpt~res+vis``, any registered teacher term; no list means the paper's L_res, L_vis,
+L_rel, and a term added since is never on unless named). ``pt--sft`` is the
 TinyLLaVA recipe of teachers and baselines, ``dpt--sft--dft`` LLaVA-KD. Every prefix of a chain is
 itself a run, so variants that share stages share their training jobs. ``cft`` is not a stage of the
 paper: CE-only fine-tuning with DFT's data, steps and learning rate, so that ``pt--sft--cft`` (the
@@ -28,7 +29,10 @@ import functools
 import re
 from dataclasses import dataclass
 
-TERMS = ("res", "vis", "rel")  # the distillation terms a distillation stage may add to CE
+from llavakd import terms as _terms
+
+TERMS = _terms.teacher_terms()  # the distillation terms a distillation stage may name after ~ (llavakd.terms)
+DEFAULT_TERMS = _terms.default_terms()  # what a bare distillation stage adds to CE: the paper's
 SEPARATOR = "--"  # between the stages of a chain
 TERM_MARK = "~"  # after a distillation stage's name: the terms it uses
 TERM_JOIN = "+"  # between those terms
@@ -104,9 +108,9 @@ class Step:
                 raise ChainError(f"stage token {token!r}: only {' and '.join(DISTILL_STAGES)} take a method")
             if not re.fullmatch(METHOD_NAME, method):
                 raise ChainError(f"stage token {token!r}: a method name is lower-case letters, digits and _")
-            return cls(name, TERMS, method)
+            return cls(name, DEFAULT_TERMS, method)
         if listed is None:
-            return cls(name, TERMS if STAGES[name].distill else ())
+            return cls(name, DEFAULT_TERMS if STAGES[name].distill else ())
         if not STAGES[name].distill:
             raise ChainError(f"stage token {token!r}: only {' and '.join(DISTILL_STAGES)} take loss terms")
         chosen = listed.split(TERM_JOIN)
@@ -118,7 +122,7 @@ class Step:
     def __str__(self) -> str:
         if self.method is not None:
             return self.name + METHOD_MARK + self.method
-        if not self.distill or set(self.terms) == set(TERMS):
+        if not self.distill or set(self.terms) == set(DEFAULT_TERMS):
             return self.name
         return self.name + TERM_MARK + TERM_JOIN.join(self.terms)
 
@@ -181,5 +185,5 @@ def as_chain(chain: Chain | str) -> Chain:
 
 
 def with_terms(name: str, terms) -> Step:
-    """A stage with an explicit list of distillation terms (``None``: all of them)."""
-    return Step(name, TERMS if terms is None else tuple(t for t in TERMS if t in terms))
+    """A stage with an explicit list of distillation terms (``None``: the stage's default, the paper's)."""
+    return Step(name, DEFAULT_TERMS if terms is None else tuple(t for t in TERMS if t in terms))

@@ -27,7 +27,7 @@ from llavakd.typed import build
 
 Protocol = Literal["lmms-eval", "paper"]  # llavakd.protocols.PROTOCOLS
 DType = Literal["float32", "bfloat16", "float16"]
-Term = Literal["res", "vis", "rel"]  # llavakd.stages.TERMS
+Term = Literal[TERMS]  # a registered teacher term (llavakd.terms)
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _OVERRIDE_KEY = re.compile(r"^(train|data|loss)\.[a-z_]+$")
 

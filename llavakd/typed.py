@@ -169,7 +169,10 @@ def _placeholder(tp):
 
 
 def field_docs(cls) -> dict[str, str]:
-    """The docstring written under each field of a dataclass (torchtitan's style), by reading its source."""
+    """The docstring written under each field of a dataclass (torchtitan's style), by reading its
+    source; a dataclass built from a registry (``make_dataclass``) carries them in ``__field_docs__``."""
+    if "__field_docs__" in vars(cls):
+        return dict(cls.__field_docs__)
     import ast
     import inspect
     import textwrap

@@ -133,3 +133,63 @@ def test_the_study_reference_page_is_generated_from_the_tree():
     page = (ROOT / "docs" / "study.md").read_text()
     assert page == reference(), "docs/study.md is stale: python -m llavakd.study_reference > docs/study.md"
     assert "| `vision_steps` | int | `1500` |" in page  # a default, read from the tree
+
+
+# -- loss terms ------------------------------------------------------------------------------------
+def term_spellings(source: str) -> list[str]:
+    """Places that enumerate or branch on a loss term outside the registry (llavakd/terms/): a term's
+    name, weight key or parameter compared with (``t == "rel"``, ``"res" in x``), used as a subscript
+    (``parts["vis"]``), a dict key, an item of a literal tuple/list/set, a keyword argument
+    (``LossConfig(res=False)``; a method's parameters, ``divergence="jsd"``, are data), or read as an
+    attribute (``cfg.rel``, ``cfg.rel_source``). Names as data stay allowed: a method's ``terms=[...]``
+    list, plain string assignments, docstrings and comments."""
+    from llavakd import terms
+
+    names = set(terms.names())
+    keys = names | {terms.weight_key(n) for n in names}
+    params = {p.name for _, p in terms.params()}
+    tree = ast.parse(source)
+    data = set()  # the literals of terms=[...]: a method naming its terms is data
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "terms":
+            data |= {id(n) for n in ast.walk(node.value)}
+
+    def is_name(node) -> bool:
+        return isinstance(node, ast.Constant) and node.value in names and id(node) not in data
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(is_name(x) for x in [node.left, *node.comparators]):
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Subscript) and is_name(node.slice):
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Dict) and any(k is not None and is_name(k) for k in node.keys):
+            found.append(ast.unparse(node)[:60])
+        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(is_name(e) for e in node.elts):
+            found.append(ast.unparse(node)[:60])
+        elif isinstance(node, ast.keyword) and node.arg in keys:
+            found.append(f"{node.arg}=")
+        elif isinstance(node, ast.Attribute) and (node.attr in keys or node.attr in params):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_no_module_outside_the_registry_names_a_loss_term():
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if (PACKAGE / "terms") in path.parents:
+            continue
+        hits = term_spellings(path.read_text())
+        if hits:
+            offenders[str(path.relative_to(ROOT))] = hits
+    assert not offenders, offenders
+
+
+def test_the_term_check_catches_a_term_named_outside_the_registry():
+    for snippet in ('if cfg.rel: x = 1', 'x = parts["vis"]', 'ok = name == "res"', 'TERMS = ("ce", "res")',
+                    'c = LossConfig(res=False)', 'w = {"ce": 1.0}', 'if cfg.rel_source == "features": pass',
+                    'w = cfg.rel_weight', 'x = dataclasses.replace(cfg, ce=False)'):
+        assert term_spellings(snippet), snippet
+    for snippet in ('CONTROL = "ce"', 'm = Method(terms=["ce", "res"], divergence="jsd")', 'x = cfg.weight(name)',
+                    '"""L_rel: cfg.rel"""'):
+        assert not term_spellings(snippet), snippet

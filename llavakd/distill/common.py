@@ -1,4 +1,4 @@
-"""What every implementation of the objective shares: its output, its input checks, its divergences.
+"""What every implementation of the objective shares: its output, its input checks, the weights.
 
 Both the naive oracle (``naive.py``) and the chunked path (``objective.py``) build on this module,
 so neither imports the other's internals.
@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llavakd import terms
 from llavakd.config import LossConfig
-from llavakd.distill.divergences import Divergence
 from llavakd.labels import IGNORE_INDEX
+from llavakd.terms.base import NaiveInputs
 
 
 class DistillShapeError(ValueError):
@@ -39,24 +40,12 @@ class LossOutput:
         return dict(zip(keys, values))
 
 
-def res_divergence(cfg: LossConfig) -> Divergence:
-    """The divergence of L_res."""
-    return Divergence(cfg.divergence, beta=cfg.jsd_beta, alpha=cfg.skew_alpha)
-
-
-def vis_divergence(cfg: LossConfig) -> Divergence:
-    """The divergence of L_vis (``vis_divergence`` when set, else L_res's)."""
-    return Divergence(cfg.vis_divergence or cfg.divergence, beta=cfg.jsd_beta, alpha=cfg.skew_alpha)
-
-
-TERM_NAMES = ("ce", "res", "vis", "rel")
-
-
 def term_weights(cfg: LossConfig, scale: dict[str, float] | None = None) -> dict[str, float]:
-    """Each term's weight in this call: the configured weight (never rewritten) times ``scale``,
-    the share of the optimizer step's positions this micro-batch holds (the trainer's; 1 if unset)."""
+    """Each enabled term's weight in this call: the configured weight (never rewritten) times
+    ``scale``, the share of the optimizer step's positions this micro-batch holds (the trainer's; 1
+    if unset)."""
     scale = scale or {}
-    return {k: getattr(cfg, f"{k}_weight") * float(scale.get(k, 1.0)) for k in TERM_NAMES}
+    return {k: cfg.weight(k) * float(scale.get(k, 1.0)) for k in cfg.enabled()}
 
 
 def resolve_config(cfg: LossConfig | None, has_teacher: bool, what: str, checked: bool = False) -> LossConfig:
@@ -98,61 +87,30 @@ def check_inputs(student, teacher, labels, visual_mask, teacher_labels=None, tea
 
 
 def check_features(student_features, teacher_features, labels, cfg: LossConfig) -> None:
-    """With ``rel_source: features`` both feature tensors are needed, [batch, length, d] each."""
-    if not (cfg.rel and cfg.rel_source == "features"):
+    """A term that reads the projected visual features (``rel_source: features``) needs both feature
+    tensors, [batch, length, d] each."""
+    if "features" not in cfg.needs():
         return
     if student_features is None or teacher_features is None:
-        raise DistillShapeError("loss.rel_source is 'features' but the student's or the teacher's features were not given")
+        readers = ", ".join(n for n in cfg.enabled() if "features" in terms.spec(n).needs(cfg))
+        raise DistillShapeError(f"loss terms {readers} read the projected visual features, but the student's or the "
+                                "teacher's were not given")
     for who, f in (("student", student_features), ("teacher", teacher_features)):
         if f.dim() != 3 or f.shape[:2] != labels.shape:
             raise DistillShapeError(f"{who} features {tuple(f.shape)} do not match the tokens {tuple(labels.shape)}: "
                                     "expected [batch, length, d]")
 
 
-def unit_gram(R: torch.Tensor) -> torch.Tensor:
-    """The Gram matrix of the unit-normalised rows of Z, from R = Z Z^T: R_ij / (|z_i| |z_j|), each
-    norm clamped at 1e-12 as F.normalize does."""
-    norms = R.diagonal().clamp_min(0).sqrt().clamp_min(1e-12)
-    return R / (norms[:, None] * norms[None, :])
+def engine_terms(cfg: LossConfig, engine: str) -> tuple[str, ...]:
+    """The enabled terms one engine computes (llavakd.terms.base: rows, sources or autograd)."""
+    return tuple(n for n in cfg.enabled() if terms.spec(n).engine_for(cfg) == engine)
 
 
-def relation_value(Rs: list, Rt: list, cfg: LossConfig) -> torch.Tensor:
-    """L_rel = 1 - cos of the (optionally normalised) Gram matrices, float64 in and out; autograd
-    gives dL/dR_s (the chunked and fused paths read their gradient from it)."""
-    if cfg.rel_normalise == "l2":
-        Rs, Rt = [unit_gram(r) for r in Rs], [unit_gram(r) for r in Rt]
-    eps = torch.finfo(torch.float64).tiny
-    if cfg.rel_reduction == "batch":
-        dot = sum((a * b).sum() for a, b in zip(Rt, Rs))
-        nt = torch.sqrt(sum((a * a).sum() for a in Rt)).clamp_min(eps)
-        ns = torch.sqrt(sum((b * b).sum() for b in Rs)).clamp_min(eps)
-        return 1 - dot / (nt * ns)
-    cos = [(a * b).sum() / (a.norm().clamp_min(eps) * b.norm().clamp_min(eps)) for a, b in zip(Rt, Rs)]
-    return 1 - torch.stack(cos).mean()
-
-
-def feature_relation(student_features, teacher_features, visual_mask, cfg: LossConfig):
-    """L_rel from the projected visual features (``rel_source: features``) by autograd: the features
-    are [positions x d] with d in the thousands, so nothing here is vocabulary-sized. Gram products
-    in at least float32, the cosine in float64. Returns (value, number of image samples)."""
-    cdt = torch.float64 if student_features.dtype == torch.float64 else torch.float32
-    Rs, Rt = [], []
-    for b in range(visual_mask.shape[0]):
-        m = visual_mask[b]
-        if m.any():
-            zs, zt = student_features[b][m].to(cdt), teacher_features[b][m].detach().to(cdt)
-            Rs.append((zs @ zs.T).double())
-            Rt.append((zt @ zt.T).double())
-    if not Rs:
-        return torch.zeros((), dtype=torch.float64, device=visual_mask.device), 0
-    return relation_value(Rs, Rt, cfg), len(Rs)
-
-
-def with_feature_relation(out: LossOutput, student_features, teacher_features, visual_mask, cfg,
-                          weight: float) -> LossOutput:
-    """Add L_rel from the features, times ``weight``, to an objective computed without it."""
-    rel, n = feature_relation(student_features, teacher_features, visual_mask, cfg)
-    out.part_tensors["rel"] = rel.detach()
-    out.counts["rel"] = n
-    out.total = out.total + (weight * rel).to(out.total.dtype)
+def with_autograd_terms(out: LossOutput, cfg: LossConfig, weights: dict[str, float], x: NaiveInputs) -> LossOutput:
+    """Add the terms computed by plain autograd (after the chunked objective), each times its weight."""
+    for name in engine_terms(cfg, "autograd"):
+        value, n = terms.spec(name).autograd_term(x, cfg)
+        out.part_tensors[name] = value.detach()
+        out.counts[name] = n
+        out.total = out.total + (weights[name] * value).to(out.total.dtype)
     return out

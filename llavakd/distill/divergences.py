@@ -20,8 +20,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from llavakd.config import DIVERGENCES as NAMES
+from llavakd.terms.base import DIVERGENCES as NAMES
 
 
 @dataclass(frozen=True)
@@ -105,4 +106,25 @@ def _skew_kl(d, s, t, need_grad):
 
 _FUNCS = {"forward_kl": _forward_kl, "reverse_kl": _reverse_kl, "jsd": _jsd, "tv": _tv,
           "skew_kl": _skew_kl}
-assert set(_FUNCS) == set(NAMES), "llavakd.config.DIVERGENCES and the implemented divergences differ"
+assert set(_FUNCS) == set(NAMES), "llavakd.terms.base.DIVERGENCES and the implemented divergences differ"
+
+
+def naive_divergence(div: Divergence, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-row D(teacher || student) written as the textbook formula (autograd does the rest): the
+    oracle's form of each divergence above."""
+    ls, lt = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    ps, pt = ls.exp(), lt.exp()
+    if div.name == "forward_kl":  # 0 log 0 = 0: a word the teacher rules out (p_t = 0) adds nothing
+        return torch.where(pt == 0, 0.0, pt * (lt - ls)).sum(-1)
+    if div.name == "reverse_kl":
+        return (ps * (ls - lt)).sum(-1)
+    if div.name == "tv":
+        return 0.5 * (ps - pt).abs().sum(-1)
+    if div.name == "jsd":
+        m = div.beta * pt + (1 - div.beta) * ps
+        lm = m.log()
+        return div.beta * (pt * (lt - lm)).sum(-1) + (1 - div.beta) * (ps * (ls - lm)).sum(-1)
+    if div.name == "skew_kl":
+        m = div.alpha * pt + (1 - div.alpha) * ps
+        return (pt * (lt - m.log())).sum(-1)
+    raise ValueError(div.name)

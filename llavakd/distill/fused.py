@@ -29,9 +29,9 @@ W^T W (d x d) accumulated over vocabulary chunks in at least float32: the frozen
 per run, the student's once per optimizer step (``step``, passed by the trainer); its gradient
 is S H (W^T W) for the hidden states and W (H^T S H) for the head. ``rel_gram: chunks``
 accumulates Z Z^T over vocabulary chunks of Z recomputed from H and W instead (the chunked path's
-own code). benchmarks/distill_memory.py times both at the paper's shape. With
-``rel_source: features`` L_rel comes from the projected visual features by plain autograd
-(``common.feature_relation``).
+own code). benchmarks/distill_memory.py times both at the paper's shape. Terms of the
+``autograd`` engine (L_rel with ``rel_source: features``, by plain autograd on the projected
+visual features) are added after the fused objective (``common.with_autograd_terms``).
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ from llavakd.distill.common import (
     check_inputs,
     resolve_config,
     term_weights,
-    with_feature_relation,
+    with_autograd_terms,
 )
-from llavakd.distill.objective import LinearSource, _compute_dtype, _objective, without_rel
+from llavakd.distill.objective import LinearSource, _compute_dtype, _objective
+from llavakd.terms.base import NaiveInputs
 
 
 def _check(h_s, w_s, h_t, w_t, labels, visual_mask) -> None:
@@ -115,11 +116,10 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
     w = term_weights(cfg, scale)
     _check(student_hidden, student_head, teacher_hidden, teacher_head, labels, visual_mask)
     check_features(student_features, teacher_features, labels, cfg)
-    from_features = cfg.rel and cfg.rel_source == "features"
     sink: dict = {"step": step}
     total = _FusedLinearObjective.apply(student_hidden, student_head, teacher_hidden, teacher_head, labels,
-                                        visual_mask, without_rel(cfg) if from_features else cfg, w, sink)
+                                        visual_mask, cfg, w, sink)
     out = LossOutput(total=total, part_tensors=sink["parts"], counts=sink["counts"])
-    if from_features:
-        return with_feature_relation(out, student_features, teacher_features, visual_mask, cfg, w["rel"])
-    return out
+    return with_autograd_terms(out, cfg, w, NaiveInputs(labels=labels, visual_mask=visual_mask,
+                                                        student_features=student_features,
+                                                        teacher_features=teacher_features))

@@ -36,27 +36,25 @@ and the parts stay device tensors (``LossOutput.part_tensors``; ``parts`` reads 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
+from llavakd import terms
 from llavakd.config import LossConfig
+from llavakd.distill.chunking import DEFAULT_CHUNK_ELEMENTS
 from llavakd.distill.common import (
     LossOutput,
     check_features,
     check_inputs,
-    relation_value,
-    res_divergence,
+    engine_terms,
     resolve_config,
     term_weights,
-    vis_divergence,
-    with_feature_relation,
+    with_autograd_terms,
 )
 from llavakd.distill.naive import naive_distill_loss
 from llavakd.labels import IGNORE_INDEX
 from llavakd.memory import CUDA_CHUNK_BYTES  # CUDA: every [chunk x V] temporary of one chunk together
+from llavakd.terms.base import NaiveInputs
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 23  # CPU: ~32 MB of fp32 per full-vocabulary temporary
 BLOCK_TEMPORARIES = 6  # [chunk x V] fp32 blocks alive at once: student, teacher, gradient, three in a divergence
 
 
@@ -112,15 +110,10 @@ def distill_loss(
     if cfg.implementation == "naive":
         return naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_features, teacher_features,
                                   scale)
-    if cfg.rel and cfg.rel_source == "features":
-        out = _chunked(student, teacher, labels, visual_mask, without_rel(cfg), w)
-        return with_feature_relation(out, student_features, teacher_features, visual_mask, cfg, w["rel"])
-    return _chunked(student, teacher, labels, visual_mask, cfg, w)
-
-
-def without_rel(cfg: LossConfig) -> LossConfig:
-    """The same objective without L_rel (added from the features instead)."""
-    return dataclasses.replace(cfg, rel=False)
+    out = _chunked(student, teacher, labels, visual_mask, cfg, w)
+    return with_autograd_terms(out, cfg, w, NaiveInputs(labels=labels, visual_mask=visual_mask,
+                                                        student_features=student_features,
+                                                        teacher_features=teacher_features))
 
 
 # ----------------------------------------------------------------------------- chunked path
@@ -130,25 +123,15 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _rows_plan(labels, visual_mask, cfg):
-    """Dense per-row masks over the flattened [B*L] positions."""
+def _rows_plan(labels, visual_mask):
+    """Dense masks over the flattened [B*L] positions, by what a row term reads (llavakd.terms.base.Rows),
+    and each position's next-token target."""
     B, L = labels.shape
     res_rows = torch.zeros(B, L, dtype=torch.bool, device=labels.device)
     res_rows[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     target = torch.full((B, L), IGNORE_INDEX, dtype=torch.long, device=labels.device)
     target[:, :-1] = labels[:, 1:]
-    return res_rows.flatten(), visual_mask.flatten(), target.flatten()
-
-
-def _sample_visual_rows(visual_mask) -> list[torch.Tensor]:
-    """Flat row indices of each image sample's visual positions (text-only samples skipped)."""
-    B, L = visual_mask.shape
-    out = []
-    for b in range(B):
-        idx = visual_mask[b].nonzero().flatten()
-        if idx.numel():
-            out.append(idx + b * L)
-    return out
+    return {"responses": res_rows.flatten(), "visual": visual_mask.flatten()}, target.flatten()
 
 
 class LogitSource:
@@ -294,85 +277,64 @@ def head_gram(w: torch.Tensor, cdt: torch.dtype, step: int | None = None) -> tor
 
 
 def _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad, cdt, dev):
-    """Every term and (through the sources) its gradient; returns (total, parts, counts).
-    ``weights``: each term's weight in this call (common.term_weights)."""
-    V = src_s.vocab
-    res_rows, vis_rows, target = _rows_plan(labels, visual_mask, cfg)
-    use_res, use_vis = cfg.res, cfg.vis and bool(vis_rows.any())
-    n_ce = n_res = int(res_rows.sum())
-    n_vis = int(vis_rows.sum())
-    counts = {"ce": n_ce, "res": n_res, "vis": n_vis}
-    sums = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in ("ce", "res", "vis")}
-    T = cfg.temperature
-    res_div, vis_div = res_divergence(cfg), vis_divergence(cfg)
-    same_div = res_div == vis_div
+    """Every term of the ``rows`` and ``sources`` engines and (through the sources) its gradient;
+    returns (total, parts, counts). ``weights``: each term's weight in this call (common.term_weights).
 
-    active = torch.zeros_like(res_rows)
-    if cfg.ce or use_res:
-        active |= res_rows
-    if use_vis:
-        active |= vis_rows
+    Row terms share one pass over row chunks: a chunk holds the rows any of them reads, each term's
+    kernel gives per-row values and dL/ds, and kernels with equal keys (L_res and L_vis under one
+    divergence) are evaluated once for all their rows."""
+    V = src_s.vocab
+    masks, target = _rows_plan(labels, visual_mask)
+    row_terms = engine_terms(cfg, "rows")
+    specs = {n: terms.spec(n) for n in row_terms}
+    sizes = {r: int(masks[r].sum()) for r in {specs[n].rows for n in row_terms}}  # read once, before the loop
+    counts = {n: sizes[specs[n].rows] for n in row_terms}
+    sums = {n: torch.zeros((), dtype=torch.float64, device=dev) for n in row_terms}
+    used = [n for n in row_terms if counts[n] > 0]
+    kernels = {n: specs[n].row_kernel(cfg) for n in used}
+    groups: dict = {}  # kernel key -> the terms it serves, in registration order
+    for n in used:
+        groups.setdefault(kernels[n].key, []).append(n)
+    with_teacher = any(specs[n].teacher for n in used)
+
+    active = torch.zeros_like(masks["responses"])
+    for n in used:
+        active |= masks[specs[n].rows]
     rows = active.nonzero().flatten()
     step = rows_per_chunk(V, dev, cfg.chunk_rows)
-    w_ce = weights["ce"] / max(n_ce, 1)
-    w_res = weights["res"] / max(n_res, 1)
-    w_vis = weights["vis"] / max(n_vis, 1)
+    per_row = {n: weights[n] / max(counts[n], 1) for n in used}
     for start in range(0, rows.numel(), step):
         idx = rows[start:start + step]
         s = src_s.rows(idx, cdt)
         g = torch.zeros_like(s) if need_grad else None
-        m_res = res_rows[idx].to(cdt)
-        m_vis = vis_rows[idx].to(cdt)
-        if cfg.ce:
-            y = target[idx]
-            ok = y != IGNORE_INDEX
-            logp = torch.log_softmax(s, -1)
-            ce_rows = -logp.gather(1, y.clamp_min(0)[:, None]).squeeze(1) * ok
-            sums["ce"] += ce_rows.sum().double()
+        t = src_t.rows(idx, cdt) if with_teacher else None
+        y = target[idx]
+        chunk_masks = {r: masks[r][idx].to(cdt) for r in sizes}
+        for members in groups.values():
+            kernel = kernels[members[0]]
+            loss_rows, dg = kernel(s, t, y, need_grad)
+            coef = None
+            for n in members:
+                m = chunk_masks[specs[n].rows]
+                sums[n] += kernel.reduce(loss_rows, m)
+                c = per_row[n] * m
+                coef = c if coef is None else coef + c
             if need_grad:
-                d = logp.exp_()
-                d.scatter_add_(1, y.clamp_min(0)[:, None], -ok.to(cdt)[:, None])  # p - onehot(y), no host sync
-                g.addcmul_(d, (w_ce * ok.to(cdt))[:, None])
-            del logp
-        if use_res or use_vis:
-            t = src_t.rows(idx, cdt)
-            st, tt = (s / T, t / T) if T != 1.0 else (s, t)
-            jobs = []
-            if same_div:
-                coef = (w_res * m_res if use_res else 0) + (w_vis * m_vis if use_vis else 0)
-                jobs.append((res_div, coef, [("res", m_res)] * use_res + [("vis", m_vis)] * use_vis))
-            else:
-                if use_res:
-                    jobs.append((res_div, w_res * m_res, [("res", m_res)]))
-                if use_vis:
-                    jobs.append((vis_div, w_vis * m_vis, [("vis", m_vis)]))
-            for div, coef, logs in jobs:
-                loss_rows, dg = div(st, tt, need_grad)
-                for key, mask in logs:
-                    sums[key] += (loss_rows * mask).sum().double() * T * T
-                if need_grad:
-                    g.addcmul_(dg, (coef * T)[:, None])  # d/ds of T^2 * D(s/T) = T * D'(s/T)
-                del dg
-            del t, st, tt
+                g.addcmul_(dg, (coef * kernel.grad_scale)[:, None])
+            del dg, loss_rows
+        del t
         if need_grad:
             src_s.set_rows_grad(idx, g)
 
     parts = {}
     total = torch.zeros((), dtype=torch.float64, device=dev)
-    if cfg.ce:
-        parts["ce"] = sums["ce"] / max(n_ce, 1)
-        total += weights["ce"] * parts["ce"]
-    if cfg.res:
-        parts["res"] = sums["res"] / max(n_res, 1)
-        total += weights["res"] * parts["res"]
-    if cfg.vis:
-        parts["vis"] = sums["vis"] / max(n_vis, 1)
-        total += weights["vis"] * parts["vis"]
-    if cfg.rel:
-        rel, n_img = _gram_cosine(src_s, src_t, visual_mask, cfg, weights["rel"], need_grad, cdt)
-        parts["rel"] = rel
-        counts["rel"] = n_img
-        total += weights["rel"] * rel
+    for n in cfg.enabled():
+        if n in sums:
+            parts[n] = sums[n] / max(counts[n], 1)
+            total += weights[n] * parts[n]
+        elif terms.spec(n).engine_for(cfg) == "sources":
+            parts[n], counts[n] = terms.spec(n).source_term(src_s, src_t, visual_mask, cfg, weights[n], need_grad, cdt)
+            total += weights[n] * parts[n]
     return total, parts, counts
 
 
@@ -421,27 +383,6 @@ def _gram_grad_chunks(src, idx, sym, step, cdt):
     """dL/dZ = sym Z, chunk by chunk of the vocabulary."""
     for c in range(0, src.vocab, step):
         src.add_block_grad(idx, c, c + step, sym @ src.block(idx, c, c + step, cdt))
-
-
-def _gram_cosine(src_s, src_t, visual_mask, cfg, weight, need_grad, cdt):
-    """L_rel and (through ``src_s``) its gradient; returns (value, number of image samples)."""
-    samples = _sample_visual_rows(visual_mask)
-    if not samples:
-        return torch.zeros((), dtype=torch.float64, device=visual_mask.device), 0
-    n_max = max(i.numel() for i in samples)
-    step = cfg.chunk_vocab or max(1, DEFAULT_CHUNK_ELEMENTS // max(n_max, 1))
-    # The Gram matrices accumulate in the compute dtype; the cosine is taken in float64 (n x n,
-    # cheap): with cos close to 1, fp32 would leave 1 - cos only ~1e-7 of absolute precision.
-    # Its gradient with respect to each R_s comes from autograd on those small matrices.
-    Rs = [src_s.gram(idx, step, cdt, cfg.rel_gram).double().requires_grad_(need_grad) for idx in samples]
-    Rt = [src_t.gram(idx, step, cdt, cfg.rel_gram).double() for idx in samples]
-    with torch.enable_grad():
-        value = relation_value(Rs, Rt, cfg)
-        G = torch.autograd.grad(value, Rs) if need_grad else ()
-    for idx, g in zip(samples, G):
-        sym = ((g + g.T) * weight).to(cdt)  # dL/dZ = (G + G^T) Z
-        src_s.add_gram_grad(idx, sym, step, cdt, cfg.rel_gram)
-    return value.detach(), len(samples)
 
 
 def _chunked(student, teacher, labels, visual_mask, cfg, weights) -> LossOutput:

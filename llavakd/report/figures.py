@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from llavakd import terms  # noqa: E402
 from llavakd.io import atomic_file  # noqa: E402
 from llavakd.report.averages import COLUMNS, avg10  # noqa: E402
 from llavakd.report.reference import display_llm, llm_size_billions, paper_row  # noqa: E402
@@ -28,7 +29,6 @@ SOURCES = ["paper LLaVA-KD", "ours LLaVA-KD", "ours baseline (PT+SFT)", "ours ba
 KIND_STYLE = {"LLaVA-KD": ("C0", "s"), "TinyLLaVA†": ("C1", "X"), "baseline (PT+SFT)": ("C1", "X"),
               "baseline+ (PT+SFT+CFT)": ("C2", "P"),
               "teacher": ("C3", "o"), "others": ("C7", "o")}
-TERMS = ["ce", "res", "vis", "rel"]
 
 
 def _save(fig, out: str | Path) -> Path:
@@ -141,7 +141,7 @@ def training_curves(runs: list[tuple[str, str, str | Path]], out) -> Path:
     sns.set_theme(style="whitegrid", font_scale=0.9)
     stages = [s for s in ("pt", "dpt", "sft", "dft") if s in set(data["stage"])]
     g = sns.relplot(data, kind="line", x="step", y="loss", hue="term", style="model", col="stage",
-                    hue_order=[t for t in TERMS if t in set(data["term"])],
+                    hue_order=[t for t in terms.names() if t in set(data["term"])],
                     col_order=stages, facet_kws={"sharey": False, "sharex": False}, height=3.2, aspect=1.2)
     g.set_titles("{col_name}")
     for ax in g.axes.flat:

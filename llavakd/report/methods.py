@@ -221,7 +221,9 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
     if chance:
         body.append(["chance (best constant answer)", "", ""] + [f"{ref[c]:.1f}" if ref.get(c) is not None else "-"
                                                                   for c in cols] + ["-"] * (len(head) - 3 - len(cols)))
-    control = {r.llm: r for r in rows if r.method == "ce"}
+    from llavakd.methods import CONTROL
+
+    control = {r.llm: r for r in rows if r.method == CONTROL}
     for r in rows:
         ce = control.get(r.llm)
         rel = (lambda a, b: f"{a / b:.2f}" if a is not None and b else "-")  # noqa: E731

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from llavakd.report.averages import COLUMNS
-from llavakd.stages import SEPARATOR, TERMS, Chain, Step
+from llavakd.stages import DEFAULT_TERMS, SEPARATOR, Chain, Step
 
 PAPER_DIR = Path(str(importlib.resources.files("llavakd.report") / "paper"))  # package data
 TEACHER_METHOD = "TinyLLaVA†"  # the TinyLLaVA-recipe models the authors trained (teachers and baselines)
@@ -56,7 +56,7 @@ def thirdparty_chain(table: str, variant: str, terms: dict[str, float | None]) -
     if table == "stages":
         return Chain.parse(variant.lower().replace("+", SEPARATOR))
     stage = variant.split(" ", 1)[0].lower()
-    on = tuple(t for t in TERMS if terms.get(t) == 1)
+    on = tuple(t for t in DEFAULT_TERMS if terms.get(t) == 1)
     if stage == "dpt":
         return Chain.of(Step("dpt", on), Step("sft"))
     if stage == "dft":
@@ -70,7 +70,7 @@ def thirdparty_rows(table: str) -> list[dict]:
     ref = load_paper(THIRDPARTY)
     out = []
     for _, r in ref[ref["table"] == table].iterrows():
-        terms = {t: (None if pd.isna(r[t]) else float(r[t])) for t in TERMS}
+        terms = {t: (None if pd.isna(r[t]) else float(r[t])) for t in DEFAULT_TERMS}
         out.append({"student": r["student"], "variant": r["variant"],
                     "chain": str(thirdparty_chain(table, r["variant"], terms)), "avg10": float(r["avg10"])})
     return out

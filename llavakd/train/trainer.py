@@ -6,7 +6,6 @@ It overrides and sets some of Trainer's private methods and flags; each is liste
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from llavakd import terms
 from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
 from llavakd.errors import LlavaKDError
 from llavakd.io import COMPLETE_MARKER, marker_problem, write_marker
@@ -154,21 +154,23 @@ class KDTrainer(Trainer):
                       "this run computes the chunked objective from full logits", flush=True)
         return self._implementation
 
-    def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor:
-        """The positions each term averages over in the whole optimizer step, summed over its
-        micro-batches and the ranks: CE's and L_res's supervised tokens, visual positions (L_vis)
-        and image samples (L_rel), float64 [4]; compute_loss divides by them. With on-policy
-        distillation the step's drawn micro-batches are rewritten with the student's samples
-        first (in place), so L_res counts the sampled tokens and CE the dataset's answers."""
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> dict[str, torch.Tensor]:
+        """What each enabled term averages over in the whole optimizer step, by term name, summed
+        over its micro-batches and the ranks (float64; llavakd.terms.base.Count): compute_loss
+        divides by them. With on-policy distillation the step's drawn micro-batches are rewritten
+        with the student's samples first (in place), so the teacher terms count the sampled tokens
+        and CE the dataset's answers."""
         if self.loss_config.on_policy > 0:
             self._draw_on_policy(batch_samples)
-        counts = torch.zeros(4, dtype=torch.float64, device=device)
+        names = self.loss_config.enabled()
+        counts = torch.zeros(len(names), dtype=torch.float64, device=device)
         for batch in batch_samples:
             ce = batch.get("ce_batch")
-            counts += step_counts(batch["labels"], batch["visual_mask"], ce["labels"] if ce else None).to(device)
+            local = step_counts(self.loss_config, batch["labels"], batch["visual_mask"], ce["labels"] if ce else None)
+            counts += torch.tensor([local[n] for n in names], dtype=torch.float64, device=device)
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
-        return counts
+        return dict(zip(names, counts.unbind()))
 
     def _draw_on_policy(self, batch_samples: list) -> None:
         """Each micro-batch of the step: on-policy with probability ``loss.on_policy`` (this rank's
@@ -183,6 +185,7 @@ class KDTrainer(Trainer):
         if tok is None:
             raise LlavaKDError("loss.on_policy: the trainer needs the tokenizer (setup_trainer passes it)")
         student = self.accelerator.unwrap_model(self.model)
+        with_dataset_terms = bool(set(cfg.enabled()) & set(terms.dataset_terms()))  # CE: keep the original answers
         for batch in batch_samples:
             if float(torch.rand(1, generator=self.sampling)) >= cfg.on_policy:
                 continue
@@ -193,7 +196,7 @@ class KDTrainer(Trainer):
                     batch, student, temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens,
                     stop_id=tok.convert_tokens_to_ids(END_TOKEN), pad_id=tok.pad_token_id,
                     image_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), generator=self.sampling,
-                    max_positions=student.config.text_config.max_position_embeddings, keep_original=cfg.ce)
+                    max_positions=student.config.text_config.max_position_embeddings, keep_original=with_dataset_terms)
             finally:
                 student.train(was_training)
                 self._student_taps.take()
@@ -217,20 +220,19 @@ class KDTrainer(Trainer):
             return
         self.sampling.set_state(torch.load(path, weights_only=True))
 
-    def _step_shares(self, labels, visual_mask, step_counts_: torch.Tensor | None,
-                     ce_labels: torch.Tensor | None = None) -> dict[str, float]:
+    def _step_shares(self, labels, visual_mask, step_counts_: dict[str, torch.Tensor] | None,
+                     dataset_labels: torch.Tensor | None = None) -> dict[str, float]:
         """Each term's share of the step's positions in this micro-batch (times the ranks, which DDP
         and DeepSpeed average over): the objective multiplies the configured weights by it (they are
         never rewritten), so the local means it computes sum to the step's means. (L_rel with
         rel_reduction batch is a cosine over the micro-batch's Gram matrices, weighted by its image
         samples: it cannot be split exactly.)"""
         if step_counts_ is None:
-            return {"ce": 1.0, "res": 1.0, "vis": 1.0, "rel": 1.0}
-        local = step_counts(labels, visual_mask, ce_labels).tolist()
-        total = [float(x) for x in step_counts_.tolist()]
+            return {n: 1.0 for n in self.loss_config.enabled()}
+        local = step_counts(self.loss_config, labels, visual_mask, dataset_labels)
+        totals = torch.stack([step_counts_[n] for n in local]).tolist()
         world = self.accelerator.num_processes
-        share = [world * lo / to if to > 0 else 0.0 for lo, to in zip(local, total)]
-        return dict(zip(("ce", "res", "vis", "rel"), share))
+        return {n: world * lo / to if to > 0 else 0.0 for (n, lo), to in zip(local.items(), totals)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._prepare_teacher()
@@ -241,9 +243,9 @@ class KDTrainer(Trainer):
         ce_batch = inputs.pop("ce_batch", None)  # on-policy with CE: the dataset's answers, for CE
         cfg = self.loss_config  # validated once, when the job read its config
         if ce_batch is not None:
-            cfg = dataclasses.replace(cfg, ce=False)  # this forward: the divergence on the samples
+            cfg = cfg.without(terms.dataset_terms())  # this forward: the teacher terms on the samples
         shares = self._step_shares(labels, visual_mask,
-                                   num_items_in_batch if torch.is_tensor(num_items_in_batch) else None,
+                                   num_items_in_batch if isinstance(num_items_in_batch, dict) else None,
                                    ce_batch["labels"] if ce_batch is not None else None)
         fwd = {k: v for k, v in inputs.items() if v is not None}
         fused = self.loss_implementation == "fused"
@@ -258,7 +260,7 @@ class KDTrainer(Trainer):
                 t_out = self.teacher(**fwd, **keep)
             h_t, f_t = self._teacher_taps.take()
             t_logits = None if fused else t_out.logits
-        features = {"student_features": f_s, "teacher_features": f_t} if cfg.rel and cfg.rel_source == "features" else {}
+        features = {"student_features": f_s, "teacher_features": f_t} if "features" in cfg.needs() else {}
         if fused:
             res = fused_distill_loss(h_s, lm_head_weight(self.accelerator.unwrap_model(model)), h_t,
                                      lm_head_weight(self.teacher) if with_teacher else None, labels, visual_mask,
@@ -275,8 +277,8 @@ class KDTrainer(Trainer):
 
     def _with_dataset_ce(self, model, res, batch, shares, keep):
         """On-policy with CE: CE on the micro-batch's original answers (a student forward of its
-        own), added to the divergence on the student's samples."""
-        cfg = dataclasses.replace(self.loss_config, res=False, vis=False, rel=False)
+        own), added to the teacher terms on the student's samples."""
+        cfg = self.loss_config.only(terms.dataset_terms())
         fwd = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if batch.get(k) is not None}
         out = model(**fwd, **keep)
         h_s, _ = self._student_taps.take()
@@ -287,7 +289,7 @@ class KDTrainer(Trainer):
         else:
             ce = distill_loss(out.logits, None, batch["labels"], batch["visual_mask"], cfg, scale=shares, checked=True)
         res.total = res.total + ce.total
-        res.part_tensors = {"ce": ce.part_tensors["ce"], **res.part_tensors}
+        res.part_tensors = {**ce.part_tensors, **res.part_tensors}
         return res
 
     def _note_loss(self, res, shares) -> None:
@@ -433,14 +435,24 @@ class KDTrainer(Trainer):
             "free space and rerun with --resume")
 
 
-def step_counts(labels: torch.Tensor, visual_mask: torch.Tensor, ce_labels: torch.Tensor | None = None) -> torch.Tensor:
-    """[CE's supervised next-token positions, L_res's, visual positions, image samples] of a batch
-    (float64); CE's come from ``ce_labels`` when given (on-policy: the dataset's answers)."""
+def step_counts(cfg, labels: torch.Tensor, visual_mask: torch.Tensor,
+                dataset_labels: torch.Tensor | None = None) -> dict[str, float]:
+    """What each enabled term of ``cfg`` averages over in a batch (llavakd.terms.base.Count), by name;
+    terms that read the dataset's answers count them in ``dataset_labels`` when given (on-policy)."""
     from llavakd.labels import IGNORE_INDEX
 
-    res = float((labels[:, 1:] != IGNORE_INDEX).sum())
-    ce = res if ce_labels is None else float((ce_labels[:, 1:] != IGNORE_INDEX).sum())
-    return torch.tensor([ce, res, float(visual_mask.sum()), float(visual_mask.any(-1).sum())], dtype=torch.float64)
+    def supervised(x):
+        return float((x[:, 1:] != IGNORE_INDEX).sum())
+
+    kinds = {"visual": lambda: float(visual_mask.sum()), "images": lambda: float(visual_mask.any(-1).sum())}
+    out = {}
+    for name in cfg.enabled():
+        spec = terms.spec(name)
+        if spec.count == "responses":
+            out[name] = supervised(dataset_labels if dataset_labels is not None and not spec.teacher else labels)
+        else:
+            out[name] = kinds[spec.count]()
+    return out
 
 
 def lm_head_weight(model) -> torch.Tensor:

@@ -1,0 +1,49 @@
+"""The loss terms, one module each, and the registry every other module reads them from.
+
+Adding a term: write one module that builds a ``TermSpec`` (llavakd/terms/base.py says what each
+field means) and add one ``register`` line below. docs/methods.md ("Adding a term") has a worked
+example. The order of the lines is the order terms are computed, summed, logged and listed.
+"""
+
+from __future__ import annotations
+
+from llavakd.terms import ce, rel, res, vis
+from llavakd.terms.base import DIVERGENCES, REGISTRY, NaiveInputs, Param, TermSpec, register, weight_key
+
+register(ce.SPEC)
+register(res.SPEC)
+register(vis.SPEC)
+register(rel.SPEC)
+
+
+def names() -> tuple[str, ...]:
+    """Every registered term, in registration order."""
+    return tuple(REGISTRY)
+
+
+def teacher_terms() -> tuple[str, ...]:
+    """The terms that compare with a teacher: what a distillation stage may add to CE (``dft~res+vis``)."""
+    return tuple(n for n, s in REGISTRY.items() if s.teacher)
+
+
+def default_terms() -> tuple[str, ...]:
+    """The teacher terms a distillation stage uses when none are named: the paper's."""
+    return tuple(n for n, s in REGISTRY.items() if s.teacher and s.default_on)
+
+
+def dataset_terms() -> tuple[str, ...]:
+    """The terms that read the dataset's answers (CE)."""
+    return tuple(n for n, s in REGISTRY.items() if not s.teacher)
+
+
+def spec(name: str) -> TermSpec:
+    return REGISTRY[name]
+
+
+def params() -> list[tuple[TermSpec, Param]]:
+    """Every term's parameters, with their term, in registration order."""
+    return [(s, p) for s in REGISTRY.values() for p in s.params]
+
+
+__all__ = ["DIVERGENCES", "REGISTRY", "NaiveInputs", "Param", "TermSpec", "dataset_terms", "default_terms", "names",
+           "params", "register", "spec", "teacher_terms", "weight_key"]
