@@ -85,8 +85,11 @@ def llm_flops(shape: LLMShape, seq: int, factor: int) -> tuple[float, float]:
 
 def step_flops(*, student: LLMShape, teacher: LLMShape | None, seq: int, visual_tokens: int, images: int = 1,
                vision: VisionShape | None = None, student_trains_llm: bool = True, vision_passes: int | None = None,
-               head_rows_student: int | None = None, head_rows_teacher: int | None = None) -> dict[str, float]:
-    """FLOPs of one sample's training step, by part, and their ``total`` (see the module docstring)."""
+               head_rows_student: int | None = None, head_rows_teacher: int | None = None,
+               loss_terms: float = 0.0) -> dict[str, float]:
+    """FLOPs of one sample's training step, by part, and their ``total`` (see the module docstring).
+    ``loss_terms``: FLOPs per position of the loss terms' learnable parts (llavakd.terms.extra_flops),
+    counted at every position."""
     out: dict[str, float] = {}
     factor = 6 if student_trains_llm else 4
     out["student_layers"], out["student_attention"] = llm_flops(student, seq, factor)
@@ -105,5 +108,7 @@ def step_flops(*, student: LLMShape, teacher: LLMShape | None, seq: int, visual_
         out["projectors"] = float(6 * proj_s * visual_tokens * images)
         if teacher is not None:
             out["projectors"] += 2 * (d_v * teacher.hidden + teacher.hidden * teacher.hidden) * visual_tokens * images
+    if loss_terms:
+        out["loss_terms"] = float(loss_terms * seq)
     out["total"] = float(sum(out.values()))
     return out

@@ -83,6 +83,7 @@ RUN_FINAL = "final"  # the trained model + processor, COMPLETE last
 RUN_FINAL_STAGING = ".final-staging"  # final/ while it is written
 FINAL_METADATA = "llavakd_run.json"  # metadata.json's copy inside final/
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers' checkpoint folder names: checkpoint-<step>
+LOSS_PARTS = "loss_parts.safetensors"  # in a checkpoint: the objective's learnable parts (llavakd.distill.parts)
 
 # -- a study's reports (reports/<run>/) ------------------------------------------------------------
 TABLE_FORMATS = ("md", "csv", "tex", "html")

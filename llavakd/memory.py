@@ -64,12 +64,13 @@ def _layer_bytes(tokens: int, cfg) -> int:
 
 def estimate(student, teacher, *, stage: str, per_device_batch: int, zero_stage: int,
              world: int, seq_len: int = 2048, gradient_checkpointing: bool | int = True,
-             implementation: str = "fused", vision: dict | None = None) -> dict:
+             implementation: str = "fused", vision: dict | None = None, loss_parts: int = 0) -> dict:
     """Bytes per device of one training job, by component, and their ``total`` (see the module
     docstring). ``student``/``teacher``: a shape (llavakd.model.shapes.resolve_llm) or a documented
     name; ``teacher`` is ignored for a stage without distillation. ``vision``: the tower's shape
     (resolve_vision; the paper's when not given). ``gradient_checkpointing``: false/0 off, true/1
-    every layer, k every k-th layer (``checkpointed_layers``)."""
+    every layer, k every k-th layer (``checkpointed_layers``). ``loss_parts``: parameters of the
+    objective's learnable parts (llavakd.terms.part_params), trained like the student's own."""
     spec = STAGES[stage]
     s_cfg = _qwen(student)
     d, V = s_cfg.hidden_size, s_cfg.vocab_size
@@ -77,11 +78,11 @@ def estimate(student, teacher, *, stage: str, per_device_batch: int, zero_stage:
     vision = _siglip_params(v_shape)
     projector = v_shape["hidden_size"] * d + d + d * d + d  # mlp2x_gelu
     llm = count_llm_params(s_cfg)
-    trainable = projector + (llm if "llm" in spec.trainable else 0)
+    trainable = projector + (llm if "llm" in spec.trainable else 0) + loss_parts
     shard3 = world if zero_stage >= 3 else 1
     tokens = per_device_batch * seq_len
     parts = {
-        "student_weights": 2 * (vision + projector + llm) / shard3,
+        "student_weights": 2 * (vision + projector + llm + loss_parts) / shard3,
         "gradients": 2 * trainable / (world if zero_stage >= 2 else 1),
         "optimizer": 12 * trainable / (world if zero_stage >= 1 else 1),
     }

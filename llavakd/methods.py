@@ -138,6 +138,9 @@ BUILTIN: dict[str, Method] = {
     "gkd": Method(terms=["res"], divergence="jsd", jsd_beta=0.5, on_policy=OnPolicy(0.5, 1.0, 128),
                   follows="GKD (Agarwal et al., ICLR 2024): generalized JSD, half the micro-batches on the "
                           "student's own samples"),
+    "llavadi": Method(terms=["ce", "res", "feat"],
+                      follows="LLaVADI (Xu et al., arXiv 2407.19409): CE + forward KL on the responses + the final "
+                              "hidden states' MSE through a learnable projector, weights 1"),
     "llava_kd_dft": Method(terms=["ce", "res", "vis", "rel"],
                            follows="LLaVA-KD's DFT objective on the PT+SFT start (the paper's PT+SFT+DFT row)"),
 }

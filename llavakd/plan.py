@@ -16,6 +16,7 @@ the job itself uses to read its config file, so a mistyped key or value fails ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -337,8 +338,11 @@ class Study:
         if self.mode == "tiny":  # the estimate knows the paper's shapes, not the tiny world's models
             return "auto"
         teacher = self.teacher_of(llm) if step.distill else None
+        known = {f.name for f in dataclasses.fields(LossConfig)}  # a mistyped key is reported when the job validates
+        loss = LossConfig(**{k[5:]: v for k, v in merged.items() if k.startswith("loss.") and k[5:] in known})
         try:
             k, _ = least_recomputation(self.llm_shape(llm), teacher and self.llm_shape(teacher),
+                                       loss_parts=self.loss_parts(llm, teacher, loss),
                                        **self._memory_kw(step.name, merged))
         except UnknownNameError:
             return "auto"
@@ -352,6 +356,21 @@ class Study:
                     seq_len=int(merged.get("data.max_length", DataConfig().max_length)),
                     implementation=merged.get("loss.implementation", LossConfig().implementation),
                     vision=self.vision_shape()[0])
+
+    def loss_parts(self, llm: str, teacher: str | None, loss) -> int:
+        """Parameters of the learnable parts a job's loss trains (llavakd.terms.part_params), from
+        both LLMs' shapes; 0 when a shape is unknown (the tiny world's)."""
+        from llavakd import terms
+
+        if not any(terms.spec(n).parts for n in loss.enabled()):
+            return 0
+        try:
+            s = self.llm_shape(llm)
+            t = self.llm_shape(teacher) if teacher else s
+        except UnknownNameError:
+            return 0
+        return terms.part_params(loss, terms.Dims(s.hidden_size, t.hidden_size, s.num_attention_heads,
+                                                  t.num_attention_heads))
 
     def train_world(self) -> int:
         """GPUs of one training job (nodes x GPUs a node)."""
@@ -438,6 +457,18 @@ def train_jobs(study: Study, models: list[str]) -> list[tuple[str, int, str]]:
                 seen.add(key)
                 jobs.append(key)
     return jobs
+
+
+def loss_term_flops(study: Study, llm: str, chain, s_shape, t_shape) -> float:
+    """FLOPs per position of a job's loss terms beyond the models (their learnable parts; llavakd.terms)."""
+    from llavakd import terms
+
+    st = as_chain(chain).last
+    if not st.distill:
+        return 0.0
+    loss = study.stage_config(llm, study.seeds[0], chain).loss
+    return terms.extra_flops(loss, terms.Dims(s_shape.hidden_size, t_shape.hidden_size, s_shape.num_attention_heads,
+                                              t_shape.num_attention_heads))
 
 
 def llm_params(study: Study, llm: str) -> float:
@@ -527,10 +558,12 @@ def pricer(study: Study):
             if teacher:
                 flops += 2 * llm_params(study, teacher) * stage_tokens(st.name)
             return (flops + gen) / rate / 3600
-        f = step_flops(student=llm_shape(_known_shape(study, llm)),
-                       teacher=llm_shape(_known_shape(study, teacher)) if teacher else None,
+        s_shape = _known_shape(study, llm)
+        t_shape = _known_shape(study, teacher) if teacher else None
+        f = step_flops(student=llm_shape(s_shape), teacher=llm_shape(t_shape) if teacher else None,
                        seq=int(per[kind]), visual_tokens=study.image_tokens(), vision=vision_shape(study.vision_shape()[0]),
-                       student_trains_llm="llm" in STAGES[st.name].trainable)
+                       student_trains_llm="llm" in STAGES[st.name].trainable,
+                       loss_terms=loss_term_flops(study, llm, chain, s_shape, t_shape or s_shape))
         return (f["total"] * records + gen) / rate / 3600
 
     def generation_flops(llm, chain, records, prompt_tokens) -> float:
@@ -616,21 +649,24 @@ def memory_report(study: Study, budget_gib: float = 80.0) -> str:
     if study.mode != "tiny":
         lines.append(f"  vision tower: {study.vision_shape()[1]}, {study.image_tokens()} visual tokens per image")
     seen: set = set()
-    for llm, seed, chain in train_jobs(study, study.table1_models()):
+    for llm, seed, chain in train_jobs(study, study.all_models()):
         stage = chain.last.name
         cfg = study.stage_config(llm, seed, chain)
         teacher = study.teacher_of(llm) if cfg.distill else None
-        key = (stage, llm, teacher, cfg.train.per_device_batch, cfg.train.gradient_checkpointing)
+        parts = study.loss_parts(llm, teacher, cfg.loss)
+        key = (stage, llm, teacher, cfg.train.per_device_batch, cfg.train.gradient_checkpointing, parts)
         if key in seen:
             continue
         seen.add(key)
         kw = dict(stage=stage, zero_stage=_zero_stage(cfg.train.deepspeed), world=world,
                   seq_len=cfg.data.max_length, gradient_checkpointing=cfg.train.gradient_checkpointing,
-                  implementation=cfg.loss.implementation, vision=study.vision_shape()[0])
+                  implementation=cfg.loss.implementation, vision=study.vision_shape()[0], loss_parts=parts)
         shapes = (study.llm_shape(llm), teacher and study.llm_shape(teacher))
         total = estimate(*shapes, per_device_batch=cfg.train.per_device_batch, **kw)["total"]
         fits = largest_per_device_batch(*shapes, global_batch=cfg.train.global_batch, budget_gib=budget_gib, **kw)
         pair = f"{llm} <- {teacher}" if teacher else llm
+        if parts:
+            pair += f" +{parts / 1e6:.1f}M loss parts"
         flag = "" if total <= budget_gib * GIB else "  DOES NOT FIT"
         lines.append(f"  {stage:4s} {pair:28s} ZeRO-{kw['zero_stage']} per-device {cfg.train.per_device_batch:3d}, "
                      f"checkpointing {checkpointing_label(cfg.train.gradient_checkpointing)}: {total / GIB:5.1f} GiB "

@@ -285,3 +285,70 @@ def _gkd_differences(ref_dir, run_dir, keys, tol=1e-5) -> list[str]:
             if abs(a[step][key] - b[step][key]) > tol * max(abs(a[step][key]), 1e-3):
                 out.append(f"step {step} {key}: {a[step][key]} vs {b[step][key]}")
     return out
+
+
+LLAVADI = ("loss.vis=false", "loss.rel=false", "loss.feat=true")  # CE + forward KL + the projected hidden states
+
+
+def _drop_parts_optimizer_state(run_dir: Path, parts_shapes: list[tuple]) -> int:
+    """Remove the optimizer state of the learnable parts from every checkpoint (the negative control).
+
+    The parts are the student's last submodule, so their tensors are the last ones of each of the
+    optimizer's parameter groups; their shapes are checked before anything is dropped."""
+    from llavakd.io import write_marker
+
+    dropped = 0
+    for opt in run_dir.glob("checkpoints/checkpoint-*/optimizer.pt"):
+        state = torch.load(opt, weights_only=False)
+        tails = []
+        for group in state["param_groups"]:
+            ids = group["params"]
+            shapes = [tuple(state["state"][i]["exp_avg"].shape) for i in ids]
+            n = 0
+            while n < len(ids) and shapes[len(ids) - 1 - n] in parts_shapes:
+                n += 1
+            tails += ids[len(ids) - n:]
+        assert sorted(tuple(state["state"][i]["exp_avg"].shape) for i in tails) == sorted(parts_shapes)
+        for i in tails:
+            del state["state"][i]
+            dropped += 1
+        torch.save(state, opt)
+        write_marker(opt.parent)
+    return dropped
+
+
+@pytest.mark.slow
+def test_learnable_parts_sigkill_then_resume_equals_an_uninterrupted_run(pair, tmp_path):
+    """LLaVADI's projector trains beside the student: killed mid-step and resumed, the run equals the
+    uninterrupted one (weights, every logged part, the projector in the last checkpoint); final/ is a
+    plain LLaVA without it. The negative control resumes the same killed run with the projector's
+    optimizer state dropped from its checkpoints and differs."""
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.layout import LOSS_PARTS
+
+    ref = tmp_path / "ref"
+    _cli(pair, "dft", ref, *LLAVADI)
+    ckpt = complete_checkpoints(ref / "checkpoints")[-1]
+    parts = load_file(ckpt / LOSS_PARTS)
+    assert parts and all(k.startswith("feat.") for k in parts)
+    model, info = LlavaForConditionalGeneration.from_pretrained(ref / "final", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert not (ref / "final" / LOSS_PARTS).exists()
+    assert not [k for k in load_file(ref / "final" / "model.safetensors") if "loss_parts" in k]
+
+    killed = tmp_path / "killed"
+    _kill_mid_step(_cli(pair, "dft", killed, *LLAVADI, wait=False), killed, after_step=3)
+    control = tmp_path / "control"
+    shutil.copytree(killed, control)
+    stored = control / "config.yaml"
+    stored.write_text(stored.read_text().replace(str(killed), str(control)))
+    assert _drop_parts_optimizer_state(control, [tuple(v.shape) for v in parts.values()]) > 0
+    _cli(pair, "dft", killed, *LLAVADI, resume=True)
+    keys = ("loss", "loss_ce", "loss_res", "loss_feat", "learning_rate", "grad_norm")
+    assert _gkd_differences(ref, killed, keys) == []
+    assert _differences("sft", ref, killed) == []  # the student's final weights (and CE's log)
+    again = load_file(complete_checkpoints(killed / "checkpoints")[-1] / LOSS_PARTS)
+    assert all(torch.allclose(again[k], parts[k], rtol=1e-5, atol=1e-7) for k in parts)
+    _cli(pair, "dft", control, *LLAVADI, resume=True)
+    assert _gkd_differences(ref, control, keys) != []

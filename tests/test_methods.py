@@ -41,6 +41,8 @@ INTENDED = {
     "jsd": dict(ce=False, res=True, vis=False, rel=False, divergence="jsd", jsd_beta=0.5, on_policy=0.0),
     "gkd": dict(ce=False, res=True, vis=False, rel=False, divergence="jsd", jsd_beta=0.5, on_policy=0.5,
                 sample_temperature=1.0),
+    "llavadi": dict(ce=True, res=True, vis=False, rel=False, feat=True, divergence="forward_kl",
+                    feat_positions="responses", feat_weight=1.0),
     "llava_kd_dft": dict(ce=True, res=True, vis=True, rel=True, divergence="forward_kl", rel_weight=1.0),
     "half_rel": dict(ce=True, res=True, vis=True, rel=True, rel_weight=0.5),
 }
@@ -134,7 +136,7 @@ def _one_step(pair, out, method, monkeypatch):
     return rec, seen[0], cfg.loss
 
 
-STEP_METHODS = ["ce", "kd", "reverse_kl", "skew_kl", "jsd", "llava_kd_dft", "half_rel"]
+STEP_METHODS = ["ce", "kd", "reverse_kl", "skew_kl", "jsd", "llavadi", "llava_kd_dft", "half_rel"]
 
 
 @pytest.fixture(scope="module")
@@ -156,21 +158,30 @@ def _first_ids(batch) -> list:
 @pytest.mark.parametrize("method", STEP_METHODS)
 def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, one_step, method):
     """The logged parts of the step equal the naive float64 objective with the method's loss on the
-    batch the trainer read (the initial student and the teacher, float64)."""
+    batch the trainer read (the initial student and the teacher, float64; the learnable parts as the
+    job initialised them, from the job's seed)."""
     from transformers import LlavaForConditionalGeneration
 
+    from llavakd.config import TrainConfig
     from llavakd.distill import distill_loss
+    from llavakd.distill.parts import build_parts, dims_of
+    from llavakd.train.trainer import LLMTaps
 
     rec, batch, loss = one_step[method]
     student = LlavaForConditionalGeneration.from_pretrained(pair / "student", dtype=torch.float64).eval()
     teacher = LlavaForConditionalGeneration.from_pretrained(pair / "teacher", dtype=torch.float64).eval()
+    taps = {"s": LLMTaps(student), "t": LLMTaps(teacher)}
     fwd = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if batch.get(k) is not None}
     with torch.no_grad():
         s, t = student(**fwd).logits, teacher(**fwd).logits
+        (h_s, f_s), (h_t, f_t) = taps["s"].take(), taps["t"].take()
         oracle_cfg = LossConfig(**{**loss.__dict__, "implementation": "naive"})
         if not oracle_cfg.needs_teacher:
             t = None
-        ref = distill_loss(s, t, batch["labels"], batch["visual_mask"], oracle_cfg)
+        parts = build_parts(oracle_cfg, dims_of(student, teacher), seed=TrainConfig().seed)
+        ref = distill_loss(s, t, batch["labels"], batch["visual_mask"], oracle_cfg, student_hidden=h_s,
+                           teacher_hidden=h_t, student_features=f_s, teacher_features=f_t,
+                           attention_mask=batch["attention_mask"], parts=parts.double() if parts else None)
     for k, v in ref.parts.items():
         assert rec[f"loss_{k}"] == pytest.approx(v, rel=1e-9), k
     assert {k[5:] for k in rec if k.startswith("loss_")} == set(ref.parts)

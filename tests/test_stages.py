@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llavakd.stages import CHAIN_REGEX, STAGES, TERMS, Chain, ChainError, Step, with_terms
+from llavakd.stages import CHAIN_REGEX, DEFAULT_TERMS, STAGES, TERMS, Chain, ChainError, Step, with_terms
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = ["pt--sft", "dpt--sft--dft", "dpt~res+vis--sft--dft~rel", "pt--sft--dft", "dpt", "pt", "dpt~vis--sft"]
@@ -36,10 +36,12 @@ def test_the_wildcard_refuses_what_no_stage_means():
 
 def test_formatting_is_canonical():
     assert str(Step.parse("dft~rel+res")) == "dft~res+rel"  # terms in TERMS order
-    assert str(Step.parse("dft~res+vis+rel")) == "dft"  # all terms: the bare name
+    assert str(Step.parse("dft~res+vis+rel")) == "dft"  # the paper's terms: the bare name
+    extra = [t for t in TERMS if t not in DEFAULT_TERMS]  # terms added since: named, never implied
+    assert extra and str(Step.parse("dft~" + "+".join([*DEFAULT_TERMS, *extra]))) != "dft"
     assert str(with_terms("dpt", ["vis"])) == "dpt~vis" and str(with_terms("sft", None)) == "sft"
     chain = Chain.parse("dpt~res--sft--dft")
-    assert str(chain.parent()) == "dpt~res--sft" and chain.last.name == "dft" and chain.last.terms == TERMS
+    assert str(chain.parent()) == "dpt~res--sft" and chain.last.name == "dft" and chain.last.terms == DEFAULT_TERMS
     assert Chain.parse("pt").parent() is None
 
 

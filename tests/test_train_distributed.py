@@ -68,12 +68,12 @@ def read_run(out: Path):
     return steps, weights
 
 
-def mismatches(a, b, tol: float = 1e-4) -> list[str]:
-    """Every per-step value and weight tensor where run b differs from run a by more than tol."""
+def mismatches(a, b, tol: float = 1e-4, keys=KEYS) -> list[str]:
+    """Every per-step value (of ``keys``) and weight tensor where run b differs from run a by more than tol."""
     (sa, wa), (sb, wb) = a, b
     out = [] if sorted(sa) == sorted(sb) == list(range(1, STEPS + 1)) else [f"steps {sorted(sa)} vs {sorted(sb)}"]
     for step in sorted(set(sa) & set(sb)):
-        for key in KEYS:
+        for key in keys:
             x, y = sa[step][key], sb[step][key]
             if abs(x - y) > tol * max(abs(x), 1e-2):
                 out.append(f"step {step} {key}: {x} vs {y}")
@@ -190,3 +190,20 @@ def test_on_policy_under_zero3_is_refused_by_the_dry_run():
     raw["methods"] = {"compare": ["gkd"]}
     with pytest.raises(ConfigError, match=r"dft@gkd: loss.on_policy under ZeRO-3 is refused"):
         Study.load(raw, source="paper.yaml")
+
+
+LLAVADI = ("loss.vis=false", "loss.rel=false", "loss.feat=true")
+LLAVADI_KEYS = ("loss", "loss_ce", "loss_res", "loss_feat", "grad_norm", "learning_rate")
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+def test_llavadi_with_its_learnable_projector_on_two_ranks_matches_one_process(setup, tmp_path, engine):
+    """LLaVADI's projector trains beside the student (llavakd.distill.parts): on 2 ranks, under DDP
+    and under DeepSpeed ZeRO-2, every logged part (L_feat's reflects the projector's updates), the
+    grad norm (which counts the projector's gradient) and the final weights equal one process's."""
+    plain = _train(setup, tmp_path / "plain", *LLAVADI)
+    extra = [f"train.deepspeed={ROOT / 'config' / 'deepspeed' / 'zero2.json'}"] if engine == "zero2" else []
+    two = _train(setup, tmp_path / engine, *LLAVADI, *extra, launcher=_torchrun())
+    assert all(rec["loss_feat"] > 0 for rec in plain[0].values())
+    assert mismatches(plain, two, keys=LLAVADI_KEYS) == []
+    assert not [k for k in two[1] if "loss_parts" in k]  # final/ holds the student only

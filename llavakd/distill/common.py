@@ -86,19 +86,29 @@ def check_inputs(student, teacher, labels, visual_mask, teacher_labels=None, tea
         raise DistillShapeError(f"labels outside [0, {student.shape[-1]}): {sup.min().item()}..{sup.max().item()}")
 
 
-def check_features(student_features, teacher_features, labels, cfg: LossConfig) -> None:
-    """A term that reads the projected visual features (``rel_source: features``) needs both feature
-    tensors, [batch, length, d] each."""
-    if "features" not in cfg.needs():
-        return
-    if student_features is None or teacher_features is None:
-        readers = ", ".join(n for n in cfg.enabled() if "features" in terms.spec(n).needs(cfg))
-        raise DistillShapeError(f"loss terms {readers} read the projected visual features, but the student's or the "
-                                "teacher's were not given")
-    for who, f in (("student", student_features), ("teacher", teacher_features)):
-        if f.dim() != 3 or f.shape[:2] != labels.shape:
-            raise DistillShapeError(f"{who} features {tuple(f.shape)} do not match the tokens {tuple(labels.shape)}: "
-                                    "expected [batch, length, d]")
+def check_features(x: NaiveInputs, cfg: LossConfig) -> None:
+    """What the enabled terms read beyond logits must be given: both models' projected visual
+    features (``features``) or last hidden states (``hidden``), [batch, length, d] each, and every
+    learnable part."""
+    needs = cfg.needs()
+    wanted = {"features": ("student_features", "teacher_features", "features"),
+              "hidden": ("student_hidden", "teacher_hidden", "hidden states")}
+    for need, (s_key, t_key, what) in wanted.items():
+        if need not in needs:
+            continue
+        readers = ", ".join(n for n in cfg.enabled() if need in terms.spec(n).needs(cfg))
+        pair = (getattr(x, s_key), getattr(x, t_key))
+        if any(f is None for f in pair):
+            raise DistillShapeError(f"loss terms {readers} read both models' {what}, but the student's or the "
+                                    "teacher's were not given")
+        for who, f in zip(("student", "teacher"), pair):
+            if f.dim() != 3 or f.shape[:2] != x.labels.shape:
+                raise DistillShapeError(f"{who} {what} {tuple(f.shape)} do not match the tokens "
+                                        f"{tuple(x.labels.shape)}: expected [batch, length, d]")
+    missing = [n for n in cfg.enabled() if terms.spec(n).parts is not None and (x.parts is None or n not in x.parts)]
+    if missing:
+        raise DistillShapeError(f"loss terms {', '.join(missing)} have learnable parts, and none were given "
+                                "(llavakd.distill.parts.build_parts)")
 
 
 def engine_terms(cfg: LossConfig, engine: str) -> tuple[str, ...]:

@@ -106,20 +106,24 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                        labels: torch.Tensor, visual_mask: torch.Tensor, cfg: LossConfig | None = None, *,
                        student_features: torch.Tensor | None = None,
                        teacher_features: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None, parts=None,
                        scale: dict[str, float] | None = None, checked: bool = False,
                        step: int | None = None) -> LossOutput:
     """See the module docstring; raises DistillShapeError naming both shapes when they do not fit.
     ``scale`` and ``checked`` as in ``llavakd.distill.objective.distill_loss``. ``step``: the
     optimizer step this call belongs to; the micro-batches of one step then share the trained
-    head's W^T W (``objective.head_gram``); without it W^T W is computed at every call."""
+    head's W^T W (``objective.head_gram``); without it W^T W is computed at every call.
+    ``student_features``, ``teacher_features``, ``attention_mask`` and ``parts`` as in ``distill_loss``
+    (the hidden states given here are the ones the hidden-state terms read)."""
     cfg = resolve_config(cfg, teacher_hidden is not None, "hidden states", checked)
     w = term_weights(cfg, scale)
     _check(student_hidden, student_head, teacher_hidden, teacher_head, labels, visual_mask)
-    check_features(student_features, teacher_features, labels, cfg)
+    x = NaiveInputs(labels=labels, visual_mask=visual_mask, student_features=student_features,
+                    teacher_features=teacher_features, student_hidden=student_hidden, teacher_hidden=teacher_hidden,
+                    attention_mask=attention_mask, parts=parts)
+    check_features(x, cfg)
     sink: dict = {"step": step}
     total = _FusedLinearObjective.apply(student_hidden, student_head, teacher_hidden, teacher_head, labels,
                                         visual_mask, cfg, w, sink)
     out = LossOutput(total=total, part_tensors=sink["parts"], counts=sink["counts"])
-    return with_autograd_terms(out, cfg, w, NaiveInputs(labels=labels, visual_mask=visual_mask,
-                                                        student_features=student_features,
-                                                        teacher_features=teacher_features))
+    return with_autograd_terms(out, cfg, w, x)

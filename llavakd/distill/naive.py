@@ -7,6 +7,8 @@ which is what makes it simple to read and expensive at V = 151,936.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from llavakd import terms
@@ -17,12 +19,12 @@ from llavakd.terms.base import NaiveInputs
 __all__ = ["naive_distill_loss", "naive_divergence"]
 
 
-def naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_features=None, teacher_features=None,
-                       scale: dict[str, float] | None = None):
+def naive_distill_loss(student, teacher, cfg, inputs: NaiveInputs, scale: dict[str, float] | None = None):
+    """Every enabled term's naive form on the logits and ``inputs`` (labels, masks, features, hidden
+    states, parts), summed with its weight."""
     w = term_weights(cfg, scale)
     cdt = torch.float64 if student.dtype == torch.float64 else torch.float32
-    x = NaiveInputs(student=student.to(cdt), teacher=teacher.to(cdt) if teacher is not None else None, labels=labels,
-                    visual_mask=visual_mask, student_features=student_features, teacher_features=teacher_features)
+    x = dataclasses.replace(inputs, student=student.to(cdt), teacher=teacher.to(cdt) if teacher is not None else None)
     parts, counts = {}, {}
     total = torch.zeros((), dtype=cdt, device=student.device)
     for name in cfg.enabled():

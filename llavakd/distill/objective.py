@@ -96,24 +96,30 @@ def distill_loss(
     teacher_visual_mask: torch.Tensor | None = None,
     student_features: torch.Tensor | None = None,
     teacher_features: torch.Tensor | None = None,
+    student_hidden: torch.Tensor | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    parts=None,
     scale: dict[str, float] | None = None,
     checked: bool = False,
 ) -> LossOutput:
     """The objective from logits; ``implementation`` "naive" is the oracle, "chunked" and "fused"
     (whose hidden-state form is ``fused_distill_loss``) both run the chunked path here. ``scale``:
     per-term factors on the configured weights (a micro-batch's share of its step; common.term_weights).
-    ``checked``: ``cfg`` was validated already (once per training job)."""
+    ``checked``: ``cfg`` was validated already (once per training job). The other keywords are what
+    terms beyond logits read (llavakd.terms.base.NaiveInputs): projected visual features, last hidden
+    states, the attention mask, and the learnable parts by term name (llavakd.distill.parts)."""
     cfg = resolve_config(cfg, teacher is not None, "logits", checked)
     w = term_weights(cfg, scale)
     check_inputs(student, teacher, labels, visual_mask, teacher_labels, teacher_visual_mask)
-    check_features(student_features, teacher_features, labels, cfg)
+    x = NaiveInputs(labels=labels, visual_mask=visual_mask, student_features=student_features,
+                    teacher_features=teacher_features, student_hidden=student_hidden, teacher_hidden=teacher_hidden,
+                    attention_mask=attention_mask, parts=parts)
+    check_features(x, cfg)
     if cfg.implementation == "naive":
-        return naive_distill_loss(student, teacher, labels, visual_mask, cfg, student_features, teacher_features,
-                                  scale)
+        return naive_distill_loss(student, teacher, cfg, x, scale)
     out = _chunked(student, teacher, labels, visual_mask, cfg, w)
-    return with_autograd_terms(out, cfg, w, NaiveInputs(labels=labels, visual_mask=visual_mask,
-                                                        student_features=student_features,
-                                                        teacher_features=teacher_features))
+    return with_autograd_terms(out, cfg, w, x)
 
 
 # ----------------------------------------------------------------------------- chunked path

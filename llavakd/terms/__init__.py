@@ -7,13 +7,14 @@ example. The order of the lines is the order terms are computed, summed, logged 
 
 from __future__ import annotations
 
-from llavakd.terms import ce, rel, res, vis
-from llavakd.terms.base import DIVERGENCES, REGISTRY, NaiveInputs, Param, TermSpec, register, weight_key
+from llavakd.terms import ce, feat, rel, res, vis
+from llavakd.terms.base import DIVERGENCES, REGISTRY, Dims, NaiveInputs, Param, TermSpec, register, weight_key
 
 register(ce.SPEC)
 register(res.SPEC)
 register(vis.SPEC)
 register(rel.SPEC)
+register(feat.SPEC)
 
 
 def names() -> tuple[str, ...]:
@@ -40,10 +41,20 @@ def spec(name: str) -> TermSpec:
     return REGISTRY[name]
 
 
+def part_params(cfg, dims: Dims) -> int:
+    """Parameters of every enabled term's learnable parts, from the registry's counts (nothing is built)."""
+    return sum(REGISTRY[n].part_params(cfg, dims) for n in cfg.enabled())
+
+
+def extra_flops(cfg, dims: Dims) -> float:
+    """FLOPs per position of every enabled term beyond the models' own (forward and backward)."""
+    return sum(REGISTRY[n].flops(cfg, dims) for n in cfg.enabled())
+
+
 def params() -> list[tuple[TermSpec, Param]]:
     """Every term's parameters, with their term, in registration order."""
     return [(s, p) for s in REGISTRY.values() for p in s.params]
 
 
-__all__ = ["DIVERGENCES", "REGISTRY", "NaiveInputs", "Param", "TermSpec", "dataset_terms", "default_terms", "names",
-           "params", "register", "spec", "teacher_terms", "weight_key"]
+__all__ = ["DIVERGENCES", "REGISTRY", "Dims", "NaiveInputs", "Param", "TermSpec", "dataset_terms", "default_terms",
+           "extra_flops", "names", "part_params", "params", "register", "spec", "teacher_terms", "weight_key"]

@@ -25,7 +25,7 @@ reads the registry without loading torch.
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 Divergences = Literal["forward_kl", "reverse_kl", "jsd", "tv", "skew_kl"]
@@ -35,9 +35,10 @@ DIVERGENCES = Divergences.__args__
 Rows = Literal["responses", "visual"]
 """Logit rows a row term reads: ``responses``, the positions whose next token is supervised (the
 answers; shifted labels), or ``visual``, each sample's own visual-token positions."""
-Count = Literal["responses", "visual", "images"]
-"""What a term averages over, summed over the optimizer step's micro-batches and ranks: supervised
-next-token positions, visual positions, or samples with an image."""
+Count = Literal["responses", "answers", "visual", "images", "attended"]
+"""What a term averages over, summed over the optimizer step's micro-batches and ranks: positions
+whose next token is supervised (``responses``), the supervised tokens' own positions (``answers``),
+visual positions, samples with an image, or attended (non-padding) positions."""
 Engine = Literal["rows", "sources", "autograd"]
 
 # Job configs written before the registry list their loss keys in this order; a finished job's
@@ -107,8 +108,8 @@ class TermSpec:
     reads: str
     """What it reads, in words: logit rows at its positions, the Gram matrices of the visual logits,
     hidden states at a layer, ... (docs/methods.md)."""
-    count: Count
-    """What its mean is taken over (``Count``)."""
+    count: Count | Callable[[Any], Count]
+    """What its mean is taken over (``Count``), or a function of the config giving it."""
     naive: Callable
     """The oracle: ``naive(ctx, cfg) -> (value, count)`` by autograd on full tensors (``NaiveInputs``)."""
     params: tuple[Param, ...] = ()
@@ -138,6 +139,17 @@ class TermSpec:
     """Its switch and weight are written to a job config only away from their defaults (module docstring)."""
     sources: tuple[str, ...] = ()
     """Papers and code it follows (docs/methods.md)."""
+    parts: Callable[[Any, Dims], Any] | None = None
+    """Its learnable modules: ``parts(cfg, dims)`` returns a ``torch.nn.Module`` (a projector, a head
+    mixer) that trains beside the student (llavakd.train.parts: optimizer, checkpoints, guard) and
+    is left out of the exported model; the term reads it as ``inputs.parts[name]``."""
+    part_params: Callable[[Any, Dims], int] = lambda cfg, dims: 0
+    """How many parameters ``parts`` holds (the memory estimate counts them without building them)."""
+    flops: Callable[[Any, Dims], float] = lambda cfg, dims: 0.0
+    """FLOPs per position it reads, forward and backward, beyond the models' own (the FLOP count)."""
+
+    def count_for(self, cfg) -> Count:
+        return self.count(cfg) if callable(self.count) else self.count
 
     def engine_for(self, cfg) -> Engine:
         if self.engine is not None:
@@ -186,6 +198,16 @@ def between(low: float, high: float, closed_low: bool, closed_high: bool) -> Cal
     return check
 
 
+@dataclass(frozen=True)
+class Dims:
+    """The shapes a term's learnable parts are built for (both LLMs' widths and attention heads)."""
+
+    student_hidden: int
+    teacher_hidden: int
+    student_heads: int = 1
+    teacher_heads: int = 1
+
+
 @dataclass
 class NaiveInputs:
     """Everything a term may read, as full tensors (the oracle's and the autograd engine's view)."""
@@ -196,4 +218,7 @@ class NaiveInputs:
     visual_mask: Any = None  # [B, L] bool
     student_features: Any = None  # the projected visual features the LLM receives, [B, L, d]
     teacher_features: Any = None
-    extra: dict = field(default_factory=dict)
+    student_hidden: Any = None  # the LLM's last hidden state (after the final norm), [B, L, d]
+    teacher_hidden: Any = None
+    attention_mask: Any = None  # [B, L], 1 where attended (None: every position)
+    parts: Any = None  # the learnable parts by term name (a ModuleDict or a dict)

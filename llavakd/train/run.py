@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from llavakd.config import StageConfig, to_dict
+from llavakd.distill.parts import attach, build_parts, dims_of
 from llavakd.errors import LlavaKDError
 from llavakd.io import COMPLETE_MARKER, publish_dir, sha256_of
 from llavakd.layout import FINAL_METADATA, RunDir
@@ -243,6 +244,10 @@ def setup_models(cfg: StageConfig):
     teacher = load_teacher(cfg, model, t_dtype) if cfg.distill else None
     if teacher is not None and cfg.train.liger_kernels:
         apply_liger(teacher)
+    parts = build_parts(cfg.loss, dims_of(model, teacher), seed=cfg.train.seed)  # the objective's own weights
+    if parts is not None:
+        attach(model, parts)
+        counts["loss_parts"] = sum(p.numel() for p in parts.parameters())
     return model, processor, teacher, counts
 
 

@@ -19,9 +19,10 @@ from transformers import Trainer, TrainerCallback
 
 from llavakd import terms
 from llavakd.distill import LossConfig, distill_loss, fused_distill_loss
+from llavakd.distill.parts import is_part_key, parts_of
 from llavakd.errors import LlavaKDError
 from llavakd.io import COMPLETE_MARKER, marker_problem, write_marker
-from llavakd.layout import CHECKPOINT_PREFIX, checkpoint_name
+from llavakd.layout import CHECKPOINT_PREFIX, LOSS_PARTS, checkpoint_name
 from llavakd.train.vision import SharedVisionPass
 
 _CKPT = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
@@ -166,7 +167,8 @@ class KDTrainer(Trainer):
         counts = torch.zeros(len(names), dtype=torch.float64, device=device)
         for batch in batch_samples:
             ce = batch.get("ce_batch")
-            local = step_counts(self.loss_config, batch["labels"], batch["visual_mask"], ce["labels"] if ce else None)
+            local = step_counts(self.loss_config, batch["labels"], batch["visual_mask"], ce["labels"] if ce else None,
+                                batch.get("attention_mask"))
             counts += torch.tensor([local[n] for n in names], dtype=torch.float64, device=device)
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
@@ -221,7 +223,7 @@ class KDTrainer(Trainer):
         self.sampling.set_state(torch.load(path, weights_only=True))
 
     def _step_shares(self, labels, visual_mask, step_counts_: dict[str, torch.Tensor] | None,
-                     dataset_labels: torch.Tensor | None = None) -> dict[str, float]:
+                     dataset_labels: torch.Tensor | None = None, attention_mask=None) -> dict[str, float]:
         """Each term's share of the step's positions in this micro-batch (times the ranks, which DDP
         and DeepSpeed average over): the objective multiplies the configured weights by it (they are
         never rewritten), so the local means it computes sum to the step's means. (L_rel with
@@ -229,7 +231,7 @@ class KDTrainer(Trainer):
         samples: it cannot be split exactly.)"""
         if step_counts_ is None:
             return {n: 1.0 for n in self.loss_config.enabled()}
-        local = step_counts(self.loss_config, labels, visual_mask, dataset_labels)
+        local = step_counts(self.loss_config, labels, visual_mask, dataset_labels, attention_mask)
         totals = torch.stack([step_counts_[n] for n in local]).tolist()
         world = self.accelerator.num_processes
         return {n: world * lo / to if to > 0 else 0.0 for (n, lo), to in zip(local.items(), totals)}
@@ -246,7 +248,7 @@ class KDTrainer(Trainer):
             cfg = cfg.without(terms.dataset_terms())  # this forward: the teacher terms on the samples
         shares = self._step_shares(labels, visual_mask,
                                    num_items_in_batch if isinstance(num_items_in_batch, dict) else None,
-                                   ce_batch["labels"] if ce_batch is not None else None)
+                                   ce_batch["labels"] if ce_batch is not None else None, inputs.get("attention_mask"))
         fwd = {k: v for k, v in inputs.items() if v is not None}
         fused = self.loss_implementation == "fused"
         keep = {"logits_to_keep": 1} if fused else {}  # fused: the heads are applied chunk by chunk
@@ -260,13 +262,18 @@ class KDTrainer(Trainer):
                 t_out = self.teacher(**fwd, **keep)
             h_t, f_t = self._teacher_taps.take()
             t_logits = None if fused else t_out.logits
-        features = {"student_features": f_s, "teacher_features": f_t} if "features" in cfg.needs() else {}
+        needs = cfg.needs()
+        extra = {"attention_mask": fwd.get("attention_mask"), "parts": parts_of(model)}
+        if "features" in needs:
+            extra.update(student_features=f_s, teacher_features=f_t)
         if fused:
             res = fused_distill_loss(h_s, lm_head_weight(self.accelerator.unwrap_model(model)), h_t,
                                      lm_head_weight(self.teacher) if with_teacher else None, labels, visual_mask,
-                                     cfg, **features, scale=shares, checked=True, step=self.state.global_step)
+                                     cfg, **extra, scale=shares, checked=True, step=self.state.global_step)
         else:
-            res = distill_loss(out.logits, t_logits, labels, visual_mask, cfg, **features, scale=shares, checked=True)
+            if "hidden" in needs:
+                extra.update(student_hidden=h_s, teacher_hidden=h_t)
+            res = distill_loss(out.logits, t_logits, labels, visual_mask, cfg, **extra, scale=shares, checked=True)
         if ce_batch is not None:
             res = self._with_dataset_ce(model, res, ce_batch, shares, keep)
         self._note_loss(res, shares)
@@ -367,6 +374,24 @@ class KDTrainer(Trainer):
         load_weights_strictly(self.model, checkpoint)
         self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
+    # -- saving ----------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save the student without the objective's learnable parts, so every saved model (final/
+        above all) is a plain LLaVA that ``from_pretrained`` loads with no unexpected keys; a
+        checkpoint keeps the parts beside its weights (``LOSS_PARTS``; under DeepSpeed the engine's
+        own checkpoint holds them)."""
+        parts = parts_of(self.model)
+        if parts is None:
+            return super()._save(output_dir, state_dict)
+        if state_dict is None:
+            state_dict = self.model.state_dict()
+        super()._save(output_dir, {k: v for k, v in state_dict.items() if not is_part_key(k)})
+        if self._staging is not None and self.args.should_save and not self.is_deepspeed_enabled:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous() for k, v in parts.state_dict().items()},
+                      str(Path(output_dir or self.args.output_dir) / LOSS_PARTS))
+
     # -- atomic checkpoints ----------------------------------------------------------------
     def _get_output_dir(self, trial):
         return self._staging or super()._get_output_dir(trial)
@@ -435,23 +460,31 @@ class KDTrainer(Trainer):
             "free space and rerun with --resume")
 
 
-def step_counts(cfg, labels: torch.Tensor, visual_mask: torch.Tensor,
-                dataset_labels: torch.Tensor | None = None) -> dict[str, float]:
+def step_counts(cfg, labels: torch.Tensor, visual_mask: torch.Tensor, dataset_labels: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> dict[str, float]:
     """What each enabled term of ``cfg`` averages over in a batch (llavakd.terms.base.Count), by name;
     terms that read the dataset's answers count them in ``dataset_labels`` when given (on-policy)."""
     from llavakd.labels import IGNORE_INDEX
 
-    def supervised(x):
-        return float((x[:, 1:] != IGNORE_INDEX).sum())
+    def counter(kind: str, ys: torch.Tensor):
+        if kind == "responses":
+            return float((ys[:, 1:] != IGNORE_INDEX).sum())
+        if kind == "answers":
+            mask = ys != IGNORE_INDEX
+            return float((mask & attention_mask.bool()).sum() if attention_mask is not None else mask.sum())
+        if kind == "visual":
+            return float(visual_mask.sum())
+        if kind == "images":
+            return float(visual_mask.any(-1).sum())
+        if kind == "attended":
+            return float(attention_mask.sum()) if attention_mask is not None else float(labels.numel())
+        raise ValueError(f"unknown count {kind!r}")
 
-    kinds = {"visual": lambda: float(visual_mask.sum()), "images": lambda: float(visual_mask.any(-1).sum())}
     out = {}
     for name in cfg.enabled():
         spec = terms.spec(name)
-        if spec.count == "responses":
-            out[name] = supervised(dataset_labels if dataset_labels is not None and not spec.teacher else labels)
-        else:
-            out[name] = kinds[spec.count]()
+        ys = dataset_labels if dataset_labels is not None and not spec.teacher else labels
+        out[name] = counter(spec.count_for(cfg), ys)
     return out
 
 
@@ -514,15 +547,29 @@ def tie_projector(model):
 
 def load_weights_strictly(target, folder) -> None:
     """Load a saved checkpoint's weights into ``target`` through from_pretrained's key conversion;
-    refuse (naming the keys) when they do not match, instead of warning and going on."""
+    refuse (naming the keys) when they do not match, instead of warning and going on. The
+    objective's learnable parts, when the target holds them, come from the checkpoint's
+    ``LOSS_PARTS`` file, as strictly."""
     loaded = type(target).from_pretrained(folder, dtype=next(target.parameters()).dtype)
     result = target.load_state_dict(loaded.state_dict(), strict=False)
     tied = {"lm_head.weight"} if target.config.tie_word_embeddings else set()
-    missing = [k for k in result.missing_keys if k not in tied]
+    missing = [k for k in result.missing_keys if k not in tied and not is_part_key(k)]
     if missing or result.unexpected_keys:
         raise LlavaKDError(
             f"{folder}: checkpoint does not match the model (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
+    parts = parts_of(target)
+    if parts is not None:
+        path = Path(folder) / LOSS_PARTS
+        if not path.is_file():
+            raise LlavaKDError(f"{folder}: no {LOSS_PARTS}; the objective's learnable parts cannot be restored")
+        from safetensors.torch import load_file
+
+        saved = load_file(str(path), device=str(next(parts.parameters()).device))
+        try:
+            parts.load_state_dict(saved, strict=True)
+        except RuntimeError as err:
+            raise LlavaKDError(f"{path}: does not match the objective's learnable parts ({err})") from err
 
 
 def last_step_reached(checkpoint: Path) -> bool:
