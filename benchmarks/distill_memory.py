@@ -20,6 +20,12 @@ the step holds above the inputs (benchmarks/_paper_shape.py says how it is measu
 pin; ``--glibc-default`` leaves glibc alone). The last line is one JSON object with
 ``fused_over_naive_memory`` and ``fused_over_naive_time`` (same run).
 
+Every loss term registered after the paper's four (llavakd.terms: LLaVADI's ``feat``, ``tok``,
+``bild``, Align-KD's ``attn`` and ``vtok``, ...) gets a line of its own under ``terms``: the fused
+objective with that term alone at the same shape, forward and backward, its learnable parts built
+(attention inputs: random queries and keys of Qwen1.5-0.5B's 16 and Qwen1.5-4B's 20 heads), with
+its peak extra memory and time (and both as a share of the naive full objective's).
+
 ``--rel-check``: L_rel at the paper's shape from bf16 hidden states and heads (random, as above),
 through the fused objective (identity and chunks; Gram products in float32, cosine in float64),
 against the float64 value computed from the same bf16 inputs; one JSON line with each value and
@@ -37,6 +43,50 @@ import time
 from benchmarks._paper_shape import add_shape_args, inputs, measure, run_children, shape
 
 IMPLS = ("naive", "chunked", "fused", "fused_chunks")
+
+
+def new_terms() -> list[str]:
+    """The registered terms beyond the paper's four (each gets a line of its own)."""
+    from llavakd import terms
+
+    return [n for n in terms.names() if terms.spec(n).added]
+
+
+def run_term(args) -> dict:
+    """One new term alone through the fused objective, with every input it reads."""
+    import torch
+
+    from llavakd.config import LossConfig
+    from llavakd.distill import fused_distill_loss
+    from llavakd.distill.parts import build_parts
+    from llavakd.terms import Dims
+
+    x = inputs(args)
+    B, L = x.labels.shape
+    heads_s, heads_t, hd = 16, 20, 64
+    g = torch.Generator(device="cpu").manual_seed(1)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=args.device, dtype=getattr(torch, args.dtype))
+
+    cfg = LossConfig().only([args.term])
+    parts = build_parts(cfg, Dims(args.student_hidden, args.teacher_hidden, heads_s, heads_t))
+    if parts is not None:
+        parts = parts.to(device=args.device, dtype=getattr(torch, args.dtype))
+    f_s = rand(B, L, args.student_hidden).requires_grad_(True)
+    q_s, k_s = rand(B, heads_s, L, hd).requires_grad_(True), rand(B, heads_s, L, hd).requires_grad_(True)
+    extra = dict(student_features=f_s, teacher_features=rand(B, L, args.teacher_hidden), parts=parts,
+                 student_attention=(q_s, k_s), teacher_attention=(rand(B, heads_t, L, hd), rand(B, heads_t, L, hd)))
+
+    def step():
+        out = fused_distill_loss(x.h_s, x.w_s, x.h_t, x.w_t, x.labels, x.vm, cfg, **extra)
+        out.total.backward()
+        return out
+
+    out, seconds, peak = measure(step, x, args.device)
+    return {"term": args.term, "seconds": seconds, "peak_extra_mb": peak,
+            "part_params": sum(p.numel() for p in parts.parameters()) if parts is not None else 0,
+            "value": round(out.parts[args.term], 6)}
 
 
 def run_one(args) -> dict:
@@ -129,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--glibc-default", action="store_true",
                    help="leave glibc's dynamic mmap threshold alone in the children (peaks then vary by run)")
     p.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
+    p.add_argument("--term", help=argparse.SUPPRESS)
+    p.add_argument("--no-terms", action="store_true", help="skip the line per loss term beyond the paper's four")
     args = p.parse_args(argv)
     if args.rel_check:
         print(json.dumps(rel_check(args)))
@@ -136,8 +188,16 @@ def main(argv=None) -> int:
     if args.impl:  # child process
         print(json.dumps(run_one(args)))
         return 0
+    if args.term:  # child process
+        print(json.dumps(run_term(args)))
+        return 0
     results = run_children("benchmarks.distill_memory", "--impl", IMPLS, argv, pin_malloc=not args.glibc_default)
     n = results["naive"]
+    added = [] if args.no_terms else new_terms()
+    per_term = run_children("benchmarks.distill_memory", "--term", added, argv, pin_malloc=not args.glibc_default)
+    for r in per_term.values():
+        r["over_naive_memory"] = round(r["peak_extra_mb"] / n["peak_extra_mb"], 3)
+        r["over_naive_time"] = round(r["seconds"] / n["seconds"], 3)
     report = {
         "shape": shape(args, malloc_mmap_threshold=None if args.glibc_default else 1 << 20),
         **results,
@@ -145,6 +205,7 @@ def main(argv=None) -> int:
            for impl in IMPLS[1:]},
         **{f"{impl}_over_naive_time": round(results[impl]["seconds"] / n["seconds"], 3) for impl in IMPLS[1:]},
         "max_part_abs_diff": max(abs(n["parts"][k] - r["parts"][k]) for r in results.values() for k in n["parts"]),
+        "terms": per_term,
     }
     print(json.dumps(report))  # one line: the figures of every implementation, measured in one run
     return 0

@@ -75,6 +75,10 @@ class _Loss:
         """Inputs beyond logits that the enabled terms read (``features``: the projected visual features)."""
         return {x for n in self.enabled() for x in terms.spec(n).needs(self)}
 
+    def attention_layers(self) -> set[int]:
+        """The decoder layers whose attention the enabled terms read."""
+        return {terms.spec(n).attention_layer(self) for n in self.enabled() if "attention" in terms.spec(n).needs(self)}
+
     def validate(self) -> list[str]:
         """Every problem, one line each: the settings in the config's key order, then the weights,
         then the rules between settings."""
@@ -93,7 +97,10 @@ class _Loss:
                 problems.append(f"{terms.weight_key(name)}: must be >= 0, got {self.weight(name)}")
         for name in self.enabled():
             problems += terms.spec(name).checks(self)
-        if self.on_policy and not any(terms.spec(n).teacher and terms.spec(n).rows == "responses"
+        if len(self.attention_layers()) > 1:
+            problems.append(f"attention: the terms read attention at different layers {sorted(self.attention_layers())}; "
+                            "one layer is hooked")
+        if self.on_policy and not any(terms.spec(n).teacher and terms.spec(n).rows_for(self) == "responses"
                                       for n in self.enabled()):
             problems.append("on_policy: the sampled answers are distilled through a teacher term on the responses "
                             f"({', '.join(n for n in terms.teacher_terms() if terms.spec(n).rows == 'responses')}), "

@@ -141,6 +141,13 @@ BUILTIN: dict[str, Method] = {
     "llavadi": Method(terms=["ce", "res", "feat"],
                       follows="LLaVADI (Xu et al., arXiv 2407.19409): CE + forward KL on the responses + the final "
                               "hidden states' MSE through a learnable projector, weights 1"),
+    "align_kd": Method(terms=["ce", "soft", "attn", "vtok"], soft_positions="all",
+                       follows="Align-KD (Feng et al., arXiv 2412.01282): CE + soft-label KD on every position + the "
+                               "first layer's text-to-vision attention through a learnable head mixer + the "
+                               "teacher's visual tokens through a learnable map (all and the 16 it attends most)"),
+    "bild": Method(terms=["soft", "bild"], soft_positions="prompt",
+                   follows="BiLD (Li et al., arXiv 2406.13555) as released: forward KL on the prompt + top-8 logit "
+                           "differences at T 3, teacher-led and student-led, on the responses; no CE"),
     "llava_kd_dft": Method(terms=["ce", "res", "vis", "rel"],
                            follows="LLaVA-KD's DFT objective on the PT+SFT start (the paper's PT+SFT+DFT row)"),
 }

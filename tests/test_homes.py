@@ -149,10 +149,13 @@ def term_spellings(source: str) -> list[str]:
     keys = names | {terms.weight_key(n) for n in names}
     params = {p.name for _, p in terms.params()}
     tree = ast.parse(source)
-    data = set()  # the literals of terms=[...]: a method naming its terms is data
+    data = set()  # the literals of terms=[...] and a table of methods by name: a method naming its terms is data
     for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and node.arg == "terms":
             data |= {id(n) for n in ast.walk(node.value)}
+        if isinstance(node, ast.Dict) and node.values and all(
+                isinstance(v, ast.Call) and getattr(v.func, "id", None) == "Method" for v in node.values):
+            data |= {id(k) for k in node.keys if k is not None}
 
     def is_name(node) -> bool:
         return isinstance(node, ast.Constant) and node.value in names and id(node) not in data
@@ -188,8 +191,9 @@ def test_no_module_outside_the_registry_names_a_loss_term():
 def test_the_term_check_catches_a_term_named_outside_the_registry():
     for snippet in ('if cfg.rel: x = 1', 'x = parts["vis"]', 'ok = name == "res"', 'TERMS = ("ce", "res")',
                     'c = LossConfig(res=False)', 'w = {"ce": 1.0}', 'if cfg.rel_source == "features": pass',
-                    'w = cfg.rel_weight', 'x = dataclasses.replace(cfg, ce=False)'):
+                    'w = cfg.rel_weight', 'x = dataclasses.replace(cfg, ce=False)', 'w = {"bild": 1, "x": f()}'):
         assert term_spellings(snippet), snippet
     for snippet in ('CONTROL = "ce"', 'm = Method(terms=["ce", "res"], divergence="jsd")', 'x = cfg.weight(name)',
+                    'BUILTIN = {"bild": Method(terms=["bild"])}',
                     '"""L_rel: cfg.rel"""'):
         assert not term_spellings(snippet), snippet

@@ -43,6 +43,10 @@ INTENDED = {
                 sample_temperature=1.0),
     "llavadi": dict(ce=True, res=True, vis=False, rel=False, feat=True, divergence="forward_kl",
                     feat_positions="responses", feat_weight=1.0),
+    "align_kd": dict(ce=True, res=False, vis=False, rel=False, soft=True, attn=True, vtok=True, soft_positions="all",
+                     attn_layer=0, attn_heads="mix", attn_distance="mse", vtok_top_k=16),
+    "bild": dict(ce=False, res=False, vis=False, rel=False, soft=True, bild=True, soft_positions="prompt",
+                 soft_divergence="forward_kl", bild_top_k=8, bild_temperature=3.0, bild_directions="both"),
     "llava_kd_dft": dict(ce=True, res=True, vis=True, rel=True, divergence="forward_kl", rel_weight=1.0),
     "half_rel": dict(ce=True, res=True, vis=True, rel=True, rel_weight=0.5),
 }
@@ -136,7 +140,7 @@ def _one_step(pair, out, method, monkeypatch):
     return rec, seen[0], cfg.loss
 
 
-STEP_METHODS = ["ce", "kd", "reverse_kl", "skew_kl", "jsd", "llavadi", "llava_kd_dft", "half_rel"]
+STEP_METHODS = ["ce", "kd", "reverse_kl", "skew_kl", "jsd", "llavadi", "align_kd", "bild", "llava_kd_dft", "half_rel"]
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +168,7 @@ def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, one_ste
 
     from llavakd.config import TrainConfig
     from llavakd.distill import distill_loss
+    from llavakd.distill.attention import AttentionTaps, decoder_layers
     from llavakd.distill.parts import build_parts, dims_of
     from llavakd.train.trainer import LLMTaps
 
@@ -171,20 +176,55 @@ def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, one_ste
     student = LlavaForConditionalGeneration.from_pretrained(pair / "student", dtype=torch.float64).eval()
     teacher = LlavaForConditionalGeneration.from_pretrained(pair / "teacher", dtype=torch.float64).eval()
     taps = {"s": LLMTaps(student), "t": LLMTaps(teacher)}
+    layer = loss.attn_layer
+    attn = {"s": AttentionTaps(decoder_layers(student)[layer].self_attn),
+            "t": AttentionTaps(decoder_layers(teacher)[layer].self_attn)}
     fwd = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values") if batch.get(k) is not None}
     with torch.no_grad():
         s, t = student(**fwd).logits, teacher(**fwd).logits
         (h_s, f_s), (h_t, f_t) = taps["s"].take(), taps["t"].take()
+        qk_s, qk_t = attn["s"].take(), attn["t"].take()
         oracle_cfg = LossConfig(**{**loss.__dict__, "implementation": "naive"})
         if not oracle_cfg.needs_teacher:
             t = None
         parts = build_parts(oracle_cfg, dims_of(student, teacher), seed=TrainConfig().seed)
         ref = distill_loss(s, t, batch["labels"], batch["visual_mask"], oracle_cfg, student_hidden=h_s,
                            teacher_hidden=h_t, student_features=f_s, teacher_features=f_t,
-                           attention_mask=batch["attention_mask"], parts=parts.double() if parts else None)
+                           attention_mask=batch["attention_mask"], parts=parts.double() if parts else None,
+                           student_attention=qk_s, teacher_attention=qk_t)
     for k, v in ref.parts.items():
         assert rec[f"loss_{k}"] == pytest.approx(v, rel=1e-9), k
     assert {k[5:] for k in rec if k.startswith("loss_")} == set(ref.parts)
+
+
+@pytest.mark.parametrize("layer", [0, -1])
+def test_one_layers_attention_rows_equal_eager_attentions_maps(pair, layer):
+    """The attention terms' probabilities (queries and keys recomputed from the hooked layer's inputs,
+    llavakd.distill.attention) equal what eager attention returns with output_attentions, for the
+    rows asked; the negative control shifts the rotary embedding by one position and differs."""
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.distill.attention import AttentionTaps, decoder_layers, probabilities
+
+    model = LlavaForConditionalGeneration.from_pretrained(pair / "student", dtype=torch.float64,
+                                                          attn_implementation="eager").eval()
+    tap = AttentionTaps(decoder_layers(model)[layer].self_attn)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 200, (2, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, -3:] = 0
+    with torch.no_grad():
+        eager = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[layer]
+        q, k = tap.take()
+        rows = torch.tensor([0, 4, 8])
+        for b in range(2):
+            got = probabilities(q[b], k[b], rows, mask[b].bool())
+            want = eager[b][:, rows]
+            valid = mask[b].bool()
+            # eager takes its softmax in float32 even for float64 models: agreement to float32's precision
+            torch.testing.assert_close(got[:, :, valid], want[:, :, valid], rtol=1e-6, atol=1e-7)
+        shifted = probabilities(q[0], torch.roll(k[0], 1, dims=1), rows, mask[0].bool())
+        assert not torch.allclose(shifted, eager[0][:, rows], atol=1e-6)
 
 
 def test_every_method_reads_the_same_first_batch(one_step):
@@ -254,3 +294,38 @@ def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypat
     kd_line = next(x for x in md.splitlines() if x.startswith("| kd "))
     assert "| 1.50 | 1.50 |" in kd_line  # seconds per step and peak memory relative to ce
     assert md.index("| kd ") < md.index("| jsd ")  # sorted by the paired difference
+
+
+# -- the field's methods in a study -----------------------------------------------------------------
+@pytest.mark.slow
+def test_a_micro_study_trains_scores_and_tables_llavadi_align_kd_and_bild(micro_tree, tmp_path):
+    """benchmark_methods on a copy of the shared micro tree: the three methods from the field (and
+    ce, the control) train their DFT stage from the tree's pt--sft, are scored, and the methods table
+    has a row for each; the finished Table 1 of the tree is not trained again."""
+    import copy
+    import subprocess
+
+    import yaml
+    from conftest import MICRO, copy_micro_tree, micro_cmd, micro_env
+
+    root = copy_micro_tree(micro_tree, tmp_path / "tree")
+    cfg = copy.deepcopy(MICRO)
+    cfg["methods"] = {"compare": ["llavadi", "align_kd", "bild"], "students": ["qwen1.5-0.5b"]}
+    path = root / "methods.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    dry = subprocess.run(micro_cmd(root, path, "reproduce_table1", "-n"), cwd=root, env=micro_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
+    r = subprocess.run(micro_cmd(root, path, "benchmark_methods"), cwd=root, env=micro_env(), capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = root / "results" / "micro" / "runs" / "qwen1.5-0.5b" / "s0"
+    for method in ("llavadi", "align_kd", "bild"):
+        metrics = [json.loads(x) for x in (runs / f"pt--sft--dft@{method}" / "metrics.jsonl").read_text().splitlines()
+                   if '"loss"' in x]
+        assert metrics and all(k in metrics[-1] for k in {"llavadi": ("loss_feat",), "bild": ("loss_bild", "loss_soft"),
+                                                          "align_kd": ("loss_attn", "loss_vtok", "loss_soft")}[method])
+    table = (root / "reports" / "micro" / "methods.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    for method in ("ce", "llavadi", "align_kd", "bild"):
+        assert any(line.startswith(f"| {method} | ") for line in rows), (method, table[:2000])

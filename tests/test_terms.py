@@ -19,6 +19,7 @@ from llavakd.distill.parts import build_parts
 from llavakd.terms.base import Dims, Param, TermSpec, register
 
 D_S, D_T = 6, 9
+H_S, H_T = 2, 4
 
 
 def make(seed=0, B=3, L=14, V=41):
@@ -29,7 +30,11 @@ def make(seed=0, B=3, L=14, V=41):
          "h_t": torch.randn(B, L, D_T, generator=g, dtype=torch.float64) * 1.5,
          "w_t": torch.randn(V, D_T, generator=g, dtype=torch.float64),
          "f_s": torch.randn(B, L, D_S, generator=g, dtype=torch.float64),
-         "f_t": torch.randn(B, L, D_T, generator=g, dtype=torch.float64)}
+         "f_t": torch.randn(B, L, D_T, generator=g, dtype=torch.float64),
+         "q_s": torch.randn(B, H_S, L, 4, generator=g, dtype=torch.float64),  # one layer's queries and keys
+         "k_s": torch.randn(B, H_S, L, 4, generator=g, dtype=torch.float64),
+         "q_t": torch.randn(B, H_T, L, 4, generator=g, dtype=torch.float64),
+         "k_t": torch.randn(B, H_T, L, 4, generator=g, dtype=torch.float64)}
     labels = torch.randint(0, V, (B, L), generator=g)
     labels[:, :6] = -100
     labels[2, -3:] = -100
@@ -44,10 +49,11 @@ def make(seed=0, B=3, L=14, V=41):
 def run(path: str, cfg, seed=0):
     """(output, gradients by input name) of one path; the parts are rebuilt from the same seed each time."""
     x, labels, vm, am = make(seed)
-    x = {k: v.clone().requires_grad_(k in ("h_s", "w_s", "f_s")) for k, v in x.items()}
-    parts = build_parts(cfg, Dims(D_S, D_T, 2, 4), seed=3)
+    x = {k: v.clone().requires_grad_(k in ("h_s", "w_s", "f_s", "q_s", "k_s")) for k, v in x.items()}
+    parts = build_parts(cfg, Dims(D_S, D_T, H_S, H_T), seed=3)
     parts = parts.double() if parts is not None else None
-    extra = {"student_features": x["f_s"], "teacher_features": x["f_t"], "attention_mask": am, "parts": parts}
+    extra = {"student_features": x["f_s"], "teacher_features": x["f_t"], "attention_mask": am, "parts": parts,
+             "student_attention": (x["q_s"], x["k_s"]), "teacher_attention": (x["q_t"], x["k_t"])}
     if path == "fused":
         out = fused_distill_loss(x["h_s"], x["w_s"], x["h_t"], x["w_t"], labels, vm,
                                  dataclasses.replace(cfg, chunk_rows=5, chunk_vocab=7), **extra)
@@ -80,7 +86,7 @@ def test_every_term_alone_equals_its_float64_oracle(name, path):
     ref = run("naive", cfg, seed=len(name))
     assert ref[0].parts[name] > 0 and ref[0].counts[name] > 0
     assert any(g.abs().sum() > 0 for g in ref[1].values())  # the term moves something
-    if terms.spec(name).parts is not None:  # and its learnable parts get a gradient
+    if terms.spec(name).has_parts(cfg):  # and its learnable parts get a gradient
         assert any(k.startswith("part:") and g.abs().sum() > 0 for k, g in ref[1].items())
     assert_same(run(path, cfg, seed=len(name)), ref, f"{name} ({path})")
 
@@ -109,7 +115,7 @@ def test_the_oracle_comparison_sees_a_wrong_gradient(monkeypatch):
 
 
 def test_a_term_with_learnable_parts_refuses_to_run_without_them():
-    with_parts = [n for n in terms.names() if terms.spec(n).parts is not None]
+    with_parts = [n for n in terms.names() if terms.spec(n).has_parts(LossConfig())]
     assert with_parts
     x, labels, vm, am = make()
     cfg = LossConfig().only(with_parts[:1])
@@ -119,7 +125,7 @@ def test_a_term_with_learnable_parts_refuses_to_run_without_them():
 
 
 def test_the_planning_count_of_each_terms_parts_is_what_it_builds():
-    dims = Dims(D_S, D_T, 2, 4)
+    dims = Dims(D_S, D_T, H_S, H_T)
     for name in terms.names():
         cfg = LossConfig().only([name])
         parts = build_parts(cfg, dims)
@@ -128,7 +134,7 @@ def test_the_planning_count_of_each_terms_parts_is_what_it_builds():
 
 
 def test_parts_come_from_their_own_stream_and_leave_the_global_one_alone():
-    cfg = LossConfig().only([n for n in terms.names() if terms.spec(n).parts is not None])
+    cfg = LossConfig().only([n for n in terms.names() if terms.spec(n).has_parts(LossConfig())])
     torch.manual_seed(5)
     a = build_parts(cfg, Dims(D_S, D_T, 2, 4), seed=1)
     after = torch.rand(1)

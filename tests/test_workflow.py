@@ -184,7 +184,10 @@ def test_benchmark_methods_plans_every_method_and_its_price(config):
     assert "pt--sft--cft" in out  # ce, the control
     if config == "paper.yaml":
         assert "pt--sft--dft@llava_kd_dft_rel_half" in out  # defined in the YAML only
-        assert re.search(r"benchmark_methods \(jobs not shared with the targets above\):\n\s+train\[dft\]\s+6 jobs", out)
+        for method in ("llavadi", "align_kd", "bild"):  # the field's feature, attention and logit-difference methods
+            assert f"pt--sft--dft@{method}" in out
+        assert re.search(r"benchmark_methods \(jobs not shared with the targets above\):\n\s+train\[dft\]\s+9 jobs", out)
+        assert re.search(r"qwen1\.5-0\.5b <- qwen1\.5-4b \+\d+\.\dM loss parts", out)  # their memory, priced
     else:
         assert len(study.seeds) >= 5 and counts["train"] == 2 + len(study.seeds) * 9  # teacher 2; per seed pt, sft, 7
         assert counts["evaluate"] == len(models)

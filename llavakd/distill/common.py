@@ -105,7 +105,7 @@ def check_features(x: NaiveInputs, cfg: LossConfig) -> None:
             if f.dim() != 3 or f.shape[:2] != x.labels.shape:
                 raise DistillShapeError(f"{who} {what} {tuple(f.shape)} do not match the tokens "
                                         f"{tuple(x.labels.shape)}: expected [batch, length, d]")
-    missing = [n for n in cfg.enabled() if terms.spec(n).parts is not None and (x.parts is None or n not in x.parts)]
+    missing = [n for n in cfg.enabled() if terms.spec(n).has_parts(cfg) and (x.parts is None or n not in x.parts)]
     if missing:
         raise DistillShapeError(f"loss terms {', '.join(missing)} have learnable parts, and none were given "
                                 "(llavakd.distill.parts.build_parts)")

@@ -76,7 +76,7 @@ class _FusedLinearObjective(torch.autograd.Function):
         src_s = LinearSource(h_s, w_s, need_grad, need_head_grad=w_s.requires_grad, step=sink.get("step"))
         src_t = LinearSource(h_t, w_t, False) if h_t is not None else None
         total, parts, counts = _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad,
-                                          _compute_dtype(h_s), h_s.device)
+                                          _compute_dtype(h_s), h_s.device, sink.get("attention_mask"))
         sink["parts"] = {k: v.detach() for k, v in parts.items()}
         sink["counts"] = counts
         ctx.grads = (src_s.grad_h, src_s.head_grad()) if need_grad else None
@@ -107,6 +107,7 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
                        student_features: torch.Tensor | None = None,
                        teacher_features: torch.Tensor | None = None,
                        attention_mask: torch.Tensor | None = None, parts=None,
+                       student_attention=None, teacher_attention=None,
                        scale: dict[str, float] | None = None, checked: bool = False,
                        step: int | None = None) -> LossOutput:
     """See the module docstring; raises DistillShapeError naming both shapes when they do not fit.
@@ -120,9 +121,10 @@ def fused_distill_loss(student_hidden: torch.Tensor, student_head: torch.Tensor,
     _check(student_hidden, student_head, teacher_hidden, teacher_head, labels, visual_mask)
     x = NaiveInputs(labels=labels, visual_mask=visual_mask, student_features=student_features,
                     teacher_features=teacher_features, student_hidden=student_hidden, teacher_hidden=teacher_hidden,
-                    attention_mask=attention_mask, parts=parts)
+                    attention_mask=attention_mask, parts=parts, student_attention=student_attention,
+                    teacher_attention=teacher_attention)
     check_features(x, cfg)
-    sink: dict = {"step": step}
+    sink: dict = {"step": step, "attention_mask": attention_mask}
     total = _FusedLinearObjective.apply(student_hidden, student_head, teacher_hidden, teacher_head, labels,
                                         visual_mask, cfg, w, sink)
     out = LossOutput(total=total, part_tensors=sink["parts"], counts=sink["counts"])

@@ -53,7 +53,7 @@ from llavakd.distill.common import (
 from llavakd.distill.naive import naive_distill_loss
 from llavakd.labels import IGNORE_INDEX
 from llavakd.memory import CUDA_CHUNK_BYTES  # CUDA: every [chunk x V] temporary of one chunk together
-from llavakd.terms.base import NaiveInputs
+from llavakd.terms.base import NaiveInputs, positions
 
 BLOCK_TEMPORARIES = 6  # [chunk x V] fp32 blocks alive at once: student, teacher, gradient, three in a divergence
 
@@ -100,6 +100,8 @@ def distill_loss(
     teacher_hidden: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     parts=None,
+    student_attention=None,
+    teacher_attention=None,
     scale: dict[str, float] | None = None,
     checked: bool = False,
 ) -> LossOutput:
@@ -108,17 +110,19 @@ def distill_loss(
     per-term factors on the configured weights (a micro-batch's share of its step; common.term_weights).
     ``checked``: ``cfg`` was validated already (once per training job). The other keywords are what
     terms beyond logits read (llavakd.terms.base.NaiveInputs): projected visual features, last hidden
-    states, the attention mask, and the learnable parts by term name (llavakd.distill.parts)."""
+    states, the attention mask, the learnable parts by term name (llavakd.distill.parts), and one
+    layer's (queries, keys) of each model (llavakd.distill.attention)."""
     cfg = resolve_config(cfg, teacher is not None, "logits", checked)
     w = term_weights(cfg, scale)
     check_inputs(student, teacher, labels, visual_mask, teacher_labels, teacher_visual_mask)
     x = NaiveInputs(labels=labels, visual_mask=visual_mask, student_features=student_features,
                     teacher_features=teacher_features, student_hidden=student_hidden, teacher_hidden=teacher_hidden,
-                    attention_mask=attention_mask, parts=parts)
+                    attention_mask=attention_mask, parts=parts, student_attention=student_attention,
+                    teacher_attention=teacher_attention)
     check_features(x, cfg)
     if cfg.implementation == "naive":
         return naive_distill_loss(student, teacher, cfg, x, scale)
-    out = _chunked(student, teacher, labels, visual_mask, cfg, w)
+    out = _chunked(student, teacher, labels, visual_mask, cfg, w, attention_mask)
     return with_autograd_terms(out, cfg, w, x)
 
 
@@ -129,15 +133,14 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _rows_plan(labels, visual_mask):
-    """Dense masks over the flattened [B*L] positions, by what a row term reads (llavakd.terms.base.Rows),
-    and each position's next-token target."""
+def _rows_plan(kinds, labels, visual_mask, attention_mask):
+    """Dense masks over the flattened [B*L] positions, one per kind of rows the row terms read
+    (llavakd.terms.base.positions), and each position's next-token target."""
     B, L = labels.shape
-    res_rows = torch.zeros(B, L, dtype=torch.bool, device=labels.device)
-    res_rows[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     target = torch.full((B, L), IGNORE_INDEX, dtype=torch.long, device=labels.device)
     target[:, :-1] = labels[:, 1:]
-    return {"responses": res_rows.flatten(), "visual": visual_mask.flatten()}, target.flatten()
+    masks = {k: positions(k, labels, visual_mask, attention_mask).flatten() for k in kinds}
+    return masks, target.flatten()
 
 
 class LogitSource:
@@ -282,7 +285,7 @@ def head_gram(w: torch.Tensor, cdt: torch.dtype, step: int | None = None) -> tor
     return g
 
 
-def _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad, cdt, dev):
+def _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad, cdt, dev, attention_mask=None):
     """Every term of the ``rows`` and ``sources`` engines and (through the sources) its gradient;
     returns (total, parts, counts). ``weights``: each term's weight in this call (common.term_weights).
 
@@ -290,11 +293,13 @@ def _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad, cdt, 
     kernel gives per-row values and dL/ds, and kernels with equal keys (L_res and L_vis under one
     divergence) are evaluated once for all their rows."""
     V = src_s.vocab
-    masks, target = _rows_plan(labels, visual_mask)
     row_terms = engine_terms(cfg, "rows")
     specs = {n: terms.spec(n) for n in row_terms}
-    sizes = {r: int(masks[r].sum()) for r in {specs[n].rows for n in row_terms}}  # read once, before the loop
-    counts = {n: sizes[specs[n].rows] for n in row_terms}
+    rows_of = {n: specs[n].rows_for(cfg) for n in row_terms}
+    kinds = list(dict.fromkeys(rows_of.values()))
+    masks, target = _rows_plan(kinds, labels, visual_mask, attention_mask)
+    sizes = {r: int(masks[r].sum()) for r in kinds}  # read once, before the loop
+    counts = {n: sizes[rows_of[n]] for n in row_terms}
     sums = {n: torch.zeros((), dtype=torch.float64, device=dev) for n in row_terms}
     used = [n for n in row_terms if counts[n] > 0]
     kernels = {n: specs[n].row_kernel(cfg) for n in used}
@@ -303,9 +308,9 @@ def _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad, cdt, 
         groups.setdefault(kernels[n].key, []).append(n)
     with_teacher = any(specs[n].teacher for n in used)
 
-    active = torch.zeros_like(masks["responses"])
+    active = torch.zeros(labels.numel(), dtype=torch.bool, device=labels.device)
     for n in used:
-        active |= masks[specs[n].rows]
+        active |= masks[rows_of[n]]
     rows = active.nonzero().flatten()
     step = rows_per_chunk(V, dev, cfg.chunk_rows)
     per_row = {n: weights[n] / max(counts[n], 1) for n in used}
@@ -321,7 +326,7 @@ def _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad, cdt, 
             loss_rows, dg = kernel(s, t, y, need_grad)
             coef = None
             for n in members:
-                m = chunk_masks[specs[n].rows]
+                m = chunk_masks[rows_of[n]]
                 sums[n] += kernel.reduce(loss_rows, m)
                 c = per_row[n] * m
                 coef = c if coef is None else coef + c
@@ -354,7 +359,7 @@ class _ChunkedObjective(torch.autograd.Function):
         src_s = LogitSource(student, need_grad)
         src_t = LogitSource(teacher, False) if teacher is not None else None
         total, parts, counts = _objective(src_s, src_t, labels, visual_mask, cfg, weights, need_grad,
-                                          _compute_dtype(student), student.device)
+                                          _compute_dtype(student), student.device, sink.get("attention_mask"))
         sink["parts"] = {k: v.detach() for k, v in parts.items()}
         sink["counts"] = counts
         # Kept as a plain attribute, not save_for_backward: backward hands autograd the only
@@ -391,7 +396,7 @@ def _gram_grad_chunks(src, idx, sym, step, cdt):
         src.add_block_grad(idx, c, c + step, sym @ src.block(idx, c, c + step, cdt))
 
 
-def _chunked(student, teacher, labels, visual_mask, cfg, weights) -> LossOutput:
-    sink: dict = {}
+def _chunked(student, teacher, labels, visual_mask, cfg, weights, attention_mask=None) -> LossOutput:
+    sink: dict = {"attention_mask": attention_mask}
     total = _ChunkedObjective.apply(student, teacher, labels, visual_mask, cfg, weights, sink)
     return LossOutput(total=total, part_tensors=sink["parts"], counts=sink["counts"])

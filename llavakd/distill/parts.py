@@ -45,7 +45,7 @@ def build_parts(cfg, dims: Dims, seed: int = 0) -> torch.nn.ModuleDict | None:
     built = {}
     for name in cfg.enabled():
         spec = terms.spec(name)
-        if spec.parts is None:
+        if not spec.has_parts(cfg):
             continue
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))

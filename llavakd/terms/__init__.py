@@ -7,7 +7,7 @@ example. The order of the lines is the order terms are computed, summed, logged 
 
 from __future__ import annotations
 
-from llavakd.terms import ce, feat, rel, res, vis
+from llavakd.terms import attn, bild, ce, feat, rel, res, soft, vis, vtok
 from llavakd.terms.base import DIVERGENCES, REGISTRY, Dims, NaiveInputs, Param, TermSpec, register, weight_key
 
 register(ce.SPEC)
@@ -15,6 +15,10 @@ register(res.SPEC)
 register(vis.SPEC)
 register(rel.SPEC)
 register(feat.SPEC)
+register(soft.SPEC)
+register(bild.SPEC)
+register(attn.SPEC)
+register(vtok.SPEC)
 
 
 def names() -> tuple[str, ...]:

@@ -32,13 +32,40 @@ Divergences = Literal["forward_kl", "reverse_kl", "jsd", "tv", "skew_kl"]
 """D(teacher || student) between two logit rows (llavakd.distill.divergences implements each)."""
 DIVERGENCES = Divergences.__args__
 
-Rows = Literal["responses", "visual"]
-"""Logit rows a row term reads: ``responses``, the positions whose next token is supervised (the
-answers; shifted labels), or ``visual``, each sample's own visual-token positions."""
-Count = Literal["responses", "answers", "visual", "images", "attended"]
-"""What a term averages over, summed over the optimizer step's micro-batches and ranks: positions
-whose next token is supervised (``responses``), the supervised tokens' own positions (``answers``),
-visual positions, samples with an image, or attended (non-padding) positions."""
+Rows = Literal["responses", "visual", "prompt", "attended"]
+"""Logit rows a row term reads (``positions``): ``responses``, the positions whose next token is
+supervised (the answers; shifted labels); ``visual``, each sample's own visual-token positions;
+``prompt``, the other text positions whose next position is attended (the prompt predicting
+itself); ``attended``, every non-padding position."""
+Count = Literal["responses", "answers", "visual", "prompt", "attended", "images"]
+"""What a term averages over, summed over the optimizer step's micro-batches and ranks: the
+positions of a ``Rows`` kind, the supervised tokens' own positions (``answers``), or the samples
+with an image (``images``)."""
+
+
+def positions(kind: str, labels, visual_mask, attention_mask=None):
+    """[B, L] bool: the positions of one kind (``Rows``/``Count``; not ``images``), the one
+    definition the engines, the naive forms and the trainer's per-step counts share."""
+    import torch
+
+    from llavakd.labels import IGNORE_INDEX
+
+    attended = attention_mask.bool() if attention_mask is not None else torch.ones_like(labels, dtype=torch.bool)
+    if kind == "visual":
+        return visual_mask
+    if kind == "attended":
+        return attended
+    if kind == "answers":
+        return (labels != IGNORE_INDEX) & attended
+    responses = torch.zeros_like(labels, dtype=torch.bool)
+    responses[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    if kind == "responses":
+        return responses
+    if kind == "prompt":
+        next_attended = torch.zeros_like(attended)
+        next_attended[:, :-1] = attended[:, 1:]
+        return attended & next_attended & ~visual_mask & ~responses
+    raise ValueError(f"unknown positions {kind!r}")
 Engine = Literal["rows", "sources", "autograd"]
 
 # Job configs written before the registry list their loss keys in this order; a finished job's
@@ -114,8 +141,8 @@ class TermSpec:
     """The oracle: ``naive(ctx, cfg) -> (value, count)`` by autograd on full tensors (``NaiveInputs``)."""
     params: tuple[Param, ...] = ()
     """Its parameters."""
-    rows: Rows | None = None
-    """A row term's rows (``Rows``)."""
+    rows: Rows | Callable[[Any], Rows] | None = None
+    """A row term's rows (``Rows``), or a function of the config giving them."""
     row_kernel: Callable | None = None
     """A row term's kernel: ``row_kernel(cfg)`` returns an object with ``key`` (kernels with equal
     keys are evaluated once per chunk), ``__call__(s, t, target, need_grad) -> (rows, dL/ds)`` and
@@ -143,10 +170,23 @@ class TermSpec:
     """Its learnable modules: ``parts(cfg, dims)`` returns a ``torch.nn.Module`` (a projector, a head
     mixer) that trains beside the student (llavakd.train.parts: optimizer, checkpoints, guard) and
     is left out of the exported model; the term reads it as ``inputs.parts[name]``."""
+    attention_layer: Callable[[Any], int] | None = None
+    """The decoder layer whose attention it reads (``needs`` has ``attention``): the trainer hooks it."""
+    learnable: Callable[[Any], bool] = lambda cfg: True
+    """Whether ``parts`` exist under a config (a head mixer only when heads are mixed)."""
+    counter: Callable | None = None
+    """``counter(cfg, labels, visual_mask, attention_mask) -> float``: its count in a batch, for a
+    term whose mean runs over something no ``Count`` kind names (pairs of positions)."""
     part_params: Callable[[Any, Dims], int] = lambda cfg, dims: 0
     """How many parameters ``parts`` holds (the memory estimate counts them without building them)."""
     flops: Callable[[Any, Dims], float] = lambda cfg, dims: 0.0
     """FLOPs per position it reads, forward and backward, beyond the models' own (the FLOP count)."""
+
+    def has_parts(self, cfg) -> bool:
+        return self.parts is not None and self.learnable(cfg)
+
+    def rows_for(self, cfg) -> Rows | None:
+        return self.rows(cfg) if callable(self.rows) else self.rows
 
     def count_for(self, cfg) -> Count:
         return self.count(cfg) if callable(self.count) else self.count
@@ -221,4 +261,6 @@ class NaiveInputs:
     student_hidden: Any = None  # the LLM's last hidden state (after the final norm), [B, L, d]
     teacher_hidden: Any = None
     attention_mask: Any = None  # [B, L], 1 where attended (None: every position)
+    student_attention: Any = None  # (queries, keys) of one decoder layer, [B, heads, L, head_dim] each
+    teacher_attention: Any = None
     parts: Any = None  # the learnable parts by term name (a ModuleDict or a dict)

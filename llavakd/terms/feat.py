@@ -22,17 +22,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from llavakd.terms.base import Dims, NaiveInputs, Param, TermSpec
+from llavakd.terms.base import Dims, NaiveInputs, Param, TermSpec, positions
 
 
-def positions(x: NaiveInputs, cfg):
+def _kind(cfg) -> str:
+    return "answers" if cfg.feat_positions == "responses" else "attended"
+
+
+def read_positions(x: NaiveInputs, cfg):
     """[B, L] bool: the positions the term reads under ``feat_positions``."""
-    from llavakd.labels import IGNORE_INDEX
-
-    if cfg.feat_positions == "all":
-        return x.attention_mask.bool() if x.attention_mask is not None else x.labels.new_ones(x.labels.shape).bool()
-    mask = x.labels != IGNORE_INDEX
-    return mask & x.attention_mask.bool() if x.attention_mask is not None else mask
+    return positions(_kind(cfg), x.labels, x.visual_mask, x.attention_mask)
 
 
 def build(cfg, dims: Dims):
@@ -46,7 +45,7 @@ def value(x: NaiveInputs, cfg):
     """The term by autograd (its ``autograd`` engine): squared errors summed in at least float32."""
     import torch
 
-    mask = positions(x, cfg)
+    mask = read_positions(x, cfg)
     n = int(mask.sum())
     proj = x.parts["feat"]
     w = next(proj.parameters())
@@ -60,7 +59,7 @@ def value(x: NaiveInputs, cfg):
 def naive(x: NaiveInputs, cfg):
     import torch.nn.functional as F
 
-    mask = positions(x, cfg)
+    mask = read_positions(x, cfg)
     n = int(mask.sum())
     proj = x.parts["feat"]
     hs, ht = x.student_hidden[mask], x.teacher_hidden[mask]
@@ -73,7 +72,7 @@ SPEC = TermSpec(
     name="feat", title="L_feat", summary="MSE of the projected final hidden states (LLaVADI)", teacher=True,
     reads="both LLMs' last hidden states at the answer tokens (or every attended position), the student's "
           "through a learnable projector",
-    count=lambda cfg: "answers" if cfg.feat_positions == "responses" else "attended",
+    count=_kind,
     params=(Param("feat_positions", Literal["responses", "all"], "responses",
                   "responses: the answer tokens' own positions (LLaVADI); all: every attended position"),),
     autograd_term=value, naive=naive, needs=lambda cfg: ("hidden",),

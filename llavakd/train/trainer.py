@@ -94,6 +94,13 @@ class KDTrainer(Trainer):
         tie_projector(self.model)
         self._student_taps = LLMTaps(self.model)
         self._teacher_taps = LLMTaps(teacher) if teacher is not None else None
+        self._attention_taps = None  # one layer's attention inputs, for the terms that read attention maps
+        if loss_config.attention_layers() and teacher is not None:
+            from llavakd.distill.attention import AttentionTaps, decoder_layers
+
+            (layer,) = loss_config.attention_layers()  # one layer (validated with the config)
+            self._attention_taps = (AttentionTaps(decoder_layers(self.model)[layer].self_attn),
+                                    AttentionTaps(decoder_layers(teacher)[layer].self_attn))
         self._implementation: str | None = None
         self.share_vision = share_vision  # one vision pass for both when the towers are the same (train/vision.py)
         self.vision = SharedVisionPass()
@@ -266,6 +273,11 @@ class KDTrainer(Trainer):
         extra = {"attention_mask": fwd.get("attention_mask"), "parts": parts_of(model)}
         if "features" in needs:
             extra.update(student_features=f_s, teacher_features=f_t)
+        if "attention" in needs and self._attention_taps is not None:
+            s_taps, t_taps = self._attention_taps
+            with torch.no_grad():
+                t_qk = t_taps.take()
+            extra.update(student_attention=s_taps.take(), teacher_attention=t_qk)
         if fused:
             res = fused_distill_loss(h_s, lm_head_weight(self.accelerator.unwrap_model(model)), h_t,
                                      lm_head_weight(self.teacher) if with_teacher else None, labels, visual_mask,
@@ -464,27 +476,19 @@ def step_counts(cfg, labels: torch.Tensor, visual_mask: torch.Tensor, dataset_la
                 attention_mask: torch.Tensor | None = None) -> dict[str, float]:
     """What each enabled term of ``cfg`` averages over in a batch (llavakd.terms.base.Count), by name;
     terms that read the dataset's answers count them in ``dataset_labels`` when given (on-policy)."""
-    from llavakd.labels import IGNORE_INDEX
-
-    def counter(kind: str, ys: torch.Tensor):
-        if kind == "responses":
-            return float((ys[:, 1:] != IGNORE_INDEX).sum())
-        if kind == "answers":
-            mask = ys != IGNORE_INDEX
-            return float((mask & attention_mask.bool()).sum() if attention_mask is not None else mask.sum())
-        if kind == "visual":
-            return float(visual_mask.sum())
-        if kind == "images":
-            return float(visual_mask.any(-1).sum())
-        if kind == "attended":
-            return float(attention_mask.sum()) if attention_mask is not None else float(labels.numel())
-        raise ValueError(f"unknown count {kind!r}")
+    from llavakd.terms.base import positions
 
     out = {}
     for name in cfg.enabled():
         spec = terms.spec(name)
         ys = dataset_labels if dataset_labels is not None and not spec.teacher else labels
-        out[name] = counter(spec.count_for(cfg), ys)
+        kind = spec.count_for(cfg)
+        if spec.counter is not None:
+            out[name] = float(spec.counter(cfg, ys, visual_mask, attention_mask))
+        elif kind == "images":
+            out[name] = float(visual_mask.any(-1).sum())
+        else:
+            out[name] = float(positions(kind, ys, visual_mask, attention_mask).sum())
     return out
 
 

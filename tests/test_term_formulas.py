@@ -1,0 +1,85 @@
+"""The new terms against their papers' own formulas, written here independently of llavakd.terms:
+BiLD as its released loss computes it, the prompt positions BiLD's trainer distils, LLaVADI's
+hidden-state MSE. (tests/test_terms.py checks every term's engines against its naive form.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llavakd.config import LossConfig
+from llavakd.distill import distill_loss
+from llavakd.terms.base import positions
+
+
+def released_bild(logits_s, logits_t, top_k=8, temperature=3.0, student_led=False):
+    """BiLD's per-position loss as fpcsong/BiLD distil_losses/BILD.py computes it ([B, L, V] in, [B, L] out)."""
+    if not student_led:
+        sel_t, pos = torch.topk(logits_t, k=top_k, dim=-1)
+        sel_s = torch.gather(logits_s, 2, pos)
+    else:
+        sel_s, pos = torch.topk(logits_s, k=top_k, dim=-1)
+        sel_t = torch.gather(logits_t, 2, pos)
+    i, j = torch.triu_indices(top_k, top_k, offset=1)
+    dt, ds = (sel_t / temperature)[..., i] - (sel_t / temperature)[..., j], \
+        (sel_s / temperature)[..., i] - (sel_s / temperature)[..., j]
+    return F.kl_div(F.log_softmax(ds, -1), F.softmax(dt, -1), reduction="none").sum(-1)
+
+
+def _batch(seed=0, B=2, L=12, V=37):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, L, V, generator=g, dtype=torch.float64) * 2
+    t = torch.randn(B, L, V, generator=g, dtype=torch.float64) * 2
+    labels = torch.randint(0, V, (B, L), generator=g)
+    labels[:, :7] = -100
+    labels[1, -2:] = -100
+    vm = torch.zeros(B, L, dtype=torch.bool)
+    vm[:, 1:4] = True
+    am = torch.ones(B, L, dtype=torch.long)
+    am[1, -2:] = 0
+    return s, t, labels, vm, am
+
+
+@pytest.mark.parametrize("k,T,directions", [(8, 3.0, "both"), (4, 1.0, "teacher"), (5, 2.0, "student")])
+def test_bild_is_the_released_loss_at_the_response_positions(k, T, directions):
+    s, t, labels, vm, am = _batch()
+    cfg = dataclasses.replace(LossConfig().only(["bild"]), bild_top_k=k, bild_temperature=T,
+                              bild_directions=directions, implementation="chunked", chunk_rows=3)
+    out = distill_loss(s, t, labels, vm, cfg, attention_mask=am)
+    per = (released_bild(s, t, k, T, False) if directions != "student" else 0) + \
+          (released_bild(s, t, k, T, True) if directions != "teacher" else 0)
+    rows = torch.zeros_like(labels, dtype=torch.bool)
+    rows[:, :-1] = labels[:, 1:] != -100  # the positions that predict an answer token
+    assert out.parts["bild"] == pytest.approx(float(per[rows].mean()), rel=1e-10)
+    assert out.counts["bild"] == int(rows.sum())
+
+
+def test_prompt_positions_are_the_attended_text_positions_that_predict_no_answer():
+    s, t, labels, vm, am = _batch()
+    p = positions("prompt", labels, vm, am)
+    # sample 0: 12 positions, visual 1-3, answers predicted from 6..10, the last one predicts nothing
+    assert p[0].nonzero().flatten().tolist() == [0, 4, 5]
+    # sample 1: the last two positions are padding, so position 9 (predicting padding) is not prompt either
+    assert p[1].nonzero().flatten().tolist() == [0, 4, 5]
+    cfg = dataclasses.replace(LossConfig().only(["soft"]), soft_positions="prompt", implementation="chunked")
+    out = distill_loss(s, t, labels, vm, cfg, attention_mask=am)
+    kl = (F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum(-1)
+    assert out.parts["soft"] == pytest.approx(float(kl[p].mean()), rel=1e-10) and out.counts["soft"] == 6
+
+
+def test_feat_is_llavadis_mse_on_the_answer_tokens():
+    s, t, labels, vm, am = _batch()
+    g = torch.Generator().manual_seed(1)
+    h_s = torch.randn(2, 12, 5, generator=g, dtype=torch.float64)
+    h_t = torch.randn(2, 12, 7, generator=g, dtype=torch.float64)
+    proj = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.GELU(), torch.nn.Linear(7, 7)).double()
+    cfg = dataclasses.replace(LossConfig().only(["feat"]), implementation="chunked")
+    out = distill_loss(s, t, labels, vm, cfg, student_hidden=h_s, teacher_hidden=h_t, attention_mask=am,
+                       parts={"feat": proj})
+    mask = (labels != -100) & am.bool()  # LLaVADI: unshifted labels, padding removed
+    with torch.no_grad():
+        want = float(F.mse_loss(proj(h_s[mask]), h_t[mask]))
+    assert out.parts["feat"] == pytest.approx(want, rel=1e-10)
