@@ -122,6 +122,7 @@ _SHARED_CHECKS = {
     "on_policy": lambda v: None if 0 <= v <= 1 else f"must be in [0, 1], got {v}",
     "sample_temperature": _positive,
     "max_new_tokens": _at_least_one,
+    "parts_lr": lambda v: None if v is None or v >= 0 else f"must be >= 0, got {v}",
     "chunk_rows": _at_least_one,
     "chunk_vocab": _at_least_one,
 }
@@ -136,6 +137,7 @@ _SHARED = [
     ("on_policy", float, 0.0, True),  # share of micro-batches whose last answer the student samples (GKD's lambda)
     ("sample_temperature", float, 1.0, True),  # the student's sampling temperature on those micro-batches
     ("max_new_tokens", int, 128, True),  # at most this many sampled tokens per answer
+    ("parts_lr", float | None, None, True),  # the learnable parts' learning rate (null: the student's)
 ]
 
 

@@ -108,9 +108,11 @@ def _method_fields() -> tuple[list, dict[str, str]]:
         fields.append((param.name, param.type, field(default=param.default)))
         docs[param.name] = f"{spec.title}: {param.doc}."
     fields += [("temperature", float, field(default=1.0)),
+               ("parts_lr", float | None, field(default=None)),
                ("on_policy", OnPolicy | None, field(default=None)),
                ("follows", str, field(default=""))]
     docs.update(temperature="Softmax temperature of the divergences on logits.",
+                parts_lr="The learning rate of the terms' learnable parts (null: the student's).",
                 on_policy="The student's own samples as responses (null: the dataset's answers only).",
                 follows="The paper (or summary) the method follows, in a few words.")
     return fields, docs
@@ -161,6 +163,8 @@ def loss_overrides(m: Method) -> dict:
     out.update({f"loss.{terms.weight_key(t)}": getattr(m, terms.weight_key(t)) for t in terms.names()})
     out.update({f"loss.{p.name}": getattr(m, p.name) for _, p in method_params()})
     out["loss.temperature"] = m.temperature
+    if m.parts_lr is not None:  # left out at its default, as job configs written before it leave it out
+        out["loss.parts_lr"] = m.parts_lr
     op = m.on_policy or OnPolicy(fraction=0.0)
     out.update({"loss.on_policy": op.fraction, "loss.sample_temperature": op.temperature,
                 "loss.max_new_tokens": op.max_new_tokens})

@@ -82,6 +82,18 @@ def _differences(stage, ref_dir, run_dir, tol=1e-5) -> list[str]:
     return out
 
 
+def _killed_and_control(pair, tmp_path, stage, *extra):
+    """A run killed with SIGKILL mid-step (after step 3, checkpoint 2 complete) and a copy of it to
+    spoil for a negative control (its stored config pointed at the copy)."""
+    killed = tmp_path / "killed"
+    _kill_mid_step(_cli(pair, stage, killed, *extra, wait=False), killed, after_step=3)
+    control = tmp_path / "control"
+    shutil.copytree(killed, control)
+    stored = control / "config.yaml"
+    stored.write_text(stored.read_text().replace(str(killed), str(control)))
+    return killed, control
+
+
 def _kill_mid_step(proc, run_dir, after_step: int):
     """SIGKILL once checkpoint-2 is complete and step ``after_step`` is logged: the next step is in flight."""
     t0 = time.time()
@@ -105,12 +117,7 @@ def _kill_mid_step(proc, run_dir, after_step: int):
 def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(pair, tmp_path, stage):
     ref = tmp_path / "ref"
     _cli(pair, stage, ref)
-    killed = tmp_path / "killed"
-    _kill_mid_step(_cli(pair, stage, killed, wait=False), killed, after_step=3)
-    control = tmp_path / "control"  # the same killed run, resumed without its RNG state
-    shutil.copytree(killed, control)
-    stored = control / "config.yaml"
-    stored.write_text(stored.read_text().replace(str(killed), str(control)))
+    killed, control = _killed_and_control(pair, tmp_path, stage)  # control: resumed without its RNG state
     from llavakd.io import write_marker
 
     for rng in control.glob("checkpoints/checkpoint-*/rng_state*.pth"):
@@ -256,12 +263,7 @@ def test_on_policy_sigkill_then_resume_equals_an_uninterrupted_run(pair, tmp_pat
     _cli(pair, "dft", ref, *GKD)
     sampled = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines() if '"sampled"' in x]
     assert sampled and all(isinstance(t, str) for rec in sampled for t in rec["sampled"])  # logged at logging steps
-    killed = tmp_path / "killed"
-    _kill_mid_step(_cli(pair, "dft", killed, *GKD, wait=False), killed, after_step=3)
-    control = tmp_path / "control"
-    shutil.copytree(killed, control)
-    stored = control / "config.yaml"
-    stored.write_text(stored.read_text().replace(str(killed), str(control)))
+    killed, control = _killed_and_control(pair, tmp_path, "dft", *GKD)
     from llavakd.io import write_marker
     from llavakd.train.onpolicy import SAMPLING_STATE
 
@@ -337,12 +339,7 @@ def test_learnable_parts_sigkill_then_resume_equals_an_uninterrupted_run(pair, t
     assert not (ref / "final" / LOSS_PARTS).exists()
     assert not [k for k in load_file(ref / "final" / "model.safetensors") if "loss_parts" in k]
 
-    killed = tmp_path / "killed"
-    _kill_mid_step(_cli(pair, "dft", killed, *LLAVADI, wait=False), killed, after_step=3)
-    control = tmp_path / "control"
-    shutil.copytree(killed, control)
-    stored = control / "config.yaml"
-    stored.write_text(stored.read_text().replace(str(killed), str(control)))
+    killed, control = _killed_and_control(pair, tmp_path, "dft", *LLAVADI)
     assert _drop_parts_optimizer_state(control, [tuple(v.shape) for v in parts.values()]) > 0
     _cli(pair, "dft", killed, *LLAVADI, resume=True)
     keys = ("loss", "loss_ce", "loss_res", "loss_feat", "learning_rate", "grad_norm")

@@ -329,3 +329,38 @@ def test_a_micro_study_trains_scores_and_tables_llavadi_align_kd_and_bild(micro_
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     for method in ("ce", "llavadi", "align_kd", "bild"):
         assert any(line.startswith(f"| {method} | ") for line in rows), (method, table[:2000])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parts_lr", [None, 0.0])
+def test_learnable_parts_train_at_the_students_rate_unless_parts_lr_sets_another(pair, tmp_path, parts_lr):
+    """LLaVADI's projector moves with the student's learning rate by default; ``loss.parts_lr: 0``
+    keeps it at its initial weights (its own optimizer groups) while the student still trains."""
+    from safetensors.torch import load_file
+
+    from llavakd.config import TrainConfig
+    from llavakd.distill.parts import build_parts
+    from llavakd.layout import LOSS_PARTS
+    from llavakd.train.run import run_stage
+    from llavakd.train.trainer import complete_checkpoints
+
+    args = [f"model={pair / 'student'}", f"teacher={pair / 'teacher'}", f"output_dir={tmp_path / 'run'}",
+            f"data.json={pair / 'world' / 'train' / 'instruct.json'}", f"data.images={pair / 'world' / 'images'}",
+            "train.precision=fp32", "train.global_batch=4", "train.per_device_batch=4", "train.max_steps=2",
+            "train.save_steps=2", "train.lr=1e-3", "train.warmup_ratio=0", "loss.vis=false", "loss.rel=false",
+            "loss.feat=true"] + ([f"loss.parts_lr={parts_lr}"] if parts_lr is not None else [])
+    cfg = load_stage_config(None, args, stage="dft")
+    run_stage(cfg)
+    saved = load_file(complete_checkpoints(tmp_path / "run" / "checkpoints")[-1] / LOSS_PARTS)
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.distill.parts import dims_of
+
+    student = LlavaForConditionalGeneration.from_pretrained(pair / "student")
+    teacher = LlavaForConditionalGeneration.from_pretrained(pair / "teacher")
+    init = build_parts(cfg.loss, dims_of(student, teacher), seed=TrainConfig().seed).state_dict()
+    moved = max((saved[k] - init[k]).abs().max().item() for k in init)
+    trained = LlavaForConditionalGeneration.from_pretrained(tmp_path / "run" / "final")
+    student_moved = (trained.lm_head.weight - student.lm_head.weight).abs().max().item()
+    assert student_moved > 1e-4
+    assert (moved == 0.0) if parts_lr == 0.0 else (moved > 1e-4), moved

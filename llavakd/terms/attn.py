@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from llavakd.terms.base import Dims, NaiveInputs, Param, TermSpec, positions
+from llavakd.terms.base import Dims, NaiveInputs, Param, TermSpec, engine_and_oracle, positions
 
 
 def query_key_masks(cfg, labels, visual_mask, attention_mask):
@@ -99,13 +99,7 @@ def _value(x: NaiveInputs, cfg, full: bool):
     return total / max(n, 1), int(n)
 
 
-def value(x: NaiveInputs, cfg):
-    return _value(x, cfg, full=False)
-
-
-def naive(x: NaiveInputs, cfg):
-    v, n = _value(x, cfg, full=True)
-    return v.to(x.student.dtype), n
+value, naive = engine_and_oracle(_value)
 
 
 def build(cfg, dims: Dims):

@@ -238,6 +238,20 @@ def between(low: float, high: float, closed_low: bool, closed_high: bool) -> Cal
     return check
 
 
+def engine_and_oracle(compute: Callable) -> tuple[Callable, Callable]:
+    """A term's autograd form and its naive form from one ``compute(x, cfg, full) -> (value, count)``
+    that takes only the rows it needs (``full`` False) or the full maps first (the oracle)."""
+
+    def value(x, cfg):
+        return compute(x, cfg, False)
+
+    def naive(x, cfg):
+        v, n = compute(x, cfg, True)
+        return v.to(x.student.dtype), n
+
+    return value, naive
+
+
 @dataclass(frozen=True)
 class Dims:
     """The shapes a term's learnable parts are built for (both LLMs' widths and attention heads)."""

@@ -16,7 +16,7 @@ attention at ``attn_layer`` (the first) favours; weight 1. Readings taken here (
 
 from __future__ import annotations
 
-from llavakd.terms.base import Dims, NaiveInputs, Param, TermSpec, at_least
+from llavakd.terms.base import Dims, NaiveInputs, Param, TermSpec, at_least, engine_and_oracle
 
 
 def favoured(x: NaiveInputs, cfg, b, keys, k: int, full: bool):
@@ -60,13 +60,7 @@ def _value(x: NaiveInputs, cfg, full: bool):
     return total / max(n, 1), n
 
 
-def value(x: NaiveInputs, cfg):
-    return _value(x, cfg, full=False)
-
-
-def naive(x: NaiveInputs, cfg):
-    v, n = _value(x, cfg, full=True)
-    return v.to(x.student.dtype), n
+value, naive = engine_and_oracle(_value)
 
 
 def build(cfg, dims: Dims):

@@ -386,6 +386,25 @@ class KDTrainer(Trainer):
         load_weights_strictly(self.model, checkpoint)
         self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
+    # -- optimizer --------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        """transformers' optimizer; with ``loss.parts_lr`` the objective's learnable parts get groups
+        of their own at that learning rate (the schedule scales them as the student's)."""
+        optimizer = super().create_optimizer(model)
+        lr = self.loss_config.parts_lr
+        parts = parts_of(self.model)
+        if lr is None or parts is None:
+            return optimizer
+        ids = {id(p) for p in parts.parameters()}
+        for group in list(optimizer.param_groups):
+            own = [p for p in group["params"] if id(p) in ids]
+            if own:
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
+                optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": own,
+                                           "lr": lr})
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        return optimizer
+
     # -- saving ----------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save the student without the objective's learnable parts, so every saved model (final/
