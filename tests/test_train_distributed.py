@@ -196,12 +196,17 @@ LLAVADI = ("loss.vis=false", "loss.rel=false", "loss.feat=true")
 LLAVADI_KEYS = ("loss", "loss_ce", "loss_res", "loss_feat", "grad_norm", "learning_rate")
 
 
+@pytest.fixture(scope="module")
+def plain_llavadi(setup, tmp_path_factory):
+    return _train(setup, tmp_path_factory.mktemp("plain_llavadi") / "run", *LLAVADI)
+
+
 @pytest.mark.parametrize("engine", ["ddp", "zero2"])
-def test_llavadi_with_its_learnable_projector_on_two_ranks_matches_one_process(setup, tmp_path, engine):
+def test_llavadi_with_its_learnable_projector_on_two_ranks_matches_one_process(setup, plain_llavadi, tmp_path, engine):
     """LLaVADI's projector trains beside the student (llavakd.distill.parts): on 2 ranks, under DDP
     and under DeepSpeed ZeRO-2, every logged part (L_feat's reflects the projector's updates), the
     grad norm (which counts the projector's gradient) and the final weights equal one process's."""
-    plain = _train(setup, tmp_path / "plain", *LLAVADI)
+    plain = plain_llavadi
     extra = [f"train.deepspeed={ROOT / 'config' / 'deepspeed' / 'zero2.json'}"] if engine == "zero2" else []
     two = _train(setup, tmp_path / engine, *LLAVADI, *extra, launcher=_torchrun())
     assert all(rec["loss_feat"] > 0 for rec in plain[0].values())
