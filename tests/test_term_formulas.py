@@ -83,3 +83,45 @@ def test_feat_is_llavadis_mse_on_the_answer_tokens():
     with torch.no_grad():
         want = float(F.mse_loss(proj(h_s[mask]), h_t[mask]))
     assert out.parts["feat"] == pytest.approx(want, rel=1e-10)
+
+
+@pytest.mark.parametrize("queries,keys,heads,distance", [
+    ("answers", "answers", "mean", "mse"), ("after_image", "visual", "mean", "kl"), ("answers", "visual", "mix", "mse"),
+    ("answers", "answers", "mean", "kl")])
+def test_attention_term_variants_equal_their_oracle_and_count_causal_pairs(queries, keys, heads, distance):
+    """attn's parameters beyond Align-KD's defaults (LLaVADI's answer masks, the first upload's KL over
+    head-averaged rows): the selected-rows computation equals the full-map oracle, values and
+    gradients, and the count is the causal (query, key) pairs (or the queries that have a key)."""
+    from llavakd.distill.parts import build_parts
+    from llavakd.terms import Dims
+    from llavakd.terms.attn import count
+
+    s, t, labels, vm, am = _batch()
+    g = torch.Generator().manual_seed(2)
+    qk = [torch.randn(2, h, 12, 4, generator=g, dtype=torch.float64) for h in (2, 2, 3, 3)]
+    cfg = dataclasses.replace(LossConfig().only(["attn"]), attn_queries=queries, attn_keys=keys, attn_heads=heads,
+                              attn_distance=distance)
+    parts = build_parts(cfg, Dims(5, 7, 2, 3))
+    parts = parts.double() if parts is not None else None
+    outs = {}
+    for impl in ("naive", "chunked"):
+        q_s, k_s = qk[0].clone().requires_grad_(True), qk[1].clone().requires_grad_(True)
+        out = distill_loss(s, t, labels, vm, dataclasses.replace(cfg, implementation=impl), attention_mask=am,
+                           student_attention=(q_s, k_s), teacher_attention=(qk[2], qk[3]), parts=parts)
+        out.total.backward()
+        outs[impl] = (out, q_s.grad, k_s.grad)
+    (a, ga, ka), (b, gb, kb) = outs["naive"], outs["chunked"]
+    assert b.parts["attn"] == pytest.approx(a.parts["attn"], rel=1e-10) and b.parts["attn"] > 0
+    torch.testing.assert_close(gb, ga)
+    torch.testing.assert_close(kb, ka)
+    qmask = (labels != -100) & am.bool() if queries == "answers" else None
+    if queries == "answers" and keys == "answers":
+        per = [int(qmask[i].sum()) for i in range(2)]  # answers attend to themselves and earlier answers
+        want = sum(n * (n + 1) // 2 for n in per) if distance == "mse" else sum(per)
+        assert b.counts["attn"] == want == count(cfg, labels, vm, am)
+
+
+def test_a_kl_between_mixed_attention_maps_is_refused_with_the_config():
+    cfg = dataclasses.replace(LossConfig().only(["attn"]), attn_distance="kl", attn_heads="mix")
+    assert any("attn_heads: mean" in p for p in cfg.validate())
+    assert not dataclasses.replace(cfg, attn_heads="mean").validate()

@@ -7,7 +7,8 @@ against the student's, MSE over the entries of a text/vision mask; weight 1. Rea
 (docs/methods.md):
 
 * the entries: queries at the text positions after the image (``attn_queries: after_image``; or
-  the answer tokens, ``answers``), keys at the visual positions. The public code's mask has the
+  the answer tokens, ``answers``), keys at the visual positions (``attn_keys: visual``; or the
+  answer tokens, ``answers``, where only the causal pairs, key not after query, count). The public code's mask has the
   vision positions as rows and the text after them as columns, which causal attention makes zero
   in both models (no gradient); the paper speaks of text attending to vision, read here;
 * the map trains with the student (the public code keeps it outside the optimizer's groups, so it
@@ -39,20 +40,28 @@ def query_key_masks(cfg, labels, visual_mask, attention_mask):
     else:  # the text after each sample's image
         seen = torch.cumsum(visual_mask.long(), dim=1) > 0
         q = seen & ~visual_mask & attended
-    has_image = visual_mask.any(-1, keepdim=True)
-    return q & has_image, visual_mask
+    if cfg.attn_keys == "answers":
+        return q, positions("answers", labels, visual_mask, attention_mask)
+    return q & visual_mask.any(-1, keepdim=True), visual_mask
+
+
+def causal_pairs(rows, keys):
+    """[n, m] bool: which (query, key) pairs causal attention connects (the key not after the query)."""
+    return keys[None, :] <= rows[:, None]
 
 
 def count(cfg, labels, visual_mask, attention_mask) -> float:
-    """The pairs (MSE) or queries (KL) the term averages over in a batch."""
-    q, k = query_key_masks(cfg, labels, visual_mask, attention_mask)
-    if cfg.attn_distance == "kl":
-        return float(q.sum())
-    return float((q.sum(-1) * k.sum(-1)).sum())
+    """The (query, key) pairs (MSE) or the queries with a key (KL) the term averages over in a batch."""
+    qm, km = query_key_masks(cfg, labels, visual_mask, attention_mask)
+    total = 0
+    for b in range(labels.shape[0]):
+        pairs = causal_pairs(qm[b].nonzero().flatten(), km[b].nonzero().flatten())
+        total += int(pairs.any(-1).sum()) if cfg.attn_distance == "kl" else int(pairs.sum())
+    return float(total)
 
 
 def _maps(x: NaiveInputs, cfg, b, rows, keys, full: bool):
-    """(student, teacher) probabilities of one sample's query rows over its visual keys, [heads, n, m]."""
+    """(student, teacher) probabilities of one sample's query rows over its chosen keys, [heads, n, m]."""
     import torch
 
     from llavakd.distill.attention import probabilities
@@ -68,8 +77,8 @@ def _maps(x: NaiveInputs, cfg, b, rows, keys, full: bool):
     return out[0], out[1].detach()
 
 
-def _distance(ps, pt, x: NaiveInputs, cfg):
-    """Summed distance of one sample's maps (the caller divides by the count)."""
+def _distance(ps, pt, pairs, x: NaiveInputs, cfg):
+    """Summed distance of one sample's maps over its causal ``pairs`` (the caller divides by the count)."""
     import torch
 
     if cfg.attn_heads == "mix":
@@ -79,10 +88,14 @@ def _distance(ps, pt, x: NaiveInputs, cfg):
     else:
         ps, pt = ps.mean(0, keepdim=True), pt.mean(0, keepdim=True)
     if cfg.attn_distance == "mse":
-        return (ps - pt).pow(2).mean(0).sum()
-    ps, pt = ps.mean(0), pt.mean(0)  # head-averaged rows over the visual keys, renormalised
+        return ((ps - pt).pow(2).mean(0) * pairs).sum()
+    keep = pairs.any(-1)  # head-averaged rows over the chosen keys, renormalised
+    valid = pairs[keep]
+    ps, pt = (ps.mean(0) * pairs)[keep], (pt.mean(0) * pairs)[keep]
     ps, pt = ps / ps.sum(-1, keepdim=True), pt / pt.sum(-1, keepdim=True)
-    return torch.where(pt > 0, pt * (pt.log() - ps.log()), torch.zeros_like(pt)).sum()
+    one = torch.ones((), dtype=ps.dtype, device=ps.device)  # log(1) = 0 off the causal pairs: no inf * 0 in the gradient
+    terms = pt * (torch.where(valid, pt, one).log() - torch.where(valid, ps, one).log())
+    return torch.where(valid & (pt > 0), terms, torch.zeros_like(pt)).sum()
 
 
 def _value(x: NaiveInputs, cfg, full: bool):
@@ -95,7 +108,7 @@ def _value(x: NaiveInputs, cfg, full: bool):
         rows, keys = qm[b].nonzero().flatten(), km[b].nonzero().flatten()
         if rows.numel() and keys.numel():
             ps, pt = _maps(x, cfg, b, rows, keys, full)
-            total = total + _distance(ps, pt, x, cfg).double()
+            total = total + _distance(ps, pt, causal_pairs(rows, keys), x, cfg).double()
     return total / max(n, 1), int(n)
 
 
@@ -116,10 +129,15 @@ SPEC = TermSpec(
     params=(Param("attn_layer", int, 0, "the decoder layer (0: the first; negative: from the last)"),
             Param("attn_queries", Literal["after_image", "answers"], "after_image",
                   "the query rows: the text after the image, or the answer tokens"),
+            Param("attn_keys", Literal["visual", "answers"], "visual",
+                  "the keys: the visual tokens, or the answer tokens (causal pairs only; LLaVADI's answer-to-answer mask)"),
             Param("attn_heads", Literal["mix", "mean"], "mix",
                   "mix: the teacher's heads mapped to the student's by a learnable map; mean: both averaged"),
             Param("attn_distance", Literal["mse", "kl"], "mse",
                   "mse over the entries (the current code), or KL between head-averaged rows (the first upload)")),
+    checks=lambda cfg: ["attn_distance: kl compares distributions; with attn_heads: mix the mixed teacher maps "
+                        "are not one (use attn_heads: mean)"] if cfg.attn_distance == "kl" and cfg.attn_heads == "mix"
+    else [],
     autograd_term=value, naive=naive, needs=lambda cfg: ("attention",), parts=build,
     learnable=lambda cfg: cfg.attn_heads == "mix", attention_layer=lambda cfg: cfg.attn_layer,
     part_params=lambda cfg, d: (d.teacher_heads * d.student_heads + d.student_heads) if cfg.attn_heads == "mix" else 0,
