@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from llavakd import terms
 from llavakd.config import DataConfig, LossConfig, StageConfig, TrainConfig, set_dotted, stage_config_from_dict, to_dict
 from llavakd.errors import ConfigError, LlavaKDError, UnknownNameError
 from llavakd.layout import Layout, given_name, marker, model_name, parse_model, released_name
@@ -398,6 +399,11 @@ class Study:
             if cfg.loss.on_policy > 0 and _zero_stage(cfg.train.deepspeed) == 3:
                 problems.append(f"job {model_name(llm, seed, chain)}: loss.on_policy under ZeRO-3 is refused: the "
                                 "student samples with its full weights, which ZeRO-3 partitions; use ZeRO-2")
+            with_parts = [n for n in cfg.loss.enabled() if terms.spec(n).has_parts(cfg.loss)]
+            if with_parts and _zero_stage(cfg.train.deepspeed) == 3:
+                problems.append(f"job {model_name(llm, seed, chain)}: loss terms with learnable parts "
+                                f"({', '.join(with_parts)}) under ZeRO-3 are refused: the parts are used outside the "
+                                "student's forward, where ZeRO-3 keeps them partitioned; use ZeRO-2")
             if cfg.train.liger_kernels and gpus == 0:
                 problems.append(f"job {model_name(llm, seed, chain)}: train.liger_kernels needs a GPU (liger-kernel is "
                                 "Triton, CUDA only) and resources.train.gpus is 0; switch it off or give the job GPUs")

@@ -140,8 +140,10 @@ def term_spellings(source: str) -> list[str]:
     """Places that enumerate or branch on a loss term outside the registry (llavakd/terms/): a term's
     name, weight key or parameter compared with (``t == "rel"``, ``"res" in x``), used as a subscript
     (``parts["vis"]``), a dict key, an item of a literal tuple/list/set, a keyword argument
-    (``LossConfig(res=False)``; a method's parameters, ``divergence="jsd"``, are data), or read as an
-    attribute (``cfg.rel``, ``cfg.rel_source``). Names as data stay allowed: a method's ``terms=[...]``
+    (``LossConfig(res=False)``; a method's parameters, ``divergence="jsd"``, are data), read as an
+    attribute (``cfg.rel``, ``cfg.rel_source``), passed to a call (``getattr(cfg, "rel")``,
+    ``cfg.weight("vis")``, ``x.startswith("rel")``), matched in a ``case``, or spelled as its metrics key
+    (``"loss_res"``). Names as data stay allowed: a method's ``terms=[...]``
     list, plain string assignments, docstrings and comments."""
     from llavakd import terms
 
@@ -157,8 +159,11 @@ def term_spellings(source: str) -> list[str]:
                 isinstance(v, ast.Call) and getattr(v.func, "id", None) == "Method" for v in node.values):
             data |= {id(k) for k in node.keys if k is not None}
 
+    logged = {f"loss_{n}" for n in names}  # a term's metrics key
+
     def is_name(node) -> bool:
-        return isinstance(node, ast.Constant) and node.value in names and id(node) not in data
+        return (isinstance(node, ast.Constant) and (node.value in names or node.value in logged)
+                and id(node) not in data)
 
     found = []
     for node in ast.walk(tree):
@@ -173,6 +178,10 @@ def term_spellings(source: str) -> list[str]:
         elif isinstance(node, ast.keyword) and node.arg in keys:
             found.append(f"{node.arg}=")
         elif isinstance(node, ast.Attribute) and (node.attr in keys or node.attr in params):
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Call) and any(is_name(a) for a in node.args):  # getattr(cfg, "rel"), spec("feat")
+            found.append(ast.unparse(node)[:60])
+        elif isinstance(node, ast.MatchValue) and is_name(node.value):
             found.append(ast.unparse(node))
     return found
 
@@ -191,7 +200,9 @@ def test_no_module_outside_the_registry_names_a_loss_term():
 def test_the_term_check_catches_a_term_named_outside_the_registry():
     for snippet in ('if cfg.rel: x = 1', 'x = parts["vis"]', 'ok = name == "res"', 'TERMS = ("ce", "res")',
                     'c = LossConfig(res=False)', 'w = {"ce": 1.0}', 'if cfg.rel_source == "features": pass',
-                    'w = cfg.rel_weight', 'x = dataclasses.replace(cfg, ce=False)', 'w = {"bild": 1, "x": f()}'):
+                    'w = cfg.rel_weight', 'x = dataclasses.replace(cfg, ce=False)', 'w = {"bild": 1, "x": f()}',
+                    'on = getattr(cfg, "rel")', 'w = cfg.weight("vis")', 'ok = k.startswith("rel")',
+                    'x = rec["loss_res"]', 'match t:\n    case "feat":\n        pass'):
         assert term_spellings(snippet), snippet
     for snippet in ('CONTROL = "ce"', 'm = Method(terms=["ce", "res"], divergence="jsd")', 'x = cfg.weight(name)',
                     'BUILTIN = {"bild": Method(terms=["bild"])}',

@@ -125,3 +125,63 @@ def test_a_kl_between_mixed_attention_maps_is_refused_with_the_config():
     cfg = dataclasses.replace(LossConfig().only(["attn"]), attn_distance="kl", attn_heads="mix")
     assert any("attn_heads: mean" in p for p in cfg.validate())
     assert not dataclasses.replace(cfg, attn_heads="mean").validate()
+
+
+def _full_attention(q, k, attended):
+    """Every row's attention probabilities [heads, L, L] of one sample, written out: causal + padding."""
+    L = q.shape[1]
+    allowed = torch.tril(torch.ones(L, L, dtype=torch.bool)) & attended[None, :]
+    return torch.softmax((q @ k.transpose(-1, -2)).masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+def _align_kd_inputs():
+    s, t, labels, vm, am = _batch()
+    g = torch.Generator().manual_seed(3)
+    qk = [torch.randn(2, h, 12, 4, generator=g, dtype=torch.float64) for h in (2, 2, 3, 3)]
+    f_s = torch.randn(2, 12, 5, generator=g, dtype=torch.float64)
+    f_t = torch.randn(2, 12, 7, generator=g, dtype=torch.float64)
+    return s, t, labels, vm, am, qk, f_s, f_t
+
+
+def test_attn_is_align_kds_mse_through_the_head_mixer_from_text_to_vision():
+    """Align-KD's attention term written out here: full causal maps, the teacher's 3 heads mixed into
+    the student's 2 by the learnable map, MSE over the (text after the image) x (visual) entries."""
+    s, t, labels, vm, am, qk, _, _ = _align_kd_inputs()
+    mixer = torch.nn.Linear(3, 2).double()
+    cfg = dataclasses.replace(LossConfig().only(["attn"]), implementation="chunked")
+    out = distill_loss(s, t, labels, vm, cfg, attention_mask=am, student_attention=(qk[0], qk[1]),
+                       teacher_attention=(qk[2], qk[3]), parts={"attn": mixer})
+    total, pairs = 0.0, 0
+    with torch.no_grad():
+        for b in range(2):
+            ps = _full_attention(qk[0][b], qk[1][b], am[b].bool())
+            pt = _full_attention(qk[2][b], qk[3][b], am[b].bool())
+            pt = torch.einsum("sh,hqk->sqk", mixer.weight, pt) + mixer.bias[:, None, None]
+            after = (torch.arange(12) > 3) & am[b].bool()  # the image is at 1-3: text after it
+            rows, keys = after.nonzero().flatten(), vm[b].nonzero().flatten()
+            diff = (ps[:, rows][:, :, keys] - pt[:, rows][:, :, keys]) ** 2
+            total += float(diff.mean(0).sum())
+            pairs += rows.numel() * keys.numel()
+    assert out.counts["attn"] == pairs
+    assert out.parts["attn"] == pytest.approx(total / pairs, rel=1e-10)
+
+
+def test_vtok_is_align_kds_mapped_visual_tokens_over_all_and_the_favoured():
+    """Align-KD's visual-token term written out here: the teacher's tokens through the map, MSE over
+    every visual token plus MSE over the k the teacher's head- and query-averaged attention favours."""
+    s, t, labels, vm, am, qk, f_s, f_t = _align_kd_inputs()
+    mapper = torch.nn.Linear(7, 5).double()
+    cfg = dataclasses.replace(LossConfig().only(["vtok"]), vtok_top_k=2, implementation="chunked")
+    out = distill_loss(s, t, labels, vm, cfg, attention_mask=am, student_features=f_s, teacher_features=f_t,
+                       student_attention=(qk[0], qk[1]), teacher_attention=(qk[2], qk[3]), parts={"vtok": mapper})
+    total = 0.0
+    with torch.no_grad():
+        for b in range(2):
+            keys = vm[b].nonzero().flatten()
+            pt = _full_attention(qk[2][b], qk[3][b], am[b].bool())
+            after = ((torch.arange(12) > 3) & am[b].bool()).nonzero().flatten()
+            top = keys[pt[:, after][:, :, keys].mean(dim=(0, 1)).topk(2).indices]
+            for pos in (keys, top):
+                total += float(F.mse_loss(mapper(f_t[b, pos]), f_s[b, pos]))
+    assert out.counts["vtok"] == 2
+    assert out.parts["vtok"] == pytest.approx(total / 2, rel=1e-10)

@@ -211,8 +211,9 @@ def test_the_docs_worked_example_term_passes_the_generic_tests_unedited(tmp_path
     import sys
 
     (tmp_path / "cos_term.py").write_text(_worked_example())
-    broken = _worked_example().replace("naive=value,", "naive=lambda x, c: tuple(v * 1.01 if i == 0 else v "
-                                                       "for i, v in enumerate(value(x, c))),")
+    broken = _worked_example().replace("naive=naive,", "naive=lambda x, c: tuple(v * 1.01 if i == 0 else v "
+                                                       "for i, v in enumerate(naive(x, c))),")
+    assert broken != _worked_example()
     (tmp_path / "cos_broken.py").write_text(broken)
     results = {}
     for module in ("cos_term", "cos_broken"):

@@ -212,3 +212,20 @@ def test_llavadi_with_its_learnable_projector_on_two_ranks_matches_one_process(s
     assert all(rec["loss_feat"] > 0 for rec in plain[0].values())
     assert mismatches(plain, two, keys=LLAVADI_KEYS) == []
     assert not [k for k in two[1] if "loss_parts" in k]  # final/ holds the student only
+
+
+def test_learnable_parts_under_zero3_are_refused_by_the_dry_run():
+    """ZeRO-3 keeps parameters partitioned outside their module's forward, and the parts are used
+    after the student's: the plan refuses the combination, naming the job and the terms."""
+    import yaml
+
+    from llavakd.errors import ConfigError
+    from llavakd.plan import Study
+
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["train"]["dft"]["train.deepspeed"] = "config/deepspeed/zero3.json"
+    raw["methods"] = {"compare": ["llavadi"]}
+    with pytest.raises(ConfigError, match=r"dft@llavadi: loss terms with learnable parts \(feat\) under ZeRO-3"):
+        Study.load(raw, source="paper.yaml")
+    raw["train"]["dft"]["train.deepspeed"] = "config/deepspeed/zero2.json"
+    Study.load(raw, source="paper.yaml")  # ZeRO-2 plans

@@ -1,4 +1,6 @@
-"""LLaVA-KD's objective: CE + L_res + L_vis + L_rel (docs/method.md, "Losses"), chunked by default.
+"""The objective: the registered loss terms (llavakd.terms), chunked by default. The paper's four
+(CE + L_res + L_vis + L_rel, docs/method.md "Losses") are on by default; the terms below are theirs,
+the others (docs/methods.md, "The loss terms") run through the same engines.
 
     from llavakd.distill import LossConfig, distill_loss
     out = distill_loss(student_logits, teacher_logits, labels, visual_mask, LossConfig())

@@ -130,7 +130,7 @@ SPEC = TermSpec(
             Param("attn_queries", Literal["after_image", "answers"], "after_image",
                   "the query rows: the text after the image, or the answer tokens"),
             Param("attn_keys", Literal["visual", "answers"], "visual",
-                  "the keys: the visual tokens, or the answer tokens (causal pairs only; LLaVADI's answer-to-answer mask)"),
+                  "the keys: the visual tokens, or the answer tokens (causal pairs only)"),
             Param("attn_heads", Literal["mix", "mean"], "mix",
                   "mix: the teacher's heads mapped to the student's by a learnable map; mean: both averaged"),
             Param("attn_distance", Literal["mse", "kl"], "mse",

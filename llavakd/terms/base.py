@@ -168,7 +168,7 @@ class TermSpec:
     """Papers and code it follows (docs/methods.md)."""
     parts: Callable[[Any, Dims], Any] | None = None
     """Its learnable modules: ``parts(cfg, dims)`` returns a ``torch.nn.Module`` (a projector, a head
-    mixer) that trains beside the student (llavakd.train.parts: optimizer, checkpoints, guard) and
+    mixer) that trains beside the student (llavakd.distill.parts: optimizer, checkpoints, guard) and
     is left out of the exported model; the term reads it as ``inputs.parts[name]``."""
     attention_layer: Callable[[Any], int] | None = None
     """The decoder layer whose attention it reads (``needs`` has ``attention``): the trainer hooks it."""

@@ -94,6 +94,10 @@ class KDTrainer(Trainer):
         tie_projector(self.model)
         self._student_taps = LLMTaps(self.model)
         self._teacher_taps = LLMTaps(teacher) if teacher is not None else None
+        if parts_of(self.model) is not None and self.is_deepspeed_enabled and \
+                self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            raise LlavaKDError("loss terms with learnable parts under ZeRO-3: the parts are used outside the student's "
+                               "forward, where ZeRO-3 keeps them partitioned; use ZeRO-2")
         self._attention_taps = None  # one layer's attention inputs, for the terms that read attention maps
         if loss_config.attention_layers() and teacher is not None:
             from llavakd.distill.attention import AttentionTaps, decoder_layers
@@ -383,7 +387,7 @@ class KDTrainer(Trainer):
         are loaded into the plain model; ``save_final`` then writes them."""
         from transformers import TrainerState
 
-        load_weights_strictly(self.model, checkpoint)
+        load_weights_strictly(self.model, checkpoint, with_parts=False)  # the exported student needs no parts
         self.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
     # -- optimizer --------------------------------------------------------------------------
@@ -568,11 +572,12 @@ def tie_projector(model):
     return llm.register_forward_pre_hook(add_zero_projection, with_kwargs=True)
 
 
-def load_weights_strictly(target, folder) -> None:
+def load_weights_strictly(target, folder, with_parts: bool = True) -> None:
     """Load a saved checkpoint's weights into ``target`` through from_pretrained's key conversion;
     refuse (naming the keys) when they do not match, instead of warning and going on. The
-    objective's learnable parts, when the target holds them, come from the checkpoint's
-    ``LOSS_PARTS`` file, as strictly."""
+    objective's learnable parts, when the target holds them and ``with_parts``, come from the
+    checkpoint's ``LOSS_PARTS`` file, as strictly (a run that only writes final/ from its last
+    checkpoint needs none; under DeepSpeed the engine's own checkpoint holds them)."""
     loaded = type(target).from_pretrained(folder, dtype=next(target.parameters()).dtype)
     result = target.load_state_dict(loaded.state_dict(), strict=False)
     tied = {"lm_head.weight"} if target.config.tie_word_embeddings else set()
@@ -581,7 +586,7 @@ def load_weights_strictly(target, folder) -> None:
         raise LlavaKDError(
             f"{folder}: checkpoint does not match the model (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
-    parts = parts_of(target)
+    parts = parts_of(target) if with_parts else None
     if parts is not None:
         path = Path(folder) / LOSS_PARTS
         if not path.is_file():
