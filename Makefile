@@ -28,7 +28,7 @@ demo: install  ## the main job: the whole tiny DAG (= snakemake --cores all repr
 # tree is built once for both (tests/conftest.py). `make test` prints the 15 slowest tests.
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider -n 2
 
-test: install  ## the whole test suite (what CI runs), about 15 minutes on 2 cores
+test: install  ## the whole test suite (what CI runs), about 20 minutes on 2 cores
 	rc=0; $(PYTEST) --durations=15 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
