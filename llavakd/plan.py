@@ -404,10 +404,27 @@ class Study:
                 problems.append(f"job {model_name(llm, seed, chain)}: loss terms with learnable parts "
                                 f"({', '.join(with_parts)}) under ZeRO-3 are refused: the parts are used outside the "
                                 "student's forward, where ZeRO-3 keeps them partitioned; use ZeRO-2")
+            problems += [f"job {model_name(llm, seed, chain)}: {p}" for p in self._attention_layer_problems(llm, cfg)]
             if cfg.train.liger_kernels and gpus == 0:
                 problems.append(f"job {model_name(llm, seed, chain)}: train.liger_kernels needs a GPU (liger-kernel is "
                                 "Triton, CUDA only) and resources.train.gpus is 0; switch it off or give the job GPUs")
         return problems
+
+    def _attention_layer_problems(self, llm: str, cfg) -> list[str]:
+        """The layer an attention term hooks must exist in both LLMs (known shapes only: the tiny
+        world's models are checked when the trainer hooks the layer)."""
+        layers = cfg.loss.attention_layers()
+        if not layers or not cfg.distill:
+            return []
+        out = []
+        for who in (llm, self.teacher_of(llm)):
+            try:
+                depth = self.llm_shape(who).num_hidden_layers
+            except UnknownNameError:
+                continue
+            out += [f"an attention term reads layer {k}, and {who} has {depth} layers" for k in sorted(layers)
+                    if not -depth <= k < depth]
+        return out
 
     def data_paths(self) -> dict:
         """The study's data, keyed as the stages name it (``StageSpec.dataset``) plus ``images``."""

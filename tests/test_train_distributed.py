@@ -229,3 +229,18 @@ def test_learnable_parts_under_zero3_are_refused_by_the_dry_run():
         Study.load(raw, source="paper.yaml")
     raw["train"]["dft"]["train.deepspeed"] = "config/deepspeed/zero2.json"
     Study.load(raw, source="paper.yaml")  # ZeRO-2 plans
+
+
+def test_an_attention_layer_the_llms_do_not_have_fails_the_dry_run():
+    import yaml
+
+    from llavakd.errors import ConfigError
+    from llavakd.plan import Study
+
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    deep = {"terms": ["ce", "attn"], "attn_layer": 40}  # Qwen1.5-0.5B has 24 layers, Qwen1.5-4B 40
+    raw["methods"] = {"compare": ["deep_attn"], "define": {"deep_attn": deep}}
+    with pytest.raises(ConfigError, match=r"dft@deep_attn: an attention term reads layer 40, and qwen1.5-0.5b has 24"):
+        Study.load(raw, source="paper.yaml")
+    deep["attn_layer"] = -24
+    Study.load(raw, source="paper.yaml")  # the first layer, counted from the end of the 0.5B student

@@ -103,6 +103,10 @@ class KDTrainer(Trainer):
             from llavakd.distill.attention import AttentionTaps, decoder_layers
 
             (layer,) = loss_config.attention_layers()  # one layer (validated with the config)
+            for who, m in (("student", self.model), ("teacher", teacher)):
+                depth = len(decoder_layers(m))
+                if not -depth <= layer < depth:
+                    raise LlavaKDError(f"an attention term reads layer {layer}, and the {who} has {depth} layers")
             self._attention_taps = (AttentionTaps(decoder_layers(self.model)[layer].self_attn),
                                     AttentionTaps(decoder_layers(teacher)[layer].self_attn))
         self._implementation: str | None = None
