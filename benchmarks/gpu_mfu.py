@@ -39,12 +39,13 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORS = ("batch", "implementation", "vision", "checkpointing", "compile", "liger")
 SHRINK_LLM = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-              "num_key_value_heads": 4, "vocab_size": 512}
+              "num_key_value_heads": 4, "head_dim": 16, "vocab_size": 512}
 SHRINK_VISION = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
                  "num_hidden_layers": 1, "num_attention_heads": 2}
 
@@ -62,8 +63,8 @@ def start_setting(config: str, student: str) -> tuple[dict, dict]:
     if job is None:
         raise SystemExit(f"{config}: no DFT job for student {student!r}")
     cfg = study.stage_config(*job)
-    shapes = {"vision": study.vision_shape()[0], "vision_source": study.vision_shape()[1],
-              "student": vars(study.llm_shape(student)), "teacher": vars(study.llm_shape(study.teacher_of(student)))}
+    shapes = {"vision": asdict(study.vision_shape()[0]), "vision_source": study.vision_shape()[1],
+              "student": asdict(study.llm_shape(student)), "teacher": asdict(study.llm_shape(study.teacher_of(student)))}
     return shapes, {"student": student, "teacher": study.teacher_of(student), "seq": cfg.data.max_length,
             "batch": cfg.train.per_device_batch, "implementation": cfg.loss.implementation,
             "vision": 1 if cfg.train.share_vision_tower else 2,
@@ -89,19 +90,19 @@ class Bench:
         import torch
 
         from llavakd.model.build import image_token_count, llava_config
-        from llavakd.model.shapes import llm_config, siglip_config
+        from llavakd.model.shapes import LLMShape, VisionShape, llm_config, siglip_config
 
         self.torch, self.args = torch, args
         self.dev = torch.device(args.device)
         self.cuda = self.dev.type == "cuda"
         self.image_id = 3 if args.shrink else 151646  # inside the vocabulary, after Qwen's tokenizer entries
-        vision = siglip_config(**{**shapes["vision"], **(SHRINK_VISION if args.shrink else {})})
+        vision = siglip_config(VisionShape(**shapes["vision"]), **(SHRINK_VISION if args.shrink else {}))
         self.n_img = image_token_count(vision.image_size, vision.patch_size, "default")
         self.image_size = vision.image_size
         self.texts = {}
         models = []
         for role, dtype in (("student", torch.float32), ("teacher", torch.bfloat16 if self.cuda else torch.float32)):
-            text = llm_config(shapes[role], **(SHRINK_LLM if args.shrink else {}))
+            text = llm_config(LLMShape(**shapes[role]), **(SHRINK_LLM if args.shrink else {}))
             self.texts[role] = text
             cfg = llava_config(vision, text, self.image_id, "default", -2)
             with torch.device(self.dev):

@@ -10,12 +10,13 @@ normalisation and the optimizer are not counted. A multiply-add is 2 FLOPs; a ma
 weight of N parameters costs 2N per token forward, and its backward 2N for the input's gradient
 plus 2N for the weight's. Per sample of ``seq`` positions holding ``images`` images:
 
-- student LLM layers (q, k, v, o and the SwiGLU MLP: n (2h² + 2h·kv + 3h·i) parameters): 6N per
+- student LLM layers (q, k, v, o and the SwiGLU MLP: n (2h·q + 2h·kv + 3h·i) parameters, q = heads ×
+  head_dim, which is h except where a family sets head_dim, as Qwen3 does): 6N per
   token when the LLM trains (SFT, DFT), 4N when it is frozen but the projector below it trains
   (PT, DPT: gradients flow through it, its weights get none);
-- causal attention: QKᵀ and AV, each 2·s·s/2·h per layer forward, 2 n s² h in all; ×3 with any
+- causal attention: QKᵀ and AV, each 2·s·s/2·q per layer forward, 2 n s² q in all; ×3 with any
   backward through it (it has no weights: both of its inputs get gradients);
-- teacher LLM layers and attention: forward only (2N per token, 2 n s² h);
+- teacher LLM layers and attention: forward only (2N per token, 2 n s² q);
 - LM heads (V·h): 2 V h per row the objective evaluates, ×3 for the student (its head trains in
   SFT/DFT; in PT/DPT ×2, the gradient reaching the hidden states only); ``head_rows_*`` defaults
   to every position;
@@ -27,59 +28,26 @@ plus 2N for the weight's. Per sample of ``seq`` positions holding ``images`` ima
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class LLMShape:
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-
-    @property
-    def layer_params(self) -> int:
-        """Matmul parameters of all decoder layers (no embeddings, norms or biases)."""
-        h, kv = self.hidden, self.kv_heads * (self.hidden // self.heads)
-        return self.layers * (2 * h * h + 2 * h * kv + 3 * h * self.intermediate)
-
-    @property
-    def head_params(self) -> int:
-        return self.vocab * self.hidden
-
-
-@dataclass(frozen=True)
-class VisionShape:
-    hidden: int
-    intermediate: int
-    layers: int
-    patches: int  # positions the tower runs on, per image
-
-    @property
-    def layer_params(self) -> int:
-        return self.layers * (4 * self.hidden * self.hidden + 2 * self.hidden * self.intermediate)
+from llavakd.model.shapes import LLMShape, VisionShape, as_llm_shape, vision_shape_from
 
 
 def llm_shape(cfg) -> LLMShape:
-    """From any object with a Qwen2-style config's attributes (a transformers config or ``qwen_shape``)."""
-    return LLMShape(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads,
-                    cfg.num_key_value_heads, cfg.vocab_size)
+    """From an LLMShape, a transformers config or a config dict (llavakd.model.shapes.as_llm_shape)."""
+    return as_llm_shape(cfg)
 
 
 def vision_shape(cfg) -> VisionShape:
-    """From a SigLIP vision config (attributes or a dict)."""
-    get = cfg.get if isinstance(cfg, dict) else (lambda k: getattr(cfg, k))
-    return VisionShape(get("hidden_size"), get("intermediate_size"), get("num_hidden_layers"),
-                       (get("image_size") // get("patch_size")) ** 2)
+    """From a VisionShape or a SigLIP vision config (attributes or a dict)."""
+    if isinstance(cfg, VisionShape):
+        return cfg
+    return vision_shape_from(cfg if isinstance(cfg, dict) else cfg.to_dict())[0]
 
 
 def llm_flops(shape: LLMShape, seq: int, factor: int) -> tuple[float, float]:
     """(layers, attention) FLOPs of one sequence: ``factor`` 2 forward, 4 frozen-but-backpropagated, 6
     trained. Attention has no weights: any backward through it costs twice its forward (x3 in all)."""
     layers = factor * shape.layer_params * seq
-    attention = (2 if factor == 2 else 6) * shape.layers * seq * seq * shape.hidden  # forward: 2 n s² h
+    attention = (2 if factor == 2 else 6) * shape.num_hidden_layers * seq * seq * shape.attention_width  # 2 n s² H·d
     return float(layers), float(attention)
 
 
@@ -101,13 +69,15 @@ def step_flops(*, student: LLMShape, teacher: LLMShape | None, seq: int, visual_
         out["teacher_head"] = float(2 * teacher.head_params * rows_t)
     if vision is not None and images:
         passes = vision_passes if vision_passes is not None else (2 if teacher is not None else 1)
-        per_image = 2 * vision.layer_params * vision.patches + 4 * vision.layers * vision.patches ** 2 * vision.hidden
+        per_image = 2 * vision.layer_params * vision.patches + 4 * vision.num_hidden_layers * vision.patches ** 2 * vision.hidden_size
         out["vision"] = float(passes * images * per_image)
-        d_v = vision.hidden
-        proj_s = d_v * student.hidden + student.hidden * student.hidden
+        d_v = vision.hidden_size
+        s_h = student.hidden_size
+        proj_s = d_v * s_h + s_h * s_h
         out["projectors"] = float(6 * proj_s * visual_tokens * images)
         if teacher is not None:
-            out["projectors"] += 2 * (d_v * teacher.hidden + teacher.hidden * teacher.hidden) * visual_tokens * images
+            t_h = teacher.hidden_size
+            out["projectors"] += 2 * (d_v * t_h + t_h * t_h) * visual_tokens * images
     if loss_terms:
         out["loss_terms"] = float(loss_terms * seq)
     out["total"] = float(sum(out.values()))

@@ -28,8 +28,7 @@ peak memory on a GPU, and docs/training.md says how far the two were apart where
 
 from __future__ import annotations
 
-from llavakd.errors import UnknownNameError
-from llavakd.model.shapes import QWEN, SIGLIP_SO400M_384, count_llm_params, qwen_shape, visual_tokens
+from llavakd.model.shapes import SIGLIP_SO400M_384, VisionShape, as_llm_shape, documented_shape
 from llavakd.stages import STAGES
 
 GIB = 2**30
@@ -41,30 +40,20 @@ RESERVE_BYTES = 3 * GIB
 RESERVE_FRACTION = 0.10
 
 
-def _qwen(name):
-    """An LLM's shape: given (a namespace, llavakd.model.shapes.resolve_llm), or documented by name."""
-    if not isinstance(name, str):
-        return name
-    match = {k.lower(): k for k in QWEN}.get(name.lower())
-    if match is None:
-        raise UnknownNameError(f"unknown LLM {name!r}; known: {', '.join(sorted(k.lower() for k in QWEN))}")
-    return qwen_shape(match)
-
-
-def _siglip_params(v: dict = SIGLIP_SO400M_384) -> int:
-    h, i, n = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
-    patches = (v["image_size"] // v["patch_size"]) ** 2
-    per_layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h  # attention, MLP, two layer norms
-    return n * per_layer + 3 * v["patch_size"] ** 2 * h + h + patches * h + 2 * h
+def _llm(name):
+    """An LLM's shape: given (llavakd.model.shapes.resolve_llm, or any config), or documented by name."""
+    return documented_shape(name) if isinstance(name, str) else as_llm_shape(name)
 
 
 def _layer_bytes(tokens: int, cfg) -> int:
-    return tokens * (12 * cfg.hidden_size + 8 * cfg.intermediate_size)
+    """A decoder layer's saved activations: 12 h per token where the queries are h wide (q, k, v and o
+    at the hidden size); a family with a wider head_dim (Qwen3) keeps its wider q and attention output."""
+    return tokens * (8 * cfg.hidden_size + 4 * cfg.attention_width + 8 * cfg.intermediate_size)
 
 
 def estimate(student, teacher, *, stage: str, per_device_batch: int, zero_stage: int,
              world: int, seq_len: int = 2048, gradient_checkpointing: bool | int = True,
-             implementation: str = "fused", vision: dict | None = None, loss_parts: int = 0) -> dict:
+             implementation: str = "fused", vision: VisionShape | None = None, loss_parts: int = 0) -> dict:
     """Bytes per device of one training job, by component, and their ``total`` (see the module
     docstring). ``student``/``teacher``: a shape (llavakd.model.shapes.resolve_llm) or a documented
     name; ``teacher`` is ignored for a stage without distillation. ``vision``: the tower's shape
@@ -72,12 +61,12 @@ def estimate(student, teacher, *, stage: str, per_device_batch: int, zero_stage:
     every layer, k every k-th layer (``checkpointed_layers``). ``loss_parts``: parameters of the
     objective's learnable parts (llavakd.terms.part_params), trained like the student's own."""
     spec = STAGES[stage]
-    s_cfg = _qwen(student)
+    s_cfg = _llm(student)
     d, V = s_cfg.hidden_size, s_cfg.vocab_size
     v_shape = vision or SIGLIP_SO400M_384
-    vision = _siglip_params(v_shape)
-    projector = v_shape["hidden_size"] * d + d + d * d + d  # mlp2x_gelu
-    llm = count_llm_params(s_cfg)
+    vision = v_shape.params
+    projector = v_shape.hidden_size * d + d + d * d + d  # mlp2x_gelu
+    llm = s_cfg.params
     trainable = projector + (llm if "llm" in spec.trainable else 0) + loss_parts
     shard3 = world if zero_stage >= 3 else 1
     tokens = per_device_batch * seq_len
@@ -90,12 +79,11 @@ def estimate(student, teacher, *, stage: str, per_device_batch: int, zero_stage:
     ckpt = len(checkpointed_layers(n, gradient_checkpointing))
     parts["activations"] = ckpt * tokens * d * 2 + (n - ckpt) * _layer_bytes(tokens, s_cfg) \
         + (_layer_bytes(tokens, s_cfg) if ckpt else 0)
-    patches = visual_tokens(v_shape, "full")  # the tower runs on every patch
-    parts["vision_forward"] = per_device_batch * patches * v_shape["intermediate_size"] * 2 * 4
-    t_cfg = _qwen(teacher) if (teacher and spec.distill) else None
+    parts["vision_forward"] = per_device_batch * v_shape.patches * v_shape.intermediate_size * 2 * 4
+    t_cfg = _llm(teacher) if (teacher and spec.distill) else None
     if t_cfg is not None:
-        t_proj = v_shape["hidden_size"] * t_cfg.hidden_size + t_cfg.hidden_size * (t_cfg.hidden_size + 2)
-        parts["teacher_weights"] = 2 * (vision + t_proj + count_llm_params(t_cfg)) / shard3
+        t_proj = v_shape.hidden_size * t_cfg.hidden_size + t_cfg.hidden_size * (t_cfg.hidden_size + 2)
+        parts["teacher_weights"] = 2 * (vision + t_proj + t_cfg.params) / shard3
         parts["teacher_forward"] = _layer_bytes(tokens, t_cfg) + tokens * t_cfg.hidden_size * 2
     if implementation == "fused":
         head_grad = V * d * 4 if "llm" in spec.trainable else 0

@@ -65,7 +65,7 @@ class Study:
         self._shapes: dict = {}
 
     # -- shapes (llavakd.model.shapes: the components' own configs, else the paper's) ------------
-    def vision_shape(self) -> tuple[dict, str]:
+    def vision_shape(self):
         """The vision tower's shape and where it came from (real mode; read once)."""
         from llavakd.model.shapes import resolve_vision
 
@@ -74,10 +74,9 @@ class Study:
         return self._shapes["vision"]
 
     def image_tokens(self) -> int:
-        """Visual tokens per image of the study's tower (the build's 'default' strategy: first patch dropped)."""
-        from llavakd.model.shapes import visual_tokens
-
-        return visual_tokens(self.vision_shape()[0])
+        """Visual tokens per image of the study's tower under its feature-select strategy (``vision_strategy``;
+        unset: upstream's 'default', first patch dropped)."""
+        return self.vision_shape()[0].tokens(self.cfg.vision_strategy or "default")
 
     def llm_shape(self, llm: str):
         """An LLM's shape (its own config, else the documented one its name gives; UnknownNameError)."""
@@ -108,7 +107,7 @@ class Study:
     def tower_problems(self) -> list[str]:
         """Real mode: a given teacher checkpoint whose tower gives another visual-token count than the
         students' tower (read from the checkpoints' configs; a checkpoint not readable here is not checked)."""
-        from llavakd.model.shapes import read_config, vision_shape_from, visual_tokens
+        from llavakd.model.shapes import read_config, vision_shape_from
 
         if self.mode == "tiny":
             return []
@@ -117,7 +116,7 @@ class Study:
             given, where = read_config(fam.teacher_checkpoint) if fam.teacher_checkpoint else (None, "")
             if given is None or "vision_config" not in given:
                 continue
-            n = visual_tokens(vision_shape_from(given), given.get("vision_feature_select_strategy", "default"))
+            n = vision_shape_from(given, where)[0].tokens(given.get("vision_feature_select_strategy", "default"))
             if n != self.image_tokens():
                 out.append(f"families.{name}.teacher_checkpoint: {where} gives {n} visual tokens per image, the "
                            f"students' tower {self.image_tokens()} (vision: {self.vision_shape()[1]})")
@@ -458,8 +457,9 @@ class Study:
         if self.mode == "tiny":
             c = self.layout.components_dir()
             return ["--vision", f"{c}/vision/siglip", "--llm", f"{c}/llm/{llm}", "--strategy", "full", "--seed", str(seed)]
+        strategy = ["--strategy", self.cfg.vision_strategy] if self.cfg.vision_strategy else []  # unset: as before
         return ["--vision", self.cfg.vision, "--llm", self.cfg.llms[llm], "--image-tokens", str(self.image_tokens()),
-                "--seed", str(seed)]
+                *strategy, "--seed", str(seed)]
 
     def resources(self, rule: str) -> dict:
         """One rule's resources (llavakd.study.ResourcesSection.of: its section, default, the rule's own)."""
@@ -498,9 +498,7 @@ def llm_params(study: Study, llm: str) -> float:
     given = study.cfg.cost.params if study.cfg.cost else {}
     if llm in given:
         return float(given[llm])
-    from llavakd.model.shapes import count_llm_params
-
-    return float(count_llm_params(_known_shape(study, llm)))
+    return float(_known_shape(study, llm).params)
 
 
 def _known_shape(study: Study, llm: str):

@@ -397,7 +397,11 @@ class StudyConfig:
     components: ComponentsSection = field(default_factory=ComponentsSection)
     """The tiny components' pre-training (tiny mode)."""
     vision: str | None = None
-    """Real mode: the SigLIP checkpoint (folder or hub id)."""
+    """Real mode: the SigLIP checkpoint (folder or hub id): SigLIP, or a fixed-resolution SigLIP2 (NaFlex
+    SigLIP2 is refused; docs/models.md)."""
+    vision_strategy: Literal["default", "full"] | None = None
+    """Real mode: LLaVA's ``vision_feature_select_strategy``: ``full`` keeps every patch, ``default``
+    (upstream's, the paper's 728 tokens) drops the first; unset: ``default``."""
     llms: dict[str, str] = field(default_factory=dict)
     """Real mode: the base LLM checkpoint (folder or hub id) per LLM name."""
     data: DataSection = field(default_factory=DataSection)

@@ -10,15 +10,15 @@ import pytest
 import yaml
 from conftest import frozen_demo
 
-from llavakd.memory import GIB, _siglip_params, estimate, largest_per_device_batch
-from llavakd.model.shapes import count_llm_params, qwen_config
+from llavakd.memory import GIB, estimate, largest_per_device_batch
+from llavakd.model.shapes import SIGLIP_SO400M_384, count_llm_params, llm_config
 from llavakd.plan import Chain, Study, memory_report, train_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_components_by_hand():
-    llm = count_llm_params(qwen_config("Qwen1.5-0.5B"))
+    llm = count_llm_params(llm_config("Qwen1.5-0.5B"))
     projector = 1152 * 1024 + 1024 + 1024 * 1024 + 1024
     trainable = llm + projector
     for zero, grads, opt, weights in ((0, 2 * trainable, 12 * trainable, 1), (1, 2 * trainable, 12 * trainable / 8, 1),
@@ -26,12 +26,12 @@ def test_components_by_hand():
                                       (3, 2 * trainable / 8, 12 * trainable / 8, 8)):
         e = estimate("qwen1.5-0.5b", None, stage="sft", per_device_batch=1, zero_stage=zero, world=8)
         assert e["gradients"] == int(grads) and e["optimizer"] == int(opt), zero
-        assert e["student_weights"] == int(2 * (_siglip_params() + projector + llm) / weights), zero
+        assert e["student_weights"] == int(2 * (SIGLIP_SO400M_384.params + projector + llm) / weights), zero
         assert "teacher_weights" not in e  # SFT has no teacher
     pt = estimate("qwen1.5-0.5b", "qwen1.5-4b", stage="pt", per_device_batch=1, zero_stage=2, world=8)
     assert pt["optimizer"] == int(12 * projector / 8) and "teacher_weights" not in pt  # PT: projector only
     # a SigLIP-so400m has about 0.4 B parameters
-    assert 0.39e9 < _siglip_params() < 0.44e9
+    assert 0.39e9 < SIGLIP_SO400M_384.params < 0.44e9
 
 
 def test_more_samples_more_memory_and_fused_less_than_chunked():
@@ -162,11 +162,16 @@ def test_cost_estimate_reads_a_measured_mfu(tmp_path):
 def test_the_flop_count_against_a_hand_count_for_one_tiny_shape():
     """llavakd.flops at h=4, i=8, 2 layers, 2 heads (kv 1), V=10, s=6 with 2 visual tokens, a
     vision tower of width 3 (mlp 5, 1 layer, 4 patches), counted by hand from the module's rules."""
+    from dataclasses import replace
+
     from llavakd.flops import LLMShape, VisionShape, step_flops
 
-    s_shape = LLMShape(hidden=4, intermediate=8, layers=2, heads=2, kv_heads=1, vocab=10)
-    t_shape = LLMShape(hidden=6, intermediate=12, layers=3, heads=2, kv_heads=2, vocab=10)
-    v = VisionShape(hidden=3, intermediate=5, layers=1, patches=4)
+    s_shape = LLMShape("qwen2", hidden_size=4, intermediate_size=8, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=2, vocab_size=10, tie_word_embeddings=False)
+    t_shape = LLMShape("qwen2", hidden_size=6, intermediate_size=12, num_hidden_layers=3, num_attention_heads=2,
+                       num_key_value_heads=2, head_dim=3, vocab_size=10, tie_word_embeddings=False)
+    v = VisionShape(hidden_size=3, intermediate_size=5, num_hidden_layers=1, num_attention_heads=1, image_size=2,
+                    patch_size=1)
     # student: kv = 1 x 2 = 2; layer = 2*16 + 2*4*2 + 3*4*8 = 144; 2 layers = 288 params
     # teacher: kv = 2 x 3 = 6; layer = 2*36 + 2*6*6 + 3*6*12 = 360; 3 layers = 1080 params
     hand = {
@@ -188,6 +193,10 @@ def test_the_flop_count_against_a_hand_count_for_one_tiny_shape():
     frozen = step_flops(student=s_shape, teacher=None, seq=6, visual_tokens=2, vision=v, student_trains_llm=False)
     assert frozen["student_layers"] == 4 * 288 * 6 and frozen["student_attention"] == 6 * 2 * 36 * 4
     assert frozen["vision"] == 2 * 66 * 4 + 4 * 16 * 3  # one pass without a teacher
+    # A Qwen3-style explicit head_dim of 4 (queries 2 x 4 = 8 wide, twice the hidden size): q and o are
+    # 4 x 8, k and v 4 x 4; layer = 2*32 + 2*16 + 3*4*8 = 192; attention 2 n s^2 (H d) forward.
+    wide = step_flops(student=replace(s_shape, model_type="qwen3", head_dim=4), teacher=None, seq=6, visual_tokens=2)
+    assert wide["student_layers"] == 6 * 2 * 192 * 6 and wide["student_attention"] == 6 * 2 * 36 * 8
 
 
 def test_liger_is_refused_at_plan_time_without_gpus():

@@ -61,16 +61,16 @@ def test_a_32px_tower_gives_its_own_token_count_everywhere(tmp_path):
 def test_a_hub_id_reads_the_local_cache_else_falls_back_to_the_paper_shape(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     shape, source = resolve_vision("google/siglip-so400m-patch14-384")
-    assert shape == {k: SIGLIP_SO400M_384[k] for k in shape} and source.startswith("paper default")
+    assert shape == SIGLIP_SO400M_384 and source.startswith("documented shape of google/siglip-so400m-patch14-384")
     snap = tmp_path / "hub" / "models--org--tower" / "snapshots" / "abc"
     snap.mkdir(parents=True)
     (snap / "config.json").write_text(json.dumps({"model_type": "siglip", "vision_config": SMALL_TOWER}))
     (tmp_path / "hub" / "models--org--tower" / "refs").mkdir()
     (tmp_path / "hub" / "models--org--tower" / "refs" / "main").write_text("abc")
     shape, source = resolve_vision("org/tower")
-    assert shape["image_size"] == 32 and "local Hugging Face cache" in source
+    assert shape.image_size == 32 and "local Hugging Face cache" in source
     llm, source = resolve_llm("qwen1.5-0.5b", "Qwen/Qwen1.5-0.5B")
-    assert llm.hidden_size == 1024 and source.startswith("paper default Qwen1.5-0.5B")
+    assert llm.hidden_size == 1024 and source.startswith("documented shape of Qwen1.5-0.5B")
     paper = Study.load(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()), source="paper")
     assert paper.image_tokens() == PAPER_IMAGE_TOKENS  # the paper's dry run needs no network
 

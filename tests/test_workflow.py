@@ -323,7 +323,7 @@ def test_cost_estimate_follows_the_flops_model():
     stage's records, from the transformers configs' shapes; PT trains the projector only (4N through
     the frozen LLM)."""
     from llavakd.flops import llm_shape, step_flops, vision_shape
-    from llavakd.model.shapes import PAPER_IMAGE_TOKENS, qwen_config, siglip_config
+    from llavakd.model.shapes import PAPER_IMAGE_TOKENS, llm_config, siglip_config
     from llavakd.plan import cost_report
 
     cfg = load("paper.yaml")
@@ -333,7 +333,7 @@ def test_cost_estimate_follows_the_flops_model():
     study = Study.load(cfg)
     c = cfg["cost"]
     rate = c["peak_tflops"] * 1e12 * c["mfu"] * 3600
-    s, t = (llm_shape(qwen_config(n)) for n in ("Qwen1.5-0.5B", "Qwen1.5-4B"))
+    s, t = (llm_shape(llm_config(n)) for n in ("Qwen1.5-0.5B", "Qwen1.5-4B"))
     v = vision_shape(siglip_config())
     kw = dict(visual_tokens=PAPER_IMAGE_TOKENS, vision=v)
     dft = step_flops(student=s, teacher=t, seq=c["tokens_per_sample"]["sft"], **kw)["total"] * c["samples"]["sft"] / rate
