@@ -69,7 +69,8 @@ def step_flops(*, student: LLMShape, teacher: LLMShape | None, seq: int, visual_
         out["teacher_head"] = float(2 * teacher.head_params * rows_t)
     if vision is not None and images:
         passes = vision_passes if vision_passes is not None else (2 if teacher is not None else 1)
-        per_image = 2 * vision.layer_params * vision.patches + 4 * vision.num_hidden_layers * vision.patches ** 2 * vision.hidden_size
+        attention = 4 * vision.num_hidden_layers * vision.patches ** 2 * vision.hidden_size
+        per_image = 2 * vision.layer_params * vision.patches + attention
         out["vision"] = float(passes * images * per_image)
         d_v = vision.hidden_size
         s_h = student.hidden_size
