@@ -21,6 +21,7 @@ import typing
 from pathlib import Path
 
 from llavakd.errors import LlavaKDError
+from llavakd.model.chat import DEFAULT_TEMPLATE, TEMPLATES
 from llavakd.stages import NAMES as STAGE_NAMES
 
 
@@ -60,6 +61,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     model, processor, prov = build_llava(
         args.vision, args.llm, tokenizer=args.tokenizer, image_tokens=args.image_tokens,
         strategy=args.strategy, feature_layer=args.feature_layer, dtype=args.dtype, seed=args.seed,
+        chat=args.template,
     )
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         save_llava(model, processor, tmp, prov)
@@ -324,13 +326,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("build", help="assemble a LLaVA model from a SigLIP and a causal-LM checkpoint")
     s.add_argument("--vision", required=True, help="SigLIP checkpoint folder or hub id")
-    s.add_argument("--llm", required=True, help="causal-LM checkpoint folder or hub id (Qwen family)")
+    s.add_argument("--llm", required=True, help="causal-LM checkpoint folder or hub id (Qwen2/Qwen3/Llama/SmolLM3 "
+                   "families: docs/models.md)")
     s.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the LLM's)")
     s.add_argument("--out", required=True, type=Path, help="output folder (a HF checkpoint)")
     s.add_argument("--image-tokens", type=int, default=None,
                    help="expected visual tokens per image; refuse a tower that gives another count (paper: 728)")
     s.add_argument("--strategy", choices=["default", "full"], default="default",
                    help="'default' drops the first patch (paper: 729 -> 728); 'full' keeps all")
+    s.add_argument("--template", choices=list(TEMPLATES), default=DEFAULT_TEMPLATE,
+                   help="conversation template stored in the processor (default: phi, the paper's; chatml for "
+                   "Qwen2.5/SmolLM2, qwen3 or qwen3-think for Qwen3, llama3 for Llama-3.x)")
     s.add_argument("--feature-layer", type=int, default=-2, help="vision layer to read (default -2)")
     s.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype the checkpoint is saved in (default float32)")
     s.add_argument("--seed", type=int, default=1234, help="projector initialisation seed")

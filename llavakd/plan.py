@@ -131,6 +131,10 @@ class Study:
             p.append(f"families: student {s} appears in more than one family (its teacher would be ambiguous)")
         for s in sorted(teachers & set(students)):
             p.append(f"families: {s} is both a teacher and a student")
+        for t in sorted(teachers):
+            chats = {f.template or "phi" for f in c.families.values() if f.teacher == t}
+            if len(chats) > 1:
+                p.append(f"families: teacher {t} is given two templates ({', '.join(sorted(chats))}); a model has one")
         llms = teachers | set(students)
         if c.mode == "tiny":
             for name in sorted(llms - set(tiny_llms)) if tiny_llms is not None else []:
@@ -453,13 +457,19 @@ class Study:
         """The fraction of every stage's records the study trains on."""
         return self.cfg.data.subset.fraction if self.cfg.data.subset else 1.0
 
+    def template_of(self, llm: str) -> str | None:
+        """The conversation template of an LLM's family (None: unset, the paper's phi)."""
+        return next((f.template for f in self.families.values() if llm == f.teacher or llm in f.students), None)
+
     def build_args(self, llm: str, seed: int) -> list[str]:
+        chat = ["--template", self.template_of(llm)] if self.template_of(llm) else []  # unset: as before
         if self.mode == "tiny":
             c = self.layout.components_dir()
-            return ["--vision", f"{c}/vision/siglip", "--llm", f"{c}/llm/{llm}", "--strategy", "full", "--seed", str(seed)]
+            return ["--vision", f"{c}/vision/siglip", "--llm", f"{c}/llm/{llm}", "--strategy", "full", *chat,
+                    "--seed", str(seed)]
         strategy = ["--strategy", self.cfg.vision_strategy] if self.cfg.vision_strategy else []  # unset: as before
         return ["--vision", self.cfg.vision, "--llm", self.cfg.llms[llm], "--image-tokens", str(self.image_tokens()),
-                *strategy, "--seed", str(seed)]
+                *strategy, *chat, "--seed", str(seed)]
 
     def resources(self, rule: str) -> dict:
         """One rule's resources (llavakd.study.ResourcesSection.of: its section, default, the rule's own)."""

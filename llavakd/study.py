@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from llavakd.errors import ConfigError
 from llavakd.methods import Method
+from llavakd.model.chat import TEMPLATES
 from llavakd.protocols import DEFAULT_PROTOCOL
 from llavakd.stages import TERMS
 from llavakd.typed import build
@@ -28,6 +29,7 @@ from llavakd.typed import build
 Protocol = Literal["lmms-eval", "paper"]  # llavakd.protocols.PROTOCOLS
 DType = Literal["float32", "bfloat16", "float16"]
 Term = Literal[TERMS]  # a registered teacher term (llavakd.terms)
+ChatTemplate = Literal[tuple(TEMPLATES)]  # llavakd.model.chat.TEMPLATES
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _OVERRIDE_KEY = re.compile(r"^(train|data|loss)\.[a-z_]+$")
 
@@ -115,6 +117,10 @@ class Family:
     """The student LLMs distilled from it."""
     teacher_checkpoint: str | None = None
     """A trained teacher (LLaVA folder) to use instead of training one by the baseline recipe."""
+    template: ChatTemplate | None = None
+    """The conversation template of the family's models (llavakd.model.chat; docs/models.md): ``phi``
+    (unset: the paper's), ``chatml`` (Qwen2.5, SmolLM2), ``qwen3`` / ``qwen3-think`` (Qwen3: its empty
+    think block unsupervised / supervised), ``llama3`` (Llama-3.x). Stored in every saved processor."""
 
     def problems(self, prefix: str) -> list[str]:
         return [] if self.students else [f"{prefix}students: name at least one student"]

@@ -1,12 +1,14 @@
-"""Token/label layouts of the two LLaVA-KD templates (docs/method.md, "Architecture").
+"""Token/label layouts of the two kinds of sample (docs/method.md, "Architecture").
 
 pretrain (PT/DPT):  <image>xN caption "\\n"                 labels: everything but the image
-chat (SFT/DFT):     SYSTEM " USER: " <image>xN "\\n" q1 " ASSISTANT:" " " a1 <|endoftext|>
-                    " USER: " q2 " ASSISTANT:" " " a2 <|endoftext|> ...
-                    labels: only the answers and their end token
+chat (SFT/DFT):     the tokenizer's conversation template (llavakd.model.chat; the paper's phi:
+                    SYSTEM " USER: " <image>xN "\\n" q1 " ASSISTANT:" " " a1 <|endoftext|> ...)
+                    labels: only the answers and their end-of-turn token
 
-Pieces are tokenized separately and concatenated; every cut sits where the byte-level
-pre-tokenizer splits anyway, so the ids equal tokenizing the rendered chat template (tested).
+A conversation is rendered whole and tokenized once; a token is supervised when it starts inside a
+supervised piece (``Template.segments``), and a token that straddles a prompt/answer boundary is an
+error, never a silent half-label. The ids equal the saved processor's ``apply_chat_template`` and the
+labels its assistant mask (tests/test_chat_templates.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llavakd.labels import IGNORE_INDEX
-from llavakd.model.chat import ASSISTANT_TAG, END_TOKEN, IMAGE_TOKEN, SYSTEM_PROMPT, USER_TAG
+from llavakd.model.chat import IMAGE_TOKEN, SYSTEM_PROMPT, template_of
 
 TEMPLATES = ("pretrain", "chat")
 
@@ -38,7 +40,8 @@ class Encoder:
         self.n_image_tokens = n_image_tokens
         self.max_length = max_length
         self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.eos_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+        self.template = template_of(tokenizer)
+        self.eos_id = tokenizer.convert_tokens_to_ids(self.template.end)
         if self.image_id is None or self.image_id == tokenizer.unk_token_id:
             raise TemplateError(f"tokenizer has no {IMAGE_TOKEN} token")
 
@@ -55,14 +58,25 @@ class Encoder:
         return self._finish(image + text, [IGNORE_INDEX] * len(image) + text)
 
     def chat(self, turns: list[tuple[str, str]], with_image: bool, system: str = SYSTEM_PROMPT) -> Encoded:
-        ids = self._ids(system)
-        labels = [IGNORE_INDEX] * len(ids)
-        for k, (question, answer) in enumerate(turns):
-            image = IMAGE_TOKEN + "\n" if (k == 0 and with_image) else ""
-            prompt = self._ids(f"{USER_TAG}{image}{question}{ASSISTANT_TAG}")
-            reply = self._ids(" " + answer) + [self.eos_id]
-            ids += prompt + reply
-            labels += [IGNORE_INDEX] * len(prompt) + reply
+        pieces = self.template.segments(turns, with_image, system)
+        text, spans, at = "", [], 0
+        for piece, supervised in pieces:
+            spans.append((at, at + len(piece), supervised))
+            text += piece
+            at += len(piece)
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, labels, k = [], [], 0
+        for token, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+            while spans[k][1] <= start:
+                k += 1
+            if end > spans[k][1]:
+                raise TemplateError(f"token {self.tok.convert_ids_to_tokens(token)!r} crosses the boundary between "
+                                    f"{text[spans[k][0]:spans[k][1]][-20:]!r} and {text[spans[k][1]:][:20]!r} "
+                                    f"({self.template.name} template): no clean label mask")
+            supervised = spans[k][2]
+            for i in ([token] * self.n_image_tokens if token == self.image_id else [token]):
+                ids.append(i)
+                labels.append(i if supervised else IGNORE_INDEX)
         return self._finish(ids, labels)
 
     def _finish(self, ids: list[int], labels: list[int]) -> Encoded:

@@ -24,7 +24,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from llavakd.model.chat import END_TOKEN, render_prompt
+from llavakd.model.chat import encode_prompt, end_id
 
 DEFAULT_NEW_TOKENS = 1024  # lmms-eval's LLaVA models' limit for a task that names none (models/simple/llava_hf.py)
 
@@ -50,7 +50,7 @@ def generate_grouped(model, processor, encodings: list[dict], limits: list[int],
                      progress: bool = False) -> list[str]:
     """Greedy answers for encoded prompts, batched only among prompts of equal length and token
     limit: no batch needs padding, so an answer does not depend on the batch size."""
-    eos = processor.tokenizer.convert_tokens_to_ids(END_TOKEN)
+    eos = end_id(processor)
     groups = defaultdict(list)
     for i, e in enumerate(encodings):
         groups[(e["input_ids"].shape[1], limits[i], "pixel_values" in e)].append(i)
@@ -87,13 +87,12 @@ class LlavaKD(lmms):
             pretrained, dtype=getattr(torch, dtype), local_files_only=True).to(self.device).eval()
         self.processor = load_processor(pretrained, local_files_only=True)
         self.batch_size = int(batch_size)
-        self.eos_id = self.processor.tokenizer.convert_tokens_to_ids(END_TOKEN)
+        self.eos_id = end_id(self.processor)
 
     # -- helpers -------------------------------------------------------------------------
     def _encode(self, context: str, visuals: list):
         images = [v.convert("RGB") for v in visuals] or None
-        text = render_prompt(context, n_images=len(visuals))
-        return self.processor(text=text, images=images, return_tensors="pt")
+        return encode_prompt(self.processor, context, images)
 
     def _visuals(self, doc_to_visual, doc_id, task, split) -> list:
         doc = self.task_dict[task][split][doc_id]

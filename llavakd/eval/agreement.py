@@ -37,7 +37,7 @@ import torch
 
 from llavakd.errors import LlavaKDError
 from llavakd.eval.registry import resolve
-from llavakd.model.chat import END_TOKEN, render_prompt
+from llavakd.model.chat import encode_prompt, end_id
 
 MEASURES = ("answer_agreement", "answer_kl", "visual_kl")
 
@@ -71,8 +71,8 @@ def measure_doc(teacher, student, processor, prompt: str, images: list, limit: i
     from llavakd.eval.adapter import cut_at_stops  # imports lmms-eval: only when measuring
 
     tok = processor.tokenizer
-    eos = tok.convert_tokens_to_ids(END_TOKEN)
-    enc = processor(text=render_prompt(prompt, n_images=len(images)), images=images or None, return_tensors="pt")
+    eos = end_id(tok)
+    enc = encode_prompt(processor, prompt, images)
     t_ids, s_ids = _greedy(teacher, enc, limit, eos), _greedy(student, enc, limit, eos)
     t_text = cut_at_stops(tok.decode(t_ids, skip_special_tokens=True), until)
     s_text = cut_at_stops(tok.decode(s_ids, skip_special_tokens=True), until)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from llavakd.errors import LlavaKDError
-from llavakd.model.chat import CHAT_TEMPLATE, END_TOKEN, IMAGE_TOKEN
-from llavakd.model.shapes import PAPER_IMAGE_TOKENS, image_token_count  # noqa: F401  (re-exported)
+from llavakd.model.chat import DEFAULT_TEMPLATE, IMAGE_TOKEN, Template, template
+from llavakd.model.shapes import FAMILIES, PAPER_IMAGE_TOKENS, image_token_count, vision_shape_from  # noqa: F401
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,6 +57,7 @@ def _load_vision(src: Source, dtype: torch.dtype):
     from transformers import AutoConfig, SiglipVisionModel
 
     cfg = AutoConfig.from_pretrained(src.ref, **src.kwargs)
+    vision_shape_from(cfg.to_dict(), f"vision tower {src.ref}")  # NaFlex SigLIP2 refused, saying why
     vision_cfg = getattr(cfg, "vision_config", cfg)
     if vision_cfg.model_type != "siglip_vision_model":
         raise LlavaKDError(
@@ -116,32 +117,30 @@ def _declares_token(folder: str, token: str) -> bool | None:
     return Tokenizer.from_file(str(path)).token_to_id(token) is not None
 
 
-def prepare_tokenizer(tokenizer, where: str):
-    """Check the template's end token and add the ``<image>`` token; returns the tokenizer."""
+def prepare_tokenizer(tokenizer, where: str, chat: Template | str = DEFAULT_TEMPLATE):
+    """Check the template's tokens, add the ``<image>`` token and store the template; returns the tokenizer."""
+    chat = template(chat) if isinstance(chat, str) else chat
+    chat.check_tokenizer(tokenizer, where, declared=lambda token: _declares_token(where, token))
     vocab = tokenizer.get_vocab()
-    if END_TOKEN not in vocab or _declares_token(where, END_TOKEN) is False:
-        raise LlavaKDError(
-            f"tokenizer of {where}: has no {END_TOKEN!r} token, which ends every answer in the "
-            "phi template LLaVA-KD uses; use a Qwen-family tokenizer"
-        )
     if IMAGE_TOKEN not in vocab:
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = END_TOKEN
-    tokenizer.eos_token = END_TOKEN
-    tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.pad_token = chat.end
+    tokenizer.eos_token = chat.end
+    tokenizer.chat_template = chat.jinja()
     return tokenizer
 
 
-def make_processor(image_processor, tokenizer, patch_size: int, strategy: str):
+def make_processor(image_processor, tokenizer, patch_size: int, strategy: str, chat: Template | str = DEFAULT_TEMPLATE):
     from transformers import LlavaProcessor
 
+    chat = template(chat) if isinstance(chat, str) else chat
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch_size,
         vision_feature_select_strategy=strategy,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat.jinja(),
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=0,  # SigLIP has no CLS token
     )
@@ -187,11 +186,13 @@ def build_llava(
     feature_layer: int = -2,
     dtype: str = "float32",
     seed: int = 1234,
+    chat: str = DEFAULT_TEMPLATE,
 ):
     """Assemble (model, processor) from a SigLIP checkpoint and a causal-LM checkpoint.
 
     ``image_tokens`` is the visual-token count the caller's configuration expects (728 for the
-    paper); a vision tower whose patch grid gives another count is refused.
+    paper); a vision tower whose patch grid gives another count is refused. ``chat``: the
+    conversation template (llavakd.model.chat.TEMPLATES), stored in the processor.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
 
@@ -214,10 +215,11 @@ def build_llava(
         )
     image_processor = _load_image_processor(vsrc, vcfg.image_size)
 
-    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(tsrc.ref, **tsrc.kwargs), tsrc.ref)
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(tsrc.ref, **tsrc.kwargs), tsrc.ref, chat)
     lm = AutoModelForCausalLM.from_pretrained(lsrc.ref, dtype=torch_dtype, **lsrc.kwargs)
-    if lm.config.model_type not in ("qwen2", "qwen3", "llama"):
-        raise LlavaKDError(f"LLM {lsrc.ref}: model_type {lm.config.model_type!r} is not supported")
+    if lm.config.model_type not in FAMILIES:
+        raise LlavaKDError(f"LLM {lsrc.ref}: model_type {lm.config.model_type!r} is not supported; supported: "
+                           f"{', '.join(FAMILIES)} (docs/models.md)")
     image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     if image_token_id >= lm.config.vocab_size:
         lm.resize_token_embeddings(len(tok))
@@ -233,8 +235,13 @@ def build_llava(
     if config.tie_word_embeddings:
         model.tie_weights()
     model.eval()
-    processor = make_processor(image_processor, tok, vcfg.patch_size, strategy)
+    processor = make_processor(image_processor, tok, vcfg.patch_size, strategy, chat)
     provenance = {"vision": vsrc.ref, "llm": lsrc.ref, "tokenizer": tsrc.ref, "seed": seed, "dtype": dtype}
+    if chat != DEFAULT_TEMPLATE:  # (unset: the provenance of a phi build is what it was before templates)
+        provenance["template"] = chat
+        end_id = tok.convert_tokens_to_ids(template(chat).end)
+        model.generation_config.eos_token_id = end_id  # plain generate() stops at the end of the turn
+        model.generation_config.pad_token_id = tok.pad_token_id
     return model, processor, provenance
 
 

@@ -21,7 +21,7 @@ import torch
 
 from llavakd.errors import UnknownNameError
 from llavakd.model.build import siglip_image_processor
-from llavakd.model.chat import CHAT_TEMPLATE, END_TOKEN, IMAGE_TOKEN, SYSTEM_PROMPT
+from llavakd.model.chat import END_TOKEN, IMAGE_TOKEN, SYSTEM_PROMPT, template
 from llavakd.tiny.family import LLMS, PAIRS, TINY_IMAGE_SIZE, TINY_VOCAB, VISION
 
 # Words of the synthetic world and of the benchmark prompts: what the tokenizer learns merges for.
@@ -50,31 +50,55 @@ def tiny_corpus() -> list[str]:
     return lines * 4
 
 
-def build_tokenizer(vocab_size: int = TINY_VOCAB):
-    """A byte-level BPE tokenizer trained offline on ``tiny_corpus`` (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+# Tokenizer styles: the special tokens (in id order, the base model's end-of-text first) and the
+# template of each tiny tokenizer. "qwen" is the tiny world's original (its ids must not move).
+TOKENIZER_STYLES = {
+    "qwen": dict(specials=(END_TOKEN,), template="phi"),
+    "qwen3": dict(specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"), template="qwen3"),
+    "llama3": dict(specials=("<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                             "<|eot_id|>"), template="llama3", bos="<|begin_of_text|>"),
+}
+
+
+def build_tokenizer(vocab_size: int = TINY_VOCAB, style: str = "qwen"):
+    """A byte-level BPE tokenizer trained offline on ``tiny_corpus`` (deterministic), with the special
+    tokens of a tokenizer ``style`` (a Llama-3 style one adds ``<|begin_of_text|>`` when asked to add
+    special tokens, as Llama-3's does)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if style not in TOKENIZER_STYLES:
+        raise UnknownNameError(f"unknown tokenizer style {style!r}; known: {sorted(TOKENIZER_STYLES)}")
+    spec = TOKENIZER_STYLES[style]
+    end = spec["specials"][0]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[END_TOKEN, IMAGE_TOKEN],
+        special_tokens=[*spec["specials"], IMAGE_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         min_frequency=2,
         show_progress=False,
     )
     tok.train_from_iterator(tiny_corpus(), trainer)
+    extra = {}
+    if spec.get("bos"):
+        bos = spec["bos"]
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+        extra["bos_token"] = bos
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token=END_TOKEN,
-        pad_token=END_TOKEN,
+        eos_token=end,
+        pad_token=end,
         additional_special_tokens=[IMAGE_TOKEN],
         model_max_length=2048,
         padding_side="right",
+        **extra,
     )
-    hf.chat_template = CHAT_TEMPLATE
+    # (the original keeps the untagged phi text its files always had; a build stores the tagged one)
+    hf.chat_template = template(spec["template"]).jinja(generation_tags=style != "qwen")
     return hf
 
 

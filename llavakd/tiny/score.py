@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from llavakd.errors import LlavaKDError
-from llavakd.model.chat import LETTER, SHORT, UNANSWERABLE, render_prompt
+from llavakd.model.chat import LETTER, SHORT, UNANSWERABLE, encode_prompt
 
 VIZWIZ = UNANSWERABLE + SHORT
 
@@ -103,7 +103,7 @@ def generate_answers(model, processor, prompts: list[str], images: list, max_new
     """Greedy answers with the training template (the lmms-eval adapter's generation loop)."""
     from llavakd.eval.adapter import generate_grouped  # imports lmms-eval: only when generating
 
-    enc = [processor(text=render_prompt(p), images=im, return_tensors="pt") for p, im in zip(prompts, images)]
+    enc = [encode_prompt(processor, p, [im]) for p, im in zip(prompts, images)]
     answers = generate_grouped(model, processor, enc, [max_new_tokens] * len(enc), batch_size)
     return [a.strip() for a in answers]
 

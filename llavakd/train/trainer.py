@@ -192,7 +192,7 @@ class KDTrainer(Trainer):
     def _draw_on_policy(self, batch_samples: list) -> None:
         """Each micro-batch of the step: on-policy with probability ``loss.on_policy`` (this rank's
         stream), then its last answers sampled by the student (llavakd.train.onpolicy)."""
-        from llavakd.model.chat import END_TOKEN, IMAGE_TOKEN
+        from llavakd.model.chat import IMAGE_TOKEN, end_id
         from llavakd.train.onpolicy import rewrite
 
         cfg, tok = self.loss_config, self.tokenizer
@@ -211,7 +211,7 @@ class KDTrainer(Trainer):
             try:
                 new, samples = rewrite(
                     batch, student, temperature=cfg.sample_temperature, max_new_tokens=cfg.max_new_tokens,
-                    stop_id=tok.convert_tokens_to_ids(END_TOKEN), pad_id=tok.pad_token_id,
+                    stop_id=end_id(tok), pad_id=tok.pad_token_id,
                     image_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), generator=self.sampling,
                     max_positions=student.config.text_config.max_position_embeddings, keep_original=with_dataset_terms)
             finally:
