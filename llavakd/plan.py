@@ -408,10 +408,25 @@ class Study:
                                 f"({', '.join(with_parts)}) under ZeRO-3 are refused: the parts are used outside the "
                                 "student's forward, where ZeRO-3 keeps them partitioned; use ZeRO-2")
             problems += [f"job {model_name(llm, seed, chain)}: {p}" for p in self._attention_layer_problems(llm, cfg)]
+            if cfg.train.liger_kernels:
+                problems += [f"job {model_name(llm, seed, chain)}: {p}" for p in self._liger_problems(llm, cfg)]
             if cfg.train.liger_kernels and gpus == 0:
                 problems.append(f"job {model_name(llm, seed, chain)}: train.liger_kernels needs a GPU (liger-kernel is "
                                 "Triton, CUDA only) and resources.train.gpus is 0; switch it off or give the job GPUs")
         return problems
+
+    def _liger_problems(self, llm: str, cfg) -> list[str]:
+        """train.liger_kernels on an LLM whose family liger-kernel does not cover (known shapes only)."""
+        out = []
+        for who in {llm, *([self.teacher_of(llm)] if cfg.distill else [])}:
+            try:
+                facts = self.llm_shape(who).facts
+            except (UnknownNameError, LlavaKDError):
+                continue
+            if facts.liger is None:
+                out.append(f"train.liger_kernels: liger-kernel has no kernels for {who}'s family "
+                           f"({self.llm_shape(who).model_type}); switch it off")
+        return out
 
     def _attention_layer_problems(self, llm: str, cfg) -> list[str]:
         """The layer an attention term hooks must exist in both LLMs (known shapes only: the tiny

@@ -125,6 +125,15 @@ def test_resume_equals_uninterrupted_run(setup, tmp_path):
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
     meta = json.loads((tmp_path / "part" / "metadata.json").read_text())
     assert meta["resumed_from"].endswith("checkpoint-3")
+    # the student's tied head (qwen1.5-0.5b ties) is one tensor in the checkpoint, after resume and in the export
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakd.model.build import check_tied
+
+    for folder in (tmp_path / "part" / "checkpoints" / "checkpoint-3", resumed, full):
+        model = LlavaForConditionalGeneration.from_pretrained(folder)
+        assert model.config.tie_word_embeddings
+        check_tied(model, str(folder))
 
 
 def test_finished_run_is_never_overwritten(setup, tmp_path):

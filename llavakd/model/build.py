@@ -234,6 +234,7 @@ def build_llava(
     init_projector(model, seed)
     if config.tie_word_embeddings:
         model.tie_weights()
+    check_tied(model, f"built from {lsrc.ref}")
     model.eval()
     processor = make_processor(image_processor, tok, vcfg.patch_size, strategy, chat)
     provenance = {"vision": vsrc.ref, "llm": lsrc.ref, "tokenizer": tsrc.ref, "seed": seed, "dtype": dtype}
@@ -243,6 +244,21 @@ def build_llava(
         model.generation_config.eos_token_id = end_id  # plain generate() stops at the end of the turn
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, processor, provenance
+
+
+def check_tied(model, where: str) -> None:
+    """A model whose config ties its head must hold one tensor for the input embeddings and the LM
+    head (transformers 5 reads the tie from the outer config, and has had regressions there: an
+    untied copy would train a second head silently)."""
+    tied = bool(getattr(model.config, "tie_word_embeddings", False)) or \
+        bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
+    if not tied:
+        return
+    head, embed = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    if head.data_ptr() != embed.data_ptr() or head.shape != embed.shape:
+        raise LlavaKDError(f"{where}: its config ties the LM head to the input embeddings, but they are two tensors "
+                           f"(tie_word_embeddings outer={getattr(model.config, 'tie_word_embeddings', None)}, text="
+                           f"{getattr(model.config.get_text_config(), 'tie_word_embeddings', None)})")
 
 
 def save_llava(model, processor, out: str | Path, provenance: dict | None = None) -> Path:

@@ -159,11 +159,12 @@ def check_resume_config(out: Path, cfg: StageConfig, resume: bool) -> None:
 def load_student(cfg: StageConfig, dtype):
     from transformers import LlavaForConditionalGeneration
 
-    from llavakd.model.build import load_processor, resolve
+    from llavakd.model.build import check_tied, load_processor, resolve
 
     src = resolve(cfg.model, "model")
     model = LlavaForConditionalGeneration.from_pretrained(src.ref, dtype=dtype, **src.kwargs,
                                                           attn_implementation=cfg.train.attn_implementation)
+    check_tied(model, f"model {src.ref}")
     processor = load_processor(src.ref, **src.kwargs)
     return model, processor
 
@@ -206,14 +207,24 @@ def apply_checkpointing(model, setting: bool | int) -> list[int]:
 
 
 def apply_liger(model) -> None:
-    """liger-kernel's Qwen2 kernels (RMSNorm, RoPE, SwiGLU) on a LLaVA's LLM, in place; the
-    objective stays ours (no liger cross-entropy: llavakd.distill.fused says why)."""
+    """liger-kernel's kernels (RMSNorm, RoPE, SwiGLU) for the LLM's family (``FamilyFacts.liger``:
+    qwen2, qwen3, llama, smollm3) on a LLaVA's LLM, in place. Never its cross-entropy nor its
+    fused-linear cross-entropy: they would hide the logits the objective distils (llavakd.distill.fused
+    says why the objective stays ours)."""
+    import importlib
+
+    from llavakd.model.shapes import family
+
+    model_type = model.config.get_text_config().model_type
+    name = family(model_type).liger
+    if name is None:
+        raise LlavaKDError(f"train.liger_kernels: liger-kernel has no kernels for {model_type!r}; switch it off")
     try:
-        from liger_kernel.transformers import apply_liger_kernel_to_qwen2
+        patch = getattr(importlib.import_module("liger_kernel.transformers"), name)
     except ImportError as err:
         raise LlavaKDError("train.liger_kernels: liger-kernel is not installed (pip install 'llavakd[cuda]')") from err
-    apply_liger_kernel_to_qwen2(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                fused_linear_cross_entropy=False, model=model.model.language_model)
+    patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False,
+          model=model.model.language_model)
 
 
 def compile_layers(model) -> int:
