@@ -99,7 +99,7 @@ class Study:
         if problems:
             raise ConfigError(source, problems)
         study = cls(cfg)
-        problems += study.tower_problems() + study.job_config_problems()
+        problems += study.tower_problems() + study.vocabulary_problems() + study.job_config_problems()
         if problems:
             raise ConfigError(source, problems)
         return study
@@ -111,6 +111,10 @@ class Study:
 
         if self.mode == "tiny":
             return []
+        try:
+            self.vision_shape()
+        except LlavaKDError as err:  # e.g. a NaFlex SigLIP2 tower
+            return [f"vision: {err}"]
         out = []
         for name, fam in self.families.items():
             given, where = read_config(fam.teacher_checkpoint) if fam.teacher_checkpoint else (None, "")
@@ -120,6 +124,65 @@ class Study:
             if n != self.image_tokens():
                 out.append(f"families.{name}.teacher_checkpoint: {where} gives {n} visual tokens per image, the "
                            f"students' tower {self.image_tokens()} (vision: {self.vision_shape()[1]})")
+        return out
+
+    def vocabulary_problems(self) -> list[str]:
+        """Teacher and student must share one tokenizer (the KL is taken index by index; cross-tokenizer
+        distillation is out of scope), and a family's template must be one its tokenizer can write.
+        Tiny mode: the tiny LLMs' tokenizer styles; real mode: the tokenizers' own files where readable
+        here (local folders, the local Hugging Face cache), else the documented vocabulary sizes."""
+        out = []
+        for name, fam in self.families.items():
+            for student in fam.students:
+                a, b = self._tokenizer(fam.teacher, teacher=True), self._tokenizer(student)
+                if a and b and a[0] != b[0]:
+                    out.append(f"families.{name}: teacher {fam.teacher} and student {student} have different "
+                               f"vocabularies ({a[1]}; {b[1]}); the KL is taken index by index, so they must share "
+                               "one tokenizer (cross-tokenizer distillation is not supported)")
+            if self.mode == "tiny":
+                out += self._tiny_template_problems(name, fam)
+        return out
+
+    def _tokenizer(self, llm: str, teacher: bool = False) -> tuple | None:
+        """(what identifies the tokenizer, a description with its size), or None when unknown here."""
+        if self.mode == "tiny":
+            from llavakd.tiny.family import KINDS
+            from llavakd.tiny.tokenizer import tiny_vocab_size
+
+            style = KINDS[llm][1] if llm in KINDS else None
+            if style is None:
+                return None
+            return style, f"{llm}: the tiny {style!r} tokenizer, {tiny_vocab_size(style)} tokens"
+        from llavakd.model.shapes import read_vocabulary
+
+        given = [f.teacher_checkpoint for f in self.families.values() if teacher and f.teacher == llm
+                 and f.teacher_checkpoint]
+        ref = given[0] if given else self.cfg.llms.get(llm)
+        vocab, where = read_vocabulary(ref)
+        if vocab is not None:
+            return tuple(sorted(vocab.items())), f"{llm}: {where}, {len(vocab)} tokens"
+        try:
+            shape = self.llm_shape(llm)
+        except UnknownNameError:
+            return None
+        return shape.vocab_size, f"{llm}: {shape.vocab_size} output logits ({self._shapes[llm][1]})"
+
+    def _tiny_template_problems(self, name: str, fam) -> list[str]:
+        from llavakd.model.chat import DEFAULT_TEMPLATE, template
+        from llavakd.tiny.family import KINDS
+        from llavakd.tiny.tokenizer import TOKENIZER_STYLES
+
+        chat = template(fam.template or DEFAULT_TEMPLATE)
+        out = []
+        for llm in [fam.teacher, *fam.students]:
+            if llm not in KINDS:
+                continue
+            style = KINDS[llm][1]
+            missing = [t for t in chat.tokens if t not in TOKENIZER_STYLES[style]["specials"]]
+            if missing:
+                out.append(f"families.{name}.template: {chat.name!r} writes {missing[0]!r}, which the tiny {style!r} "
+                           f"tokenizer of {llm} lacks (its template: {TOKENIZER_STYLES[style]['template']!r})")
+                break
         return out
 
     @staticmethod

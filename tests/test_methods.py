@@ -197,17 +197,34 @@ def test_one_trainer_step_of_each_method_equals_the_float64_oracle(pair, one_ste
     assert {k[5:] for k in rec if k.startswith("loss_")} == set(ref.parts)
 
 
+@pytest.fixture(scope="module")
+def family_students(tiny_components, tmp_path_factory):
+    """Tiny LLaVAs of the Qwen3 (head_dim wider than hidden / heads, q/k norms) and Llama families."""
+    from llavakd.model.build import build_llava, save_llava
+
+    out = {}
+    for llm, chat in (("qwen3-0.6b", "qwen3"), ("llama-3.2-1b", "llama3")):
+        m, p, prov = build_llava(tiny_components / "vision" / "siglip", tiny_components / "llm" / llm,
+                                 strategy="full", chat=chat)
+        out[llm] = save_llava(m, p, tmp_path_factory.mktemp(llm) / "model", prov)
+    return out
+
+
 @pytest.mark.parametrize("layer", [0, -1])
-def test_one_layers_attention_rows_equal_eager_attentions_maps(pair, layer):
+@pytest.mark.parametrize("family", ["qwen2", "qwen3-0.6b", "llama-3.2-1b"])
+def test_one_layers_attention_rows_equal_eager_attentions_maps(pair, family_students, family, layer):
     """The attention terms' probabilities (queries and keys recomputed from the hooked layer's inputs,
     llavakd.distill.attention) equal what eager attention returns with output_attentions, for the
-    rows asked; the negative control shifts the rotary embedding by one position and differs."""
+    rows asked, in every family (Qwen3's q/k norms and wide heads included); the negative control
+    shifts the rotary embedding by one position and differs."""
     from transformers import LlavaForConditionalGeneration
 
     from llavakd.distill.attention import AttentionTaps, decoder_layers, probabilities
 
-    model = LlavaForConditionalGeneration.from_pretrained(pair / "student", dtype=torch.float64,
+    folder = pair / "student" if family == "qwen2" else family_students[family]
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float64,
                                                           attn_implementation="eager").eval()
+    assert model.config.text_config.model_type == family.split("-")[0]
     tap = AttentionTaps(decoder_layers(model)[layer].self_attn)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(10, 200, (2, 12), generator=g)

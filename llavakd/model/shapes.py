@@ -347,24 +347,37 @@ def _hub_cache() -> Path:
     return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
 
 
-def read_config(ref: str | None) -> tuple[dict | None, str]:
-    """``config.json`` of a local checkpoint folder, or of a hub id's snapshot in the local cache
-    (refs/main first): (the parsed JSON, where it came from), or (None, why not). Never the network."""
+def read_config(ref: str | None, filename: str = "config.json") -> tuple[dict | None, str]:
+    """``config.json`` (or another JSON file) of a local checkpoint folder, or of a hub id's snapshot in
+    the local cache (refs/main first): (the parsed JSON, where it came from), or (None, why not).
+    Never the network."""
     if not ref:
         return None, "not configured"
     path = Path(str(ref)).expanduser()
     if path.is_dir():
-        file = path / "config.json"
-        return (json.loads(file.read_text()), str(file)) if file.is_file() else (None, f"{path} has no config.json")
+        file = path / filename
+        return (json.loads(file.read_text()), str(file)) if file.is_file() else (None, f"{path} has no {filename}")
     repo = _hub_cache() / f"models--{str(ref).replace('/', '--')}"
     snapshots = repo / "snapshots"
     if snapshots.is_dir():
         main = repo / "refs" / "main"
         order = [snapshots / main.read_text().strip()] if main.is_file() else []
         for snap in order + sorted(snapshots.iterdir()):
-            if (snap / "config.json").is_file():
-                return json.loads((snap / "config.json").read_text()), f"{ref} (local Hugging Face cache)"
+            if (snap / filename).is_file():
+                return json.loads((snap / filename).read_text()), f"{ref} (local Hugging Face cache)"
     return None, f"{ref} is not a local folder nor in the local Hugging Face cache"
+
+
+def read_vocabulary(ref: str | None) -> tuple[dict | None, str]:
+    """A tokenizer's token -> id map from its ``tokenizer.json`` (the model's vocabulary and its added
+    tokens), or (None, why not): the dry run compares teacher and student without loading either."""
+    data, where = read_config(ref, "tokenizer.json")
+    if data is None:
+        return None, where
+    vocab = data.get("model", {}).get("vocab") or {}
+    vocab = dict(vocab) if isinstance(vocab, dict) else {piece: i for i, (piece, _) in enumerate(vocab)}  # Unigram
+    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
+    return vocab, where
 
 
 def _with_notes(where: str, notes: list[str], family_name: str) -> str:
