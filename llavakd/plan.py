@@ -88,6 +88,11 @@ class Study:
             self._shapes[llm] = resolve_llm(llm, ref or (given[0] if given else None))
         return self._shapes[llm][0]
 
+    def llm_source(self, llm: str) -> str:
+        """Where an LLM's shape came from (its config, or the documented shape, and what was filled)."""
+        self.llm_shape(llm)
+        return self._shapes[llm][1]
+
     # -- loading ---------------------------------------------------------------------------
     @classmethod
     def load(cls, config: dict, source: str = "config", tiny_llms=None) -> Study:
@@ -99,7 +104,10 @@ class Study:
         if problems:
             raise ConfigError(source, problems)
         study = cls(cfg)
-        problems += study.tower_problems() + study.vocabulary_problems() + study.job_config_problems()
+        problems += study.tower_problems()  # first: every job's plan reads the tower
+        if problems:
+            raise ConfigError(source, problems)
+        problems += study.vocabulary_problems() + study.job_config_problems()
         if problems:
             raise ConfigError(source, problems)
         return study
@@ -757,6 +765,14 @@ def memory_report(study: Study, budget_gib: float = 80.0) -> str:
     lines = [f"llavakd memory estimate per GPU (llavakd/memory.py; {budget_gib:g} GiB budget, {world} GPUs a job):"]
     if study.mode != "tiny":
         lines.append(f"  vision tower: {study.vision_shape()[1]}, {study.image_tokens()} visual tokens per image")
+        for llm in study.llms():
+            try:
+                s = study.llm_shape(llm)
+            except UnknownNameError:
+                continue
+            lines.append(f"  {llm}: {study.llm_source(llm)}; {s.model_type}, {s.params / 1e9:.2f}B parameters, "
+                         f"{s.num_attention_heads} x {s.head_dim} query heads, vocabulary {s.vocab_size}"
+                         f"{', tied head' if s.tie_word_embeddings else ''}")
     seen: set = set()
     for llm, seed, chain in train_jobs(study, study.all_models()):
         stage = chain.last.name

@@ -79,3 +79,67 @@ def test_an_untied_copy_of_a_tied_head_is_refused():
     with pytest.raises(LlavaKDError, match="ties the LM head to the input embeddings, but they are two tensors"):
         check_tied(model, "broken")
     check_tied(_tiny_llava("qwen3", tied=False), "untied by config")  # an untied config is left alone
+
+
+FAMILY_STUDY = {  # a Qwen3-shaped and a Llama-shaped tiny pair, with their own templates
+    "qwen3": {"teacher": "qwen3-1.7b", "students": ["qwen3-0.6b"], "template": "qwen3"},
+    "llama3": {"teacher": "llama-3.2-3b", "students": ["llama-3.2-1b"], "template": "llama3"},
+}
+
+
+@pytest.mark.slow
+def test_qwen3_and_llama_pairs_train_dpt_sft_dft_through_snakemake_and_load_in_transformers(micro_tree, tmp_path):
+    """Each family's student goes DPT -> SFT -> DFT through Snakemake from the micro tree's world and
+    components (its teacher a given checkpoint, so no teacher training is spent here); the exported
+    students load and generate in plain transformers with the template they trained in, heads tied;
+    the methods benchmark plans with them."""
+    import copy
+    import subprocess
+
+    import numpy as np
+    import yaml
+    from conftest import MICRO, copy_micro_tree, micro_cmd, micro_env
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from llavakd.model.build import build_llava, save_llava
+    from llavakd.model.chat import TEMPLATES, template_of
+
+    root = copy_micro_tree(micro_tree, tmp_path / "tree", parts=("results/micro/world", "results/micro/components"))
+    components = root / "results/micro/components"
+    cfg = copy.deepcopy(MICRO)
+    cfg["families"] = copy.deepcopy(FAMILY_STUDY)
+    cfg["ablations"] = {}
+    for fam in cfg["families"].values():
+        m, p, prov = build_llava(components / "vision/siglip", components / "llm" / fam["teacher"], strategy="full",
+                                 chat=fam["template"])
+        fam["teacher_checkpoint"] = str(save_llava(m, p, tmp_path / fam["teacher"], prov))
+    cfg["methods"] = {"compare": ["llava_kd_dft", "align_kd"], "students": ["qwen3-0.6b", "llama-3.2-1b"]}
+    path = root / "families.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    finals = [f"results/micro/runs/{s}/s0/dpt--sft--dft/final/COMPLETE" for s in ("qwen3-0.6b", "llama-3.2-1b")]
+    plan = subprocess.run(micro_cmd(root, path, "benchmark_methods", *finals, "-n"), cwd=root, env=micro_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "--template qwen3" in plan.stdout and "--template llama3" in plan.stdout
+    assert "qwen3-0.6b/s0/pt--sft--dft@align_kd" in plan.stdout
+    run = subprocess.run(micro_cmd(root, path, *finals), cwd=root, env=micro_env(), capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    image = Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8))
+    for student, chat in (("qwen3-0.6b", "qwen3"), ("llama-3.2-1b", "llama3")):
+        for chain in ("dpt", "dpt--sft", "dpt--sft--dft"):
+            assert (root / f"results/micro/runs/{student}/s0/{chain}/final/COMPLETE").is_file(), (student, chain)
+        final = root / f"results/micro/runs/{student}/s0/dpt--sft--dft/final"
+        model = LlavaForConditionalGeneration.from_pretrained(final).eval()
+        processor = AutoProcessor.from_pretrained(final)
+        assert model.config.text_config.model_type == student.split("-")[0]
+        assert template_of(processor) is TEMPLATES[chat]
+        check_tied(model, str(final))
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color ?"}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        assert text == TEMPLATES[chat].prompt("what color ?")
+        enc = processor(text=text, images=image, return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+        assert out.shape[1] > enc["input_ids"].shape[1]
+        assert model.generation_config.eos_token_id == processor.tokenizer.convert_tokens_to_ids(TEMPLATES[chat].end)

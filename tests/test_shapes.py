@@ -143,3 +143,67 @@ def test_a_real_mode_study_with_a_32px_tower_plans_and_trains_dpt_sft_dft(tiny_c
         model = tmp_path / f"results/real32/runs/qwen1.5-0.5b/s0/{chain}/final"
         assert (model / "COMPLETE").is_file(), chain
         assert json.loads((model / "config.json").read_text())["image_seq_length"] == 15
+
+
+def test_a_naflex_siglip2_tower_fails_the_dry_run_in_one_line(tmp_path):
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["vision"] = _folder(tmp_path, "naflex", {"model_type": "siglip2", "vision_config": {
+        "model_type": "siglip2_vision_model", "hidden_size": 64, "num_patches": 256}})
+    with pytest.raises(ConfigError) as e:
+        Study.load(raw, source="test")
+    lines = [p for p in e.value.problems if "NaFlex" in p]
+    assert len(lines) == 1 and lines[0].startswith("vision: ") and "pixel_attention_mask and spatial_shapes" in lines[0]
+
+
+def test_a_fixed_resolution_siglip2_config_fills_what_it_leaves_out_and_says_so(tmp_path):
+    """SigLIP2's fixed-resolution checkpoints ship as model_type 'siglip'; a small config without
+    num_attention_heads and intermediate_size takes transformers' defaults, named in the source."""
+    tower = _folder(tmp_path, "siglip2", {"model_type": "siglip", "vision_config": {
+        "hidden_size": 64, "num_hidden_layers": 2, "image_size": 32, "patch_size": 4}})
+    shape, source = resolve_vision(tower)
+    assert (shape.num_attention_heads, shape.intermediate_size, shape.patches) == (12, 3072, 64)
+    assert "SigLIP defaults for what it leaves out: intermediate_size=3072, num_attention_heads=12" in source
+    documented, source = resolve_vision("google/siglip2-so400m-patch16-384")
+    assert documented.tokens("full") == 576 and source.startswith("documented shape of google/siglip2")
+
+
+def test_the_studys_feature_select_strategy_sets_the_token_count_and_the_build(tmp_path):
+    study = _study(tmp_path, vision_strategy="full")
+    assert study.image_tokens() == 64  # 8x8 patches, all kept
+    args = study.build_args("qwen1.5-0.5b", 0)
+    assert args[args.index("--strategy") + 1] == "full" and args[args.index("--image-tokens") + 1] == "64"
+    assert "--strategy" not in _study(tmp_path / "unset").build_args("qwen1.5-0.5b", 0)  # unset: as before
+
+
+def _tokenizer_folder(root: Path, name: str, vocab: dict) -> str:
+    folder = Path(_folder(root, name, {**SMALL_LLM, "vocab_size": len(vocab)}))
+    (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab}, "added_tokens": [
+        {"id": len(vocab), "content": "<|endoftext|>"}]}))
+    return str(folder)
+
+
+def test_teacher_and_student_vocabularies_are_compared_by_the_dry_run(tmp_path):
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["vision"] = _folder(tmp_path, "tower", SMALL_TOWER)
+    raw["families"] = {"qwen1.5": {"teacher": "qwen1.5-4b", "students": ["qwen1.5-0.5b"]}}
+    raw["ablations"], raw["methods"] = {}, {"students": ["qwen1.5-0.5b"], "compare": ["ce"]}
+    raw["llms"] = {"qwen1.5-4b": _tokenizer_folder(tmp_path, "t", {"a": 0, "b": 1, "c": 2}),
+                   "qwen1.5-0.5b": _tokenizer_folder(tmp_path, "s", {"a": 0, "c": 1, "b": 2})}
+    with pytest.raises(ConfigError) as e:
+        Study.load(raw, source="test")
+    [line] = [p for p in e.value.problems if "vocabularies" in p]
+    assert line.startswith("families.qwen1.5: teacher qwen1.5-4b and student qwen1.5-0.5b have different vocabularies")
+    assert f"{tmp_path / 't' / 'tokenizer.json'}, 4 tokens" in line and f"{tmp_path / 's' / 'tokenizer.json'}" in line
+    raw["llms"]["qwen1.5-0.5b"] = _tokenizer_folder(tmp_path, "same", {"a": 0, "b": 1, "c": 2})
+    assert Study.load(raw, source="test").students() == ["qwen1.5-0.5b"]  # the same tokenizer plans
+
+
+def test_the_qwen3_study_plans_offline_and_prices_qwen3s_real_shapes():
+    from llavakd.model.shapes import DOCUMENTED
+
+    study = Study.load(yaml.safe_load((ROOT / "config" / "qwen3.yaml").read_text()), source="qwen3.yaml")
+    assert study.llm_shape("qwen3-0.6b") == DOCUMENTED["Qwen3-0.6B"] and study.image_tokens() == 728
+    report = memory_report(study)
+    assert "qwen3-0.6b: documented shape of Qwen3-0.6B" in report and "16 x 128 query heads" in report
+    assert "vision tower: documented shape of google/siglip2-so400m-patch14-384" in report
+    assert study.build_args("qwen3-0.6b", 1234)[-4:-2] == ["--template", "qwen3"]
