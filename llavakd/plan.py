@@ -88,6 +88,13 @@ class Study:
             self._shapes[llm] = resolve_llm(llm, ref or (given[0] if given else None))
         return self._shapes[llm][0]
 
+    def columns(self):
+        """The report columns (llavakd.eval.registry.report_columns): the paper's ten, any other benchmark
+        ``eval.benchmarks`` names, and the averages."""
+        from llavakd.eval.registry import report_columns
+
+        return report_columns(self.cfg.eval.benchmarks, self.cfg.eval.average_name)
+
     def llm_source(self, llm: str) -> str:
         """Where an LLM's shape came from (its config, or the documented shape, and what was filled)."""
         self.llm_shape(llm)
@@ -194,6 +201,27 @@ class Study:
         return out
 
     @staticmethod
+    def _benchmark_problems(c: StudyConfig) -> list[str]:
+        """Unknown benchmark names; in tiny mode, a column without a stand-in (one line each, saying why)."""
+        from llavakd.eval.registry import load_registry, resolve
+
+        out = []
+        for key in ("eval", "agreement"):
+            names = getattr(c, key).benchmarks
+            if names is None:
+                continue
+            try:
+                benches = resolve(names)
+            except LlavaKDError as err:
+                out.append(f"{key}.benchmarks: {err}")
+                continue
+            if c.mode == "tiny":
+                out += [f"{key}.benchmarks: {b.name} ({b.column}) has no tiny stand-in ({b.no_standin}); tiny mode "
+                        f"scores the columns that have one: {', '.join(n for n, x in load_registry().items() if x.standin)}"
+                        for b in benches if b.standin is None]
+        return out
+
+    @staticmethod
     def _semantic_problems(c: StudyConfig, tiny_llms=None) -> list[str]:
         p = []
         teachers = {f.teacher for f in c.families.values()}
@@ -202,6 +230,7 @@ class Study:
             p.append(f"families: student {s} appears in more than one family (its teacher would be ambiguous)")
         for s in sorted(teachers & set(students)):
             p.append(f"families: {s} is both a teacher and a student")
+        p += Study._benchmark_problems(c)
         for t in sorted(teachers):
             chats = {f.template or "phi" for f in c.families.values() if f.teacher == t}
             if len(chats) > 1:

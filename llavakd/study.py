@@ -209,7 +209,11 @@ class AblationsSection:
 @dataclass
 class EvalSection:
     benchmarks: str | list[str] = "all"
-    """``all`` or names of llavakd/eval/benchmarks.yaml (a comma list or a YAML list)."""
+    """``all`` (the paper's ten) or names of llavakd/eval/benchmarks.yaml (a comma list or a YAML list;
+    ``all`` may be one of them: ``all,mmstar``). Table 1 shows the paper's ten and any other named here."""
+    average_name: str | None = None
+    """The header of the average over all the study's columns when they go beyond the paper's ten
+    (unset: Avg(N))."""
     limit: int | None = None
     """Score the first N documents of each task (unset: all)."""
     batch_size: int = 8

@@ -318,3 +318,31 @@ def test_submission_files_have_fixed_names_and_runs_are_identical(world, tmp_pat
     sub = json.loads(runs["a"]["vqav2.submissions/vqav2-test-submission.json"])
     ds = docs(world, "vqav2_val")
     assert [r["question_id"] for r in sub] == [d["question_id"] for d in ds]  # one answer per stand-in question
+
+
+def test_a_benchmark_reads_its_metric_under_its_own_filter():
+    from llavakd.eval.runner import _task_metrics
+
+    raw = {"exact_match,none": 0.1, "exact_match,flexible-extract": 0.6, "alias": "ai2d"}
+    assert _task_metrics(raw) == {"exact_match": 0.1}
+    assert _task_metrics(raw, load_registry()["ai2d"].filter) == {"exact_match": 0.6}
+
+
+def test_ocrbenchs_stateful_aggregation_gives_the_same_value_when_called_again(tmp_path):
+    """lmms-eval's OCRBench aggregation adds into a module-level table it never resets; the interval
+    calls aggregations many times, so ours zeroes that table first (without it the second call doubles)."""
+    import lmms_eval.tasks.ocrbench.utils as ocr
+
+    from llavakd.eval.interval import aggregate
+
+    class Task:
+        def aggregation(self):
+            return {"ocrbench_accuracy": ocr.ocrbench_aggregate_accuracy}
+
+    items = [{"question_type": "Regular Text Recognition", "score": 1}] * 3 + \
+            [{"question_type": "Doc-oriented VQA", "score": 1}] * 2
+    first = aggregate(Task(), "ocrbench_accuracy", items, tmp_path)
+    assert first == aggregate(Task(), "ocrbench_accuracy", items, tmp_path) == 5 / 1000
+    doubled = ocr.ocrbench_aggregate_accuracy(items, args=__import__("argparse").Namespace(
+        output_path=str(tmp_path), process_with_media=False))
+    assert doubled == 10 / 1000  # the negative control: the stock function called twice

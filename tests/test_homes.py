@@ -208,3 +208,42 @@ def test_the_term_check_catches_a_term_named_outside_the_registry():
                     'BUILTIN = {"bild": Method(terms=["bild"])}',
                     '"""L_rel: cfg.rel"""'):
         assert not term_spellings(snippet), snippet
+
+
+# -- benchmark columns: named in the registry only ---------------------------------------------------
+def column_spellings(source: str) -> list[str]:
+    """String constants that name a report column (a registry benchmark key, its header, an average's key
+    or header) without being an lmms-eval task name, which task-level code may spell."""
+    from llavakd.eval.registry import load_averages, load_registry
+
+    registry = load_registry()
+    tasks = {t for b in registry.values() for t in (*b.tasks, *b.submission)}
+    names = ({*registry, *(b.column for b in registry.values())}
+             | {x for a in load_averages() for x in (a.key, a.name)}) - tasks
+    return sorted({node.value for node in ast.walk(ast.parse(source))
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names})
+
+
+# The stand-ins are "a column's stand-in in tiny mode": they name the data they imitate.
+STANDIN_MODULES = ("tiny/standins.py", "tiny/score.py")
+
+
+def test_no_module_outside_the_registry_names_a_benchmark_column():
+    offenders = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = str(path.relative_to(PACKAGE))
+        if rel == "eval/registry.py" or rel in STANDIN_MODULES:
+            continue
+        hits = column_spellings(path.read_text())
+        if hits:
+            offenders[rel] = hits
+    assert not offenders, offenders
+
+
+def test_the_column_check_catches_a_column_named_outside_the_registry():
+    for snippet in ('HEADERS = {"mmstar": "MMStar"}', 'x = row["avg10"]', 'COLUMNS = ("vqav2", "pope")',
+                    'label = "Avg7"', 'if c == "mmb_cn": pass'):
+        assert column_spellings(snippet), snippet
+    for snippet in ('task = "mme"', 'if name == "gqa": spec = None', 'x = columns.header(key)',
+                    '"""vqav2 in a docstring"""'):
+        assert not column_spellings(snippet), snippet

@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import save_file
 
 from llavakd.plan import Study
-from llavakd.report.averages import AVG9, average, avg7, avg10
+from llavakd.report.averages import PAPER, average, averages
 from llavakd.report.collect import Cell, Row, collect_row
 from llavakd.report.reference import PAPER_DIR, display_llm, load_paper, paper_row
 from llavakd.report.render import render_ablation, render_figures, render_table1
-from llavakd.report.tables import HEADERS as HEADER
 
 GOLDEN = Path(__file__).parent / "golden" / "report"
 COLS = ["vqav2", "gqa", "vizwiz", "sciqa", "textvqa", "mme", "mmb", "mmb_cn", "pope", "mmmu"]
+AVG9 = COLS[:-1]  # the v1 table's AVG: the ten without MMMU
 
 
 def _row(r):
@@ -30,11 +30,12 @@ def test_paper_averages_are_recomputed_exactly():
     v3 = load_paper("table1_v3.csv")
     checked = 0
     for _, r in v3.iterrows():
-        for name, fn in (("avg7", avg7), ("avg10", avg10)):
+        for name in ("avg7", "avg10"):
             if not pd.isna(r[name]):
-                assert round(fn(_row(r), partial=True), 1) == pytest.approx(r[name]), (r["method"], r["llm"], name)
+                assert round(averages(_row(r), partial=True)[name], 1) == pytest.approx(r[name]), (r["method"], r["llm"],
+                                                                                                 name)
                 checked += 1
-                full = fn(_row(r))  # complete rows need no partial mean
+                full = averages(_row(r))[name]  # complete rows need no partial mean
                 assert full is None or round(full, 1) == pytest.approx(r[name])
     assert checked >= 30
     v1 = pd.read_csv(PAPER_DIR / "table1_v1.csv")
@@ -201,7 +202,7 @@ def test_protocol_offset_csv_is_ours_minus_paper(tmp_path, monkeypatch):
     paper = paper_row(load_paper(), "llava_kd", "qwen1.5-0.5b")
     assert len(got) == 2 * len(COLS)  # every column of this row is reported
     for _, r in got.iterrows():
-        c = COLS[[HEADER[x] for x in COLS].index(r["benchmark"])]
+        c = COLS[[PAPER.header(x) for x in COLS].index(r["benchmark"])]
         ours = (50.0 if r["protocol"] == "lmms-eval" else 60.0) + COLS.index(c)
         assert r["ours"] == pytest.approx(ours) and r["paper"] == pytest.approx(paper[c])
         assert r["offset"] == pytest.approx(ours - paper[c], abs=1e-4)
@@ -309,3 +310,27 @@ def test_thirdparty_rows_sit_under_our_run_of_the_same_chain_never_as_paper():
     assert sum(lab == THIRDPARTY_SOURCE for _, lab in labels) == 4
     assert not any(ln.source == "paper" and ln.values for ln in table.lines)
     assert "third-party" in to_csv(table) and ",paper," not in to_csv(table)
+
+
+def test_a_column_beyond_the_papers_ten_is_shown_and_averaged_under_its_own_name(tmp_path):
+    from llavakd.eval.registry import report_columns
+    from llavakd.report.tables import ablation_table, to_csv, to_markdown
+
+    cols = report_columns(["all", "mmstar"])
+    d = tmp_path / "eval"
+    d.mkdir()
+    for i, c in enumerate(cols.benchmarks):
+        (d / f"{c}.json").write_text(json.dumps({"headline": 40.0 + i}))
+    row = collect_row({"label": "x", "role": "x", "llm": "qwen1.5-0.5b", "eval_dirs": [d]}, cols)
+    assert row.cells["mmstar"].mean == 50.0
+    assert row.cells["avg"].mean == pytest.approx(45.0) and row.cells["avg10"].mean == pytest.approx(44.5)
+    md = to_markdown(ablation_table("t", [("x", "pt--sft", row)], columns=cols))
+    header = next(line for line in md.splitlines() if line.startswith("| Method"))
+    assert header.endswith("| MMMU | MMStar | Avg7 | Avg10 | Avg(11) |")
+    head = to_csv(ablation_table("t", [("x", "pt--sft", row)], columns=cols)).splitlines()[0].split(",")
+    assert head[5:19] == [*cols.benchmarks, "avg7", "avg10", "avg"] and "mmstar_ci95" in head
+    plain = to_markdown(ablation_table("t", [("x", "pt--sft", collect_row(
+        {"label": "x", "role": "x", "llm": "qwen1.5-0.5b", "eval_dirs": [d]}))]))
+    assert next(line for line in plain.splitlines() if line.startswith("| Method")).endswith("| MMMU | Avg7 | Avg10 |")
+    assert report_columns("all,ai2d", "Avg-mine").header("avg") == "Avg-mine"
+    assert report_columns("all,ai2d").headline == "avg" and report_columns().headline == "avg10"

@@ -207,3 +207,24 @@ def test_the_qwen3_study_plans_offline_and_prices_qwen3s_real_shapes():
     assert "qwen3-0.6b: documented shape of Qwen3-0.6B" in report and "16 x 128 query heads" in report
     assert "vision tower: documented shape of google/siglip2-so400m-patch14-384" in report
     assert study.build_args("qwen3-0.6b", 1234)[-4:-2] == ["--template", "qwen3"]
+
+
+def test_the_qwen3_study_adds_four_columns_and_tiny_mode_refuses_a_column_without_a_stand_in():
+    import sys
+
+    study = Study.load(yaml.safe_load((ROOT / "config" / "qwen3.yaml").read_text()), source="qwen3.yaml")
+    cols = study.columns()
+    assert cols.benchmarks[-4:] == ("mmstar", "ai2d", "ocrbench", "realworldqa") and cols.header("avg") == "Avg(14)"
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import MICRO
+
+    from llavakd.tiny.family import LLM_NAMES
+
+    raw = copy.deepcopy(MICRO)
+    raw["eval"]["benchmarks"] = "pope,ocrbench"
+    with pytest.raises(ConfigError) as e:
+        Study.load(raw, source="micro.yaml", tiny_llms=LLM_NAMES)
+    assert e.value.problems == [
+        "eval.benchmarks: ocrbench (OCRBench) has no tiny stand-in (the tiny world has no OCRBench question types (its "
+        "aggregation adds them up by type)); tiny mode scores the columns that have one: vqav2, gqa, vizwiz, sciqa, "
+        "textvqa, mme, mmb, mmb_cn, pope, mmmu"]

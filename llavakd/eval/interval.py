@@ -51,10 +51,24 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+# Aggregations that add into a module-level table and never reset it (lmms-eval 0.7.3's OCRBench): right
+# when lmms-eval calls them once per process, wrong on the second call. Zeroed before each of ours.
+STATEFUL_AGGREGATIONS = {"ocrbench_aggregate_accuracy": "OCRBench_score"}
+
+
+def _reset_module_state(fn) -> None:
+    table = STATEFUL_AGGREGATIONS.get(getattr(fn, "__name__", ""))
+    state = getattr(inspect.getmodule(fn), table, None) if table else None
+    if isinstance(state, dict):
+        for k in state:
+            state[k] = 0
+
+
 def aggregate(task, metric: str, items: list, work: Path):
     """``metric`` over ``items`` by the task's own aggregation, called as lmms-eval's evaluator calls it
     (MMBench's prints its table, swallowed here, and writes a file under ``work``: pass a scratch folder)."""
     fn = task.aggregation()[metric]
+    _reset_module_state(fn)
     with contextlib.redirect_stdout(io.StringIO()):
         if "args" in inspect.signature(fn).parameters:
             return fn(items, args=argparse.Namespace(output_path=str(work), process_with_media=False))

@@ -56,10 +56,10 @@ def benchmark_datasets(benches: list[Benchmark], submission: bool = False) -> li
     """Every dataset the benchmarks' tasks load, each once, in order."""
     from lmms_eval.tasks import TaskManager
 
-    from llavakd.eval.tasks import CN_STATIC, CN_STATIC_SOURCE, lmms_tasks_root
+    from llavakd.eval.tasks import CN_STATIC, lmms_tasks_root, stock_yaml
 
     index = TaskManager().task_index
-    ours = {CN_STATIC: lmms_tasks_root() / CN_STATIC_SOURCE}  # llavakd's tasks: the stock file they include
+    ours = {CN_STATIC: lmms_tasks_root() / stock_yaml()[CN_STATIC]}  # llavakd's tasks: the stock file they include
     out: dict[tuple, Dataset] = {}
     for b in benches:
         for task in list(b.tasks) + (list(b.submission) if submission else []):

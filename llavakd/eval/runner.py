@@ -79,14 +79,15 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _task_metrics(raw: dict) -> dict:
-    """lmms-eval's 'metric,filter' keys -> {metric: value} for the 'none' filter (stderr kept too)."""
+def _task_metrics(raw: dict, only: str = "none") -> dict:
+    """lmms-eval's 'metric,filter' keys -> {metric: value} for the filter ``only`` (the benchmark's; stderr
+    kept too)."""
     out = {}
     for key, value in raw.items():
         if "," not in key:
             continue
         metric, filt = key.split(",", 1)
-        if filt == "none" and isinstance(value, (int, float)):
+        if filt == only and isinstance(value, (int, float)):
             out[metric] = value
     return out
 
@@ -245,7 +246,7 @@ def run_benchmark(bench: Benchmark, model, out: Path, *, task_manager, names: di
         task_samples = res.get("samples", {}).get(name, [])
         if raw is None or n == 0 or not task_samples:
             raise EvalError(f"{bench.name}: task {name} scored no documents (check its data and --limit)")
-        per_task[official] = _task_metrics(raw)
+        per_task[official] = _task_metrics(raw, bench.filter)
         metric_names = [m for m in per_task[official] if not m.endswith("_stderr")]
         samples[official] = [_sample_record(official, s, metric_names) for s in task_samples]
         counts[official] = n

@@ -20,22 +20,19 @@ import yaml
 
 HOOKS_MODULE = "llavakd_task_hooks"  # written beside the YAMLs: `!function` resolves from there
 CN_STATIC = "mmbench_cn_dev_static"
-CN_STATIC_SOURCE = "mmbench/mmbench_cn_dev.yaml"  # the stock task it includes, relative to lmms_eval/tasks
 CN_STATIC_METRIC = ("metric_list:\n  - metric: gpt_eval_score\n"
                     f"    aggregation: !function {HOOKS_MODULE}.{CN_STATIC}\n"
                     "    higher_is_better: true\n")
 
 
-# every task the registry runs (llavakd/eval/benchmarks.yaml, submission splits included) -> its YAML,
-# relative to lmms_eval/tasks; CN_STATIC is ours and is written into the task folder
-STOCK_YAML = {
-    "vqav2_val": "vqav2/vqav2_val.yaml", "vqav2_test": "vqav2/vqav2_test.yaml", "gqa": "gqa/gqa.yaml",
-    "vizwiz_vqa_val": "vizwiz_vqa/vizwiz_vqa_val.yaml", "vizwiz_vqa_test": "vizwiz_vqa/vizwiz_vqa_test.yaml",
-    "scienceqa_img": "scienceqa/scienceqa_img.yaml", "textvqa_val": "textvqa/textvqa_val.yaml", "mme": "mme/mme.yaml",
-    "mmbench_en_dev_static": "mmbench/mmbench_en_dev_static.yaml", CN_STATIC: CN_STATIC_SOURCE,
-    "pope_adv": "pope/pope_adv.yaml", "pope_pop": "pope/pope_pop.yaml", "pope_random": "pope/pope_random.yaml",
-    "mmmu_val": "mmmu/mmmu_val.yaml",
-}
+
+
+def stock_yaml() -> dict[str, str]:
+    """Every task the registry runs (submission splits included) -> its YAML, relative to lmms_eval/tasks
+    (the registry's ``yaml``); CN_STATIC is ours, written into the task folder, and includes its source."""
+    from llavakd.eval.registry import load_registry
+
+    return {task: rel for bench in load_registry().values() for task, rel in bench.yaml}
 
 
 def mmbench_cn_dev_static(results, args=None) -> float:
@@ -62,9 +59,9 @@ def write_task_yamls(folder: str | Path) -> dict[str, str]:
     (folder / f"{HOOKS_MODULE}.py").write_text(
         f"from llavakd.eval.tasks import {CN_STATIC}  # noqa: F401\n"
         f"from llavakd.eval.paper import {', '.join(HOOK_FUNCTIONS)}  # noqa: F401\n")
-    cn = {"include": str(lmms_tasks_root() / CN_STATIC_SOURCE), "task": CN_STATIC}
+    cn = {"include": str(lmms_tasks_root() / stock_yaml()[CN_STATIC]), "task": CN_STATIC}
     (folder / f"{CN_STATIC}.yaml").write_text(yaml.safe_dump(cn, sort_keys=False) + CN_STATIC_METRIC)
-    return {task: task for task in STOCK_YAML}
+    return {task: task for task in stock_yaml()}
 
 
 def task_manager(folder: str | Path, stock: bool = True):
@@ -79,7 +76,7 @@ def task_manager(folder: str | Path, stock: bool = True):
 def task_yaml(folder: str | Path, task: str, name: str) -> Path:
     """The YAML file of ``name`` (run for registry task ``task``): written into ``folder``, or lmms-eval's own."""
     written = Path(folder) / f"{name}.yaml"
-    return written if written.is_file() else lmms_tasks_root() / STOCK_YAML[task]
+    return written if written.is_file() else lmms_tasks_root() / stock_yaml()[task]
 
 
 def write_protocol_yamls(folder: str | Path, names: dict[str, str], protocol: str,

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from llavakd.errors import LlavaKDError
 from llavakd.eval.agreement import MEASURES
-from llavakd.eval.registry import load_registry
+from llavakd.eval.registry import header, load_registry
 from llavakd.io import atomic_write_text
 from llavakd.layout import parse_model
 from llavakd.report.collect import Cell
 from llavakd.report.reference import display_llm
-from llavakd.report.tables import HEADERS, ROLE_LABEL
+from llavakd.report.tables import ROLE_LABEL
 
 MEASURE_LABEL = {"answer_agreement": "answer agreement (%)", "answer_kl": "answer KL (nats/token)",
                  "visual_kl": "visual KL (nats/position)"}
@@ -91,7 +91,7 @@ def _fmt(cell: Cell | None, digits: int) -> str:
 def write_agreement(rows: list[AgreementRow], benches: list[str], stem: str | Path) -> list[Path]:
     stem = Path(stem)
     cols = [*benches, ALL]
-    head = ["Student", "Variant", "Measure"] + [HEADERS.get(b, b) for b in benches] + ["All"]
+    head = ["Student", "Variant", "Measure"] + [header(b) for b in benches] + ["All"]
     md = ["**Teacher agreement: how close each student is to its teacher**", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(cols)]
     buf = io.StringIO()

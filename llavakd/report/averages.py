@@ -1,12 +1,14 @@
-"""The paper's averages: Avg7 and Avg10 (v3 table), AVG over nine columns (v1 table)."""
+"""The reports' averages, as the registry defines them (llavakd/eval/benchmarks.yaml, ``averages``):
+the paper's Avg7 and Avg10, and for a study with columns beyond the paper's ten one over all of them."""
 
 from __future__ import annotations
 
 import math
 
-COLUMNS = ("vqav2", "gqa", "vizwiz", "sciqa", "textvqa", "mme", "mmb", "mmb_cn", "pope", "mmmu")
-AVG7 = ("gqa", "vizwiz", "sciqa", "textvqa", "mme", "mmb", "mmb_cn")
-AVG9 = tuple(c for c in COLUMNS if c != "mmmu")  # the v1 table's AVG
+from llavakd.eval.registry import Columns, paper_columns, report_columns
+
+COLUMNS = paper_columns()  # the paper's ten, in Table 1's order
+PAPER = report_columns()   # what a report of the paper's ten shows: the ten, Avg7, Avg10
 
 
 def average(row: dict, columns=COLUMNS, partial: bool = False) -> float | None:
@@ -20,9 +22,6 @@ def average(row: dict, columns=COLUMNS, partial: bool = False) -> float | None:
     return sum(present) / len(present)
 
 
-def avg7(row: dict, partial: bool = False) -> float | None:
-    return average(row, AVG7, partial)
-
-
-def avg10(row: dict, partial: bool = False) -> float | None:
-    return average(row, COLUMNS, partial)
+def averages(row: dict, columns: Columns = PAPER, partial: bool = False) -> dict[str, float | None]:
+    """{average key: its value} for every average ``columns`` shows."""
+    return {a.key: average(row, a.of, partial) for a in columns.averages}

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llavakd.errors import LlavaKDError
-from llavakd.report.averages import COLUMNS, avg7, avg10
+from llavakd.eval.registry import Columns
+from llavakd.report.averages import COLUMNS, PAPER, average
 
 
 @dataclass
@@ -82,19 +83,20 @@ def read_scores(eval_dir: str | Path, columns=COLUMNS) -> dict[str, dict]:
     return out
 
 
-def collect_row(spec: dict) -> Row:
-    """``spec``: label, role, llm, family, eval_dirs (one per seed)."""
-    per_seed = [read_scores(d) for d in spec["eval_dirs"]]
+def collect_row(spec: dict, columns: Columns = PAPER) -> Row:
+    """``spec``: label, role, llm, family, eval_dirs (one per seed); ``columns``: what the report shows."""
+    per_seed = [read_scores(d, columns.benchmarks) for d in spec["eval_dirs"]]
     row = Row(label=spec["label"], role=spec["role"], llm=spec["llm"], family=spec.get("family", ""),
               seeds=len(per_seed))
-    for c in COLUMNS:
+    for c in columns.benchmarks:
         recs = [s[c] for s in per_seed if c in s]
         if recs and len(recs) != len(per_seed):
             raise LlavaKDError(f"{spec['label']} {spec['llm']}: {c} exists for {len(recs)} of {len(per_seed)} seeds")
         if recs:
             row.cells[c] = Cell([float(r["headline"]) for r in recs], local_split=bool(recs[0].get("local_split_differs")),
                                 lows=[(r.get("interval95") or {}).get("low") for r in recs])
-    for name, fn in (("avg7", avg7), ("avg10", avg10)):  # per seed, then pooled like any column
+    for avg in columns.averages:  # per seed, then pooled like any column
+        name, fn = avg.key, (lambda scores, of=avg.of: average(scores, of))
         vals = [fn({c: float(s[c]["headline"]) for c in s}) for s in per_seed]
         if vals and all(v is not None for v in vals):
             row.cells[name] = Cell(vals, lows=[_average_low(s, fn) for s in per_seed])

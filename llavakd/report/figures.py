@@ -19,16 +19,18 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from llavakd import terms  # noqa: E402
+from llavakd.eval.registry import header  # noqa: E402
 from llavakd.io import atomic_file  # noqa: E402
-from llavakd.report.averages import COLUMNS, avg10  # noqa: E402
+from llavakd.report.averages import COLUMNS, PAPER, average  # noqa: E402
 from llavakd.report.reference import display_llm, llm_size_billions, paper_row  # noqa: E402
-from llavakd.report.tables import HEADERS  # noqa: E402
 
 SOURCES = ["paper LLaVA-KD", "ours LLaVA-KD", "ours baseline (PT+SFT)", "ours baseline+ (PT+SFT+CFT)", "ours teacher"]
 # one colour and marker per kind of model in every panel
 KIND_STYLE = {"LLaVA-KD": ("C0", "s"), "TinyLLaVA†": ("C1", "X"), "baseline (PT+SFT)": ("C1", "X"),
               "baseline+ (PT+SFT+CFT)": ("C2", "P"),
               "teacher": ("C3", "o"), "others": ("C7", "o")}
+
+AVG = PAPER.header(PAPER.paper_average)  # the paper's Avg10: the figures compare with the paper
 
 
 def _save(fig, out: str | Path) -> Path:
@@ -56,7 +58,7 @@ def benchmark_bars(families: list[dict], paper, out, chance: dict[str, float] | 
                 values = (ref.get(c), kd.means().get(c), base.means().get(c), plus_means.get(c), teacher.get(c))
                 for source, v in zip(SOURCES, values):
                     if v is not None:
-                        recs.append({"student": student, "benchmark": HEADERS[c], "source": source, "score": v})
+                        recs.append({"student": student, "benchmark": PAPER.header(c), "source": source, "score": v})
     df = pd.DataFrame(recs)
     sns.set_theme(style="whitegrid", font_scale=0.9)
     n = df["student"].nunique()
@@ -69,10 +71,10 @@ def benchmark_bars(families: list[dict], paper, out, chance: dict[str, float] | 
         for lbl in ax.get_xticklabels():
             lbl.set_horizontalalignment("right")
     if chance:
-        order = [HEADERS[c] for c in COLUMNS if HEADERS[c] in set(df["benchmark"])]
+        order = [PAPER.header(c) for c in COLUMNS if PAPER.header(c) in set(df["benchmark"])]
         for ax in g.axes.flat:
             for i, name in enumerate(order):
-                c = next(k for k in COLUMNS if HEADERS[k] == name)
+                c = next(k for k in COLUMNS if PAPER.header(k) == name)
                 if chance.get(c) is not None:
                     ax.hlines(chance[c], i - 0.45, i + 0.45, colors="black", lw=1.6)
     sns.move_legend(g, "upper center", bbox_to_anchor=(0.5, 1.04), ncol=5, title=None, frameon=False)
@@ -91,12 +93,12 @@ def overview(families: list[dict], paper, params: dict[str, float], out, chance:
     for _, r in paper.iterrows():
         vals = {c: (None if pd.isna(r[c]) else float(r[c])) for c in COLUMNS}
         size = llm_size_billions(str(r["llm"]))
-        if avg10(vals) is not None and size is not None:
+        if average(vals) is not None and size is not None:
             kind = "LLaVA-KD" if r["method"] == "LLaVA-KD" else ("TinyLLaVA†" if r["method"] == "TinyLLaVA†" else "others")
-            prec.append({"size (B params)": size, "Avg10": avg10(vals), "method": kind, "name": f"{r['method']} {r['llm']}"})
+            prec.append({"size (B params)": size, AVG: average(vals), "method": kind, "name": f"{r['method']} {r['llm']}"})
     pdf = pd.DataFrame(prec)
     kinds = ["LLaVA-KD", "TinyLLaVA†", "others"]
-    sns.scatterplot(pdf, x="size (B params)", y="Avg10", hue="method", style="method", s=70, ax=a, hue_order=kinds,
+    sns.scatterplot(pdf, x="size (B params)", y=AVG, hue="method", style="method", s=70, ax=a, hue_order=kinds,
                     palette={k: KIND_STYLE[k][0] for k in kinds}, markers={k: KIND_STYLE[k][1] for k in kinds})
     a.set_title("paper (Table 1, rows with all ten columns)")
     a.legend(title=None, loc="lower right")
@@ -107,15 +109,15 @@ def overview(families: list[dict], paper, params: dict[str, float], out, chance:
         rows = [fam["teacher"]] + [r for st in fam["students"] for r in st.values()]
         for row in rows:
             m = row.means()
-            if "avg10" in m and row.llm in params:
-                ours.append({"LLM parameters (M)": params[row.llm] / 1e6, "Avg10": m["avg10"],
+            if PAPER.paper_average in m and row.llm in params:
+                ours.append({"LLM parameters (M)": params[row.llm] / 1e6, AVG: m[PAPER.paper_average],
                              "model": role_name.get(row.role, row.role)})
-    odf = pd.DataFrame(ours, columns=["LLM parameters (M)", "Avg10", "model"])
+    odf = pd.DataFrame(ours, columns=["LLM parameters (M)", AVG, "model"])
     kinds = [k for k in role_name.values() if k in set(odf["model"])]
-    sns.scatterplot(odf, x="LLM parameters (M)", y="Avg10", hue="model", style="model", s=70, ax=b, hue_order=kinds,
+    sns.scatterplot(odf, x="LLM parameters (M)", y=AVG, hue="model", style="model", s=70, ax=b, hue_order=kinds,
                     palette={k: KIND_STYLE[k][0] for k in kinds}, markers={k: KIND_STYLE[k][1] for k in kinds})
-    if chance and avg10(chance) is not None:
-        b.axhline(avg10(chance), color="black", ls="--", lw=1, label="chance (best constant answer)")
+    if chance and average(chance) is not None:
+        b.axhline(average(chance), color="black", ls="--", lw=1, label="chance (best constant answer)")
     b.set_title("ours (this run)")
     if b.get_legend():
         b.legend(title=None, loc="best")
@@ -164,7 +166,7 @@ def protocol_offsets(released: list[dict], paper) -> pd.DataFrame:
         for c in COLUMNS:
             if c in r["scores"] and not pd.isna(row[c]):
                 recs.append({"checkpoint": r["name"], "method": r["method"], "llm": r["llm"], "protocol": r["protocol"],
-                             "benchmark": HEADERS[c], "ours": r["scores"][c], "paper": float(row[c]),
+                             "benchmark": PAPER.header(c), "ours": r["scores"][c], "paper": float(row[c]),
                              "offset": r["scores"][c] - float(row[c])})
     return pd.DataFrame(recs, columns=["checkpoint", "method", "llm", "protocol", "benchmark", "ours", "paper",
                                        "offset"])
@@ -200,7 +202,7 @@ def agreement(rows, benches: list[str], out) -> Path:
     for r in rows:
         for b, cell in r.cells.items():
             for v in cell.values:
-                recs.append({"measure": MEASURE_LABEL[r.measure], "benchmark": "All" if b == ALL else HEADERS.get(b, b),
+                recs.append({"measure": MEASURE_LABEL[r.measure], "benchmark": "All" if b == ALL else header(b),
                              "student": display_llm(r.llm), "variant": ROLE_LABEL.get(r.role, r.role), "value": v})
     df = pd.DataFrame(recs)
     sns.set_theme(style="whitegrid", font_scale=0.85)
@@ -222,9 +224,9 @@ def methods(rows, out) -> Path:
     students = list(dict.fromkeys(r.llm for r in rows))
     fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 3.2), squeeze=False)
     for ax, llm in zip(axes[0], students):
-        mine = [r for r in rows if r.llm == llm and "avg10" in r.paired]
+        mine = [r for r in rows if r.llm == llm and PAPER.paper_average in r.paired]
         for i, r in enumerate(mine):
-            p = r.paired["avg10"]
+            p = r.paired[PAPER.paper_average]
             ax.errorbar([p.mean], [i], xerr=[[p.half or 0.0], [p.half or 0.0]], fmt="o",
                         color="tab:green" if p.beats else "tab:orange" if p.below else "tab:gray", capsize=3)
             ax.scatter(p.diffs, [i] * len(p.diffs), s=10, color="black", alpha=0.5, zorder=3)

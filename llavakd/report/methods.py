@@ -30,12 +30,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llavakd.eval.registry import Columns
 from llavakd.io import atomic_write_text
 from llavakd.layout import RunDir, parse_model
-from llavakd.report.averages import COLUMNS
+from llavakd.report.averages import PAPER
 from llavakd.report.collect import Cell, collect_row
 from llavakd.report.reference import display_llm
-from llavakd.report.tables import HEADERS, NOT_ABOVE, chance_line
+from llavakd.report.tables import NOT_ABOVE, chance_line
 
 LEVEL = 0.05
 
@@ -60,7 +61,7 @@ class MethodRow:
     llm: str
     follows: str
     cells: dict[str, Cell]
-    paired: dict[str, Paired] = field(default_factory=dict)  # per column (avg10 and each benchmark)
+    paired: dict[str, Paired] = field(default_factory=dict)  # per column (the headline average and each benchmark)
     agreement: dict[str, Cell] = field(default_factory=dict)  # measure -> over seeds
     step_s: float | None = None
     peak_mb: float | None = None
@@ -101,9 +102,10 @@ def holm(pairs: list[Paired]) -> None:
         p.below = still and p.mean + p.half < 0
 
 
-def detectable(rows: list[MethodRow], k: int) -> float | None:
-    """The smallest paired Avg10 difference this many seeds detect with 80% power at Holm's strictest level."""
-    diffs = [r.paired["avg10"] for r in rows if "avg10" in r.paired and len(r.paired["avg10"].diffs) > 1]
+def detectable(rows: list[MethodRow], k: int, headline: str = PAPER.headline) -> float | None:
+    """The smallest paired difference of the headline average (Avg10 over the paper's ten) this many seeds
+    detect with 80% power at Holm's strictest level."""
+    diffs = [r.paired[headline] for r in rows if headline in r.paired and len(r.paired[headline].diffs) > 1]
     if not diffs:
         return None
     n = len(diffs[0].diffs)
@@ -153,6 +155,7 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
     from llavakd.methods import CONTROL
 
     protocol = protocol or study.protocols[0]
+    columns = study.columns()
     models = study.method_models()
     rows: list[MethodRow] = []
     for llm in study.method_students():
@@ -160,13 +163,13 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
         for name in study.compared_methods():
             mine = [m for m in models[name] if parse_model(m).llm == llm]
             row = collect_row({"label": name, "role": name, "llm": llm,
-                               "eval_dirs": [study.layout.eval_dir(m, protocol) for m in mine]})
+                               "eval_dirs": [study.layout.eval_dir(m, protocol) for m in mine]}, columns)
             step_s, peak = _cost(study, mine)
             per[name] = MethodRow(name, llm, study.methods[name].follows, row.cells, agreement=_agreement(study, mine),
                                   step_s=step_s, peak_mb=peak, gpu_hours=(gpu_hours or {}).get(name))
         control = per[CONTROL]
         others = [r for n, r in per.items() if n != CONTROL]
-        for col in ("avg10", *COLUMNS):
+        for col in (columns.headline, *columns.benchmarks):
             pairs = []
             for r in others:
                 if col in r.cells and col in control.cells:
@@ -174,7 +177,7 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
                     r.paired[col].p = paired_test(r.paired[col].diffs)
                     pairs.append(r.paired[col])
             holm(pairs)
-        others.sort(key=lambda r: -(r.paired["avg10"].mean if "avg10" in r.paired else -math.inf))
+        others.sort(key=lambda r: -(r.paired[columns.headline].mean if columns.headline in r.paired else -math.inf))
         rows += [control, *others]
     return rows
 
@@ -195,27 +198,30 @@ def _paired(p: Paired | None) -> str:
 
 def caption(rows: list[MethodRow], study) -> str:
     k = max(len(study.compared_methods()) - 1, 1)
-    mde = detectable(rows, k)
-    paired = [(r.method, r.paired["avg10"]) for r in rows if r.paired.get("avg10")]
+    columns = study.columns()
+    avg = columns.header(columns.headline)
+    mde = detectable(rows, k, columns.headline)
+    paired = [(r.method, r.paired[columns.headline]) for r in rows if r.paired.get(columns.headline)]
     beat = sorted({m for m, p in paired if p.beats})
     below = sorted({m for m, p in paired if p.below})
     others = sorted({m for m, p in paired if not p.beats and not p.below})
     n = len(study.seeds)
     return (f"Methods on one footing ({n} seeds, paired by seed with ce, the step-matched control; Holm-adjusted "
-            f"95% intervals over {k} comparisons). Beat ce on Avg10: {', '.join(beat) or 'none'}. Below ce: "
+            f"95% intervals over {k} comparisons). Beat ce on {avg}: {', '.join(beat) or 'none'}. Below ce: "
             f"{', '.join(below) or 'none'}. Not shown to differ from ce: {', '.join(others) or 'none'}."
-            + (f" The smallest Avg10 difference {n} seeds detect (80% power, strictest Holm level): {mde:.1f}."
+            + (f" The smallest {avg} difference {n} seeds detect (80% power, strictest Holm level): {mde:.1f}."
                if mde is not None else ""))
 
 
 def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: dict[str, float] | None = None,
-                  formats=("md", "csv", "tex", "html")) -> list[Path]:
+                  formats=("md", "csv", "tex", "html"), columns: Columns = PAPER) -> list[Path]:
     """The table in the requested formats (md/tex/html share one layout; csv has a row per method)."""
     from llavakd.eval.agreement import MEASURES
 
-    cols = ["avg10", *COLUMNS]
-    ref = chance_line(chance).values if chance else {}
-    head = (["Method", "LLM", "seeds"] + [HEADERS[c] for c in cols] + ["Δ Avg10 vs ce (Holm 95%)", "per-seed Δ"]
+    cols = [columns.headline, *columns.benchmarks]
+    ref = chance_line(chance, columns).values if chance else {}
+    head = (["Method", "LLM", "seeds"] + [columns.header(c) for c in cols]
+            + [f"Δ {columns.header(columns.headline)} vs ce (Holm 95%)", "per-seed Δ"]
             + [m.replace("_", " ") for m in MEASURES] + ["s/step ÷ ce", "peak mem ÷ ce", "GPU-h (paper scale)"])
     body = []
     if chance:
@@ -227,7 +233,7 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
     for r in rows:
         ce = control.get(r.llm)
         rel = (lambda a, b: f"{a / b:.2f}" if a is not None and b else "-")  # noqa: E731
-        p = r.paired.get("avg10")
+        p = r.paired.get(columns.headline)
         body.append([r.method, display_llm(r.llm), str(len(next(iter(r.cells.values())).values) if r.cells else 0)]
                     + [_cell(r.cells.get(c), ref.get(c), f"{r.method} {r.llm} {c}") for c in cols]
                     + [_paired(p), ", ".join(f"{d:+.1f}" for d in p.diffs) if p else "-"]

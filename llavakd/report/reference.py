@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llavakd.report.averages import COLUMNS
+from llavakd.report.averages import COLUMNS, PAPER
 from llavakd.stages import DEFAULT_TERMS, SEPARATOR, Chain, Step
 
 PAPER_DIR = Path(str(importlib.resources.files("llavakd.report") / "paper"))  # package data
@@ -72,5 +72,6 @@ def thirdparty_rows(table: str) -> list[dict]:
     for _, r in ref[ref["table"] == table].iterrows():
         terms = {t: (None if pd.isna(r[t]) else float(r[t])) for t in DEFAULT_TERMS}
         out.append({"student": r["student"], "variant": r["variant"],
-                    "chain": str(thirdparty_chain(table, r["variant"], terms)), "avg10": float(r["avg10"])})
+                    "chain": str(thirdparty_chain(table, r["variant"], terms)),
+                    PAPER.paper_average: float(r[PAPER.paper_average])})
     return out

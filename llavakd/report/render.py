@@ -25,7 +25,7 @@ from llavakd.stages import NAMES as STAGE_NAMES
 def _row(study, label, role, llm, models, family="", protocol=None):
     protocol = protocol or study.protocols[0]
     return collect_row({"label": label, "role": role, "llm": llm, "family": family,
-                        "eval_dirs": [study.layout.eval_dir(m, protocol) for m in models]})
+                        "eval_dirs": [study.layout.eval_dir(m, protocol) for m in models]}, study.columns())
 
 
 def study_families(study, protocol=None) -> list[dict]:
@@ -83,9 +83,9 @@ def render_table1(study, reports_dir, formats=("md", "csv", "tex", "html")):
     by_protocol = {p: study_families(study, p) for p in study.protocols}
     fams = by_protocol[study.protocols[0]]
     chance = study_chance(study)
-    paths = write_table(table1(by_protocol, load_paper(), chance, table_caption(study)),
+    paths = write_table(table1(by_protocol, load_paper(), chance, table_caption(study), study.columns()),
                         Reports(str(reports_dir)).stem(TABLE1), formats)
-    md, csv_text = seed_table(fams, study.seeds, chance)
+    md, csv_text = seed_table(fams, study.seeds, chance, study.columns())
     for ext, text in (("md", md), ("csv", csv_text)):
         paths.append(atomic_write_text(Reports(str(reports_dir)).table(SEEDS, ext), text))
     return paths
@@ -102,7 +102,7 @@ def render_ablation(study, kind: str, reports_dir, formats=("md", "csv", "tex", 
             rows.append((f"{name}, {s}", chain, _row(study, name, name, s, mine)))
     title = {"losses": "Ablation: distillation terms in DPT/DFT", "stages": "Ablation: training stages"}[kind]
     table = ablation_table(title, rows, study.protocols[0], study_chance(study), table_caption(study),
-                           thirdparty_rows(kind))
+                           thirdparty_rows(kind), study.columns())
     return write_table(table, Reports(str(reports_dir)).stem(Reports.ablation(kind)), formats)
 
 
@@ -186,7 +186,8 @@ def render_methods(study, reports_dir, formats=("md", "csv", "tex", "html")) -> 
     rows = collect_methods(study, gpu_hours=hours)
     out = Reports(str(reports_dir))
     text = caption(rows, study)
-    paths = write_methods(rows, text, Path(out.stem(METHODS)), chance=study_chance(study), formats=formats)
+    paths = write_methods(rows, text, Path(out.stem(METHODS)), chance=study_chance(study), formats=formats,
+                          columns=study.columns())
     return paths + [figures.methods(rows, Path(out.figure(METHODS)))]
 
 

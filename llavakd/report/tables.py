@@ -21,15 +21,12 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llavakd.eval.registry import Columns
 from llavakd.io import atomic_write_text
-from llavakd.report.averages import COLUMNS, avg7, avg10
+from llavakd.report.averages import PAPER, averages
 from llavakd.report.collect import Row
 from llavakd.report.reference import TEACHER_METHOD, THIRDPARTY_SOURCE, display_llm, paper_row
 
-HEADERS = {"vqav2": "VQAv2", "gqa": "GQA", "vizwiz": "VizWiz", "sciqa": "SciQA", "textvqa": "TextVQA",
-           "mme": "MME", "mmb": "MMB", "mmb_cn": "MMB-CN", "pope": "POPE", "mmmu": "MMMU",
-           "avg7": "Avg7", "avg10": "Avg10"}
-ALL = (*COLUMNS, "avg7", "avg10")
 NOTE = ("Ours: mean over seeds, ± the 95% t-interval when there are several; [protocol]: the evaluation protocol "
         "that scored the line. * local val split where the paper used the evaluation server (VQAv2 test-dev, "
         "VizWiz test). Δ = ours − paper; Δ protocol = ours [paper] − ours [lmms-eval]. - : not reported.")
@@ -83,21 +80,22 @@ class Table:
     lines: list[Line]
     note: str = NOTE
     caption: str | None = None  # said before the table (the demo: what one seed can and cannot show)
+    columns: Columns = PAPER    # the benchmark columns and averages shown (llavakd.eval.registry)
 
 
-def chance_line(chance: dict[str, float]) -> Line:
-    vals = {c: chance.get(c) for c in COLUMNS}
-    vals["avg7"], vals["avg10"] = avg7(vals), avg10(vals)
+def chance_line(chance: dict[str, float], columns: Columns = PAPER) -> Line:
+    vals = {c: chance.get(c) for c in columns.benchmarks}
+    vals.update(averages(vals, columns))
     return Line("chance (best constant answer)", "", "chance", vals)
 
 
-def not_above(row: Row, chance: dict[str, float] | None) -> set[str]:
+def not_above(row: Row, chance: dict[str, float] | None, columns: Columns = PAPER) -> set[str]:
     """Columns (averages included) where the row is not above chance: the lower end of its 95% interval
     (over seeds with several; over the scored documents with one, so that noise alone does not clear
     chance) is at or below chance."""
     if not chance:
         return set()
-    ref = chance_line(chance).values
+    ref = chance_line(chance, columns).values
     out = set()
     for c, cell in row.cells.items():
         if ref.get(c) is None:
@@ -107,22 +105,23 @@ def not_above(row: Row, chance: dict[str, float] | None) -> set[str]:
     return out
 
 
-def _paper_line(method, llm, values) -> Line:
+def _paper_line(method, llm, values, columns: Columns = PAPER) -> Line:
     vals = dict(values)
-    vals["avg7"], vals["avg10"] = avg7(values), avg10(values)
+    vals.update(averages(values, columns))
     return Line(method, display_llm(llm), "paper", vals)
 
 
-def _ours_line(method, row: Row, protocol: str | None = None, chance: dict | None = None) -> Line:
+def _ours_line(method, row: Row, protocol: str | None = None, chance: dict | None = None,
+               columns: Columns = PAPER) -> Line:
     return Line(method, display_llm(row.llm), "ours", {c: row.cells[c].mean for c in row.cells},
                 {c: row.cells[c].ci95 for c in row.cells}, {c for c, x in row.cells.items() if x.local_split},
-                seeds=row.seeds, protocol=protocol, not_above=not_above(row, chance))
+                seeds=row.seeds, protocol=protocol, not_above=not_above(row, chance, columns))
 
 
-def _delta(method, llm, base: Line, ours: Line, source: str = "delta") -> Line:
+def _delta(method, llm, base: Line, ours: Line, source: str = "delta", columns: Columns = PAPER) -> Line:
     """ours − base, per column (both present)."""
     vals = {c: (ours.values[c] - base.values[c]) if ours.values.get(c) is not None
-            and base.values.get(c) is not None else None for c in ALL}
+            and base.values.get(c) is not None else None for c in columns.keys}
     return Line(method, llm, source, vals, local=set(ours.local), protocol=ours.protocol if source == "delta" else None)
 
 
@@ -135,77 +134,80 @@ def _groups(fam: dict) -> list[tuple[str, str, Row]]:
 
 
 def table1(by_protocol: dict[str, list[dict]], paper, chance: dict[str, float] | None = None,
-           caption: str | None = None) -> Table:
+           caption: str | None = None, columns: Columns = PAPER) -> Table:
     """``by_protocol``: {protocol: [{"name", "teacher": Row, "students": [{role: Row}]}]}, the same
     families scored under each protocol (the first is the main one); roles: baseline, baseline_plus,
-    llava_kd. ``chance`` (tiny mode): {column: the stand-ins' chance}, a line of its own and the marks."""
+    llava_kd. ``chance`` (tiny mode): {column: the stand-ins' chance}, a line of its own and the marks.
+    ``columns``: the paper's ten, and any the study adds (no paper numbers there)."""
     protocols = list(by_protocol)
-    lines = [chance_line(chance)] if chance else []
+    lines = [chance_line(chance, columns)] if chance else []
     for f, fam in enumerate(by_protocol[protocols[0]]):
         for g, (role, method, row) in enumerate(_groups(fam)):
             llm = display_llm(row.llm)
             ref = paper_row(paper, role, row.llm)
-            p = _paper_line(method, row.llm, ref) if ref is not None else Line(method, llm, "paper", {})
+            p = _paper_line(method, row.llm, ref, columns) if ref is not None else Line(method, llm, "paper", {})
             lines.append(p)
             ours = {}
             for proto in protocols:
-                ours[proto] = _ours_line(method, _groups(by_protocol[proto][f])[g][2], proto, chance)
+                ours[proto] = _ours_line(method, _groups(by_protocol[proto][f])[g][2], proto, chance, columns)
                 lines.append(ours[proto])
                 if ref is not None:
-                    lines.append(_delta(method, llm, p, ours[proto]))
+                    lines.append(_delta(method, llm, p, ours[proto], columns=columns))
             if len(protocols) > 1:
-                lines.append(_delta(method, llm, ours[protocols[0]], ours[protocols[1]], "protocol-delta"))
+                lines.append(_delta(method, llm, ours[protocols[0]], ours[protocols[1]], "protocol-delta", columns))
     return Table("Table 1: the paper's numbers, ours, and the difference", lines,
-                 NOTE + (CHANCE_NOTE if chance else ""), caption)
+                 NOTE + (CHANCE_NOTE if chance else ""), caption, columns)
 
 
 def ablation_table(title: str, rows: list[tuple[str, str, Row]], protocol: str | None = None,
                    chance: dict[str, float] | None = None, caption: str | None = None,
-                   thirdparty: list[dict] | None = None) -> Table:
+                   thirdparty: list[dict] | None = None, columns: Columns = PAPER) -> Table:
     """``rows``: (variant name, chain, Row), scored under ``protocol``. The paper's ablation numbers are not
     available; ``thirdparty`` (reference.thirdparty_rows) rows follow our row of the same chain and
     student, labelled as a third-party summary, and those no run of ours matches come last."""
     note = "the paper's ablation numbers are not available (see docs/method.md, Ablations)"
-    lines = [Line("paper", "", "info", text=note)] + ([chance_line(chance)] if chance else [])
+    lines = [Line("paper", "", "info", text=note)] + ([chance_line(chance, columns)] if chance else [])
     left = list(thirdparty or [])
 
     def reference_line(ref: dict, matched: bool) -> Line:
         what = f"{ref['variant']} ({ref['chain']})" + ("" if matched else "; no run of ours")
-        return Line(what, ref["student"], "third-party", {"avg10": ref["avg10"]})
+        return Line(what, ref["student"], "third-party", {columns.paper_average: ref[columns.paper_average]})
 
     for name, chain, row in rows:
-        lines.append(_ours_line(f"{name} ({chain})", row, protocol, chance))
+        lines.append(_ours_line(f"{name} ({chain})", row, protocol, chance, columns))
         same = [r for r in left if r["chain"] == str(chain) and r["student"] == display_llm(row.llm)]
         lines += [reference_line(r, True) for r in same]
         left = [r for r in left if r not in same]
     lines += [reference_line(r, False) for r in left]
     return Table(title, lines, NOTE + (CHANCE_NOTE if chance else "") + (THIRDPARTY_NOTE if thirdparty else ""),
-                 caption)
+                 caption, columns)
 
 
 # -- renderers ----------------------------------------------------------------------------
 def to_markdown(t: Table) -> str:
-    head = ["Method", "LLM", "Source"] + [HEADERS[c] for c in ALL]
+    keys = t.columns.keys
+    head = ["Method", "LLM", "Source"] + [t.columns.header(c) for c in keys]
     out = [f"**{t.title}**", ""] + ([f"*{t.caption}*", ""] if t.caption else [])
-    out += ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(ALL)]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * len(keys)]
     for ln in t.lines:
         if ln.text:
-            out.append(f"| {ln.method} | {ln.llm} | {ln.source} | " + ln.text + " |" + " |" * (len(ALL) - 1))
+            out.append(f"| {ln.method} | {ln.llm} | {ln.source} | " + ln.text + " |" + " |" * (len(keys) - 1))
             continue
-        out.append("| " + " | ".join([ln.method, ln.llm, ln.label] + [ln.cell(c) for c in ALL]) + " |")
+        out.append("| " + " | ".join([ln.method, ln.llm, ln.label] + [ln.cell(c) for c in keys]) + " |")
     return "\n".join(out + ["", t.note, ""])
 
 
 def to_csv(t: Table) -> str:
+    keys = t.columns.keys
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "llm", "source", "protocol", "seeds", *ALL, *(f"{c}_ci95" for c in ALL), "local_split",
+    w.writerow(["method", "llm", "source", "protocol", "seeds", *keys, *(f"{c}_ci95" for c in keys), "local_split",
                 "not_above_chance", "remark"])
     for ln in t.lines:
-        vals = ["" if ln.values.get(c) is None else f"{ln.values[c]:.4f}" for c in ALL]
-        cis = ["" if ln.ci95.get(c) is None else f"{ln.ci95[c]:.4f}" for c in ALL]
+        vals = ["" if ln.values.get(c) is None else f"{ln.values[c]:.4f}" for c in keys]
+        cis = ["" if ln.ci95.get(c) is None else f"{ln.ci95[c]:.4f}" for c in keys]
         w.writerow([ln.method, ln.llm, ln.source, ln.protocol or "", ln.seeds or "", *vals, *cis,
-                    ";".join(sorted(ln.local)), ";".join(c for c in ALL if c in ln.not_above), ln.text or ""])
+                    ";".join(sorted(ln.local)), ";".join(c for c in keys if c in ln.not_above), ln.text or ""])
     return buf.getvalue()
 
 
@@ -216,15 +218,16 @@ def _tex(s: str) -> str:
 
 
 def to_latex(t: Table) -> str:
-    cols = "lll" + "r" * len(ALL)
+    keys = t.columns.keys
+    cols = "lll" + "r" * len(keys)
     out = ["% generated by llavakd.report.tables; needs \\usepackage{booktabs}", "\\begin{table*}[t]", "\\centering",
            "\\scriptsize", f"\\begin{{tabular}}{{{cols}}}", "\\toprule",
-           " & ".join(["Method", "LLM", "Source"] + [_tex(HEADERS[c]) for c in ALL]) + " \\\\", "\\midrule"]
+           " & ".join(["Method", "LLM", "Source"] + [_tex(t.columns.header(c)) for c in keys]) + " \\\\", "\\midrule"]
     for i, ln in enumerate(t.lines):
         if ln.text:
-            out.append(f"{_tex(ln.method)} & & & \\multicolumn{{{len(ALL)}}}{{l}}{{{_tex(ln.text)}}} \\\\")
+            out.append(f"{_tex(ln.method)} & & & \\multicolumn{{{len(keys)}}}{{l}}{{{_tex(ln.text)}}} \\\\")
             continue
-        out.append(" & ".join(_tex(x) for x in [ln.method, ln.llm, ln.label] + [ln.cell(c) for c in ALL]) + " \\\\")
+        out.append(" & ".join(_tex(x) for x in [ln.method, ln.llm, ln.label] + [ln.cell(c) for c in keys]) + " \\\\")
         if ln.source in ("delta", "protocol-delta") and i + 1 < len(t.lines) and t.lines[i + 1].source == "paper":
             out.append("\\midrule")
     caption = f"{_tex(t.caption)} " if t.caption else ""
@@ -235,14 +238,15 @@ def to_latex(t: Table) -> str:
 
 def to_html(t: Table) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in ["Method", "LLM", "Source"] + [HEADERS[c] for c in ALL])
+    keys = t.columns.keys
+    head = "".join(f"<th>{esc(h)}</th>" for h in ["Method", "LLM", "Source"] + [t.columns.header(c) for c in keys])
     body = []
     for ln in t.lines:
         if ln.text:
             body.append(f"<tr class='info'><td>{esc(ln.method)}</td><td></td><td>{esc(ln.source)}</td>"
-                        f"<td colspan='{len(ALL)}'>{esc(ln.text)}</td></tr>")
+                        f"<td colspan='{len(keys)}'>{esc(ln.text)}</td></tr>")
             continue
-        cells = "".join(f"<td>{esc(ln.cell(c))}</td>" for c in ALL)
+        cells = "".join(f"<td>{esc(ln.cell(c))}</td>" for c in keys)
         body.append(f"<tr class='{ln.source}'><td>{esc(ln.method)}</td><td>{esc(ln.llm)}</td>"
                     f"<td>{esc(ln.label)}</td>{cells}</tr>")
     style = ("table{border-collapse:collapse;font:13px sans-serif}td,th{padding:3px 7px;border-bottom:1px solid #ddd;"
@@ -262,26 +266,29 @@ def write_table(t: Table, stem: str | Path, formats=tuple(WRITERS)) -> list[Path
     return [atomic_write_text(stem.with_name(f"{stem.name}.{ext}"), WRITERS[ext](t)) for ext in formats]
 
 
-def seed_table(families: list[dict], seeds: list[int], chance: dict[str, float] | None = None) -> tuple[str, str]:
-    """Per-seed Avg7 / Avg10 of every trained row, with mean, standard deviation and 95% interval:
-    (markdown, csv). ``chance`` (tiny mode): a chance row, and ° on each value not above it (the csv
-    says it in a column)."""
+def seed_table(families: list[dict], seeds: list[int], chance: dict[str, float] | None = None,
+               columns: Columns = PAPER) -> tuple[str, str]:
+    """Per-seed averages (Avg7, Avg10, and the study's own when it adds columns) of every trained row, with
+    mean, standard deviation and 95% interval: (markdown, csv). ``chance`` (tiny mode): a chance row, and °
+    on each value not above it (the csv says it in a column)."""
+    keys = [a.key for a in columns.averages]
+    names = [columns.header(k) for k in keys]
     head = ["Method", "LLM", "average"] + [f"seed {s}" for s in seeds] + ["mean", "sd", "95% CI ±"]
-    md = ["**Seed variance: Avg7 and Avg10 per seed**", "", "| " + " | ".join(head) + " |",
+    md = [f"**Seed variance: {', '.join(names[:-1])} and {names[-1]} per seed**", "", "| " + " | ".join(head) + " |",
           "|" + "---|" * 3 + "---:|" * (len(seeds) + 3)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "llm", "average", *[f"seed_{s}" for s in seeds], "mean", "sd", "ci95"]
                + (["not_above_chance"] if chance else []))
-    ref = chance_line(chance).values if chance else {}
-    for avg in ("avg7", "avg10") if chance else ():
+    ref = chance_line(chance, columns).values if chance else {}
+    for avg in keys if chance else ():
         value = "-" if ref.get(avg) is None else f"{ref[avg]:.1f}"
-        md.append("| " + " | ".join(["chance (best constant answer)", "", HEADERS[avg], *["-"] * len(seeds),
+        md.append("| " + " | ".join(["chance (best constant answer)", "", columns.header(avg), *["-"] * len(seeds),
                                      value, "-", "-"]) + " |")
         w.writerow(["chance (best constant answer)", "", avg, *["-"] * len(seeds), value, "-", "-", ""])
     for fam in families:
         for _, method, row in _groups(fam):
-            for avg in ("avg7", "avg10"):
+            for avg in keys:
                 cell = row.cells.get(avg)
                 vals = list(cell.values) if cell else []
                 below = [ref.get(avg) is not None and cell.seed_low(i, f"{method} {row.llm} {avg} seed {s}") <= ref[avg]
@@ -291,7 +298,7 @@ def seed_table(families: list[dict], seeds: list[int], chance: dict[str, float] 
                     tail = [f"{cell.mean:.1f}", f"{cell.sd:.2f}", f"{cell.ci95:.1f}"]
                 else:
                     tail = [f"{cell.mean:.1f}" if cell else "-", "-", "-"]
-                md.append("| " + " | ".join([method, display_llm(row.llm), HEADERS[avg], *per, *tail]) + " |")
+                md.append("| " + " | ".join([method, display_llm(row.llm), columns.header(avg), *per, *tail]) + " |")
                 flags = [";".join(f"seed_{s}" for s, b in zip(seeds, below) if b)] if chance else []
                 w.writerow([method, display_llm(row.llm), avg, *[p.rstrip(NOT_ABOVE) for p in per], *tail, *flags])
     md += ["", "Teachers are trained once (first seed); students once per seed. sd: sample standard deviation."

@@ -19,18 +19,15 @@ from pathlib import Path
 import yaml
 
 from llavakd.errors import LlavaKDError
-from llavakd.eval.tasks import CN_STATIC, CN_STATIC_METRIC, STOCK_YAML, lmms_tasks_root, write_task_yamls
+from llavakd.eval.registry import load_registry
+from llavakd.eval.tasks import CN_STATIC, CN_STATIC_METRIC, lmms_tasks_root, stock_yaml, write_task_yamls
 from llavakd.tiny.score import STANDIN_TASKS
 
-# registry task -> the stand-in split it runs on (llavakd.tiny.score.STANDIN_TASKS); the server-scored
-# splits (--submission) run the stock test task on the local val stand-in
-STANDIN_OF = {
-    "vqav2_val": "vqav2_val", "vqav2_test": "vqav2_val", "gqa": "gqa", "vizwiz_vqa_val": "vizwiz_vqa_val",
-    "vizwiz_vqa_test": "vizwiz_vqa_val", "scienceqa_img": "scienceqa_img", "textvqa_val": "textvqa_val",
-    "mme": "mme", "mmbench_en_dev_static": "mmbench_en_dev", CN_STATIC: "mmbench_cn_dev", "pope_adv": "pope_adv",
-    "pope_pop": "pope_pop", "pope_random": "pope_random", "mmmu_val": "mmmu_val",
-}
-TASK_FILES = {task: (STOCK_YAML[task], standin) for task, standin in STANDIN_OF.items()}
+# registry task -> the stand-in split it runs on (the registry's ``standin``: llavakd.tiny.score.STANDIN_TASKS);
+# the server-scored splits (--submission) run the stock test task on the local val stand-in. A column
+# without a stand-in is refused in tiny mode (llavakd.plan).
+STANDIN_OF = {task: standin for bench in load_registry().values() for task, standin in (bench.standin or ())}
+TASK_FILES = {task: (stock_yaml()[task], standin) for task, standin in STANDIN_OF.items()}
 
 
 def write_standin_yamls(folder: str | Path, world: str | Path) -> dict[str, str]:
