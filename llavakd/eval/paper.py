@@ -333,15 +333,16 @@ def variant_yaml(task: str, base_yaml: Path, name: str, hooks_module: str, data:
     ``base_yaml``; its ``!function`` entries name this module's functions through ``hooks_module``, the
     module written beside the YAMLs that re-exports them (llavakd.eval.tasks). ``data``: YAML keys that
     replace the task's data (upstream's POPE files), named by ``data_note`` in the header."""
+    from llavakd.eval.tasks import Function, dump_task, flat_task
+
     v = VARIANTS[task]
     note, generation = decoding(v.new_tokens)
     head = [f"# {name}: {task} as the paper's evaluation scripts score it (llavakd.eval.paper)"]
     head += [f"#   - {d}" for d in (*v.differences, note, *([data_note] if data_note else []))]
-    body = yaml.safe_dump({"include": str(base_yaml), "task": name, **generation, **v.overrides, **(data or {})},
-                          sort_keys=False, allow_unicode=True)
     hooks = dict(v.hooks, **({"doc_to_visual": "pope_file_doc_to_visual"} if data else {}))
-    lines = "".join(f"{key}: !function {hooks_module}.{fn}\n" for key, fn in hooks.items())
-    return "\n".join(head) + "\n" + body + lines
+    config = {**flat_task(base_yaml), "task": name, **generation, **v.overrides, **(data or {}),
+              **{key: Function(f"{hooks_module}.{fn}") for key, fn in hooks.items()}}
+    return dump_task(config, head)
 
 
 def write_paper_yamls(folder: str | Path, names: dict[str, str], base_yaml, hooks_module: str,
@@ -353,6 +354,9 @@ def write_paper_yamls(folder: str | Path, names: dict[str, str], base_yaml, hook
     folder = Path(folder)
     out = {}
     for task, name in names.items():
+        if task not in VARIANTS:  # a column the paper never scored (MMStar, ...): its stock task is its only one
+            out[task] = name
+            continue
         variant = f"{name}{SUFFIX}"
         data, data_note = None, None
         if task in POPE_CATEGORY:

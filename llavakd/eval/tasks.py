@@ -1,9 +1,15 @@
 """lmms-eval task YAMLs that llavakd adds to the stock ones: a rule-only MMBench-CN, and where every
 task's YAML lives.
 
-    llavakd lmms-tasks --out evals_tasks
-    python -m lmms_eval --model llavakd --model_args pretrained=DIR --include_path evals_tasks \\
+    llavakd lmms-tasks --out evals --protocol paper     # the repository's evals/ folder
+    python -m lmms_eval --model llavakd --model_args pretrained=DIR --include_path evals \\
         --tasks mmbench_cn_dev_static
+
+The YAMLs written here are relocatable: instead of ``include:`` of a stock file by its absolute path
+(lmms-eval resolves an include relative to the working directory or to the including file only), a
+task built on a stock one is written flat (``flat_task``): the stock file with its own includes merged
+as lmms-eval merges them, and each of its ``!function utils.f`` named by absolute module
+(``lmms_eval.tasks.<folder>.utils.f``, which lmms-eval imports wherever the folder sits).
 
 lmms-eval 0.7.3's own ``mmbench_cn_dev`` asks an OpenAI judge whenever its rule parser fails (and
 retries five times per item offline); ``mmbench_cn_dev_static`` keeps its prompts and data and
@@ -14,6 +20,7 @@ protocol's variants (``llavakd.eval.paper``) build on these.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -33,6 +40,58 @@ def stock_yaml() -> dict[str, str]:
     from llavakd.eval.registry import load_registry
 
     return {task: rel for bench in load_registry().values() for task, rel in bench.yaml}
+
+
+class Function(str):
+    """A ``!function`` entry of a task YAML (its dotted name), kept as such through a merge and a dump."""
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Loader.add_constructor("!function", lambda loader, node: Function(loader.construct_scalar(node)))
+_Dumper.add_representer(Function, lambda dumper, f: dumper.represent_scalar("!function", str(f)))
+
+
+def _absolute(value, folder: Path):
+    """``!function`` names of a stock file (relative: ``utils.f``, a module beside it) made absolute."""
+    if isinstance(value, Function):
+        *module, fn = value.split(".")
+        beside = folder / "/".join(module)
+        if beside.with_suffix(".py").is_file() and lmms_tasks_root() in beside.parents:
+            rel = beside.relative_to(lmms_tasks_root())
+            return Function(".".join(("lmms_eval", "tasks", *rel.parts, fn)))
+        return value
+    if isinstance(value, dict):
+        return {k: _absolute(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_absolute(v, folder) for v in value]
+    return value
+
+
+def flat_task(path: str | Path) -> dict:
+    """A task YAML with its includes merged (each included file first, the file's own keys over them, as
+    lmms-eval's ``load_yaml_config`` merges) and its functions named by absolute module."""
+    path = Path(path)
+    raw = yaml.load(path.read_text(), Loader=_Loader) or {}
+    out: dict = {}
+    includes = raw.pop("include", [])
+    for inc in [includes] if isinstance(includes, str) else includes:
+        out.update(flat_task(Path(inc) if Path(inc).is_absolute() else path.parent / inc))
+    out.update(_absolute(raw, path.parent))
+    return out
+
+
+def dump_task(config: dict, head: list[str] | None = None) -> str:
+    """A task YAML's text: comment lines, then the config (``!function`` entries as such)."""
+    body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    body = re.sub(r"!function '([\w.]+)'", r"!function \1", body)  # PyYAML quotes a tagged scalar; names need not
+    return "".join(f"{line}\n" for line in head or []) + body
 
 
 def mmbench_cn_dev_static(results, args=None) -> float:
@@ -59,8 +118,11 @@ def write_task_yamls(folder: str | Path) -> dict[str, str]:
     (folder / f"{HOOKS_MODULE}.py").write_text(
         f"from llavakd.eval.tasks import {CN_STATIC}  # noqa: F401\n"
         f"from llavakd.eval.paper import {', '.join(HOOK_FUNCTIONS)}  # noqa: F401\n")
-    cn = {"include": str(lmms_tasks_root() / stock_yaml()[CN_STATIC]), "task": CN_STATIC}
-    (folder / f"{CN_STATIC}.yaml").write_text(yaml.safe_dump(cn, sort_keys=False) + CN_STATIC_METRIC)
+    cn = {**flat_task(lmms_tasks_root() / stock_yaml()[CN_STATIC]), "task": CN_STATIC, "metric_list": [
+        {"metric": "gpt_eval_score", "aggregation": Function(f"{HOOKS_MODULE}.{CN_STATIC}"), "higher_is_better": True}]}
+    (folder / f"{CN_STATIC}.yaml").write_text(dump_task(cn, [
+        f"# {CN_STATIC}: lmms-eval's {stock_yaml()[CN_STATIC]} scored by rule-based answer extraction only "
+        "(llavakd.eval.tasks)"]))
     return {task: task for task in stock_yaml()}
 
 
