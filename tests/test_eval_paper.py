@@ -4,9 +4,12 @@ protocols scored side by side through lmms-eval on the stand-ins."""
 from __future__ import annotations
 
 import ast
+import json
 import random
+from pathlib import Path
 
 import pytest
+import yaml
 from test_eval_runner import LIMIT, Scripted, docs, world  # noqa: F401  (the world fixture, shared)
 
 from llavakd.eval.paper import (
@@ -343,3 +346,60 @@ def test_textvqa_scores_as_upstreams_m4c_evaluator():
     assert score("Two.") == pytest.approx((2 * (1 / 3) + 8 * (2 / 3)) / 10)  # 0.6, derived by hand
     assert score("the 3") == 1.0 and score("three") == 1.0
     assert score("2 apples") == 0.0
+
+
+# -- evals/: the committed task files -------------------------------------------------------------
+EVALS = Path(__file__).resolve().parents[1] / "evals"
+
+
+def _evals_differences(a: Path, b: Path) -> list[str]:
+    """Files that one folder has and the other lacks, or whose bytes differ (README.md aside)."""
+    def names(d):
+        return {p.name for p in d.iterdir() if p.name != "README.md" and p.suffix in (".yaml", ".py")}
+    return sorted(names(a) ^ names(b)) + [n for n in sorted(names(a) & names(b))
+                                          if (a / n).read_bytes() != (b / n).read_bytes()]
+
+
+def test_the_evals_folder_is_what_lmms_tasks_writes_and_names_no_absolute_path(tmp_path):
+    import shutil
+
+    from llavakd.cli import main
+
+    assert main(["lmms-tasks", "--out", str(tmp_path / "out"), "--protocol", "paper"]) == 0
+    stale_note = "evals/ is stale: llavakd lmms-tasks --out evals --protocol paper"
+    assert _evals_differences(EVALS, tmp_path / "out") == [], stale_note
+    for f in EVALS.iterdir():
+        text = f.read_text()
+        assert "site-packages" not in text and "include:" not in text and str(EVALS.parent) not in text, f.name
+    stale = shutil.copytree(EVALS, tmp_path / "stale")  # the negative control: one changed byte is found
+    (stale / "gqa_paper.yaml").write_text((stale / "gqa_paper.yaml").read_text().replace("128", "64", 1))
+    assert _evals_differences(stale, tmp_path / "out") == ["gqa_paper.yaml"]
+
+
+@pytest.mark.slow
+def test_a_paper_variant_from_a_copy_of_evals_scores_a_tiny_model_through_the_lmms_eval_cli(standin_world,
+                                                                                          tiny_student, tmp_path):
+    """evals/ copied elsewhere; gqa_paper pointed at the tiny GQA stand-in by a one-file include beside it
+    (the data only: prompts, decoding, parsing and hooks are the variant's); the stock CLI scores it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    moved = shutil.copytree(EVALS, tmp_path / "elsewhere" / "tasks")
+    (moved / "tiny_gqa_paper.yaml").write_text(yaml.safe_dump({
+        "include": "gqa_paper.yaml", "task": "tiny_gqa_paper", "dataset_path": "parquet", "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"testdev": str(standin_world / "bench" / "gqa" / "testdev.parquet")}},
+        "test_split": "testdev", "process_docs": None}))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "lmms_eval", "--model", "llavakd", "--model_args",
+                        f"pretrained={tiny_student}", "--include_path", str(moved), "--tasks", "tiny_gqa_paper",
+                        "--limit", "4", "--batch_size", "2", "--output_path", str(out)],
+                       cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                                              HF_DATASETS_OFFLINE="1"),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in out.rglob("*_results.json")]
+    assert results and "exact_match,none" in results[0]["results"]["tiny_gqa_paper"]
+    config = results[0]["configs"]["tiny_gqa_paper"]
+    assert config["generation_kwargs"]["max_new_tokens"] == 128 and "gqa_process_results" in str(config["process_results"])

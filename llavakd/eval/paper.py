@@ -23,8 +23,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from llavakd.eval.pope_files import CATEGORY as POPE_CATEGORY
 from llavakd.eval.pope_files import data_overrides, pope_file_doc_to_visual, write_pope_documents  # noqa: F401
 from llavakd.model.chat import LETTER_CN

@@ -116,8 +116,10 @@ def write_task_yamls(folder: str | Path) -> dict[str, str]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{HOOKS_MODULE}.py").write_text(
-        f"from llavakd.eval.tasks import {CN_STATIC}  # noqa: F401\n"
-        f"from llavakd.eval.paper import {', '.join(HOOK_FUNCTIONS)}  # noqa: F401\n")
+        '"""The functions llavakd\'s task YAMLs name (`!function llavakd_task_hooks.f`), re-exported from the\n'
+        'installed package; written by `llavakd lmms-tasks`."""\n\n'
+        f"from llavakd.eval.paper import (  # noqa: F401\n{''.join(f'    {f},{chr(10)}' for f in HOOK_FUNCTIONS)})\n"
+        f"from llavakd.eval.tasks import {CN_STATIC}  # noqa: F401\n")
     cn = {**flat_task(lmms_tasks_root() / stock_yaml()[CN_STATIC]), "task": CN_STATIC, "metric_list": [
         {"metric": "gpt_eval_score", "aggregation": Function(f"{HOOKS_MODULE}.{CN_STATIC}"), "higher_is_better": True}]}
     (folder / f"{CN_STATIC}.yaml").write_text(dump_task(cn, [
