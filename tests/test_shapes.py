@@ -228,3 +228,40 @@ def test_the_qwen3_study_adds_four_columns_and_tiny_mode_refuses_a_column_withou
         "eval.benchmarks: ocrbench (OCRBench) has no tiny stand-in (the tiny world has no OCRBench question types (its "
         "aggregation adds them up by type)); tiny mode scores the columns that have one: vqav2, gqa, vizwiz, sciqa, "
         "textvqa, mme, mmb, mmb_cn, pope, mmmu"]
+
+
+def test_a_key_an_llm_config_leaves_out_takes_its_familys_default_and_the_source_says_so(tmp_path):
+    from llavakd.model.shapes import llm_shape_from
+
+    small = {"model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2}
+    shape, notes = llm_shape_from(small)
+    assert (shape.head_dim, shape.vocab_size, shape.tie_word_embeddings) == (128, 151936, False)
+    assert notes == ["vocab_size=151936", "head_dim=128", "tie_word_embeddings=False", "attention_bias=False"]
+    llm, source = resolve_llm("mine", _folder(tmp_path, "q3", small))
+    assert llm == shape and "transformers' qwen3 defaults for what it leaves out: vocab_size=151936, head_dim=128" in source
+    llama, notes = llm_shape_from({**small, "model_type": "llama", "head_dim": None})
+    assert llama.head_dim == 16 and llama.vocab_size == 32000 and "vocab_size=32000" in notes
+
+
+def test_liger_kernels_on_a_family_liger_does_not_cover_fail_the_dry_run(monkeypatch):
+    from dataclasses import replace
+
+    from llavakd.model.shapes import FAMILIES
+
+    raw = yaml.safe_load((ROOT / "config" / "qwen3.yaml").read_text())
+    raw["train"]["common"]["train.liger_kernels"] = True
+    Study.load(copy.deepcopy(raw), source="qwen3.yaml")  # qwen3 is covered
+    monkeypatch.setitem(FAMILIES, "qwen3", replace(FAMILIES["qwen3"], liger=None))
+    with pytest.raises(ConfigError, match=r"job qwen3-0\.6b/s1234/dpt: train\.liger_kernels: liger-kernel has no kernels "
+                                          r"for qwen3-\w+'s family \(qwen3\)"):
+        Study.load(raw, source="qwen3.yaml")
+
+
+def test_snakemake_plans_and_prices_the_qwen3_study_offline():
+    from conftest import dry_run
+
+    out = dry_run("reproduce_table1", "benchmark_methods", "--configfile", "config/qwen3.yaml")
+    assert "llavakd cost estimate (run qwen3)" in out and "all targets" in out
+    assert "qwen3-0.6b: documented shape of Qwen3-0.6B" in out and "qwen3, 0.60B parameters, 16 x 128 query heads" in out
+    assert "(14 benchmarks" in out or "14 benchmarks" in out
