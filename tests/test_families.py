@@ -91,9 +91,11 @@ FAMILY_STUDY = {  # a Qwen3-shaped and a Llama-shaped tiny pair, with their own 
 def test_qwen3_and_llama_pairs_train_dpt_sft_dft_through_snakemake_and_load_in_transformers(micro_tree, tmp_path):
     """Each family's student goes DPT -> SFT -> DFT through Snakemake from the micro tree's world and
     components (its teacher a given checkpoint, so no teacher training is spent here); the exported
-    students load and generate in plain transformers with the template they trained in, heads tied;
-    the methods benchmark plans with them."""
+    students load and generate in plain transformers with the template they trained in, heads tied.
+    The methods benchmark plans with both and runs LLaVADI, Align-KD and BiLD on the Qwen3 student
+    (its q/k norms under the attention term), scored on stand-ins in Qwen3's template."""
     import copy
+    import json
     import subprocess
 
     import numpy as np
@@ -114,7 +116,7 @@ def test_qwen3_and_llama_pairs_train_dpt_sft_dft_through_snakemake_and_load_in_t
         m, p, prov = build_llava(components / "vision/siglip", components / "llm" / fam["teacher"], strategy="full",
                                  chat=fam["template"])
         fam["teacher_checkpoint"] = str(save_llava(m, p, tmp_path / fam["teacher"], prov))
-    cfg["methods"] = {"compare": ["llava_kd_dft", "align_kd"], "students": ["qwen3-0.6b", "llama-3.2-1b"]}
+    cfg["methods"] = {"compare": ["llavadi", "align_kd", "bild"], "students": ["qwen3-0.6b", "llama-3.2-1b"]}
     path = root / "families.yaml"
     path.write_text(yaml.safe_dump(cfg))
     finals = [f"results/micro/runs/{s}/s0/dpt--sft--dft/final/COMPLETE" for s in ("qwen3-0.6b", "llama-3.2-1b")]
@@ -123,9 +125,21 @@ def test_qwen3_and_llama_pairs_train_dpt_sft_dft_through_snakemake_and_load_in_t
     assert plan.returncode == 0, plan.stderr[-3000:]
     assert "--template qwen3" in plan.stdout and "--template llama3" in plan.stdout
     assert "qwen3-0.6b/s0/pt--sft--dft@align_kd" in plan.stdout
-    run = subprocess.run(micro_cmd(root, path, *finals), cwd=root, env=micro_env(), capture_output=True, text=True,
-                         timeout=900)
+    assert "llama-3.2-1b/s0/pt--sft--dft@bild" in plan.stdout
+    cfg["methods"]["students"] = ["qwen3-0.6b"]  # run on one student
+    path.write_text(yaml.safe_dump(cfg))
+    run = subprocess.run(micro_cmd(root, path, *finals, "benchmark_methods"), cwd=root, env=micro_env(),
+                         capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    runs = root / "results" / "micro" / "runs" / "qwen3-0.6b" / "s0"
+    for method, keys in {"llavadi": ("loss_feat",), "bild": ("loss_bild", "loss_soft"),
+                         "align_kd": ("loss_attn", "loss_vtok", "loss_soft")}.items():
+        metrics = [json.loads(x) for x in (runs / f"pt--sft--dft@{method}" / "metrics.jsonl").read_text().splitlines()
+                   if '"loss"' in x]
+        assert metrics and all(k in metrics[-1] for k in keys), method
+    table = (root / "reports" / "micro" / "methods.md").read_text()
+    for method in ("ce", "llavadi", "align_kd", "bild"):
+        assert any(line.startswith(f"| {method} | ") for line in table.splitlines()), (method, table[:2000])
     image = Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8))
     for student, chat in (("qwen3-0.6b", "qwen3"), ("llama-3.2-1b", "llama3")):
         for chain in ("dpt", "dpt--sft", "dpt--sft--dft"):

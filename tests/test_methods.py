@@ -315,10 +315,9 @@ def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypat
 
 # -- the field's methods in a study -----------------------------------------------------------------
 @pytest.mark.slow
-def test_a_micro_study_trains_scores_and_tables_llavadi_align_kd_and_bild(micro_tree, tmp_path):
-    """benchmark_methods on a copy of the shared micro tree: the three methods from the field (and
-    ce, the control) train their DFT stage from the tree's pt--sft, are scored, and the methods table
-    has a row for each; the finished Table 1 of the tree is not trained again."""
+def test_comparing_the_new_methods_leaves_a_finished_tree_finished(micro_tree, tmp_path):
+    """Adding llavadi, align_kd and bild to a finished study's methods plans nothing new for its Table 1
+    (their runs and scores: tests/test_families.py, on the Qwen3-shaped student)."""
     import copy
     import subprocess
 
@@ -333,19 +332,9 @@ def test_a_micro_study_trains_scores_and_tables_llavadi_align_kd_and_bild(micro_
     dry = subprocess.run(micro_cmd(root, path, "reproduce_table1", "-n"), cwd=root, env=micro_env(),
                          capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-2000:]
-    r = subprocess.run(micro_cmd(root, path, "benchmark_methods"), cwd=root, env=micro_env(), capture_output=True,
-                       text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    runs = root / "results" / "micro" / "runs" / "qwen1.5-0.5b" / "s0"
-    for method in ("llavadi", "align_kd", "bild"):
-        metrics = [json.loads(x) for x in (runs / f"pt--sft--dft@{method}" / "metrics.jsonl").read_text().splitlines()
-                   if '"loss"' in x]
-        assert metrics and all(k in metrics[-1] for k in {"llavadi": ("loss_feat",), "bild": ("loss_bild", "loss_soft"),
-                                                          "align_kd": ("loss_attn", "loss_vtok", "loss_soft")}[method])
-    table = (root / "reports" / "micro" / "methods.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ")]
-    for method in ("ce", "llavadi", "align_kd", "bild"):
-        assert any(line.startswith(f"| {method} | ") for line in rows), (method, table[:2000])
+    plan = subprocess.run(micro_cmd(root, path, "benchmark_methods", "-n"), cwd=root, env=micro_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0 and "qwen1.5-0.5b/s0/pt--sft--dft@align_kd" in plan.stdout, plan.stderr[-2000:]
 
 
 @pytest.mark.slow
