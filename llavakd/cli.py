@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("tiny-models", help="write the tiny offline SigLIP + Qwen2 family (component checkpoints)")
+    s = sub.add_parser("tiny-models",
+                       help="write the tiny offline SigLIP and Qwen2/Qwen3/Llama LLMs (component checkpoints)")
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--seed", type=int, default=comp.seed, help=f"initialisation seed (default {comp.seed})")
     s.add_argument("--world", type=Path, help="a synth-world folder: pre-train the tower and LLMs on it")
@@ -466,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check", action="store_true", help="only list what the cache lacks (offline); exit 1 if anything")
     s.add_argument("--done", type=Path, help="write the list of datasets here once all are in (a workflow marker)")
     s.set_defaults(func=cmd_prefetch_benchmarks)
-    s = sub.add_parser("lmms-tasks", help="write llavakd's lmms-eval task YAMLs (rule-only MMBench-CN; stand-ins)")
+    s = sub.add_parser("lmms-tasks",
+                       help="write llavakd's lmms-eval task YAMLs (evals/: rule-only MMBench-CN, paper variants)")
     s.add_argument("--out", required=True, type=Path, help="folder to pass to lmms-eval's --include_path")
     s.add_argument("--world", type=Path, help="also write the tiny stand-in tasks for this synth-world")
     s.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,

@@ -63,6 +63,7 @@ class Study:
         self.protocols = cfg.eval.protocols  # the first is the main one
         self.methods: dict[str, Method] = {**BUILTIN, **cfg.methods.define}  # every method a chain may name
         self._shapes: dict = {}
+        self.tiny: dict = {}  # tiny mode: {LLM: its tokenizer} when the workflow passes the catalogue (load)
 
     # -- shapes (llavakd.model.shapes: the components' own configs, else the paper's) ------------
     def vision_shape(self):
@@ -104,13 +105,15 @@ class Study:
     @classmethod
     def load(cls, config: dict, source: str = "config", tiny_llms=None) -> Study:
         """Validate (types, then meaning, then every job's stage config); raise ConfigError listing
-        every problem. ``tiny_llms``: the LLM names tiny mode knows (the workflow passes the tiny
+        every problem. ``tiny_llms``: the LLM names tiny mode knows, or {name: its tokenizer} (the workflow
+        passes llavakd.tiny.tokenizer.catalogue(), which also lets the dry run compare tokenizers; the
         family's; ``None`` leaves names unchecked)."""
         cfg = load_study_config(config, source)
         problems = cls._semantic_problems(cfg, tiny_llms)
         if problems:
             raise ConfigError(source, problems)
         study = cls(cfg)
+        study.tiny = dict(tiny_llms) if isinstance(tiny_llms, dict) else {}
         problems += study.tower_problems()  # first: every job's plan reads the tower
         if problems:
             raise ConfigError(source, problems)
@@ -161,20 +164,20 @@ class Study:
     def _tokenizer(self, llm: str, teacher: bool = False) -> tuple | None:
         """(what identifies the tokenizer, a description with its size), or None when unknown here."""
         if self.mode == "tiny":
-            from llavakd.tiny.family import KINDS
-            from llavakd.tiny.tokenizer import tiny_vocab_size
-
-            style = KINDS[llm][1] if llm in KINDS else None
-            if style is None:
+            info = self.tiny.get(llm)
+            if info is None:
                 return None
-            return style, f"{llm}: the tiny {style!r} tokenizer, {tiny_vocab_size(style)} tokens"
+            return info["style"], f"{llm}: the tiny {info['style']!r} tokenizer, {info['tokens']} tokens"
         from llavakd.model.shapes import read_vocabulary
 
         given = [f.teacher_checkpoint for f in self.families.values() if teacher and f.teacher == llm
                  and f.teacher_checkpoint]
         ref = given[0] if given else self.cfg.llms.get(llm)
         vocab, where = read_vocabulary(ref)
-        if vocab is not None:
+        if vocab is not None:  # the build adds <image>: a built teacher and a base student compare without it
+            from llavakd.model.chat import IMAGE_TOKEN
+
+            vocab.pop(IMAGE_TOKEN, None)
             return tuple(sorted(vocab.items())), f"{llm}: {where}, {len(vocab)} tokens"
         try:
             shape = self.llm_shape(llm)
@@ -184,19 +187,17 @@ class Study:
 
     def _tiny_template_problems(self, name: str, fam) -> list[str]:
         from llavakd.model.chat import DEFAULT_TEMPLATE, template
-        from llavakd.tiny.family import KINDS
-        from llavakd.tiny.tokenizer import TOKENIZER_STYLES
 
         chat = template(fam.template or DEFAULT_TEMPLATE)
         out = []
         for llm in [fam.teacher, *fam.students]:
-            if llm not in KINDS:
+            info = self.tiny.get(llm)
+            if info is None:
                 continue
-            style = KINDS[llm][1]
-            missing = [t for t in chat.tokens if t not in TOKENIZER_STYLES[style]["specials"]]
+            missing = [t for t in chat.tokens if t not in info["specials"]]
             if missing:
-                out.append(f"families.{name}.template: {chat.name!r} writes {missing[0]!r}, which the tiny {style!r} "
-                           f"tokenizer of {llm} lacks (its template: {TOKENIZER_STYLES[style]['template']!r})")
+                out.append(f"families.{name}.template: {chat.name!r} writes {missing[0]!r}, which the tiny "
+                           f"{info['style']!r} tokenizer of {llm} lacks (its template: {info['template']!r})")
                 break
         return out
 

@@ -36,7 +36,7 @@ def test_relative_missing_path_is_not_sent_to_the_hub(tiny_components):
 
 
 def test_vision_tower_that_is_not_siglip(tiny_components):
-    with pytest.raises(LlavaKDError, match=r"vision tower .*qwen2.*is not SigLIP"):
+    with pytest.raises(LlavaKDError, match=r"vision tower .*qwen2.*model_type 'qwen2' is not a SigLIP tower"):
         build_llava(tiny_components / "llm" / "qwen2.5-0.5b", tiny_components / "llm" / "qwen2.5-0.5b")
 
 
@@ -51,7 +51,8 @@ def test_llm_without_the_template_end_token(tiny_components, tmp_path):
     tk = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "hello": 2}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", unk_token="<unk>").save_pretrained(llm)
-    with pytest.raises(LlavaKDError, match=r"tokenizer of .*has no '<\|endoftext\|>' token"):
+    with pytest.raises(LlavaKDError, match=r"tokenizer of .*qwen2.5-0.5b: has no '<\|endoftext\|>', the end-of-turn token "
+                                           r"of the 'phi' chat template"):
         build_llava(tiny_components / "vision" / "siglip", llm, strategy="full")
 
 

@@ -157,3 +157,27 @@ def test_qwen3_and_llama_pairs_train_dpt_sft_dft_through_snakemake_and_load_in_t
         out = model.generate(**enc, max_new_tokens=4, do_sample=False)
         assert out.shape[1] > enc["input_ids"].shape[1]
         assert model.generation_config.eos_token_id == processor.tokenizer.convert_tokens_to_ids(TEMPLATES[chat].end)
+
+
+def test_a_tiny_vocabulary_mismatch_and_a_template_its_tokenizer_cannot_write_fail_the_dry_run():
+    import copy
+
+    from conftest import MICRO
+
+    from llavakd.errors import ConfigError
+    from llavakd.plan import Study
+    from llavakd.tiny.tokenizer import catalogue
+
+    cfg = copy.deepcopy(MICRO)
+    cfg["families"] = {"mixed": {"teacher": "llama-3.2-3b", "students": ["qwen3-0.6b"], "template": "llama3"}}
+    cfg["ablations"] = {}
+    with pytest.raises(ConfigError) as e:
+        Study.load(cfg, source="micro.yaml", tiny_llms=catalogue())
+    assert e.value.problems == [
+        "families.mixed: teacher llama-3.2-3b and student qwen3-0.6b have different vocabularies (llama-3.2-3b: the "
+        "tiny 'llama3' tokenizer, 670 tokens; qwen3-0.6b: the tiny 'qwen3' tokenizer, 670 tokens); the KL is taken "
+        "index by index, so they must share one tokenizer (cross-tokenizer distillation is not supported)",
+        "families.mixed.template: 'llama3' writes '<|eot_id|>', which the tiny 'qwen3' tokenizer of qwen3-0.6b lacks "
+        "(its template: 'qwen3')"]
+    cfg["families"] = copy.deepcopy(FAMILY_STUDY)
+    assert Study.load(cfg, source="micro.yaml", tiny_llms=catalogue()).students() == ["qwen3-0.6b", "llama-3.2-1b"]

@@ -196,6 +196,12 @@ def test_teacher_and_student_vocabularies_are_compared_by_the_dry_run(tmp_path):
     assert f"{tmp_path / 't' / 'tokenizer.json'}, 4 tokens" in line and f"{tmp_path / 's' / 'tokenizer.json'}" in line
     raw["llms"]["qwen1.5-0.5b"] = _tokenizer_folder(tmp_path, "same", {"a": 0, "b": 1, "c": 2})
     assert Study.load(raw, source="test").students() == ["qwen1.5-0.5b"]  # the same tokenizer plans
+    built = Path(_tokenizer_folder(tmp_path, "built-teacher", {"a": 0, "b": 1, "c": 2}))  # a LLaVA: + <image>
+    data = json.loads((built / "tokenizer.json").read_text())
+    data["added_tokens"].append({"id": 4, "content": "<image>"})
+    (built / "tokenizer.json").write_text(json.dumps(data))
+    raw["families"]["qwen1.5"]["teacher_checkpoint"] = str(built)
+    assert Study.load(raw, source="test").students() == ["qwen1.5-0.5b"]  # the build's <image> is not a mismatch
 
 
 def test_the_qwen3_study_plans_offline_and_prices_qwen3s_real_shapes():

@@ -331,7 +331,7 @@ def variant_yaml(task: str, base_yaml: Path, name: str, hooks_module: str, data:
     ``base_yaml``; its ``!function`` entries name this module's functions through ``hooks_module``, the
     module written beside the YAMLs that re-exports them (llavakd.eval.tasks). ``data``: YAML keys that
     replace the task's data (upstream's POPE files), named by ``data_note`` in the header."""
-    from llavakd.eval.tasks import Function, dump_task, flat_task
+    from llavakd.eval.taskfiles import Function, dump_task, flat_task
 
     v = VARIANTS[task]
     note, generation = decoding(v.new_tokens)

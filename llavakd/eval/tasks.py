@@ -5,11 +5,8 @@ task's YAML lives.
     python -m lmms_eval --model llavakd --model_args pretrained=DIR --include_path evals \\
         --tasks mmbench_cn_dev_static
 
-The YAMLs written here are relocatable: instead of ``include:`` of a stock file by its absolute path
-(lmms-eval resolves an include relative to the working directory or to the including file only), a
-task built on a stock one is written flat (``flat_task``): the stock file with its own includes merged
-as lmms-eval merges them, and each of its ``!function utils.f`` named by absolute module
-(``lmms_eval.tasks.<folder>.utils.f``, which lmms-eval imports wherever the folder sits).
+The YAMLs written here are relocatable (llavakd.eval.taskfiles: a stock task merged in flat, its
+functions named by absolute module, instead of an absolute ``include:``).
 
 lmms-eval 0.7.3's own ``mmbench_cn_dev`` asks an OpenAI judge whenever its rule parser fails (and
 retries five times per item offline); ``mmbench_cn_dev_static`` keeps its prompts and data and
@@ -20,10 +17,9 @@ protocol's variants (``llavakd.eval.paper``) build on these.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import yaml
+from llavakd.eval.taskfiles import Function, dump_task, flat_task, lmms_tasks_root  # noqa: F401  (re-exported)
 
 HOOKS_MODULE = "llavakd_task_hooks"  # written beside the YAMLs: `!function` resolves from there
 CN_STATIC = "mmbench_cn_dev_static"
@@ -42,70 +38,12 @@ def stock_yaml() -> dict[str, str]:
     return {task: rel for bench in load_registry().values() for task, rel in bench.yaml}
 
 
-class Function(str):
-    """A ``!function`` entry of a task YAML (its dotted name), kept as such through a merge and a dump."""
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-_Loader.add_constructor("!function", lambda loader, node: Function(loader.construct_scalar(node)))
-_Dumper.add_representer(Function, lambda dumper, f: dumper.represent_scalar("!function", str(f)))
-
-
-def _absolute(value, folder: Path):
-    """``!function`` names of a stock file (relative: ``utils.f``, a module beside it) made absolute."""
-    if isinstance(value, Function):
-        *module, fn = value.split(".")
-        beside = folder / "/".join(module)
-        if beside.with_suffix(".py").is_file() and lmms_tasks_root() in beside.parents:
-            rel = beside.relative_to(lmms_tasks_root())
-            return Function(".".join(("lmms_eval", "tasks", *rel.parts, fn)))
-        return value
-    if isinstance(value, dict):
-        return {k: _absolute(v, folder) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_absolute(v, folder) for v in value]
-    return value
-
-
-def flat_task(path: str | Path) -> dict:
-    """A task YAML with its includes merged (each included file first, the file's own keys over them, as
-    lmms-eval's ``load_yaml_config`` merges) and its functions named by absolute module."""
-    path = Path(path)
-    raw = yaml.load(path.read_text(), Loader=_Loader) or {}
-    out: dict = {}
-    includes = raw.pop("include", [])
-    for inc in [includes] if isinstance(includes, str) else includes:
-        out.update(flat_task(Path(inc) if Path(inc).is_absolute() else path.parent / inc))
-    out.update(_absolute(raw, path.parent))
-    return out
-
-
-def dump_task(config: dict, head: list[str] | None = None) -> str:
-    """A task YAML's text: comment lines, then the config (``!function`` entries as such)."""
-    body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
-    body = re.sub(r"!function '([\w.]+)'", r"!function \1", body)  # PyYAML quotes a tagged scalar; names need not
-    return "".join(f"{line}\n" for line in head or []) + body
-
-
 def mmbench_cn_dev_static(results, args=None) -> float:
     """MMBench-CN dev accuracy with rule-based answer extraction only (no judge model)."""
     from lmms_eval.tasks.mmbench.cn_utils import mmbench_evaluator
 
     overall_acc, _, _ = mmbench_evaluator.eval_result(results, eval_method="static")
     return overall_acc * 100
-
-
-def lmms_tasks_root() -> Path:
-    import lmms_eval.tasks as tasks_pkg
-
-    return Path(tasks_pkg.__file__).parent
 
 
 def write_task_yamls(folder: str | Path) -> dict[str, str]:

@@ -55,3 +55,4 @@ PAIRS = {  # teacher -> students, as in Table 1; and one pair of each newer fami
     "llama-3.2-3b": ["llama-3.2-1b"],
 }
 LLM_NAMES = tuple(LLMS)
+

@@ -33,7 +33,7 @@ TASK_FILES = {task: (stock_yaml()[task], standin) for task, standin in STANDIN_O
 def write_standin_yamls(folder: str | Path, world: str | Path) -> dict[str, str]:
     """Write llavakd's tasks and the stand-ins into ``folder``; returns {registry task: task to run}."""
     folder = Path(folder)
-    names = write_task_yamls(folder)
+    names = {t: n for t, n in write_task_yamls(folder).items() if t in STANDIN_OF}  # tiny mode: stand-ins only
     root, world = lmms_tasks_root(), Path(world).resolve()
     for task, (rel, standin) in TASK_FILES.items():
         stand_folder, split, *_ = STANDIN_TASKS[standin]

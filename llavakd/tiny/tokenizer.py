@@ -10,7 +10,7 @@ import functools
 
 from llavakd.errors import UnknownNameError
 from llavakd.model.chat import END_TOKEN, IMAGE_TOKEN, SYSTEM_PROMPT, template
-from llavakd.tiny.family import TINY_VOCAB
+from llavakd.tiny.family import KINDS, TINY_VOCAB
 
 # Words of the synthetic world and of the benchmark prompts: what the tokenizer learns merges for.
 # Anything else still tokenizes (byte-level BPE), only into more pieces.
@@ -107,3 +107,10 @@ def build_tokenizer(vocab_size: int = TINY_VOCAB, style: str = "qwen"):
     # (the original keeps the untagged phi text its files always had; a build stores the tagged one)
     hf.chat_template = template(spec["template"]).jinja(generation_tags=style != "qwen")
     return hf
+
+
+def catalogue() -> dict[str, dict]:
+    """{tiny LLM: its tokenizer (style, special tokens, size, template)}: what the workflow hands the planner
+    (``Study.load(tiny_llms=...)``), which never imports the tiny world itself."""
+    return {name: {"style": style, "specials": TOKENIZER_STYLES[style]["specials"], "tokens": tiny_vocab_size(style),
+                   "template": TOKENIZER_STYLES[style]["template"]} for name, (_, style) in KINDS.items()}

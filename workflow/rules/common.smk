@@ -26,10 +26,10 @@ from llavakd.layout import (
 from llavakd.plan import Study, cost_report, memory_report, train_jobs
 from llavakd.protocols import SCORING_REVISION
 from llavakd.stages import CHAIN_REGEX
-from llavakd.tiny.family import LLM_NAMES as TINY_LLMS
+from llavakd.tiny.tokenizer import catalogue as tiny_catalogue
 
 try:
-    STUDY = Study.load(config, source="snakemake config", tiny_llms=TINY_LLMS)
+    STUDY = Study.load(config, source="snakemake config", tiny_llms=tiny_catalogue())
 except ConfigError as err:
     raise WorkflowError(str(err))
 
