@@ -95,7 +95,8 @@ class Bench:
         self.torch, self.args = torch, args
         self.dev = torch.device(args.device)
         self.cuda = self.dev.type == "cuda"
-        self.image_id = 3 if args.shrink else 151646  # inside the vocabulary, after Qwen's tokenizer entries
+        # an id inside every LLM's vocabulary: after Qwen's tokenizer entries, else the last one (Llama, SmolLM)
+        self.image_id = 3 if args.shrink else min(151646, min(shapes[r]["vocab_size"] for r in ("student", "teacher")) - 1)
         vision = siglip_config(VisionShape(**shapes["vision"]), **(SHRINK_VISION if args.shrink else {}))
         self.n_img = image_token_count(vision.image_size, vision.patch_size, "default")
         self.image_size = vision.image_size

@@ -145,29 +145,52 @@ class Study:
         return out
 
     def vocabulary_problems(self) -> list[str]:
-        """Teacher and student must share one tokenizer (the KL is taken index by index; cross-tokenizer
-        distillation is out of scope), and a family's template must be one its tokenizer can write.
-        Tiny mode: the tiny LLMs' tokenizer styles; real mode: the tokenizers' own files where readable
-        here (local folders, the local Hugging Face cache), else the documented vocabulary sizes."""
+        """Teacher and student must share one tokenizer and one output vocabulary (the KL is taken index
+        by index; cross-tokenizer distillation is out of scope), and a family's template must be one its
+        tokenizers can write. Tiny mode: the tiny LLMs' tokenizers (the workflow's catalogue); real mode:
+        the tokenizers' own files where readable here (local folders, the local Hugging Face cache), and
+        the output vocabularies of their configs or documented shapes."""
+        from llavakd.model.chat import DEFAULT_TEMPLATE, template
+
         out = []
         for name, fam in self.families.items():
+            known = {fam.teacher: self._tokenizer(fam.teacher, teacher=True)}
             for student in fam.students:
-                a, b = self._tokenizer(fam.teacher, teacher=True), self._tokenizer(student)
+                a, b = known[fam.teacher], known.setdefault(student, self._tokenizer(student))
                 if a and b and a[0] != b[0]:
                     out.append(f"families.{name}: teacher {fam.teacher} and student {student} have different "
                                f"vocabularies ({a[1]}; {b[1]}); the KL is taken index by index, so they must share "
                                "one tokenizer (cross-tokenizer distillation is not supported)")
-            if self.mode == "tiny":
-                out += self._tiny_template_problems(name, fam)
+                elif self.mode != "tiny":
+                    out += self._logit_problems(name, fam.teacher, student)
+            chat = template(fam.template or DEFAULT_TEMPLATE)
+            for llm, found in known.items():
+                missing = [t for t in chat.tokens if found and found[2] and t not in found[2]]
+                if missing:
+                    out.append(f"families.{name}.template: {chat.name!r} writes {missing[0]!r}, and the tokenizer of "
+                               f"{found[1]} has no such token")
+                    break
         return out
 
+    def _logit_problems(self, name: str, teacher: str, student: str) -> list[str]:
+        try:
+            t, s = self.llm_shape(teacher), self.llm_shape(student)
+        except UnknownNameError:
+            return []
+        if t.vocab_size == s.vocab_size:
+            return []
+        return [f"families.{name}: teacher {teacher} has {t.vocab_size} output logits ({self.llm_source(teacher)}) and "
+                f"student {student} {s.vocab_size} ({self.llm_source(student)}); the distillation losses need the same"]
+
     def _tokenizer(self, llm: str, teacher: bool = False) -> tuple | None:
-        """(what identifies the tokenizer, a description with its size), or None when unknown here."""
+        """(what identifies the tokenizer, a description with its size, the tokens it holds or ()), or None
+        when nothing is known of it here."""
         if self.mode == "tiny":
             info = self.tiny.get(llm)
             if info is None:
                 return None
-            return info["style"], f"{llm}: the tiny {info['style']!r} tokenizer, {info['tokens']} tokens"
+            return (info["style"], f"{llm}: the tiny {info['style']!r} tokenizer, {info['tokens']} tokens "
+                    f"(its template: {info['template']!r})", set(info["specials"]))
         from llavakd.model.shapes import read_vocabulary
 
         given = [f.teacher_checkpoint for f in self.families.values() if teacher and f.teacher == llm
@@ -178,28 +201,12 @@ class Study:
             from llavakd.model.chat import IMAGE_TOKEN
 
             vocab.pop(IMAGE_TOKEN, None)
-            return tuple(sorted(vocab.items())), f"{llm}: {where}, {len(vocab)} tokens"
+            return tuple(sorted(vocab.items())), f"{llm}: {where}, {len(vocab)} tokens", set(vocab)
         try:
             shape = self.llm_shape(llm)
         except UnknownNameError:
             return None
-        return shape.vocab_size, f"{llm}: {shape.vocab_size} output logits ({self._shapes[llm][1]})"
-
-    def _tiny_template_problems(self, name: str, fam) -> list[str]:
-        from llavakd.model.chat import DEFAULT_TEMPLATE, template
-
-        chat = template(fam.template or DEFAULT_TEMPLATE)
-        out = []
-        for llm in [fam.teacher, *fam.students]:
-            info = self.tiny.get(llm)
-            if info is None:
-                continue
-            missing = [t for t in chat.tokens if t not in info["specials"]]
-            if missing:
-                out.append(f"families.{name}.template: {chat.name!r} writes {missing[0]!r}, which the tiny "
-                           f"{info['style']!r} tokenizer of {llm} lacks (its template: {info['template']!r})")
-                break
-        return out
+        return shape.vocab_size, f"{llm}: {shape.vocab_size} output logits ({self._shapes[llm][1]})", ()
 
     @staticmethod
     def _benchmark_problems(c: StudyConfig) -> list[str]:

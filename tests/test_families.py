@@ -175,9 +175,10 @@ def test_a_tiny_vocabulary_mismatch_and_a_template_its_tokenizer_cannot_write_fa
         Study.load(cfg, source="micro.yaml", tiny_llms=catalogue())
     assert e.value.problems == [
         "families.mixed: teacher llama-3.2-3b and student qwen3-0.6b have different vocabularies (llama-3.2-3b: the "
-        "tiny 'llama3' tokenizer, 670 tokens; qwen3-0.6b: the tiny 'qwen3' tokenizer, 670 tokens); the KL is taken "
-        "index by index, so they must share one tokenizer (cross-tokenizer distillation is not supported)",
-        "families.mixed.template: 'llama3' writes '<|eot_id|>', which the tiny 'qwen3' tokenizer of qwen3-0.6b lacks "
-        "(its template: 'qwen3')"]
+        "tiny 'llama3' tokenizer, 670 tokens (its template: 'llama3'); qwen3-0.6b: the tiny 'qwen3' tokenizer, 670 "
+        "tokens (its template: 'qwen3')); the KL is taken index by index, so they must share one tokenizer "
+        "(cross-tokenizer distillation is not supported)",
+        "families.mixed.template: 'llama3' writes '<|eot_id|>', and the tokenizer of qwen3-0.6b: the tiny 'qwen3' "
+        "tokenizer, 670 tokens (its template: 'qwen3') has no such token"]
     cfg["families"] = copy.deepcopy(FAMILY_STUDY)
     assert Study.load(cfg, source="micro.yaml", tiny_llms=catalogue()).students() == ["qwen3-0.6b", "llama-3.2-1b"]

@@ -271,3 +271,26 @@ def test_snakemake_plans_and_prices_the_qwen3_study_offline():
     assert "llavakd cost estimate (run qwen3)" in out and "all targets" in out
     assert "qwen3-0.6b: documented shape of Qwen3-0.6B" in out and "qwen3, 0.60B parameters, 16 x 128 query heads" in out
     assert "(14 benchmarks" in out or "14 benchmarks" in out
+
+
+def test_real_mode_output_vocabularies_and_template_tokens_are_checked_by_the_dry_run(tmp_path):
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    raw["vision"] = _folder(tmp_path, "tower", SMALL_TOWER)
+    raw["families"] = {"qwen1.5": {"teacher": "qwen1.5-4b", "students": ["qwen1.5-0.5b"]}}
+    raw["ablations"], raw["methods"] = {}, {"students": ["qwen1.5-0.5b"], "compare": ["ce"]}
+    vocab = {"a": 0, "b": 1, "c": 2}
+    raw["llms"] = {"qwen1.5-4b": _tokenizer_folder(tmp_path, "t", vocab),
+                   "qwen1.5-0.5b": _tokenizer_folder(tmp_path, "s", vocab)}
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    (tmp_path / "s" / "config.json").write_text(json.dumps({**config, "vocab_size": 64}))  # a padded head
+    with pytest.raises(ConfigError) as e:
+        Study.load(copy.deepcopy(raw), source="test")
+    assert [p for p in e.value.problems if "output logits" in p] == [
+        f"families.qwen1.5: teacher qwen1.5-4b has 3 output logits ({tmp_path / 't' / 'config.json'}) and student "
+        f"qwen1.5-0.5b 64 ({tmp_path / 's' / 'config.json'}); the distillation losses need the same"]
+    (tmp_path / "s" / "config.json").write_text(json.dumps(config))
+    raw["families"]["qwen1.5"]["template"] = "llama3"
+    with pytest.raises(ConfigError) as e:
+        Study.load(raw, source="test")
+    assert e.value.problems == [f"families.qwen1.5.template: 'llama3' writes '<|eot_id|>', and the tokenizer of "
+                                f"qwen1.5-4b: {tmp_path / 't' / 'tokenizer.json'}, 4 tokens has no such token"]

@@ -134,6 +134,25 @@ def test_resume_equals_uninterrupted_run(setup, tmp_path):
         model = LlavaForConditionalGeneration.from_pretrained(folder)
         assert model.config.tie_word_embeddings
         check_tied(model, str(folder))
+        # from_pretrained ties again whatever the file holds: the file itself must hold one head
+        assert saved_head_is_the_embeddings(folder), folder
+    from safetensors.torch import load_file, save_file
+
+    untied = dict(load_file(str(full / "model.safetensors")))
+    emb = next(k for k in untied if k.endswith("embed_tokens.weight"))
+    untied["lm_head.weight"] = untied[emb] + 1.0  # the negative control: a second, different head
+    (tmp_path / "untied").mkdir()
+    save_file(untied, str(tmp_path / "untied" / "model.safetensors"))
+    assert not saved_head_is_the_embeddings(tmp_path / "untied")
+
+
+def saved_head_is_the_embeddings(folder) -> bool:
+    """A saved model's file holds no LM head of its own, or one equal to its input embeddings."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    emb = next(k for k in weights if k.endswith("embed_tokens.weight"))
+    return "lm_head.weight" not in weights or torch.equal(weights["lm_head.weight"], weights[emb])
 
 
 def test_finished_run_is_never_overwritten(setup, tmp_path):

@@ -121,7 +121,7 @@ def overview(families: list[dict], paper, params: dict[str, float], out, chance:
     b.set_title("ours (this run)")
     if b.get_legend():
         b.legend(title=None, loc="best")
-    fig.suptitle("Average score (Avg10) against LLM size")
+    fig.suptitle(f"Average score ({AVG}) against LLM size")
     fig.tight_layout()
     return _save(fig, out)
 
@@ -216,23 +216,25 @@ def agreement(rows, benches: list[str], out) -> Path:
     return _save(g.figure, out)
 
 
-def methods(rows, out) -> Path:
-    """``rows``: llavakd.report.methods rows. Per student, each method's paired Avg10 difference to
-    ce with its Holm-adjusted 95% interval, and the per-seed differences as dots."""
+def methods(rows, out, columns=PAPER) -> Path:
+    """``rows``: llavakd.report.methods rows. Per student, each method's paired difference to ce on the
+    headline average (``columns.headline``: Avg10 over the paper's ten, else the study's own) with its
+    Holm-adjusted 95% interval, and the per-seed differences as dots."""
     import matplotlib.pyplot as plt
 
+    key = columns.headline
     students = list(dict.fromkeys(r.llm for r in rows))
     fig, axes = plt.subplots(1, len(students), figsize=(5.5 * len(students), 3.2), squeeze=False)
     for ax, llm in zip(axes[0], students):
-        mine = [r for r in rows if r.llm == llm and PAPER.paper_average in r.paired]
+        mine = [r for r in rows if r.llm == llm and key in r.paired]
         for i, r in enumerate(mine):
-            p = r.paired[PAPER.paper_average]
+            p = r.paired[key]
             ax.errorbar([p.mean], [i], xerr=[[p.half or 0.0], [p.half or 0.0]], fmt="o",
                         color="tab:green" if p.beats else "tab:orange" if p.below else "tab:gray", capsize=3)
             ax.scatter(p.diffs, [i] * len(p.diffs), s=10, color="black", alpha=0.5, zorder=3)
         ax.axvline(0, color="tab:red", lw=1)
         ax.set_yticks(range(len(mine)), [r.method for r in mine])
-        ax.set_xlabel("Avg10 − ce (paired by seed; Holm 95%)")
+        ax.set_xlabel(f"{columns.header(key)} − ce (paired by seed; Holm 95%)")
         ax.set_title(display_llm(llm))
     fig.tight_layout()
     return _save(fig, out)

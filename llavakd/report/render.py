@@ -188,7 +188,7 @@ def render_methods(study, reports_dir, formats=("md", "csv", "tex", "html")) -> 
     text = caption(rows, study)
     paths = write_methods(rows, text, Path(out.stem(METHODS)), chance=study_chance(study), formats=formats,
                           columns=study.columns())
-    return paths + [figures.methods(rows, Path(out.figure(METHODS)))]
+    return paths + [figures.methods(rows, Path(out.figure(METHODS)), study.columns())]
 
 
 def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv", "tex", "html")) -> None:

@@ -33,7 +33,8 @@ NOTE = ("Ours: mean over seeds, ± the 95% t-interval when there are several; [p
 CHANCE_NOTE = (" chance: the best constant answer on each stand-in, scored by lmms-eval; ° not above chance: the "
                "lower end of the cell's 95% interval is at or below it (over seeds with several; with one seed, over "
                "the documents scored: Wilson for a proportion, a bootstrap for POPE, MME and the averages).")
-THIRDPARTY_NOTE = (f" {THIRDPARTY_SOURCE}: Avg10 of an ablation row as an AI-written summary of the paper gives it, "
+THIRDPARTY_NOTE = (f" {THIRDPARTY_SOURCE}: {PAPER.header(PAPER.paper_average)} of an ablation row as an AI-written "
+                   "summary of the paper gives it, "
                    "not checked against the paper (llavakd/report/paper/SOURCE.md); shown under our run of "
                    "the chain it describes.")
 NOT_ABOVE = "°"

@@ -418,7 +418,11 @@ class KDTrainer(Trainer):
         """Save the student without the objective's learnable parts, so every saved model (final/
         above all) is a plain LLaVA that ``from_pretrained`` loads with no unexpected keys; a
         checkpoint keeps the parts beside its weights (``LOSS_PARTS``; under DeepSpeed the engine's
-        own checkpoint holds them)."""
+        own checkpoint holds them). A head the config ties must still be the embeddings' tensor: an
+        untied copy would be written as a second head and lost again on load (llavakd.model.build.check_tied)."""
+        from llavakd.model.build import check_tied
+
+        check_tied(self.accelerator.unwrap_model(self.model), f"the student saved to {output_dir or self.args.output_dir}")
         parts = parts_of(self.model)
         if parts is None:
             return super()._save(output_dir, state_dict)
