@@ -30,10 +30,7 @@ from __future__ import annotations
 
 from llavakd.model.shapes import LLMShape, VisionShape, as_llm_shape, vision_shape_from
 
-
-def llm_shape(cfg) -> LLMShape:
-    """From an LLMShape, a transformers config or a config dict (llavakd.model.shapes.as_llm_shape)."""
-    return as_llm_shape(cfg)
+llm_shape = as_llm_shape  # from an LLMShape, a transformers config or a config dict
 
 
 def vision_shape(cfg) -> VisionShape:

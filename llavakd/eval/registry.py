@@ -173,6 +173,12 @@ def paper_columns(registry: dict[str, Benchmark] | None = None) -> tuple[str, ..
 
 
 def load_averages(path: str | Path = REGISTRY_PATH) -> tuple[Average, ...]:
+    """The registry's averages (validated; read once per file and process, as the benchmarks)."""
+    return _load_averages(str(path), Path(path).stat().st_mtime_ns if Path(path).is_file() else 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_averages(path: str, _mtime: int) -> tuple[Average, ...]:
     registry = load_registry(path)
     out = []
     for key, spec in (_read(path).get("averages") or {}).items():

@@ -23,9 +23,9 @@ from llavakd.eval.taskfiles import Function, dump_task, flat_task, lmms_tasks_ro
 
 HOOKS_MODULE = "llavakd_task_hooks"  # written beside the YAMLs: `!function` resolves from there
 CN_STATIC = "mmbench_cn_dev_static"
-CN_STATIC_METRIC = ("metric_list:\n  - metric: gpt_eval_score\n"
-                    f"    aggregation: !function {HOOKS_MODULE}.{CN_STATIC}\n"
-                    "    higher_is_better: true\n")
+# its metric: the stock score, aggregated by rules only (the stand-in MMBench-CN task reads it too)
+CN_STATIC_METRIC = [{"metric": "gpt_eval_score", "aggregation": Function(f"{HOOKS_MODULE}.{CN_STATIC}"),
+                     "higher_is_better": True}]
 
 
 
@@ -58,8 +58,7 @@ def write_task_yamls(folder: str | Path) -> dict[str, str]:
         'installed package; written by `llavakd lmms-tasks`."""\n\n'
         f"from llavakd.eval.paper import (  # noqa: F401\n{''.join(f'    {f},{chr(10)}' for f in HOOK_FUNCTIONS)})\n"
         f"from llavakd.eval.tasks import {CN_STATIC}  # noqa: F401\n")
-    cn = {**flat_task(lmms_tasks_root() / stock_yaml()[CN_STATIC]), "task": CN_STATIC, "metric_list": [
-        {"metric": "gpt_eval_score", "aggregation": Function(f"{HOOKS_MODULE}.{CN_STATIC}"), "higher_is_better": True}]}
+    cn = {**flat_task(lmms_tasks_root() / stock_yaml()[CN_STATIC]), "task": CN_STATIC, "metric_list": CN_STATIC_METRIC}
     (folder / f"{CN_STATIC}.yaml").write_text(dump_task(cn, [
         f"# {CN_STATIC}: lmms-eval's {stock_yaml()[CN_STATIC]} scored by rule-based answer extraction only "
         "(llavakd.eval.tasks)"]))

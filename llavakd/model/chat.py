@@ -26,6 +26,7 @@ the end token (ChatML's newline) is not supervised. The system prompt is LLaVA's
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from llavakd.errors import LlavaKDError, UnknownNameError
@@ -174,8 +175,6 @@ def _content_text(var: str) -> str:
 
 def _special_pieces(text: str) -> list[str]:
     """The ``<|...|>`` and ``<think>``-style tokens inside a template string."""
-    import re
-
     return re.findall(r"<\|[a-z_]+\|>|</?think>", text)
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from llavakd.errors import LlavaKDError
 from llavakd.eval.registry import load_registry
+from llavakd.eval.taskfiles import dump_task
 from llavakd.eval.tasks import CN_STATIC, CN_STATIC_METRIC, lmms_tasks_root, stock_yaml, write_task_yamls
 from llavakd.tiny.score import STANDIN_TASKS
 
@@ -47,10 +46,9 @@ def write_standin_yamls(folder: str | Path, world: str | Path) -> dict[str, str]
         }
         if task == "gqa":
             spec["process_docs"] = None
-        text = yaml.safe_dump(spec, sort_keys=False)
-        if task == CN_STATIC:  # a `!function` tag, which safe_dump cannot write
-            text += CN_STATIC_METRIC
-        (folder / f"{name}.yaml").write_text(text)
+        if task == CN_STATIC:
+            spec["metric_list"] = CN_STATIC_METRIC
+        (folder / f"{name}.yaml").write_text(dump_task(spec))
         names[task] = name
     return names
 
