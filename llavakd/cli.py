@@ -22,6 +22,7 @@ from pathlib import Path
 
 from llavakd.errors import LlavaKDError
 from llavakd.model.chat import DEFAULT_TEMPLATE, TEMPLATES
+from llavakd.preempt import StoppedForResume
 from llavakd.stages import NAMES as STAGE_NAMES
 
 
@@ -489,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     except LlavaKDError as err:  # a user error: one line (ConfigError, NonFiniteError, UnknownNameError, ...)
         print(f"llavakd {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except StoppedForResume as stop:  # a scheduler's signal: a checkpoint was written; run again with --resume
+        print(f"llavakd {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
     # anything else is a bug of ours: Python prints its traceback and exits 1
 
 

@@ -9,6 +9,10 @@ this wrapper picks them: it takes an exclusive lock per device (``fcntl`` on
 runs the command, releasing the locks when it exits (also when it is killed). Under a scheduler that
 already chose the devices (``SLURM_JOB_ID`` with ``CUDA_VISIBLE_DEVICES`` set) it changes nothing.
 The device count is ``LLAVAKD_GPU_COUNT`` if set, else what ``nvidia-smi -L`` lists.
+
+The command runs under ``llavakd.preempt.supervise``: a scheduler's stop signal reaches every
+process below it (torchrun's ranks included), and a trainer that stopped at a checkpoint to be
+resumed exits with ``llavakd.preempt.RESUME_EXIT`` whatever torchrun reports.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from llavakd.preempt import supervise
 
 
 def device_count() -> int:
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
         print(f"llavakd.launch: CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
     try:
-        return subprocess.call(cmd, env=env)
+        return supervise(cmd, env)
     finally:
         for fh in held:
             fh.close()

@@ -81,6 +81,7 @@ RUN_METADATA = "metadata.json"  # commit, versions, batch decomposition, tokens/
 RUN_CHECKPOINTS = "checkpoints"  # checkpoint-N folders, each with its COMPLETE marker
 RUN_FINAL = "final"  # the trained model + processor, COMPLETE last
 RUN_FINAL_STAGING = ".final-staging"  # final/ while it is written
+RUN_ATTEMPTS = "attempts.jsonl"  # how each attempt at the job began and ended (llavakd.attempts)
 FINAL_METADATA = "llavakd_run.json"  # metadata.json's copy inside final/
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers' checkpoint folder names: checkpoint-<step>
 LOSS_PARTS = "loss_parts.safetensors"  # in a checkpoint: the objective's learnable parts (llavakd.distill.parts)
@@ -125,6 +126,10 @@ class RunDir:
     @property
     def final_staging(self) -> str:
         return self._join(RUN_FINAL_STAGING)
+
+    @property
+    def attempts(self) -> str:
+        return self._join(RUN_ATTEMPTS)
 
 
 def checkpoint_name(step: int) -> str:

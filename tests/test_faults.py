@@ -112,17 +112,33 @@ def _kill_mid_step(proc, run_dir, after_step: int):
     assert not (run_dir / "final").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage", ["sft", "dft"])
-def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(pair, tmp_path, stage):
-    ref = tmp_path / "ref"
-    _cli(pair, stage, ref)
-    killed, control = _killed_and_control(pair, tmp_path, stage)  # control: resumed without its RNG state
+_REFERENCES: dict = {}
+
+
+def _reference(pair, stage, tmp_path_factory) -> Path:
+    """The uninterrupted run of a stage, once per module (worker): the fault tests compare with it."""
+    if stage not in _REFERENCES:
+        ref = tmp_path_factory.mktemp(f"ref-{stage}") / "run"
+        _cli(pair, stage, ref)
+        _REFERENCES[stage] = ref
+    return _REFERENCES[stage]
+
+
+def _without_rng_state(run: Path) -> None:
+    """A negative control: a run's checkpoints as if written without their RNG state (marked as such)."""
     from llavakd.io import write_marker
 
-    for rng in control.glob("checkpoints/checkpoint-*/rng_state*.pth"):
-        rng.unlink()  # as a checkpoint written without its RNG state would be (marked as such)
+    for rng in run.glob("checkpoints/checkpoint-*/rng_state*.pth"):
+        rng.unlink()
         write_marker(rng.parent)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "dft"])
+def test_sigkill_mid_step_then_resume_equals_an_uninterrupted_run(pair, tmp_path, tmp_path_factory, stage):
+    ref = _reference(pair, stage, tmp_path_factory)
+    killed, control = _killed_and_control(pair, tmp_path, stage)  # control: resumed without its RNG state
+    _without_rng_state(control)
     _cli(pair, stage, killed, resume=True)
     meta = json.loads((killed / "metadata.json").read_text())
     assert meta["resumed_from"] and meta["grad_accumulation"] == 2
@@ -349,3 +365,96 @@ def test_learnable_parts_sigkill_then_resume_equals_an_uninterrupted_run(pair, t
     assert all(torch.allclose(again[k], parts[k], rtol=1e-5, atol=1e-7) for k in parts)
     _cli(pair, "dft", control, *LLAVADI, resume=True)
     assert _gkd_differences(ref, control, keys) != []
+
+
+def _logged_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    return max([json.loads(line).get("step", 0) for line in path.read_text().splitlines() if '"loss"' in line] or [0])
+
+
+@pytest.mark.slow
+def test_a_warning_signal_mid_step_checkpoints_that_step_and_the_resumed_run_equals_an_uninterrupted_one(
+        pair, tmp_path, tmp_path_factory):
+    """The scheduler's warning (SIGURG), twice, to llavakd.launch while a DFT step is in flight: launch
+    passes it to the trainer, which finishes that step, writes its checkpoint and exits with the
+    "resume me" status; resumed, the run equals an uninterrupted one (1e-5). Negative control: the
+    stopped run resumed without its RNG state differs."""
+    from llavakd.preempt import RESUME_EXIT
+
+    ref = _reference(pair, "dft", tmp_path_factory)
+    stopped = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "llavakd.launch", "--gpus", "0", "--", sys.executable, "-m", "llavakd.cli", "train",
+           "--stage", "dft", *_args(pair, "dft", stopped, "train.save_steps=100")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while _logged_step(stopped) < 3:
+        assert proc.poll() is None, "the run ended before it could be signalled: " + proc.stdout.read()[-3000:]
+        assert time.time() - t0 < 600
+        time.sleep(0.02)
+    before = _logged_step(stopped)
+    proc.send_signal(signal.SIGURG)
+    after = _logged_step(stopped)
+    time.sleep(0.3)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGURG)  # a second warning changes nothing
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == RESUME_EXIT, out[-3000:]
+    ckpts = complete_checkpoints(stopped / "checkpoints")
+    step = int(ckpts[-1].name.split("-")[1])
+    assert len(ckpts) == 1 and before < step <= after + 1 < STEPS, (before, after, [c.name for c in ckpts])
+    assert _logged_step(stopped) == step and not (stopped / "final").exists()  # nothing trained past it
+    assert f"stopped on SIGURG after step {step} with checkpoint-{step} written" in out, out[-2000:]
+    history = [json.loads(line) for line in (stopped / "attempts.jsonl").read_text().splitlines()]
+    assert [r.get("outcome") for r in history] == [None, "stopped"]
+
+    control = tmp_path / "control"
+    shutil.copytree(stopped, control)
+    stored = control / "config.yaml"
+    stored.write_text(stored.read_text().replace(str(stopped), str(control)))
+    _without_rng_state(control)
+    _cli(pair, "dft", stopped, "train.save_steps=100", resume=True)
+    assert _differences("dft", ref, stopped) == []
+    _cli(pair, "dft", control, "train.save_steps=100", resume=True)
+    assert _differences("dft", ref, control) != []  # negative control: the comparison sees a lost RNG state
+
+
+GRANDCHILD = """
+import signal, sys, time
+from pathlib import Path
+signal.signal(signal.SIGURG, lambda *a: (Path(sys.argv[1], "grand").write_text("got it"), sys.exit(0)))
+Path(sys.argv[1], "ready").write_text("")
+time.sleep(60)
+"""
+CHILD = """
+import os, subprocess, sys
+from pathlib import Path
+grand = subprocess.Popen([sys.executable, "-c", sys.argv[3], sys.argv[1]], start_new_session=True)
+grand.wait()
+if sys.argv[2] == "note":
+    Path(os.environ["LLAVAKD_STOP_NOTE"]).write_text("stopped")
+sys.exit(1)
+"""
+
+
+def test_a_stop_note_turns_a_failed_child_into_resume_me_and_a_warning_reaches_its_descendants(tmp_path):
+    """llavakd.preempt.supervise, on a child that starts a grandchild in a session of its own (as torchrun
+    starts its ranks): a warning to the supervisor reaches the grandchild as SIGURG; the child exits 1
+    after a stop note, and the supervisor turns that into RESUME_EXIT; without the note the 1 stands."""
+    from llavakd.preempt import RESUME_EXIT
+
+    for mode, expected in (("note", RESUME_EXIT), ("none", 1)):
+        for name in ("ready", "grand"):
+            (tmp_path / name).unlink(missing_ok=True)
+        child = [sys.executable, "-c", CHILD, str(tmp_path), mode, GRANDCHILD]
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; from llavakd.preempt import supervise; "
+                                 f"sys.exit(supervise({child!r}))"], cwd=ROOT)
+        t0 = time.time()
+        while not (tmp_path / "ready").exists():
+            assert time.time() - t0 < 60 and proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGUSR1)  # passed on as SIGURG: SIGUSR1 itself would end torchrun's agent
+        assert proc.wait(timeout=60) == expected
+        assert (tmp_path / "grand").read_text() == "got it"

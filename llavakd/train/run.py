@@ -32,6 +32,7 @@ from llavakd.distill.parts import attach, build_parts, dims_of
 from llavakd.errors import LlavaKDError
 from llavakd.io import COMPLETE_MARKER, publish_dir, sha256_of
 from llavakd.layout import FINAL_METADATA, RunDir
+from llavakd.preempt import StoppedForResume, StopRequest, write_note
 
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
@@ -313,13 +314,14 @@ def setup_training_args(cfg: StageConfig, out: Path, world: int):
     return args, accum
 
 
-def setup_trainer(cfg: StageConfig, out: Path, model, processor, teacher, dataset, args):
-    """KDTrainer with the objective, the guards, the metrics log and the checkpoint policy."""
+def setup_trainer(cfg: StageConfig, out: Path, model, processor, teacher, dataset, args, stop=None):
+    """KDTrainer with the objective, the guards, the metrics log, the checkpoint policy and, given a
+    ``StopOnSignal``, the stop at a checkpoint that a scheduler's signal asks for."""
     from llavakd.data.dataset import Collator
     from llavakd.train.trainer import JsonlLogger, KDTrainer, NonFiniteGradGuard, StopAfter
 
     guard = NonFiniteGradGuard(model)
-    callbacks = [guard, JsonlLogger(Path(RunDir(str(out)).metrics))]
+    callbacks = [guard, JsonlLogger(Path(RunDir(str(out)).metrics))] + ([stop] if stop is not None else [])
     if cfg.train.stop_after_steps:
         callbacks.append(StopAfter(cfg.train.stop_after_steps))
     trainer = KDTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(processor.tokenizer),
@@ -389,15 +391,64 @@ def save_final(trainer, processor, out: Path, meta: dict, *, trained: bool) -> P
     return Path(run.final)
 
 
+def newest_checkpoint(out: Path) -> str | None:
+    """The name of a run's newest complete checkpoint (its progress, for llavakd.attempts), or None."""
+    from llavakd.train.trainer import complete_checkpoints
+
+    found = complete_checkpoints(RunDir(str(out)).checkpoints)
+    return found[-1].name if found else None
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
 def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train one stage; returns the final model folder (or the run dir if stopped early)."""
-    from transformers import set_seed
+    """Train one stage; returns the final model folder (or the run dir if stopped early by
+    ``train.stop_after_steps``). A stop signal (llavakd.preempt) ends it at a checkpoint with
+    ``StoppedForResume``. Rank 0 records the attempt (llavakd.attempts) and refuses a third one after
+    two failures the same way without a new checkpoint in one workflow session."""
+    from llavakd.attempts import Attempts
 
-    from llavakd.train.trainer import intact_checkpoints, last_step_reached
-
-    t0 = time.perf_counter()
     out = prepare_run_dir(cfg, resume, overwrite)
     check_resume_config(out, cfg, resume)
+    attempts = Attempts(RunDir(str(out)).attempts, job=f"training job {out}") \
+        if int(os.environ.get("RANK", "0")) == 0 else None
+    if attempts is not None:
+        attempts.begin(newest_checkpoint(out))
+    try:
+        with StopRequest() as stop:  # a signal now asks for a stop at the next step boundary
+            final = _run_stage(cfg, out, stop, resume)
+    except StoppedForResume:
+        if attempts is not None:
+            attempts.end("stopped", newest_checkpoint(out))
+        raise
+    except BaseException as err:
+        if attempts is not None:
+            attempts.end("failed", newest_checkpoint(out), _one_line(err))
+        raise
+    if attempts is not None:
+        attempts.end("finished", newest_checkpoint(out))
+    return final
+
+
+def _stopped(out: Path, stop, step: int | None) -> StoppedForResume:
+    """The stop a signal asked for, told to the supervisor (llavakd.preempt.write_note) and the user."""
+    where = newest_checkpoint(out)
+    at = f"after step {step} with {where} written" if step is not None else \
+        f"before its first step ({where or 'no checkpoint yet'})"
+    line = f"{out}: stopped on {stop.name} {at}; run it again with --resume to continue"
+    write_note(line)
+    return StoppedForResume(line)
+
+
+def _run_stage(cfg: StageConfig, out: Path, stop, resume: bool) -> Path:
+    from transformers import set_seed
+
+    from llavakd.train.trainer import StopOnSignal, intact_checkpoints, last_step_reached
+
+    t0 = time.perf_counter()
     run = RunDir(str(out))
     Path(run.config).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     set_seed(cfg.train.seed)
@@ -405,7 +456,8 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
     dataset = setup_data(cfg, processor)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args, accum = setup_training_args(cfg, out, world)
-    trainer = setup_trainer(cfg, out, model, processor, teacher, dataset, args)
+    on_signal = StopOnSignal(stop)
+    trainer = setup_trainer(cfg, out, model, processor, teacher, dataset, args, stop=on_signal)
 
     ckpts, damaged = intact_checkpoints(run.checkpoints) if resume else ([], [])
     for line in damaged:
@@ -421,6 +473,8 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
         if start:
             print(f"resuming from {start}")
             trainer.load_sampling_state(start)
+        if stop.requested:  # signalled while the models loaded: nothing trained, nothing to save
+            raise _stopped(out, stop, None)
         try:
             trainer.train(resume_from_checkpoint=str(start) if start else None)
         except BaseException:
@@ -429,6 +483,8 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
             raise
         trainer.wait_for_checkpoints()  # the last checkpoint's marker (written in the background)
     state = trainer.state
+    if on_signal.stopped_at is not None and state.global_step < state.max_steps:
+        raise _stopped(out, stop, on_signal.stopped_at)
     if cfg.train.stop_after_steps and state.global_step < state.max_steps:
         return out
     meta = run_metadata(cfg, trainer, dataset, counts, world=world, accum=accum, start=start,

@@ -732,3 +732,27 @@ class StopAfter(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step >= self.step:
             control.should_training_stop = True
+
+
+class StopOnSignal(TrainerCallback):
+    """Checkpoint and stop at the end of the optimizer step in flight when a stop signal has come
+    (llavakd.preempt: the scheduler's warning, SIGUSR1 or SIGTERM). Ranks agree first: a signal may
+    reach one rank a step before another, and every rank must save the same step (under DeepSpeed each
+    saves its shard, rank 0 the marker). One scalar all-reduce a step, only with several ranks."""
+
+    def __init__(self, request):
+        self.request = request
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stop = self.request.requested
+        if args.world_size > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if stop else 0.0], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop and self.stopped_at is None:
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
