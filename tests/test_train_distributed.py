@@ -244,3 +244,35 @@ def test_an_attention_layer_the_llms_do_not_have_fails_the_dry_run():
         Study.load(raw, source="paper.yaml")
     deep["attn_layer"] = -24
     Study.load(raw, source="paper.yaml")  # the first layer, counted from the end of the 0.5B student
+
+
+@pytest.mark.parametrize("engine", ["ddp", "zero2"])
+def test_a_warning_on_one_rank_mid_step_stops_both_at_that_step_and_the_resumed_run_matches(setup, plain, tmp_path,
+                                                                                             engine):
+    """The scheduler's warning (SIGURG) reaches rank 1 only, mid-step 3, under torchrun (2 ranks) and
+    DeepSpeed ZeRO-2, run through llavakd.launch as the workflow runs it: the ranks agree to stop
+    after step 3, each writes its part of checkpoint-3 (ZeRO-2: its shard; rank 0 the marker), and
+    launch exits with the "resume me" status although torchrun reports a failure. Resumed, the run
+    matches one plain process over all 5 steps (the parity tolerance: the two-rank parity tests and
+    their negative control say what it catches)."""
+    from llavakd.preempt import RESUME_EXIT
+    from llavakd.train.trainer import complete_checkpoints
+
+    extra = [f"train.deepspeed={ROOT / 'config' / 'deepspeed' / 'zero2.json'}"] if engine == "zero2" else []
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "llavakd.launch", "--gpus", "0", "--"] + _torchrun()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LLAVAKD_FAULT_SIGNAL_AT": "3", "LLAVAKD_FAULT_SIGNAL_RANK": "1"}
+    args = ["train", "--stage", "dft", f"model={setup / 'student'}", f"teacher={setup / 'teacher'}",
+            f"output_dir={out}", f"data.json={setup / 'world' / 'train' / 'instruct.json'}",
+            f"data.images={setup / 'world' / 'images'}", "train.precision=fp32", "train.global_batch=8",
+            "train.per_device_batch=4", f"train.max_steps={STEPS}", "train.save_steps=100", "train.lr=1e-3",
+            "train.warmup_ratio=0", *extra]
+    proc = subprocess.run(launch + [str(ROOT / "tests" / "_fault_signal.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == RESUME_EXIT, proc.stderr[-4000:]
+    assert [c.name for c in complete_checkpoints(out / "checkpoints")] == ["checkpoint-3"]
+    assert max(metrics_by_step(out)) == 3 and not (out / "final").exists()
+    if engine == "zero2":  # every rank saved its optimizer shard
+        assert len(list((out / "checkpoints" / "checkpoint-3").rglob("*optim_states.pt"))) == 2
+    resumed = _train(setup, out, *extra, "--resume", launcher=_torchrun())
+    assert mismatches(plain, resumed) == []
