@@ -19,13 +19,16 @@ with no ``end`` record was killed: SIGKILL, the OOM killer, a lost node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from llavakd.errors import LlavaKDError
+from llavakd.preempt import StoppedForResume
 
 SESSION_ENV = "LLAVAKD_SESSION"
 KILLED = "killed before it could record how it ended"
@@ -92,8 +95,9 @@ class Attempts:
 
     def _append(self, rec: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        cut = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
         with self.path.open("a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+            fh.write(("\n" if cut else "") + json.dumps(rec) + "\n")  # past a line a kill cut short
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -109,3 +113,30 @@ class Attempts:
         """Record how this attempt ended: ``finished``, ``stopped`` (to be resumed) or ``failed``."""
         self._append({"event": "end", "time": time.time(), "outcome": outcome, "progress": progress,
                       "error": error})
+
+    @contextlib.contextmanager
+    def attempt(self, progress: Callable[[], object]):
+        """Begin (or refuse) an attempt and record how the block ends: ``finished``, ``stopped`` on
+        StoppedForResume, ``failed`` with the error's first line on anything else."""
+        self.begin(progress())
+        try:
+            yield
+        except StoppedForResume:
+            self.end("stopped", progress())
+            raise
+        except BaseException as err:
+            self.end("failed", progress(), one_line(err))
+            raise
+        self.end("finished", progress())
+
+
+def one_line(err: BaseException) -> str:
+    """How an attempt failed, in one line: the exception's type and its message's first line."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+def finished_files(folder: str | Path) -> list[str]:
+    """An evaluation's progress: the per-benchmark result files its folder holds."""
+    folder = Path(folder)
+    return sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []

@@ -213,6 +213,14 @@ def cmd_score_standins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attempt(kind: str, out: str):
+    """An evaluation's attempt, recorded in its folder (llavakd.attempts; progress: its finished files)."""
+    from llavakd.attempts import Attempts, finished_files
+    from llavakd.layout import RUN_ATTEMPTS
+
+    return Attempts(Path(out) / RUN_ATTEMPTS, job=f"{kind} job {out}").attempt(lambda: finished_files(out))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import logging
 
@@ -224,10 +232,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from llavakd.tiny.tasks import standin_tasks
 
         standins = standin_tasks(args.world)
-    res = evaluate(args.model, args.benchmarks, args.out, standins=standins, limit=args.limit,
-                   batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype,
-                   submission=args.submission, hf_home=args.hf_home, recompute=args.recompute, protocol=args.protocol,
-                   pope_questions=args.pope_questions)
+    with _attempt("evaluation", args.out):
+        res = evaluate(args.model, args.benchmarks, args.out, standins=standins, limit=args.limit,
+                       batch_size=args.batch_size, seed=args.seed, device=args.device, dtype=args.dtype,
+                       submission=args.submission, hf_home=args.hf_home, recompute=args.recompute,
+                       protocol=args.protocol, pope_questions=args.pope_questions)
     print(f"protocol: {args.protocol}")
     print(f"{'benchmark':10s} {'column':8s} {'score':>8s}  docs")
     for name, r in res.items():
@@ -249,8 +258,9 @@ def cmd_agreement(args: argparse.Namespace) -> int:
         from llavakd.eval.prefetch import use_cache
 
         use_cache(args.hf_home, offline=True)
-    res = agreement(args.student, args.teacher, args.out, benchmarks=args.benchmarks, standins=standins,
-                    limit=args.limit, dtype=args.dtype, device=args.device)
+    with _attempt("agreement", args.out):
+        res = agreement(args.student, args.teacher, args.out, benchmarks=args.benchmarks, standins=standins,
+                        limit=args.limit, dtype=args.dtype, device=args.device)
     print(f"{'benchmark':10s} " + " ".join(f"{m:>17s}" for m in MEASURES))
     for name, r in res.items():
         print(f"{name:10s} " + " ".join("                -" if r[m] is None else f"{r[m]:17.4f}" for m in MEASURES))

@@ -83,10 +83,13 @@ def sha256_of(path: Path) -> str:
 
 
 def write_marker(folder: str | Path) -> None:
-    """Write ``folder``'s completion marker, last: the size and sha256 of every file in it (JSON)."""
+    """Write ``folder``'s completion marker, last: the size and sha256 of every file in it (JSON), but
+    for the job's attempt history (llavakd.attempts), which the attempt's end still appends to."""
+    from llavakd.layout import RUN_ATTEMPTS
+
     folder = Path(folder)
     files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_of(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != COMPLETE_MARKER}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (COMPLETE_MARKER, RUN_ATTEMPTS)}
     atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
 
 

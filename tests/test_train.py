@@ -584,3 +584,28 @@ def setup_end_id(setup) -> int:
     from llavakd.model.chat import END_TOKEN
 
     return AutoTokenizer.from_pretrained(setup / "student").convert_tokens_to_ids(END_TOKEN)
+
+
+def test_a_job_failing_twice_the_same_way_without_a_checkpoint_is_not_tried_a_third_time(setup, tmp_path,
+                                                                                         monkeypatch):
+    """In one workflow session (LLAVAKD_SESSION), a training job whose data file is broken fails the same way
+    twice before its first checkpoint; the third attempt stops at once, in one line naming the job."""
+    from llavakd.attempts import GaveUp
+
+    monkeypatch.setenv("LLAVAKD_SESSION", "one-snakemake-run")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": "r0", "image": "x.png"')  # cut short
+    cfg = _cfg(setup, "sft", tmp_path / "r", f"data.json={bad}")
+    errors = []
+    for _ in range(2):
+        with pytest.raises(LlavaKDError) as err:
+            run_stage(cfg, resume=True)
+        errors.append(str(err.value))
+    assert errors[0] == errors[1] and not isinstance(err.value, GaveUp)
+    with pytest.raises(GaveUp, match=r"training job .*/r: failed twice the same way without progress \(") as err:
+        run_stage(cfg, resume=True)
+    assert errors[0].splitlines()[0][:60] in str(err.value)
+    monkeypatch.setenv("LLAVAKD_SESSION", "the-next-snakemake-run")  # running Snakemake again tries again
+    with pytest.raises(LlavaKDError) as err:
+        run_stage(cfg, resume=True)
+    assert not isinstance(err.value, GaveUp)

@@ -399,11 +399,6 @@ def newest_checkpoint(out: Path) -> str | None:
     return found[-1].name if found else None
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
-
 def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Train one stage; returns the final model folder (or the run dir if stopped early by
     ``train.stop_after_steps``). A stop signal (llavakd.preempt) ends it at a checkpoint with
@@ -413,24 +408,11 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
 
     out = prepare_run_dir(cfg, resume, overwrite)
     check_resume_config(out, cfg, resume)
-    attempts = Attempts(RunDir(str(out)).attempts, job=f"training job {out}") \
-        if int(os.environ.get("RANK", "0")) == 0 else None
-    if attempts is not None:
-        attempts.begin(newest_checkpoint(out))
-    try:
-        with StopRequest() as stop:  # a signal now asks for a stop at the next step boundary
-            final = _run_stage(cfg, out, stop, resume)
-    except StoppedForResume:
-        if attempts is not None:
-            attempts.end("stopped", newest_checkpoint(out))
-        raise
-    except BaseException as err:
-        if attempts is not None:
-            attempts.end("failed", newest_checkpoint(out), _one_line(err))
-        raise
-    if attempts is not None:
-        attempts.end("finished", newest_checkpoint(out))
-    return final
+    recorded = contextlib.nullcontext()
+    if int(os.environ.get("RANK", "0")) == 0:
+        recorded = Attempts(RunDir(str(out)).attempts, job=f"training job {out}").attempt(lambda: newest_checkpoint(out))
+    with recorded, StopRequest() as stop:  # a signal now asks for a stop at the next step boundary
+        return _run_stage(cfg, out, stop, resume)
 
 
 def _stopped(out: Path, stop, step: int | None) -> StoppedForResume:
