@@ -25,6 +25,10 @@ include: "workflow/rules/eval.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    add_segment_retries()
+
+
 rule reproduce_table1:
     """Table 1: teachers, baselines (PT+SFT) and LLaVA-KD students (DPT+SFT+DFT) beside the paper."""
     input:

@@ -299,7 +299,8 @@ class Resources:
     mem_mb: int | None = None
     """Memory in MB."""
     runtime: int | None = None
-    """Minutes."""
+    """Minutes. A priced study's (one with ``cost``) training and evaluation jobs ask for their own
+    time instead (``max_runtime``; llavakd.schedule)."""
     threads: int | None = None
     """CPU threads."""
 
@@ -334,6 +335,29 @@ class ResourcesSection:
     """Evaluation and agreement jobs."""
     report: Resources = field(default_factory=Resources)
     """Report rules."""
+    max_runtime: int | None = None
+    """Minutes: the partition's time limit. With a ``cost`` section, each training and evaluation job
+    asks SLURM for its own estimated time (llavakd.schedule) up to this; a job estimated beyond it
+    runs in segments, each stopped at a checkpoint before the limit and retried. Unset: no cap."""
+    runtime_safety: float = 1.5
+    """The factor on a job's estimated time in its request (the estimate's MFU is a guess until measured)."""
+    startup_minutes: float = 10.0
+    """Minutes each attempt spends before its first step (loading the models and data, resuming)."""
+    checkpoint_gbps: float = 1.0
+    """GB/s at which a checkpoint (weights and optimizer state) is written, for its share of the time."""
+    stop_warning: int = 600
+    """Seconds before the time limit at which SLURM sends the trainer its warning (``--signal=URG@``):
+    enough to finish a step and write a checkpoint."""
+
+    def problems(self, prefix: str) -> list[str]:
+        out = _at_least(prefix, self, 1, "max_runtime", "runtime_safety")
+        out += _at_least(prefix, self, 0, "startup_minutes", "stop_warning") + _at_least(prefix, self, 0, "checkpoint_gbps",
+                                                                                         strict=True)
+        reserved = self.startup_minutes + self.stop_warning / 60
+        if self.max_runtime is not None and self.max_runtime <= reserved:
+            out.append(f"{prefix}max_runtime: {self.max_runtime} minutes leave no time to train after "
+                       f"startup_minutes {self.startup_minutes:g} and stop_warning {self.stop_warning} s")
+        return out
 
     def of(self, rule: str) -> dict[str, int]:
         """One rule's resources: its section over ``default`` over ``RULE_RESOURCES``."""

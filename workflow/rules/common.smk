@@ -3,6 +3,7 @@
 import os
 import sys
 import threading
+import time
 
 from snakemake.exceptions import WorkflowError
 
@@ -24,6 +25,8 @@ from llavakd.layout import (
     parse_model,
 )
 from llavakd.plan import Study, cost_report, memory_report, train_jobs
+from llavakd.preempt import slurm_signal_flag
+from llavakd.schedule import Schedule
 from llavakd.protocols import SCORING_REVISION
 from llavakd.stages import CHAIN_REGEX
 from llavakd.tiny.tokenizer import catalogue as tiny_catalogue
@@ -88,9 +91,50 @@ def render_for_rule(*args, **kwargs):
         return render(*args, **kwargs)
 
 
+# Each training and evaluation job's SLURM time from its price, capped by resources.max_runtime; a
+# job over the cap runs in segments, so its rule retries once more for each segment beyond the first
+# (on top of the profile's `retries`). llavakd/schedule.py; docs/workflow.md, "Time limits".
+SCHEDULE = Schedule(STUDY)
+TRAIN_JOBS = train_jobs(STUDY, STUDY.all_models())
+EVAL_MODELS = STUDY.all_models()
+SEGMENT_RETRIES = {
+    "train": Schedule.extra_retries(
+        [SCHEDULE.train(llm, seed, str(chain)) for llm, seed, chain in TRAIN_JOBS]
+    ),
+    "agreement": Schedule.extra_retries(
+        [SCHEDULE.agreement(m) for m in STUDY.student_models()]
+    ),
+}
+for _protocol in STUDY.protocols:
+    SEGMENT_RETRIES["evaluate" if _protocol == "lmms-eval" else f"evaluate_{_protocol}"] = (
+        Schedule.extra_retries([SCHEDULE.evaluate(m) for m in EVAL_MODELS])
+    )
+
+
+def add_segment_retries():
+    """At the start of a run (the Snakefile's onstart; the retries are known only then): a rule whose
+    longest job runs in segments retries that many more times than the profile's `retries`."""
+    for name, extra in SEGMENT_RETRIES.items():
+        if extra:
+            workflow.get_rule(name).restart_times = (
+                workflow.execution_settings.retries + extra
+            )
+
+
+# SLURM's warning to the trainer, resources.stop_warning seconds before the time limit (llavakd.preempt)
+STOP_WARNING = slurm_signal_flag(C.resources.stop_warning)
+# The job's session: llavakd.attempts gives up on a job that fails twice the same way within one
+# invocation of Snakemake; local and SLURM jobs (--export=ALL) inherit it.
+if workflow.is_main_process:
+    os.environ["LLAVAKD_SESSION"] = f"{os.getpid()}-{time.time_ns()}"
+
 if workflow.is_main_process and C.cost:
     print(cost_report(STUDY, BENCHMARKS), file=sys.stderr)
     print(memory_report(STUDY), file=sys.stderr)
+    print(
+        SCHEDULE.report(TRAIN_JOBS, EVAL_MODELS, STUDY.student_models()),
+        file=sys.stderr,
+    )
 
 
 # -- input and parameter functions of the rules --------------------------------------------

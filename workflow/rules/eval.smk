@@ -22,7 +22,7 @@ for _protocol in STUDY.protocols:
         resources:
             gpu=res("eval", "gpus"),
             mem_mb=res("eval", "mem_mb"),
-            runtime=res("eval", "runtime"),
+            runtime=lambda wc: SCHEDULE.evaluate(wc.model).minutes,
         params:
             model=lambda wc: STUDY.model_dir(wc.model),
             out=lambda wc, output: parent(output[0]),
@@ -94,7 +94,7 @@ rule agreement:
     resources:
         gpu=res("eval", "gpus"),
         mem_mb=res("eval", "mem_mb"),
-        runtime=res("eval", "runtime"),
+        runtime=lambda wc: SCHEDULE.agreement(wc.model).minutes,
     params:
         student=lambda wc: STUDY.model_dir(wc.model),
         teacher=lambda wc: STUDY.model_dir(

@@ -1,7 +1,8 @@
 # Training: one job per stage of a chain. A chain's prefix is its own run, so variants that share
 # stages share jobs. Checkpoints live in the run folder next to final/ and are not declared
 # outputs: Snakemake removes a failed job's outputs, never its checkpoints, and the rerun resumes
-# from the newest complete one (llavakd train --resume).
+# from the newest complete one (llavakd train --resume). A job's time comes from its price; SLURM
+# warns it before the limit, it stops at a checkpoint with exit 75, and a retry resumes it.
 
 
 rule job_config:
@@ -33,7 +34,8 @@ rule train:
     resources:
         **TRAIN_SLURM,
         mem_mb=res("train", "mem_mb"),
-        runtime=res("train", "runtime"),
+        runtime=lambda wc: SCHEDULE.train(wc.llm, int(wc.seed), wc.chain).minutes,
+        slurm_extra=STOP_WARNING,
     params:
         cmd=train_cmd,
     shell:
