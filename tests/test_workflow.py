@@ -246,46 +246,88 @@ def test_paper_slurm_dry_run_requests_gpus():
     assert re.search(r"resources:.*gpu=1", ev), ev
 
 
+TEACHER_SFT = "results/micro/runs/qwen1.5-1.8b/s0/pt--sft"
+
+
+def _job_processes(root_pid: int, needle: str) -> list[int]:
+    """The processes of one job under ``root_pid``: the one whose command line holds ``needle`` (the job's
+    shell) and everything below it."""
+    from llavakd.preempt import descendants
+
+    for pid in descendants(root_pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if needle in cmdline:
+            return [pid] + descendants(pid)
+    return []
+
+
+def _signal_when_past(proc, run: Path, step: int, targets, sig=signal.SIGURG) -> list[int]:
+    """Once the run has logged ``step``, send ``sig`` to every process ``targets()`` lists (as SLURM signals
+    every process of a job step); returns them."""
+    t0 = time.time()
+    while not ((run / "metrics.jsonl").is_file() and max(metrics_by_step(run), default=0) >= step):
+        assert proc.poll() is None, "the run ended before it could be signalled"
+        assert time.time() - t0 < 600
+        time.sleep(0.02)
+    pids = targets()
+    assert pids, "no process of the job found"
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def _priced_over_the_cap(cfg: dict) -> dict:
+    """The micro study with a price and a 14-minute cap that some of its training jobs do not fit: they
+    run in segments, and the training rule retries once per segment beyond the first of the longest
+    (llavakd.schedule)."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    cfg["cost"] = {"peak_tflops": 13.0, "mfu": 0.5, "samples": {"pt": 1000, "sft": 1000},
+                   "tokens_per_sample": {"pt": 64, "sft": 64}, "eval_tokens": 0}
+    cfg["resources"].update({"max_runtime": 14, "startup_minutes": 10, "stop_warning": 60, "checkpoint_gbps": 100.0})
+    return cfg
+
+
 @pytest.mark.slow
-def test_micro_study_end_to_end_with_a_kill_and_resume(micro_tree, tmp_path):
-    """The whole DAG on the micro config; killed during the teacher's SFT, run again: it resumes and
-    finishes. It starts from a copy of the shared micro tree without the teacher's SFT and what follows
-    it (the distilled students' runs, every score, agreement and report): Snakemake does not remake a
-    missing file that up-to-date outputs downstream were made from."""
+def test_micro_study_over_its_time_cap_is_warned_mid_job_and_finishes_by_itself(micro_tree, tmp_path):
+    """The whole DAG on the micro config, priced over a 14-minute cap: the teacher's SFT runs in 2
+    segments. Mid-run its job's processes get SLURM's warning (SIGURG); the trainer stops at a
+    checkpoint with exit 75, Snakemake's retry (one per segment, from the price) resumes it, and the DAG
+    finishes by itself with the same tables as the uninterrupted micro tree. It starts from a copy of the
+    shared tree without the teacher's SFT and what follows it (the distilled students' runs, every score,
+    agreement and report): Snakemake does not remake a missing file that up-to-date outputs downstream
+    were made from."""
     root = copy_micro_tree(micro_tree, tmp_path / "tree")
     runs = root / "results/micro/runs"
     for gone in [runs / "qwen1.5-1.8b/s0/pt--sft", *runs.glob("qwen1.5-0.5b/s0/dpt*"),
                  runs / "qwen1.5-0.5b/s0/pt--sft--dft", root / "results/micro/eval", root / "results/micro/agreement",
                  root / "reports"]:
         shutil.rmtree(gone)
-    cfg = root / "micro.yaml"
+    cfg = write_micro_config(root, _priced_over_the_cap(MICRO))
     cmd = micro_cmd(root, cfg, "reproduce_table1", "ablation_stages")
     env = micro_env()
-    run = root / "results/micro/runs/qwen1.5-1.8b/s0/pt--sft"
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    run = root / TEACHER_SFT
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    t0 = time.time()
-    def past_step_4():  # keep_checkpoints 2: checkpoint-4 itself is gone once checkpoint-8 is written
-        return any(int(p.parent.name.split("-")[1]) >= 4 for p in run.glob("checkpoints/checkpoint-*/COMPLETE"))
-
-    while not past_step_4() and proc.poll() is None:
-        assert time.time() - t0 < 600
-        time.sleep(0.1)
-    ended = proc.poll() is not None
-    assert not ended, "the DAG ended before the teacher's SFT reached step 4: " + proc.stdout.read().decode()[-3000:]
-    os.killpg(proc.pid, signal.SIGTERM)  # as a user's Ctrl-C / a scheduler's kill would
-    proc.communicate(timeout=120)
-    assert not (run / "final" / "COMPLETE").exists()
-    kept = {p.relative_to(root) for p in (root / "results/micro/runs").glob("*/s0/*/final/COMPLETE")}
-    assert Path("results/micro/runs/qwen1.5-1.8b/s0/pt/final/COMPLETE") in kept
-
-    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    _signal_when_past(proc, run, 4, lambda: _job_processes(proc.pid, "configs/qwen1.5-1.8b/s0/pt--sft.yaml"))
+    out = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, out[-4000:]
+    assert re.search(r"train qwen1\.5-1\.8b\s+pt--sft\s.*runs in 2 segments of 14 min", out), out[:6000]
+    history = [json.loads(x) for x in (run / "attempts.jsonl").read_text().splitlines()]
+    assert [h.get("outcome") for h in history] == [None, "stopped", None, "finished"]
+    stopped_at = history[1]["progress"]  # Snakemake clears a job's log before its retry: the history keeps it
+    assert int(stopped_at.split("-")[1]) >= 5 and history[2]["progress"] == stopped_at
     log = (root / "results/micro/logs/train/qwen1.5-1.8b/s0/pt--sft.log").read_text()
-    assert "resuming from" in log and "checkpoint-" in log
-    for ext in ("md", "csv", "tex", "html"):
-        assert (root / f"reports/micro/table1.{ext}").stat().st_size > 0
-        assert (root / f"reports/micro/ablation_stages.{ext}").stat().st_size > 0
+    assert f"resuming from {TEACHER_SFT}/checkpoints/{stopped_at}" in log, log[-2000:]
+    for name in ("table1.csv", "table1.md", "ablation_stages.csv"):
+        assert (root / "reports/micro" / name).read_text() == (micro_tree / "reports/micro" / name).read_text(), name
     for fig in ("benchmarks", "overview", "training_curves"):
         assert (root / f"reports/micro/figures/{fig}.png").stat().st_size > 10_000
     # a study's loss override reached the trainer through the job's one config file
@@ -303,6 +345,86 @@ def test_micro_study_end_to_end_with_a_kill_and_resume(micro_tree, tmp_path):
     # nothing left to do
     again = subprocess.run(cmd + ["-n"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def _jobstep(root: Path, fake: Path, *extra: str) -> subprocess.Popen:
+    """The teacher's SFT through SLURM's jobstep plugin (what runs inside the sbatch job): Snakemake's
+    ``slurm-jobstep`` executor, whose ``srun`` is tests/_fake_srun.py."""
+    bin_dir = fake / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    srun = bin_dir / "srun"
+    srun.write_text(f"#!/bin/sh\nexec {sys.executable} {REPO / 'tests' / '_fake_srun.py'} \"$@\"\n")
+    srun.chmod(0o755)
+    env = dict(micro_env(), PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_SRUN_DIR=str(fake))
+    cmd = SNAKEMAKE + [f"{TEACHER_SFT}/final/COMPLETE", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                       str(root), "--configfile", str(root / "micro.yaml"), "--executor", "slurm-jobstep", "--jobs",
+                       "1", *extra]
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _step(fake: Path) -> list[int]:
+    """Every process of the job's step: the fake srun's task and all below it (slurmstepd's container)."""
+    from llavakd.preempt import descendants
+
+    pid = int((fake / "step.pid").read_text())
+    return [pid] + descendants(pid)
+
+
+@pytest.mark.slow
+def test_the_warning_reaches_the_trainer_through_the_slurm_jobstep_process_tree(micro_tree, tmp_path):
+    """The teacher's SFT run as the SLURM executor runs a job: srun -> Snakemake's jobstep process -> bash
+    -> llavakd.launch -> the trainer. SIGURG sent to every process of that step mid-run: nothing dies of
+    it, the trainer stops at a checkpoint, the step's Snakemake exits 1 for the job's 75 (not killed by
+    the signal), and the retry finishes the job with the weights of the uninterrupted run. Negative
+    control first: SIGUSR1 to the same step kills Snakemake's jobstep process (exit 128 + 10), which
+    is why the workflow asks SLURM for SIGURG."""
+    from safetensors.torch import load_file
+
+    root = copy_micro_tree(micro_tree, tmp_path / "tree")
+    shutil.rmtree(root / TEACHER_SFT)
+    run, fake = root / TEACHER_SFT, tmp_path / "srun"
+    proc = _jobstep(root, fake, "--retries", "0")
+    _signal_when_past(proc, run, 3, lambda: _step(fake), signal.SIGUSR1)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode != 0 and (fake / "codes").read_text().split() == [str(128 + signal.SIGUSR1)], out[-3000:]
+
+    (fake / "codes").unlink()
+    done = max(metrics_by_step(run))  # the USR1 run's last logged step; it resumes from a checkpoint before
+    proc = _jobstep(root, fake, "--retries", "1")
+    _signal_when_past(proc, run, done + 3, lambda: _step(fake))
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-4000:]
+    assert (fake / "codes").read_text().split() == ["1", "0"], out[-3000:]
+    history = [json.loads(x).get("outcome") for x in (run / "attempts.jsonl").read_text().splitlines()]
+    assert history == [None, None, "stopped", None, "finished"]  # killed under USR1; stopped under URG; done
+    want, got = load_file(micro_tree / TEACHER_SFT / "final/model.safetensors"), load_file(run / "final/model.safetensors")
+    assert max((want[k] - got[k]).abs().max().item() for k in want) <= 1e-5
+
+
+@pytest.mark.slow
+def test_a_training_job_failing_twice_the_same_way_stops_naming_itself_and_its_log(micro_tree, tmp_path):
+    """A training job whose only checkpoint is damaged fails the same way on every attempt: with three
+    retries it runs twice, the third attempt stops at once naming the job and its log, and Snakemake
+    gives up."""
+    from llavakd.io import write_marker
+
+    root = copy_micro_tree(micro_tree, tmp_path / "tree")
+    shutil.rmtree(root / TEACHER_SFT)
+    ckpt = root / TEACHER_SFT / "checkpoints/checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    write_marker(ckpt)
+    (ckpt / "trainer_state.json").write_text('{"global_step": 2}')  # changed after its marker: damaged
+    r = subprocess.run(micro_cmd(root, root / "micro.yaml", f"{TEACHER_SFT}/final/COMPLETE") + ["--retries", "3"],
+                       cwd=root, env=micro_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    log = root / "results/micro/logs/train/qwen1.5-1.8b/s0/pt--sft.log"
+    line = re.search(r"llavakd train: error: (training job .*failed twice the same way.*)", log.read_text())
+    assert line and "every checkpoint is damaged" in line.group(1), log.read_text()[-3000:]
+    assert f"see its log {os.path.realpath(log)}" in line.group(1) and TEACHER_SFT in line.group(1)
+    history = [json.loads(x) for x in (root / TEACHER_SFT / "attempts.jsonl").read_text().splitlines()]
+    assert [h["event"] for h in history] == ["begin", "end", "begin", "end"]  # two ran; the others stopped at once
+    assert (r.stdout + r.stderr).count("Trying to restart job") == 3
 
 
 @pytest.mark.slow
