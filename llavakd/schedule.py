@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 from llavakd.layout import parse_model
 from llavakd.stages import STAGES, as_chain
@@ -64,6 +63,12 @@ class Schedule:
             from llavakd.plan import pricer
 
             self.job_hours, self.eval_hours, self.agreement_hours, *_ = pricer(study)
+        self._asked: dict[tuple, TimeRequest] = {}
+
+    def _once(self, key: tuple, make) -> TimeRequest:
+        if key not in self._asked:
+            self._asked[key] = make()
+        return self._asked[key]
 
     def _request(self, work_minutes: float) -> TimeRequest:
         r = self.res
@@ -89,28 +94,26 @@ class Schedule:
         size = 4 * n + (8 * n if "llm" in STAGES[st.name].trainable else 0)
         return steps // max(1, cfg.train.save_steps) * size / (self.res.checkpoint_gbps * 1e9) / 60
 
-    @lru_cache(maxsize=None)
     def train(self, llm: str, seed: int, chain: str) -> TimeRequest:
         if not self.priced:
             return self._configured("train")
-        gpus = self.study.train_world()
-        work = self.job_hours(llm, as_chain(chain)) / gpus * 60 + self.checkpoint_minutes(llm, seed, chain)
-        return self._request(work)
+        return self._once(("train", llm, seed, chain), lambda: self._request(
+            self.job_hours(llm, as_chain(chain)) / self.study.train_world() * 60
+            + self.checkpoint_minutes(llm, seed, chain)))
 
     def _eval_gpus(self) -> int:
         return max(1, int(self.study.resources("eval")["gpus"]))
 
-    @lru_cache(maxsize=None)
     def evaluate(self, model: str) -> TimeRequest:
         if not self.priced or parse_model(model).kind != "run":
             return self._configured("eval")
-        return self._request(self.eval_hours(model) / self._eval_gpus() * 60)
+        return self._once(("evaluate", model), lambda: self._request(self.eval_hours(model) / self._eval_gpus() * 60))
 
-    @lru_cache(maxsize=None)
     def agreement(self, model: str) -> TimeRequest:
         if not self.priced:
             return self._configured("eval")
-        return self._request(self.agreement_hours(model) / self._eval_gpus() * 60)
+        return self._once(("agreement", model),
+                          lambda: self._request(self.agreement_hours(model) / self._eval_gpus() * 60))
 
     @staticmethod
     def extra_retries(requests: list[TimeRequest]) -> int:

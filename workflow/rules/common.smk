@@ -7,6 +7,7 @@ import time
 
 from snakemake.exceptions import WorkflowError
 
+from llavakd.attempts import SESSION_ENV
 from llavakd.errors import ConfigError
 from llavakd.io import atomic_write_text
 from llavakd.eval.registry import resolve
@@ -106,14 +107,15 @@ SEGMENT_RETRIES = {
     ),
 }
 for _protocol in STUDY.protocols:
-    SEGMENT_RETRIES["evaluate" if _protocol == "lmms-eval" else f"evaluate_{_protocol}"] = (
-        Schedule.extra_retries([SCHEDULE.evaluate(m) for m in EVAL_MODELS])
-    )
+    SEGMENT_RETRIES[
+        "evaluate" if _protocol == "lmms-eval" else f"evaluate_{_protocol}"
+    ] = Schedule.extra_retries([SCHEDULE.evaluate(m) for m in EVAL_MODELS])
 
 
 def add_segment_retries():
     """At the start of a run (the Snakefile's onstart; the retries are known only then): a rule whose
-    longest job runs in segments retries that many more times than the profile's `retries`."""
+    longest job runs in segments retries that many more times than the profile's `retries`.
+    """
     for name, extra in SEGMENT_RETRIES.items():
         if extra:
             workflow.get_rule(name).restart_times = (
@@ -126,7 +128,7 @@ STOP_WARNING = slurm_signal_flag(C.resources.stop_warning)
 # The job's session: llavakd.attempts gives up on a job that fails twice the same way within one
 # invocation of Snakemake; local and SLURM jobs (--export=ALL) inherit it.
 if workflow.is_main_process:
-    os.environ["LLAVAKD_SESSION"] = f"{os.getpid()}-{time.time_ns()}"
+    os.environ.update({SESSION_ENV: f"{os.getpid()}-{time.time_ns()}"})
 
 if workflow.is_main_process and C.cost:
     print(cost_report(STUDY, BENCHMARKS), file=sys.stderr)
