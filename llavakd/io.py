@@ -18,6 +18,7 @@ from pathlib import Path
 from llavakd.errors import LlavaKDError
 
 COMPLETE_MARKER = "COMPLETE"
+ATTEMPTS = "attempts.jsonl"  # a job folder's attempt history (llavakd.attempts): appended to after its marker
 
 
 @contextlib.contextmanager
@@ -85,11 +86,9 @@ def sha256_of(path: Path) -> str:
 def write_marker(folder: str | Path) -> None:
     """Write ``folder``'s completion marker, last: the size and sha256 of every file in it (JSON), but
     for the job's attempt history (llavakd.attempts), which the attempt's end still appends to."""
-    from llavakd.layout import RUN_ATTEMPTS
-
     folder = Path(folder)
     files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_of(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (COMPLETE_MARKER, RUN_ATTEMPTS)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in (COMPLETE_MARKER, ATTEMPTS)}
     atomic_write_text(folder / COMPLETE_MARKER, json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
 
 

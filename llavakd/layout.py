@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from llavakd.io import COMPLETE_MARKER
+from llavakd.io import ATTEMPTS, COMPLETE_MARKER
 from llavakd.protocols import DEFAULT_PROTOCOL
 from llavakd.stages import CHAIN_REGEX
 
@@ -81,7 +81,7 @@ RUN_METADATA = "metadata.json"  # commit, versions, batch decomposition, tokens/
 RUN_CHECKPOINTS = "checkpoints"  # checkpoint-N folders, each with its COMPLETE marker
 RUN_FINAL = "final"  # the trained model + processor, COMPLETE last
 RUN_FINAL_STAGING = ".final-staging"  # final/ while it is written
-RUN_ATTEMPTS = "attempts.jsonl"  # how each attempt at the job began and ended (llavakd.attempts)
+RUN_ATTEMPTS = ATTEMPTS  # how each attempt at the job began and ended (llavakd.attempts)
 FINAL_METADATA = "llavakd_run.json"  # metadata.json's copy inside final/
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers' checkpoint folder names: checkpoint-<step>
 LOSS_PARTS = "loss_parts.safetensors"  # in a checkpoint: the objective's learnable parts (llavakd.distill.parts)

@@ -57,7 +57,7 @@ class Schedule:
 
     def __init__(self, study):
         self.study = study
-        self.res = study.cfg.resources
+        self.limits = study.cfg.resources
         self.priced = study.cfg.cost is not None
         if self.priced:
             from llavakd.plan import pricer
@@ -71,7 +71,7 @@ class Schedule:
         return self._asked[key]
 
     def _request(self, work_minutes: float) -> TimeRequest:
-        r = self.res
+        r = self.limits
         return time_request(work_minutes, cap=r.max_runtime, safety=r.runtime_safety, startup=r.startup_minutes,
                             warning_s=r.stop_warning)
 
@@ -92,7 +92,7 @@ class Schedule:
             c.samples[kind] * self.study.subset_fraction * cfg.train.epochs / cfg.train.global_batch)
         n = llm_params(self.study, llm)
         size = 4 * n + (8 * n if "llm" in STAGES[st.name].trainable else 0)
-        return steps // max(1, cfg.train.save_steps) * size / (self.res.checkpoint_gbps * 1e9) / 60
+        return steps // max(1, cfg.train.save_steps) * size / (self.limits.checkpoint_gbps * 1e9) / 60
 
     def train(self, llm: str, seed: int, chain: str) -> TimeRequest:
         if not self.priced:
@@ -122,7 +122,7 @@ class Schedule:
 
     def report(self, train_jobs, models: list[str], agreeing: list[str]) -> str:
         """What the dry run prints: each training job's request, the evaluations' range, the cap."""
-        r = self.res
+        r = self.limits
         cap = f"cap resources.max_runtime {r.max_runtime} min" if r.max_runtime else "no cap (resources.max_runtime unset)"
         lines = [f"llavakd time requests (SLURM runtime; llavakd/schedule.py): {r.runtime_safety:g} x the estimate "
                  f"+ {r.startup_minutes:g} min start-up, {cap}; the warning comes {r.stop_warning} s before the limit"]
