@@ -415,12 +415,12 @@ def run_stage(cfg: StageConfig, *, resume: bool = False, overwrite: bool = False
         return _run_stage(cfg, out, stop, resume)
 
 
-def _stopped(out: Path, stop, step: int | None) -> StoppedForResume:
-    """The stop a signal asked for, told to the supervisor (llavakd.preempt.write_note) and the user."""
-    where = newest_checkpoint(out)
-    at = f"after step {step} with {where} written" if step is not None else \
-        f"before its first step ({where or 'no checkpoint yet'})"
-    line = f"{out}: stopped on {stop.name} {at}; run it again with --resume to continue"
+def _stopped(out: Path, stop, step: int) -> StoppedForResume:
+    """The stop a signal asked for, told to the supervisor (llavakd.preempt.write_note) and the user. A
+    signal that came while the models loaded stops the run after its first step (the ranks agree on
+    the step at each step's end: llavakd.train.trainer.StopOnSignal)."""
+    line = (f"{out}: stopped on {stop.name or 'a signal to another rank'} after step {step} with "
+            f"{newest_checkpoint(out)} written; run it again with --resume to continue")
     write_note(line)
     return StoppedForResume(line)
 
@@ -455,8 +455,6 @@ def _run_stage(cfg: StageConfig, out: Path, stop, resume: bool) -> Path:
         if start:
             print(f"resuming from {start}")
             trainer.load_sampling_state(start)
-        if stop.requested:  # signalled while the models loaded: nothing trained, nothing to save
-            raise _stopped(out, stop, None)
         try:
             trainer.train(resume_from_checkpoint=str(start) if start else None)
         except BaseException:
