@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
         print(f"llavakd.launch: CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
     try:
-        return supervise(cmd, env)
+        return supervise(cmd, env, torchrun="torch.distributed.run" in cmd)
     finally:
         for fh in held:
             fh.close()

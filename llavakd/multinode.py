@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     endpoint = args.rdzv_endpoint or f"{first_node()}:{RDZV_PORT}"
     run_id = args.rdzv_id or os.environ.get("SLURM_JOB_ID") or p.error("--rdzv-id or $SLURM_JOB_ID needed")
     cmd = torchrun_command(sys.executable, args.nodes, args.gpus_per_node, endpoint, run_id) + rest
-    return supervise(cmd)  # stop signals reach the ranks; a stop to be resumed exits RESUME_EXIT
+    return supervise(cmd, torchrun=True)  # stop signals reach the ranks; a stop to be resumed exits RESUME_EXIT
 
 
 if __name__ == "__main__":

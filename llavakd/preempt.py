@@ -18,12 +18,15 @@ default action on SIGURG is to do nothing, so only the processes that ask for it
 trainer also stops on SIGUSR1 (for a user's own sbatch script) and on SIGTERM (pre-emption without
 a warning: the time between SIGTERM and SIGKILL is the cluster's ``GraceTime``).
 
-``supervise`` is how llavakd.launch and llavakd.multinode run their child. It passes a warning
-signal on, as SIGURG, to all of the child's descendants: torchrun starts each rank in a session of its own, where
-a cluster that signals process groups (proctrack/pgid) would not reach it. SIGTERM goes to the child,
-which passes it on as it sees fit (torchrun's agent: to its ranks). It also turns a child's
-exit into ``RESUME_EXIT`` when the trainer left a stop note, because torchrun reports any failed
-rank as exit 1.
+``supervise`` is how llavakd.launch and llavakd.multinode run their child. It passes a stop signal
+on to all of the child's descendants (a warning as SIGURG): torchrun starts each rank in a session of
+its own, where a cluster that signals process groups (proctrack/pgid) would not reach it. It keeps
+torchrun's agent alive through SIGTERM, and it turns a child's exit into ``RESUME_EXIT`` when the
+trainer left a stop note, because torchrun reports any failed rank as exit 1.
+
+On SLURM, SIGTERM also reaches the job's bash, whose default is to die, ending the step under the
+trainer: the workflow's shell prefix traps it (workflow/rules/common.smk), so bash waits for the
+trainer and exits with its status.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from pathlib import Path
 RESUME_EXIT = 75
 """The exit status of a job that stopped at a checkpoint to be resumed (sysexits' EX_TEMPFAIL)."""
 
-WARNING_SIGNAL = "URG"
-"""The signal the training rule asks SLURM to send ahead of the time limit (``--signal`` spelling)."""
+WARNING = signal.SIGURG
+"""The signal the training rule asks SLURM to send ahead of the time limit, and the one ``supervise``
+passes a warning on as."""
 
-STOP_SIGNALS = (signal.SIGURG, signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (WARNING, signal.SIGUSR1, signal.SIGTERM)
 """Signals after which the trainer checkpoints at the next step boundary and exits with RESUME_EXIT."""
 
 NOTE_ENV = "LLAVAKD_STOP_NOTE"
@@ -51,7 +55,7 @@ NOTE_ENV = "LLAVAKD_STOP_NOTE"
 def slurm_signal_flag(seconds: int) -> str:
     """The sbatch flag asking for the warning signal ``seconds`` before the time limit, sent to the
     job's steps (every process ``srun`` started), not to the batch shell."""
-    return f"--signal={WARNING_SIGNAL}@{int(seconds)}"
+    return f"--signal={WARNING.name.removeprefix('SIG')}@{int(seconds)}"
 
 
 class StopRequest:
@@ -115,23 +119,31 @@ def _exit_status(code: int) -> int:
     return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
 
 
-def supervise(cmd: list[str], env: dict | None = None) -> int:
+def _ignore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def supervise(cmd: list[str], env: dict | None = None, torchrun: bool = False) -> int:
     """Run ``cmd``, passing stop signals on to all of its descendants; its exit status, or
-    ``RESUME_EXIT`` when it failed after its trainer wrote a stop note."""
+    ``RESUME_EXIT`` when it failed after its trainer wrote a stop note.
+
+    ``torchrun``: the command is torchrun's agent. It is started ignoring SIGTERM, with torchrun's own
+    SIGTERM handler left out (``TORCHELASTIC_SIGNALS_TO_HANDLE``): that handler would kill the ranks 30 s
+    after a pre-emption's SIGTERM, and dying of it would end the job step under them. Its ranks inherit
+    the ignored SIGTERM until the trainer installs its own handler; SIGINT still ends a run."""
     fd, note = tempfile.mkstemp(prefix="llavakd-stop-")
     os.close(fd)
     env = dict(os.environ if env is None else env, **{NOTE_ENV: note})
-    proc = subprocess.Popen(cmd, env=env)
+    if torchrun:
+        env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sigterm if torchrun else None)
 
     def forward(signum, frame):
-        # a warning goes on as SIGURG to every descendant (a process that does not ask for it does
-        # nothing; SIGUSR1 would end torchrun's agent); SIGTERM goes to the child only, which passes it
-        # on as it sees fit (torchrun's agent: to its ranks)
-        if signum == signal.SIGTERM:
-            targets, sent = [proc.pid], signum
-        else:
-            targets, sent = descendants(proc.pid) + [proc.pid], signal.SIGURG
-        for pid in targets:
+        # to every descendant (torchrun's ranks sit in sessions of their own): SIGTERM as it is, a
+        # warning as SIGURG, which a process that does not ask for it ignores (SIGUSR1 would end
+        # torchrun's agent and bash)
+        sent = signal.SIGTERM if signum == signal.SIGTERM else WARNING
+        for pid in descendants(proc.pid) + [proc.pid]:
             try:
                 os.kill(pid, sent)
             except ProcessLookupError:

@@ -3,7 +3,8 @@
 A job's work is its price (llavakd.plan.pricer: model FLOPs at the configured or measured MFU)
 spread over its GPUs, plus the time to write its checkpoints (weights and AdamW state at
 ``resources.checkpoint_gbps``). It asks for ``runtime_safety`` times that work plus
-``startup_minutes``. The request is capped by ``resources.max_runtime``, the partition's limit. A
+``startup_minutes`` plus ``stop_warning`` (after the warning the trainer only finishes a step and
+saves). The request is capped by ``resources.max_runtime``, the partition's limit. A
 job whose request would pass the cap runs in segments: each asks for the cap, gets SLURM's warning
 ``stop_warning`` seconds before it, stops at a checkpoint (llavakd.preempt) and is run again by
 the workflow's retries until done. The number of segments is the work over what one segment has
@@ -42,8 +43,9 @@ def _hours(minutes: float) -> str:
 
 def time_request(work_minutes: float, *, cap: int | None, safety: float, startup: float,
                  warning_s: float) -> TimeRequest:
-    """The request for a job of ``work_minutes`` (compute and checkpoints, one GPU set) under a cap."""
-    whole = max(1, math.ceil(work_minutes * safety + startup))
+    """The request for a job of ``work_minutes`` (compute and checkpoints, one GPU set) under a cap: the
+    work with its margin, the start-up, and the warning's seconds, which the trainer does not train in."""
+    whole = max(1, math.ceil(work_minutes * safety + startup + warning_s / 60))
     estimate = work_minutes + startup
     if cap is None or whole <= cap:
         return TimeRequest(whole, 1, estimate)
@@ -125,7 +127,7 @@ class Schedule:
         r = self.limits
         cap = f"cap resources.max_runtime {r.max_runtime} min" if r.max_runtime else "no cap (resources.max_runtime unset)"
         lines = [f"llavakd time requests (SLURM runtime; llavakd/schedule.py): {r.runtime_safety:g} x the estimate "
-                 f"+ {r.startup_minutes:g} min start-up, {cap}; the warning comes {r.stop_warning} s before the limit"]
+                 f"+ {r.startup_minutes:g} min start-up + the warning's {r.stop_warning} s before the limit, {cap}"]
         seen: dict = {}
         for llm, seed, chain in train_jobs:
             req = self.train(llm, seed, str(chain))

@@ -424,7 +424,11 @@ def test_a_warning_signal_mid_step_checkpoints_that_step_and_the_resumed_run_equ
 GRANDCHILD = """
 import signal, sys, time
 from pathlib import Path
-signal.signal(signal.SIGURG, lambda *a: (Path(sys.argv[1], "grand").write_text("got it"), sys.exit(0)))
+def got(signum, frame):
+    Path(sys.argv[1], "grand").write_text(signal.Signals(signum).name)
+    sys.exit(0)
+signal.signal(signal.SIGURG, got)
+signal.signal(signal.SIGTERM, got)
 Path(sys.argv[1], "ready").write_text("")
 time.sleep(60)
 """
@@ -439,22 +443,29 @@ sys.exit(1)
 """
 
 
-def test_a_stop_note_turns_a_failed_child_into_resume_me_and_a_warning_reaches_its_descendants(tmp_path):
+@pytest.mark.parametrize("sent, torchrun, mode, expected, received", [
+    (signal.SIGUSR1, False, "note", "RESUME_EXIT", "SIGURG"),  # a warning goes on as SIGURG
+    (signal.SIGUSR1, False, "none", 1, "SIGURG"),  # no stop note: the child's failure stands
+    (signal.SIGTERM, True, "note", "RESUME_EXIT", "SIGTERM"),  # torchrun's agent outlives SIGTERM
+    (signal.SIGTERM, False, "note", 128 + signal.SIGTERM, "SIGTERM"),  # control: a plain child dies of it
+])
+def test_supervise_passes_stop_signals_to_every_descendant_and_turns_a_stop_note_into_resume_me(
+        tmp_path, sent, torchrun, mode, expected, received):
     """llavakd.preempt.supervise, on a child that starts a grandchild in a session of its own (as torchrun
-    starts its ranks): a warning to the supervisor reaches the grandchild as SIGURG; the child exits 1
-    after a stop note, and the supervisor turns that into RESUME_EXIT; without the note the 1 stands."""
+    starts its ranks) and exits 1 when the grandchild is done: the signal reaches the grandchild; after a
+    stop note the supervisor exits RESUME_EXIT; started as torchrun, the child outlives SIGTERM."""
     from llavakd.preempt import RESUME_EXIT
 
-    for mode, expected in (("note", RESUME_EXIT), ("none", 1)):
-        for name in ("ready", "grand"):
-            (tmp_path / name).unlink(missing_ok=True)
-        child = [sys.executable, "-c", CHILD, str(tmp_path), mode, GRANDCHILD]
-        proc = subprocess.Popen([sys.executable, "-c", "import sys; from llavakd.preempt import supervise; "
-                                 f"sys.exit(supervise({child!r}))"], cwd=ROOT)
-        t0 = time.time()
-        while not (tmp_path / "ready").exists():
-            assert time.time() - t0 < 60 and proc.poll() is None
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGUSR1)  # passed on as SIGURG: SIGUSR1 itself would end torchrun's agent
-        assert proc.wait(timeout=60) == expected
-        assert (tmp_path / "grand").read_text() == "got it"
+    child = [sys.executable, "-c", CHILD, str(tmp_path), mode, GRANDCHILD]
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from llavakd.preempt import supervise; "
+                             f"sys.exit(supervise({child!r}, torchrun={torchrun}))"], cwd=ROOT)
+    t0 = time.time()
+    while not (tmp_path / "ready").exists():
+        assert time.time() - t0 < 60 and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(sent)
+    assert proc.wait(timeout=60) == (RESUME_EXIT if expected == "RESUME_EXIT" else expected)
+    t0 = time.time()
+    while not (tmp_path / "grand").exists() and time.time() - t0 < 10:
+        time.sleep(0.02)
+    assert (tmp_path / "grand").read_text() == received

@@ -14,8 +14,9 @@ from llavakd.schedule import Schedule, time_request
 
 def test_a_request_is_the_estimate_with_its_margin_and_segments_cover_what_the_cap_cannot():
     kw = dict(safety=1.5, startup=10, warning_s=600)
-    assert time_request(40, cap=None, **kw).minutes == 70 and time_request(40, cap=None, **kw).segments == 1
-    assert time_request(40, cap=70, **kw).segments == 1  # exactly at the cap fits
+    assert time_request(40, cap=None, **kw).minutes == 80 and time_request(40, cap=None, **kw).segments == 1
+    assert time_request(40, cap=80, **kw).segments == 1  # exactly at the cap fits: 60 min to train before the warning
+    assert time_request(40, cap=79, **kw).segments == 2
     over = time_request(200, cap=120, **kw)  # 300 min of work with its margin, 100 usable a segment
     assert (over.minutes, over.segments) == (120, 3)
     assert time_request(201, cap=120, **kw).segments == 4

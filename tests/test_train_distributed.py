@@ -275,4 +275,5 @@ def test_a_warning_on_one_rank_mid_step_stops_both_at_that_step_and_the_resumed_
     if engine == "zero2":  # every rank saved its optimizer shard
         assert len(list((out / "checkpoints" / "checkpoint-3").rglob("*optim_states.pt"))) == 2
     resumed = _train(setup, out, *extra, "--resume", launcher=_torchrun())
+    assert json.loads((out / "metadata.json").read_text())["resumed_from"].endswith("checkpoint-3")
     assert mismatches(plain, resumed) == []

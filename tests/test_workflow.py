@@ -373,9 +373,10 @@ def _step(fake: Path) -> list[int]:
 @pytest.mark.slow
 def test_the_warning_reaches_the_trainer_through_the_slurm_jobstep_process_tree(micro_tree, tmp_path):
     """The teacher's SFT run as the SLURM executor runs a job: srun -> Snakemake's jobstep process -> bash
-    -> llavakd.launch -> the trainer. SIGURG sent to every process of that step mid-run: nothing dies of
-    it, the trainer stops at a checkpoint, the step's Snakemake exits 1 for the job's 75 (not killed by
-    the signal), and the retry finishes the job with the weights of the uninterrupted run. Negative
+    -> llavakd.launch -> the trainer. SIGTERM (a pre-emption), then in the retry SIGURG (the time
+    limit's warning), sent to every process of that step mid-run: nothing dies of either, the trainer
+    stops at a checkpoint each time, the step's Snakemake exits 1 for the job's 75 (not killed by the
+    signal), and the last retry finishes the job with the weights of the uninterrupted run. Negative
     control first: SIGUSR1 to the same step kills Snakemake's jobstep process (exit 128 + 10), which
     is why the workflow asks SLURM for SIGURG."""
     from safetensors.torch import load_file
@@ -390,13 +391,22 @@ def test_the_warning_reaches_the_trainer_through_the_slurm_jobstep_process_tree(
 
     (fake / "codes").unlink()
     done = max(metrics_by_step(run))  # the USR1 run's last logged step; it resumes from a checkpoint before
-    proc = _jobstep(root, fake, "--retries", "1")
-    _signal_when_past(proc, run, done + 3, lambda: _step(fake))
+    proc = _jobstep(root, fake, "--retries", "2")
+    _signal_when_past(proc, run, done + 3, lambda: _step(fake), signal.SIGTERM)  # a pre-emption: bash traps it
+    t0 = time.time()
+    while not (fake / "codes").is_file():
+        assert time.time() - t0 < 300 and proc.poll() is None
+        time.sleep(0.05)
+    stopped = int(json.loads((run / "attempts.jsonl").read_text().splitlines()[-1])["progress"].split("-")[1])
+    _signal_when_past(proc, run, stopped + 3, lambda: _step(fake))  # the time limit's warning, in the retry
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out[-4000:]
-    assert (fake / "codes").read_text().split() == ["1", "0"], out[-3000:]
-    history = [json.loads(x).get("outcome") for x in (run / "attempts.jsonl").read_text().splitlines()]
-    assert history == [None, None, "stopped", None, "finished"]  # killed under USR1; stopped under URG; done
+    assert (fake / "codes").read_text().split() == ["1", "1", "0"], out[-3000:]
+    history = [json.loads(x) for x in (run / "attempts.jsonl").read_text().splitlines()]
+    # killed under USR1; stopped under TERM, then under URG, each resumed where it stopped; done
+    assert [h.get("outcome") for h in history] == [None, None, "stopped", None, "stopped", None, "finished"]
+    assert history[3]["progress"] == history[2]["progress"] and history[5]["progress"] == history[4]["progress"]
+    assert "resuming from" in (root / "results/micro/logs/train/qwen1.5-1.8b/s0/pt--sft.log").read_text()
     want, got = load_file(micro_tree / TEACHER_SFT / "final/model.safetensors"), load_file(run / "final/model.safetensors")
     assert max((want[k] - got[k]).abs().max().item() for k in want) <= 1e-5
 

@@ -464,7 +464,8 @@ def _run_stage(cfg: StageConfig, out: Path, stop, resume: bool) -> Path:
         trainer.wait_for_checkpoints()  # the last checkpoint's marker (written in the background)
     state = trainer.state
     if on_signal.stopped_at is not None and state.global_step < state.max_steps:
-        raise _stopped(out, stop, on_signal.stopped_at)
+        trainer.accelerator.wait_for_everyone()  # no rank leaves before rank 0's marker: torchrun or srun
+        raise _stopped(out, stop, on_signal.stopped_at)  # would stop the others when the first one exits
     if cfg.train.stop_after_steps and state.global_step < state.max_steps:
         return out
     meta = run_metadata(cfg, trainer, dataset, counts, world=world, accum=accum, start=start,

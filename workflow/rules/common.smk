@@ -61,6 +61,11 @@ FIGURES = [REPORT_FILES.figure(name) for name in STUDY_FIGURES] + (
     if C.released
     else []
 )
+# Every job's bash survives SIGTERM: on SLURM a time limit or a pre-emption sends it to every process
+# of the job, and bash's default, dying, would end the job under the trainer while it checkpoints.
+# With the trap, bash waits for its command and exits with its status (llavakd.preempt). The prefix is
+# not part of a rule's code, so finished jobs stay finished.
+shell.prefix("set -euo pipefail; trap : TERM; ")
 # Shell commands run the interpreter that runs Snakemake (it has llavakd installed), named through
 # the environment so that its path stays out of the rules' provenance: moving the checkout or the
 # virtual environment does not make finished jobs look out of date.
