@@ -11,7 +11,7 @@ job and its log. Snakemake's remaining retries of the job then end at once.
 A session is one Snakemake invocation. The workflow sets ``LLAVAKD_SESSION`` in the main process
 (workflow/rules/common.smk), and local jobs and SLURM jobs (``--export=ALL``) inherit it. Running
 Snakemake again after fixing the cause therefore tries the job again. Outside a session (a user at
-``llavakd train``) every attempt is allowed.
+``llavakd train`` or ``llavakd eval``) nothing is recorded and every attempt is allowed.
 
 The history is one JSON line per event in the job's folder (``layout.RUN_ATTEMPTS``). An attempt
 with no ``end`` record was killed: SIGKILL, the OOM killer, a lost node.
@@ -102,7 +102,10 @@ class Attempts:
             os.fsync(fh.fileno())
 
     def begin(self, progress) -> None:
-        """Record this attempt's start, or raise GaveUp (llavakd.attempts says when)."""
+        """Record this attempt's start, or raise GaveUp (llavakd.attempts says when); outside a session,
+        nothing."""
+        if self.session is None:
+            return
         problem = self.problem(progress)
         if problem:
             raise GaveUp(problem)
@@ -111,6 +114,8 @@ class Attempts:
 
     def end(self, outcome: str, progress, error: str | None = None) -> None:
         """Record how this attempt ended: ``finished``, ``stopped`` (to be resumed) or ``failed``."""
+        if self.session is None:
+            return
         self._append({"event": "end", "time": time.time(), "outcome": outcome, "progress": progress,
                       "error": error})
 

@@ -55,12 +55,13 @@ def test_a_retry_is_allowed_after_progress_a_different_error_a_stop_or_a_new_ses
     att.begin("checkpoint-4")
 
 
-def test_outside_a_session_every_attempt_is_allowed(att, monkeypatch):
+def test_outside_a_session_nothing_is_recorded_and_every_attempt_is_allowed(att, monkeypatch):
     monkeypatch.delenv("LLAVAKD_SESSION")
     plain = Attempts(att.path, job=att.job)
     for _ in range(3):
         _fail(plain, None)
     plain.begin(None)
+    assert not att.path.exists()  # a user's own `llavakd eval` folder gets no history file
 
 
 def test_two_attempts_killed_without_progress_are_the_same_way(att):

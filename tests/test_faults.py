@@ -387,8 +387,8 @@ def test_a_warning_signal_mid_step_checkpoints_that_step_and_the_resumed_run_equ
     stopped = tmp_path / "stopped"
     cmd = [sys.executable, "-m", "llavakd.launch", "--gpus", "0", "--", sys.executable, "-m", "llavakd.cli", "train",
            "--stage", "dft", *_args(pair, "dft", stopped, "train.save_steps=100")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LLAVAKD_SESSION": "test"}  # as the workflow runs it: recorded
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.time()
     while _logged_step(stopped) < 3:
         assert proc.poll() is None, "the run ended before it could be signalled: " + proc.stdout.read()[-3000:]
