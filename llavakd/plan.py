@@ -679,6 +679,16 @@ def measured_mfu(study: Study) -> tuple[float, str] | None:
     return mfu, f"measured in {path} ({impl}, per-device {b}, lowest of {len(best)} pairs: {pair})"
 
 
+def cost_kind(stage: str) -> str:
+    """The ``cost`` section's key for a stage's dataset: ``pt`` (captions) or ``sft`` (instructions)."""
+    return "pt" if STAGES[stage].dataset == "captions" else "sft"
+
+
+def stage_records(study: Study, stage: str) -> float:
+    """The records a stage trains on, by the ``cost`` section (``data.subset_fraction`` applied)."""
+    return study.cfg.cost.samples[cost_kind(stage)] * study.subset_fraction
+
+
 def pricer(study: Study):
     """The price of a study's jobs (its ``cost`` section): (job_hours(llm, chain), eval_hours(model),
     agreement_hours(model), mfu, where the MFU came from). Training from the shared FLOP count
@@ -690,20 +700,18 @@ def pricer(study: Study):
     mfu, mfu_source = measured if measured else (c.mfu, "configured" + (
         f"; {c.mfu_file} not found" if c.mfu_file else ""))
     rate = c.peak_tflops * 1e12 * mfu
-    samples, per = c.samples, c.tokens_per_sample
-    fraction = study.subset_fraction
+    per = c.tokens_per_sample
 
     def stage_tokens(stage: str) -> float:
-        kind = "pt" if STAGES[stage].dataset == "captions" else "sft"  # the cost config's keys
-        return samples[kind] * fraction * per[kind]
+        return stage_records(study, stage) * per[cost_kind(stage)]
 
     def job_hours(llm, chain) -> float:
         """A training job's model FLOPs (llavakd.flops.step_flops per sample, every record with one
         image, the LM heads at every position) over the stage's records; an LLM known only by
         ``cost.params`` counts 6N per trained and 2N per teacher token."""
         st = as_chain(chain).last
-        kind = "pt" if STAGES[st.name].dataset == "captions" else "sft"
-        records = samples[kind] * fraction
+        kind = cost_kind(st.name)
+        records = stage_records(study, st.name)
         teacher = study.teacher_of(llm) if st.distill else None
         named = [n for n in (llm, teacher) if n]
         gen = generation_flops(llm, chain, records, per[kind])

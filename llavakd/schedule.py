@@ -83,15 +83,13 @@ class Schedule:
     def checkpoint_minutes(self, llm: str, seed: int, chain) -> float:
         """Writing the job's checkpoints: fp32 weights of the student and, when its LLM trains, AdamW's
         two fp32 moments, every ``save_steps`` of the stage's optimizer steps."""
-        from llavakd.plan import llm_params
+        from llavakd.plan import llm_params, stage_records
 
         chain = as_chain(chain)
         st = chain.last
         cfg = self.study.stage_config(llm, seed, chain)
-        c = self.study.cfg.cost
-        kind = "pt" if STAGES[st.name].dataset == "captions" else "sft"
         steps = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(
-            c.samples[kind] * self.study.subset_fraction * cfg.train.epochs / cfg.train.global_batch)
+            stage_records(self.study, st.name) * cfg.train.epochs / cfg.train.global_batch)
         n = llm_params(self.study, llm)
         size = 4 * n + (8 * n if "llm" in STAGES[st.name].trainable else 0)
         return steps // max(1, cfg.train.save_steps) * size / (self.limits.checkpoint_gbps * 1e9) / 60

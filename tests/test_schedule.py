@@ -61,3 +61,17 @@ def test_the_paper_slurm_dry_run_prints_each_jobs_own_time_none_above_the_cap_an
     assert re.search(r"train qwen1\.5-4b\s+pt--sft\s.*runs in 2 segments of 120 min \(over the cap\)", report), report
     ev = [int(m) for m in re.findall(r"rule evaluate:\n(?:.*\n)*?\s+resources: .*runtime=(\d+)", out)]
     assert ev and max(ev) <= cap and math.prod(ev) > 0
+
+
+def test_a_cap_that_leaves_no_time_to_train_and_a_bad_write_rate_fail_the_plan_naming_their_keys():
+    import pytest
+
+    from llavakd.errors import ConfigError
+
+    raw = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    raw["resources"].update({"max_runtime": 15, "checkpoint_gbps": 0})
+    with pytest.raises(ConfigError) as err:
+        Study.load(raw)
+    text = str(err.value)
+    assert "resources.max_runtime: 15 minutes leave no time to train" in text
+    assert "resources.checkpoint_gbps: must be > 0" in text
