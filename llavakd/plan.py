@@ -34,6 +34,23 @@ from llavakd.study import Family, LossAblation, StudyConfig, load_study_config
 STUDENT_VARIANTS = ("baseline", "baseline_plus", "llava_kd")  # every student's rows in Table 1, in order
 
 
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One arm of the methods comparison: a compared method at a budget (``methods.budgets``; None
+    without), or ``ce`` trained for the FLOPs of the method ``matched`` (``steps`` its step count)."""
+
+    method: str
+    budget: int | None = None
+    matched: str | None = None
+    steps: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``kd`` (no budgets), ``kd@800``; a compute-matched control ``ce=kd@800``."""
+        name = self.method if self.matched is None else f"{self.method}={self.matched}"
+        return name if self.budget is None else f"{name}@{self.budget}"
+
+
 def _steps_or_none(chain: str) -> tuple[Step, ...]:
     try:
         return Chain.parse(chain).steps
@@ -63,6 +80,7 @@ class Study:
         self.protocols = cfg.eval.protocols  # the first is the main one
         self.methods: dict[str, Method] = {**BUILTIN, **cfg.methods.define}  # every method a chain may name
         self._shapes: dict = {}
+        self._arms: dict[str, list] = {}  # per methods student: its arms (method_arms), planned once
         self.tiny: dict = {}  # tiny mode: {LLM: its tokenizer} when the workflow passes the catalogue (load)
 
     # -- shapes (llavakd.model.shapes: the components' own configs, else the paper's) ------------
@@ -283,6 +301,11 @@ class Study:
         for s in c.methods.students or []:
             if s not in students:
                 p.append(f"methods.students: {s} is not a student of any family")
+        if c.methods.budgets:
+            p += [f"methods.budgets: {name} distils in dpt; a budget counts DFT's steps" for name in c.methods.compare
+                  if name in methods and methods[name].stage != "dft"]
+        if c.methods.compute_matched and c.cost is None:
+            p.append("methods.compute_matched: needs a cost section (its tokens_per_sample.sft sets the FLOP count)")
         for name, chain in named.items():
             for step in _steps_or_none(chain):
                 if step.method is not None and step.method not in methods:
@@ -353,25 +376,47 @@ class Study:
         listed = list(self.cfg.methods.compare)
         return [CONTROL] + [m for m in listed if m != CONTROL] if listed else []
 
-    def method_chain(self, name: str) -> Chain:
+    def method_chain(self, name: str, steps: int | None = None) -> Chain:
         """The chain that trains a method: the baseline's stages before its stage, then its stage
-        (``cft`` for the control; the bare stage for a method whose loss is the stage's own)."""
+        (``cft`` for the control; the bare stage for a method whose loss is the stage's own), with
+        ``steps`` its own optimizer steps when given (a budget, or a compute-matched count)."""
         m = self.methods[name]
         base = [s for s in self.variants["baseline"].steps]
         if m.stage == "dpt":
             first = Step("dpt", DEFAULT_TERMS) if is_stage_default(m) else Step("dpt", DEFAULT_TERMS, name)
             return Chain.of(first, *base[1:])
         if m.is_control:
-            return Chain.of(*base, Step("cft"))
-        return Chain.of(*base, Step("dft", DEFAULT_TERMS, None if is_stage_default(m) else name))
+            return Chain.of(*base, Step("cft", steps=steps))
+        return Chain.of(*base, Step("dft", DEFAULT_TERMS, None if is_stage_default(m) else name, steps))
 
     def method_students(self) -> list[str]:
         return list(self.cfg.methods.students or self.students())
 
+    def method_arms(self, student: str) -> list[tuple[Arm, Chain]]:
+        """Every arm of the methods comparison for one student, with the chain that trains it: at each
+        budget (``methods.budgets``; one bare budget without), every compared method, ce (the
+        step-matched control) first, then with ``methods.compute_matched`` one ce per method trained for
+        that method's FLOPs (compute_matched_steps)."""
+        if student not in self._arms:
+            out = []
+            for budget in self.cfg.methods.budgets or [None]:
+                for name in self.compared_methods():
+                    out.append((Arm(name, budget), self.method_chain(name, budget)))
+                if self.cfg.methods.compute_matched:
+                    for name in self.compared_methods()[1:]:
+                        steps = compute_matched_steps(self, student, self.method_chain(name, budget))
+                        out.append((Arm(CONTROL, budget, name, steps), self.method_chain(CONTROL, steps)))
+            self._arms[student] = out
+        return self._arms[student]
+
     def method_models(self) -> dict[str, list[str]]:
-        """Per compared method, its models: every method student under every seed."""
-        return {name: [model_name(s, seed, self.method_chain(name)) for s in self.method_students()
-                       for seed in self.seeds] for name in self.compared_methods()}
+        """Per arm label (a compared method's name when the study has neither budgets nor compute-matched
+        controls), its models: every method student under every seed."""
+        out: dict[str, list[str]] = {}
+        for s in self.method_students():
+            for arm, chain in self.method_arms(s):
+                out.setdefault(arm.label, []).extend(model_name(s, seed, chain) for seed in self.seeds)
+        return out
 
     def released_models(self) -> list[str]:
         """Released checkpoints (config ``released``) evaluated to measure our protocol's offset."""
@@ -421,6 +466,8 @@ class Study:
         settings = step.spec.settings_of or step.name  # cft runs with DFT's steps and learning rate
         merged = self.cfg.train.for_stage(settings, teacher=llm in {f.teacher for f in self.families.values()})
         merged.setdefault("train.seed", seed)
+        if step.steps is not None:  # the chain's own budget, with its own full schedule
+            merged["train.max_steps"] = step.steps
         if step.method is not None:  # the method sets the stage's whole loss (llavakd.methods)
             merged.update(loss_overrides(self.methods[step.method]))
         elif step.distill:
@@ -635,11 +682,96 @@ def llm_params(study: Study, llm: str) -> float:
 
 
 def _known_shape(study: Study, llm: str):
-    """An LLM's shape (its config, else its documented one: Study.llm_shape), or ConfigError."""
+    """An LLM's shape for the FLOP count: in tiny mode the tiny family's (llavakd.tiny.family, with its
+    tokenizer's size when the workflow passed the catalogue), else its config or documented one
+    (Study.llm_shape), or ConfigError."""
+    if study.mode == "tiny":
+        from llavakd.model.shapes import llm_shape_from
+
+        return llm_shape_from(_tiny_entry(study, llm)["config"])[0]
     try:
         return study.llm_shape(llm)
     except UnknownNameError:
         raise ConfigError("cost", [f"cost.params.{llm}: unknown LLM size; give its parameter count"]) from None
+
+
+def _tiny_entry(study: Study, llm: str) -> dict:
+    """A tiny LLM's catalogue entry (llavakd.tiny.tokenizer.catalogue, handed over by the workflow)."""
+    entry = study.tiny.get(llm)
+    if not entry or "config" not in entry:
+        raise ConfigError("cost", [f"{llm}: a tiny study's FLOP count reads the tiny catalogue's shapes; load the "
+                                   "study with Study.load(config, tiny_llms=llavakd.tiny.tokenizer.catalogue())"])
+    return entry
+
+
+def _flop_vision(study: Study):
+    """(vision shape, visual tokens per image) for the FLOP count: the tiny tower's in tiny mode."""
+    if study.mode == "tiny":
+        from llavakd.model.shapes import vision_shape_from
+
+        shape = vision_shape_from(dict(_tiny_entry(study, study.students()[0])["vision"]))[0]
+        return shape, shape.tokens(study.cfg.vision_strategy or "default")
+    return study.vision_shape()[0], study.image_tokens()
+
+
+def sample_flops(study: Study, llm: str, chain) -> dict[str, float]:
+    """Model FLOPs of one training sample of the job that trains ``chain``'s last stage, by part
+    (llavakd.flops.step_flops at the ``cost`` section's mean tokens of the stage's records, one image
+    a record, the LM heads at every position, the loss terms' parts), plus ``generation``: an
+    on-policy method's sampling, the student's forward over the prompt and ``max_new_tokens`` new
+    tokens (2N a token) on the drawn share of the samples. ``teacher``: the teacher's share (its
+    layers, attention and head, its vision pass and projector) and ``total``. The one count behind
+    the price, the compute-matched control's steps and the reports' cost block."""
+    from llavakd.flops import step_flops
+
+    st = as_chain(chain).last
+    prompt = float(study.cfg.cost.tokens_per_sample[cost_kind(st.name)])
+    teacher = study.teacher_of(llm) if st.distill else None
+    s_shape = _known_shape(study, llm)
+    t_shape = _known_shape(study, teacher) if teacher else None
+    vision, tokens = _flop_vision(study)
+    f = step_flops(student=s_shape, teacher=t_shape, seq=int(prompt), visual_tokens=tokens, vision=vision,
+                   student_trains_llm="llm" in STAGES[st.name].trainable,
+                   loss_terms=loss_term_flops(study, llm, chain, s_shape, t_shape or s_shape))
+    out = dict(f)
+    if t_shape is not None:
+        alone = step_flops(student=s_shape, teacher=None, seq=int(prompt), visual_tokens=tokens, vision=vision,
+                           student_trains_llm="llm" in STAGES[st.name].trainable)
+        out["teacher"] = (f["teacher_layers"] + f["teacher_attention"] + f["teacher_head"]
+                          + f.get("vision", 0.0) - alone.get("vision", 0.0)
+                          + f.get("projectors", 0.0) - alone.get("projectors", 0.0))
+    else:
+        out["teacher"] = 0.0
+    out["generation"] = 0.0
+    if st.method is not None and study.methods[st.method].on_policy is not None:
+        loss = study.stage_config(llm, study.seeds[0], chain).loss
+        out["generation"] = loss.on_policy * 2 * llm_params(study, llm) * (prompt + loss.max_new_tokens)
+    out["total"] = f["total"] + out["generation"]
+    return out
+
+
+def job_samples(study: Study, llm: str, chain) -> float:
+    """The samples a training job reads: its ``max_steps`` x global batch, else the stage's records
+    (``cost.samples``) x its epochs."""
+    chain = as_chain(chain)
+    cfg = study.stage_config(llm, study.seeds[0], chain)
+    if cfg.train.max_steps > 0:
+        return float(cfg.train.max_steps * cfg.train.global_batch)
+    return stage_records(study, chain.last.name) * cfg.train.epochs
+
+
+def compute_matched_steps(study: Study, llm: str, chain) -> int:
+    """Optimizer steps of the CE-only control (``cft``) that spend the FLOPs of the job training ``chain``
+    (sample_flops x samples; both read the same batch size): round(steps x F_job / F_ce), at least 1."""
+    chain = as_chain(chain)
+    cfg = study.stage_config(llm, study.seeds[0], chain)
+    control = Chain.of(*chain.steps[:-1], Step("cft"))
+    ce_cfg = study.stage_config(llm, study.seeds[0], control)
+    if ce_cfg.train.global_batch != cfg.train.global_batch:
+        raise ConfigError("methods.compute_matched", [f"{model_name(llm, study.seeds[0], chain)}: its batch "
+                                                      f"{cfg.train.global_batch} differs from ce's {ce_cfg.train.global_batch}"])
+    ratio = sample_flops(study, llm, chain)["total"] / sample_flops(study, llm, control)["total"]
+    return max(1, round(job_samples(study, llm, chain) / cfg.train.global_batch * ratio))
 
 
 def measured_mfu(study: Study) -> tuple[float, str] | None:
@@ -691,62 +823,53 @@ def stage_records(study: Study, stage: str) -> float:
 
 def pricer(study: Study):
     """The price of a study's jobs (its ``cost`` section): (job_hours(llm, chain), eval_hours(model),
-    agreement_hours(model), mfu, where the MFU came from). Training from the shared FLOP count
-    (llavakd.flops), 2N per evaluated token (N: the LLM's parameters), at the configured or measured
-    MFU of the peak."""
-    from llavakd.flops import llm_shape, step_flops, vision_shape
+    agreement_hours(model), mfu, where the rate came from). Training from the shared FLOP count
+    (sample_flops x job_samples), 2N per evaluated token (N: the LLM's parameters), at the configured
+    or measured MFU of the peak; with ``cost.cpu``, CPU-hours at its measured rate, and evaluation and
+    agreement at their measured seconds."""
     c = study.cfg.cost
-    measured = measured_mfu(study)
-    mfu, mfu_source = measured if measured else (c.mfu, "configured" + (
-        f"; {c.mfu_file} not found" if c.mfu_file else ""))
-    rate = c.peak_tflops * 1e12 * mfu
+    if c.cpu is not None:
+        mfu, source = 1.0, f"measured CPU rate {c.cpu.gflops:g} GFLOP/s a job"
+        rate = c.cpu.gflops * 1e9
+    else:
+        measured = measured_mfu(study)
+        mfu, source = measured if measured else (c.mfu, "configured" + (
+            f"; {c.mfu_file} not found" if c.mfu_file else ""))
+        rate = c.peak_tflops * 1e12 * mfu
     per = c.tokens_per_sample
 
-    def stage_tokens(stage: str) -> float:
-        return stage_records(study, stage) * per[cost_kind(stage)]
-
     def job_hours(llm, chain) -> float:
-        """A training job's model FLOPs (llavakd.flops.step_flops per sample, every record with one
-        image, the LM heads at every position) over the stage's records; an LLM known only by
-        ``cost.params`` counts 6N per trained and 2N per teacher token."""
+        """A training job's model FLOPs over the rate; an LLM known only by ``cost.params`` counts 6N per
+        trained and 2N per teacher token (with an on-policy method's sampling)."""
         st = as_chain(chain).last
-        kind = cost_kind(st.name)
-        records = stage_records(study, st.name)
         teacher = study.teacher_of(llm) if st.distill else None
-        named = [n for n in (llm, teacher) if n]
-        gen = generation_flops(llm, chain, records, per[kind])
-        if any(n in c.params for n in named):
-            flops = 6 * llm_params(study, llm) * stage_tokens(st.name)
-            if teacher:
-                flops += 2 * llm_params(study, teacher) * stage_tokens(st.name)
-            return (flops + gen) / rate / 3600
-        s_shape = _known_shape(study, llm)
-        t_shape = _known_shape(study, teacher) if teacher else None
-        f = step_flops(student=llm_shape(s_shape), teacher=llm_shape(t_shape) if teacher else None,
-                       seq=int(per[kind]), visual_tokens=study.image_tokens(), vision=vision_shape(study.vision_shape()[0]),
-                       student_trains_llm="llm" in STAGES[st.name].trainable,
-                       loss_terms=loss_term_flops(study, llm, chain, s_shape, t_shape or s_shape))
-        return (f["total"] * records + gen) / rate / 3600
+        if any(n in c.params for n in (llm, teacher) if n):
+            tokens = job_samples(study, llm, chain) * per[cost_kind(st.name)]
+            flops = 6 * llm_params(study, llm) * tokens + (2 * llm_params(study, teacher) * tokens if teacher else 0)
+            return (flops + sample_flops_generation(llm, chain) * job_samples(study, llm, chain)) / rate / 3600
+        return sample_flops(study, llm, chain)["total"] * job_samples(study, llm, chain) / rate / 3600
 
-    def generation_flops(llm, chain, records, prompt_tokens) -> float:
-        """On-policy methods: the student's samples, a forward of the prompt and of each new token
-        (2N a token, at most max_new_tokens) on the drawn share of the records."""
+    def sample_flops_generation(llm, chain) -> float:
         st = as_chain(chain).last
         if st.method is None or study.methods[st.method].on_policy is None:
             return 0.0
         loss = study.stage_config(llm, study.seeds[0], chain).loss
-        return loss.on_policy * records * 2 * llm_params(study, llm) * (prompt_tokens + loss.max_new_tokens)
+        return loss.on_policy * 2 * llm_params(study, llm) * (per[cost_kind(st.name)] + loss.max_new_tokens)
 
     def eval_hours(model) -> float:
+        if c.cpu is not None:
+            return c.cpu.eval_seconds / 3600
         return 2 * llm_params(study, parse_model(model).llm) * c.eval_tokens / rate / 3600
 
     def agreement_hours(model) -> float:
         """Student and teacher each generate and then read the evaluated tokens again: 4N per token each."""
+        if c.cpu is not None:
+            return c.cpu.agreement_seconds / 3600
         llm = parse_model(model).llm
         n = llm_params(study, llm) + llm_params(study, study.teacher_of(llm))
         return 4 * n * c.eval_tokens / rate / 3600
 
-    return job_hours, eval_hours, agreement_hours, mfu, mfu_source
+    return job_hours, eval_hours, agreement_hours, mfu, source
 
 
 def cost_report(study: Study, benchmarks: list[str]) -> str:
@@ -754,10 +877,16 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
     c = study.cfg.cost
     fraction = study.subset_fraction
     job_hours, eval_hours, agreement_hours, mfu, mfu_source = pricer(study)
-    lines = [f"llavakd cost estimate (run {study.run}): training from llavakd.flops (model FLOPs of each step: layers, "
-             "attention, LM heads, vision tower, projectors), 2N per evaluated token, "
-             f"MFU {mfu:.1%} ({mfu_source}) of {c.peak_tflops:g} TFLOP/s per GPU"
-             + (f", {fraction:g} of the training records" if fraction < 1 else "")]
+    unit = "CPU-h" if c.cpu else "GPU-h"
+    if c.cpu:
+        lines = [f"llavakd CPU estimate (run {study.run}): training from llavakd.flops (model FLOPs of each step) at the "
+                 f"{mfu_source}; evaluation {c.cpu.eval_seconds:g} s and agreement {c.cpu.agreement_seconds:g} s a "
+                 "model, measured"]
+    else:
+        lines = [f"llavakd cost estimate (run {study.run}): training from llavakd.flops (model FLOPs of each step: "
+                 "layers, attention, LM heads, vision tower, projectors), 2N per evaluated token, "
+                 f"MFU {mfu:.1%} ({mfu_source}) of {c.peak_tflops:g} TFLOP/s per GPU"
+                 + (f", {fraction:g} of the training records" if fraction < 1 else "")]
     targets = {"reproduce_table1": study.table1_models()}
     for name, groups in (("ablation_losses", study.ablation_loss_models()),
                          ("ablation_stages", study.ablation_stage_models()),
@@ -779,14 +908,44 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
         grand += total
         lines.append(f"  {target}{' (jobs not shared with the targets above)' if done else ''}:")
         for stage, hours in per_stage.items():
-            lines.append(f"    train[{stage:3s}]  {len(hours):3d} jobs  {sum(hours):9.1f} GPU-h")
-        lines.append(f"    evaluate    {len(ev):3d} jobs  {sum(ev):9.1f} GPU-h  ({len(benchmarks)} benchmarks, "
+            lines.append(f"    train[{stage:3s}]  {len(hours):3d} jobs  {sum(hours):9.1f} {unit}")
+        lines.append(f"    evaluate    {len(ev):3d} jobs  {sum(ev):9.1f} {unit}  ({len(benchmarks)} benchmarks, "
                      f"protocol {' and '.join(study.protocols)})")
         if agree:
-            lines.append(f"    agreement   {len(agree):3d} jobs  {sum(agree):9.1f} GPU-h  (each student and its teacher)")
-        lines.append(f"    total                {total:9.1f} GPU-h")
+            lines.append(f"    agreement   {len(agree):3d} jobs  {sum(agree):9.1f} {unit}  (each student and its teacher)")
+        lines.append(f"    total                {total:9.1f} {unit}")
+        if c.cpu and done and total:
+            alone = (sum(job_hours(llm, chain) for llm, seed, chain in train_jobs(study, models))
+                     + sum(eval_hours(m) for m in dict.fromkeys(models) for _ in study.protocols) + sum(agree))
+            lines.append(f"    with the jobs it shares: {alone:.1f} {unit}, about {alone / c.cpu.cores:.1f} h of wall "
+                         f"time on {c.cpu.cores} cores")
         done |= set(jobs) | {("eval", m) for m in evals}
-    lines.append(f"  all targets            {grand:9.1f} GPU-h")
+    lines.append(f"  all targets            {grand:9.1f} {unit}")
+    if c.cpu:
+        lines.append(f"  on {c.cpu.cores} cores, jobs side by side: about {grand / c.cpu.cores:.1f} h of wall time "
+                     "(a lower bound: the teacher's jobs come first, one core each)")
+    return "\n".join(lines)
+
+
+def methods_report(study: Study) -> str:
+    """The methods comparison's arms, as ``snakemake -n`` prints them: per student and budget, each
+    method's chain, its FLOPs per sample (sample_flops: the teacher's share and on-policy sampling
+    included) and their ratio to ce's, and the compute-matched control's step count."""
+    lines = ["llavakd methods arms (llavakd.plan.method_arms; FLOPs per training sample from llavakd.flops"
+             + (", the compute-matched ce trains steps x FLOP ratio)" if study.cfg.methods.compute_matched else ")")]
+    for student in study.method_students():
+        ce = None
+        for arm, chain in study.method_arms(student):
+            priced = study.cfg.cost is not None
+            f = sample_flops(study, student, chain)["total"] if priced else None
+            if arm.method == CONTROL and arm.matched is None:
+                ce = f
+            ratio = f"{f / ce:5.2f}x ce" if f and ce else ""
+            flops = f"{f / 1e9:10.3f} GFLOP/sample" if f else ""
+            what = (f"ce for the FLOPs of {arm.matched}" if arm.matched else arm.method)
+            budget = "" if arm.budget is None else f"budget {arm.budget:5d}  "
+            lines.append(f"  {student}  {budget}{what:34s} {str(chain):34s} "
+                         f"{flops} {ratio}")
     return "\n".join(lines)
 
 

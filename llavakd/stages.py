@@ -7,7 +7,10 @@
     str(chain.prefix(2))             # 'dpt~res+vis--sft'
 
 A distillation stage may instead name a *method* after ``@`` (``pt--sft--dft@kd``): a recipe of the
-study (llavakd.methods: built in, or defined in its YAML) that sets the stage's whole loss.
+study (llavakd.methods: built in, or defined in its YAML) that sets the stage's whole loss. A stage
+after the first may carry its optimizer steps after its name (``pt--sft--dft800@kd``, ``pt--sft--cft2480``):
+a budget of its own, with its own full learning-rate schedule, in a folder of its own; a stage
+without a count trains the study's ``train.<stage>.max_steps``.
 
 A stage (docs/method.md, "Three stages") says what trains, which template and dataset it reads, whether
 a frozen teacher distils into it, and the paper's batch, learning rate and precision. A *chain*
@@ -38,6 +41,7 @@ TERM_MARK = "~"  # after a distillation stage's name: the terms it uses
 TERM_JOIN = "+"  # between those terms
 METHOD_MARK = "@"  # after a distillation stage's name: the method (llavakd.methods) that sets its loss
 METHOD_NAME = r"[a-z][a-z0-9_]*"
+STEPS = r"[1-9][0-9]*"  # a stage's own optimizer steps, right after its name (no stage name holds a digit)
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,10 @@ DISTILL_STAGES = tuple(n for n, s in STAGES.items() if s.distill)
 FIRST_STAGES = tuple(n for n, s in STAGES.items() if s.starts_chain)
 
 _ALT = "|".join
-TOKEN_REGEX = (rf"(?:{_ALT(NAMES)})(?:{re.escape(TERM_MARK)}(?:{_ALT(TERMS)})"
+TOKEN_REGEX = (rf"(?:{_ALT(NAMES)})(?:{STEPS})?(?:{re.escape(TERM_MARK)}(?:{_ALT(TERMS)})"
                rf"(?:{re.escape(TERM_JOIN)}(?:{_ALT(TERMS)}))*|{re.escape(METHOD_MARK)}{METHOD_NAME})?")
 CHAIN_REGEX = rf"{TOKEN_REGEX}(?:{SEPARATOR}{TOKEN_REGEX})*"  # Snakemake's {chain} wildcard
-_TOKEN = re.compile(rf"^({_ALT(NAMES)})(?:{re.escape(TERM_MARK)}(.*)|{re.escape(METHOD_MARK)}(.*))?$")
+_TOKEN = re.compile(rf"^({_ALT(NAMES)})({STEPS})?(?:{re.escape(TERM_MARK)}(.*)|{re.escape(METHOD_MARK)}(.*))?$")
 
 
 class ChainError(ValueError):
@@ -82,11 +86,13 @@ class ChainError(ValueError):
 @dataclass(frozen=True)
 class Step:
     """One stage of a chain: its name and, for a distillation stage, the terms it adds to CE or the
-    method that sets its loss (the study resolves the method's name: llavakd.plan)."""
+    method that sets its loss (the study resolves the method's name: llavakd.plan); ``steps``: its
+    own optimizer steps (None: the study's for the stage)."""
 
     name: str
     terms: tuple[str, ...] = ()
     method: str | None = None
+    steps: int | None = None
 
     @property
     def spec(self) -> StageSpec:
@@ -102,29 +108,34 @@ class Step:
         if not m:
             raise ChainError(f"bad stage token {token!r}: expected one of {', '.join(NAMES)}, "
                              f"optionally {TERM_MARK}{TERM_JOIN.join(TERMS)} or {METHOD_MARK}<method>")
-        name, listed, method = m.group(1), m.group(2), m.group(3)
+        name, count, listed, method = m.group(1), m.group(2), m.group(3), m.group(4)
+        steps = int(count) if count else None
+        if steps is not None and STAGES[name].starts_chain:
+            raise ChainError(f"stage token {token!r}: a chain's first stage trains the study's steps; only later "
+                             "stages carry a count")
         if method is not None:
             if not STAGES[name].distill:
                 raise ChainError(f"stage token {token!r}: only {' and '.join(DISTILL_STAGES)} take a method")
             if not re.fullmatch(METHOD_NAME, method):
                 raise ChainError(f"stage token {token!r}: a method name is lower-case letters, digits and _")
-            return cls(name, DEFAULT_TERMS, method)
+            return cls(name, DEFAULT_TERMS, method, steps)
         if listed is None:
-            return cls(name, DEFAULT_TERMS if STAGES[name].distill else ())
+            return cls(name, DEFAULT_TERMS if STAGES[name].distill else (), None, steps)
         if not STAGES[name].distill:
             raise ChainError(f"stage token {token!r}: only {' and '.join(DISTILL_STAGES)} take loss terms")
         chosen = listed.split(TERM_JOIN)
         unknown = [t for t in chosen if t not in TERMS]
         if unknown or not listed:
             raise ChainError(f"stage token {token!r}: terms must be some of {', '.join(TERMS)}")
-        return cls(name, tuple(t for t in TERMS if t in chosen))
+        return cls(name, tuple(t for t in TERMS if t in chosen), None, steps)
 
     def __str__(self) -> str:
+        head = self.name + ("" if self.steps is None else str(self.steps))
         if self.method is not None:
-            return self.name + METHOD_MARK + self.method
+            return head + METHOD_MARK + self.method
         if not self.distill or set(self.terms) == set(DEFAULT_TERMS):
-            return self.name
-        return self.name + TERM_MARK + TERM_JOIN.join(self.terms)
+            return head
+        return head + TERM_MARK + TERM_JOIN.join(self.terms)
 
 
 @dataclass(frozen=True)

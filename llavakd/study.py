@@ -52,10 +52,11 @@ def _fraction(prefix: str, node, *names: str) -> list[str]:
 class WorldSection:
     seed: int = 0
     """Seed of the synthetic world (tiny mode); the same seed writes byte-identical files."""
-    size: Literal["tiny", "small", "demo"] = "tiny"
+    size: Literal["tiny", "small", "demo", "small600"] = "tiny"
     """``tiny``: 1,500 training images and 40 per stand-in; ``small``: 6,000 and 150; ``demo``: tiny's
     1,500 without the yes/no checks and the text-only records (MME and POPE are not taught), 100 per
-    stand-in (llavakd.tiny.world.SIZES)."""
+    stand-in; ``small600``: small's training data and 600 per stand-in, small's 150 first
+    (llavakd.tiny.world.SIZES)."""
 
 
 @dataclass
@@ -368,13 +369,28 @@ class ResourcesSection:
 
 
 @dataclass
-class CostSection:
-    """The GPU-hour estimate ``snakemake -n`` prints (llavakd.plan.cost_report)."""
+class CpuRate:
+    """A study on this CPU (the tiny world): jobs priced in CPU-hours at measured rates, not GPU-hours."""
 
-    peak_tflops: float
-    """Dense bf16 peak of one GPU (H100 SXM: 989)."""
-    mfu: float
-    """Model FLOPs utilisation assumed until ``mfu_file`` exists."""
+    gflops: float
+    """Model GFLOP/s (llavakd.flops) of one single-threaded training job, measured on the machine
+    (``python -m benchmarks.dft_step``: the step's FLOPs over its median seconds)."""
+    eval_seconds: float = 0.0
+    """Measured seconds of one model's evaluation (every benchmark; its benchmark: file)."""
+    agreement_seconds: float = 0.0
+    """Measured seconds of one student's agreement job."""
+    cores: int = 2
+    """Jobs run side by side: the wall-time estimate divides the CPU-hours by this."""
+
+    def problems(self, prefix: str) -> list[str]:
+        return (_at_least(prefix, self, 0, "gflops", strict=True)
+                + _at_least(prefix, self, 0, "eval_seconds", "agreement_seconds") + _at_least(prefix, self, 1, "cores"))
+
+
+@dataclass
+class CostSection:
+    """The GPU-hour estimate ``snakemake -n`` prints (llavakd.plan.cost_report), or with ``cpu`` the CPU-hours."""
+
     samples: dict[str, int]
     """Records per dataset kind: ``pt`` (captions) and ``sft`` (instructions)."""
     tokens_per_sample: dict[str, float]
@@ -385,10 +401,19 @@ class CostSection:
     """Tokens one evaluation of one model reads and writes."""
     mfu_file: str | None = None
     """JSON written by benchmarks/gpu_mfu.sh (benchmarks/gpu_mfu.py); when it exists, its measured MFU replaces ``mfu``."""
+    peak_tflops: float | None = None
+    """Dense bf16 peak of one GPU (H100 SXM: 989); a GPU price needs it."""
+    mfu: float | None = None
+    """Model FLOPs utilisation assumed until ``mfu_file`` exists; a GPU price needs it."""
+    cpu: CpuRate | None = None
+    """Price on this CPU instead (the tiny world's studies): measured rates, CPU-hours and a wall-time estimate."""
 
     def problems(self, prefix: str) -> list[str]:
         out = _at_least(prefix, self, 0, "peak_tflops", strict=True) + _at_least(prefix, self, 0, "eval_tokens")
-        if not 0 < self.mfu <= 1:
+        if self.cpu is None:
+            out += [f"{prefix}{k}: missing (a GPU price needs it; or give cost.cpu)" for k in ("peak_tflops", "mfu")
+                    if getattr(self, k) is None]
+        if self.mfu is not None and not 0 < self.mfu <= 1:
             out.append(f"{prefix}mfu: must be in (0, 1], got {self.mfu!r}")
         for name in ("samples", "tokens_per_sample", "params"):
             out += [f"{prefix}{name}.{k}: must be >= 0, got {v!r}" for k, v in getattr(self, name).items() if v < 0]
@@ -406,6 +431,20 @@ class MethodsSection:
     """The students of the comparison (default: every student)."""
     define: dict[str, Method] = field(default_factory=dict)
     """This study's own methods, by name, with the keys of a built-in one (llavakd.methods.Method)."""
+    budgets: list[int] = field(default_factory=list)
+    """Optimizer steps of the methods' stage (DFT), e.g. [200, 800]: every method, ce included, runs at
+    every budget from the seed's one start, each with its own full learning-rate schedule (the job's
+    chain carries its count: ``pt--sft--dft800@kd``); empty: the stage's ``train.dft.max_steps``, bare chains."""
+    compute_matched: bool = False
+    """Also train, per method and budget, ``ce`` for as many FLOPs as the method's job (the teacher's
+    forward, the terms' parts and on-policy sampling counted by the planner: llavakd.plan.sample_flops);
+    its step count is printed by ``snakemake -n``. Needs a ``cost`` section (its ``tokens_per_sample.sft``)."""
+
+    def problems(self, prefix: str) -> list[str]:
+        p = [f"{prefix}budgets: {b} must be >= 1" for b in self.budgets if b < 1]
+        if len(set(self.budgets)) < len(self.budgets):
+            p.append(f"{prefix}budgets: {self.budgets} repeats a budget")
+        return p
 
 
 @dataclass

@@ -21,12 +21,8 @@ import torch
 
 from llavakd.errors import UnknownNameError
 from llavakd.model.build import siglip_image_processor
-from llavakd.tiny.family import KINDS, LLMS, PAIRS, TINY_IMAGE_SIZE, VISION
+from llavakd.tiny.family import KINDS, LLMS, PAIRS, TINY_IMAGE_SIZE, VISION, padded_vocab
 from llavakd.tiny.tokenizer import build_tokenizer, tiny_corpus  # noqa: F401  (tiny_corpus: re-exported)
-
-
-def _padded_vocab(n_tokens: int, multiple: int = 64) -> int:
-    return (n_tokens + multiple - 1) // multiple * multiple
 
 
 def tiny_vision_config():
@@ -91,7 +87,7 @@ def write_tiny_components(out: str | Path, seed: int = 0, llms: list[str] | None
             tokenizers[style] = build_tokenizer(style=style)
         tok = tokenizers[style]
         torch.manual_seed(_seed_for(seed, name))
-        lm = AutoModelForCausalLM.from_config(tiny_llm_config(name, _padded_vocab(len(tok)), tok.eos_token_id,
+        lm = AutoModelForCausalLM.from_config(tiny_llm_config(name, padded_vocab(len(tok)), tok.eos_token_id,
                                                               tok.bos_token_id))
         report = train_llm(name, lm, tok) if train_llm is not None else None
         ldir = out / "llm" / name

@@ -56,3 +56,14 @@ PAIRS = {  # teacher -> students, as in Table 1; and one pair of each newer fami
 }
 LLM_NAMES = tuple(LLMS)
 
+
+def padded_vocab(n_tokens: int, multiple: int = 64) -> int:
+    """A tiny LLM's embedding rows: its tokenizer's size rounded up to a multiple of 64."""
+    return (n_tokens + multiple - 1) // multiple * multiple
+
+
+def llm_config_dict(name: str, tokens: int = TINY_VOCAB) -> dict:
+    """A tiny LLM's shape as a config dict (what its config.json holds of it), for the planner's FLOP
+    count: ``tokens``, the size of its tokenizer (llavakd.tiny.tokenizer.catalogue)."""
+    return {"model_type": KINDS[name][0], "vocab_size": padded_vocab(tokens), **LLMS[name]}
+

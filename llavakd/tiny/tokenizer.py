@@ -110,7 +110,12 @@ def build_tokenizer(vocab_size: int = TINY_VOCAB, style: str = "qwen"):
 
 
 def catalogue() -> dict[str, dict]:
-    """{tiny LLM: its tokenizer (style, special tokens, size, template)}: what the workflow hands the planner
+    """{tiny LLM: its tokenizer (style, special tokens, size, template), its shape (``config``) and the tiny
+    tower's (``vision``)}: what the workflow hands the planner
     (``Study.load(tiny_llms=...)``), which never imports the tiny world itself."""
+    from llavakd.tiny.family import VISION, llm_config_dict
+
     return {name: {"style": style, "specials": TOKENIZER_STYLES[style]["specials"], "tokens": tiny_vocab_size(style),
-                   "template": TOKENIZER_STYLES[style]["template"]} for name, (_, style) in KINDS.items()}
+                   "template": TOKENIZER_STYLES[style]["template"],
+                   "config": llm_config_dict(name, tiny_vocab_size(style)), "vision": dict(VISION)}
+            for name, (_, style) in KINDS.items()}

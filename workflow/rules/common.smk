@@ -25,7 +25,7 @@ from llavakd.layout import (
     marker,
     parse_model,
 )
-from llavakd.plan import Study, cost_report, memory_report, train_jobs
+from llavakd.plan import Study, cost_report, memory_report, methods_report, train_jobs
 from llavakd.preempt import slurm_signal_flag
 from llavakd.schedule import Schedule
 from llavakd.protocols import SCORING_REVISION
@@ -137,11 +137,16 @@ if workflow.is_main_process:
 
 if workflow.is_main_process and C.cost:
     print(cost_report(STUDY, BENCHMARKS), file=sys.stderr)
-    print(memory_report(STUDY), file=sys.stderr)
+    if not TINY:  # the estimate knows the paper's shapes, not the tiny world's
+        print(memory_report(STUDY), file=sys.stderr)
     print(
         SCHEDULE.report(TRAIN_JOBS, EVAL_MODELS, STUDY.student_models()),
         file=sys.stderr,
     )
+
+
+if workflow.is_main_process and (C.methods.budgets or C.methods.compute_matched):
+    print(methods_report(STUDY), file=sys.stderr)
 
 
 # -- input and parameter functions of the rules --------------------------------------------
