@@ -91,6 +91,7 @@ TABLE_FORMATS = ("md", "csv", "tex", "html")
 TABLE1, SEEDS, AGREEMENT = "table1", "seeds", "agreement"  # tables (AGREEMENT: also a figure)
 STUDY_FIGURES = ("benchmarks", "overview", "training_curves")  # figures of every study
 METHODS = "methods"  # benchmark_methods: a table and a figure
+BUDGETS, VARIANCE = "budgets", "variance"  # benchmark_methods with methods.budgets: a figure and a csv
 OFFSET_FIGURE = "protocol_offset"  # with released checkpoints: .png and .csv
 
 

@@ -768,8 +768,9 @@ def compute_matched_steps(study: Study, llm: str, chain) -> int:
     control = Chain.of(*chain.steps[:-1], Step("cft"))
     ce_cfg = study.stage_config(llm, study.seeds[0], control)
     if ce_cfg.train.global_batch != cfg.train.global_batch:
-        raise ConfigError("methods.compute_matched", [f"{model_name(llm, study.seeds[0], chain)}: its batch "
-                                                      f"{cfg.train.global_batch} differs from ce's {ce_cfg.train.global_batch}"])
+        raise ConfigError("methods.compute_matched", [
+            f"{model_name(llm, study.seeds[0], chain)}: its batch {cfg.train.global_batch} differs from ce's "
+            f"{ce_cfg.train.global_batch}"])
     ratio = sample_flops(study, llm, chain)["total"] / sample_flops(study, llm, control)["total"]
     return max(1, round(job_samples(study, llm, chain) / cfg.train.global_batch * ratio))
 
@@ -915,7 +916,9 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
             lines.append(f"    agreement   {len(agree):3d} jobs  {sum(agree):9.1f} {unit}  (each student and its teacher)")
         lines.append(f"    total                {total:9.1f} {unit}")
         if c.cpu and done and total:
-            alone = (sum(job_hours(llm, chain) for llm, seed, chain in train_jobs(study, models))
+            teachers = {study.teacher_model(study.teacher_of(parse_model(m).llm)) for m in models
+                        if parse_model(m).kind == "run" and any(st.distill for st in as_chain(parse_model(m).chain).steps)}
+            alone = (sum(job_hours(llm, chain) for llm, seed, chain in train_jobs(study, [*models, *sorted(teachers)]))
                      + sum(eval_hours(m) for m in dict.fromkeys(models) for _ in study.protocols) + sum(agree))
             lines.append(f"    with the jobs it shares: {alone:.1f} {unit}, about {alone / c.cpu.cores:.1f} h of wall "
                          f"time on {c.cpu.cores} cores")

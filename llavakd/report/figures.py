@@ -233,8 +233,64 @@ def methods(rows, out, columns=PAPER) -> Path:
                         color="tab:green" if p.beats else "tab:orange" if p.below else "tab:gray", capsize=3)
             ax.scatter(p.diffs, [i] * len(p.diffs), s=10, color="black", alpha=0.5, zorder=3)
         ax.axvline(0, color="tab:red", lw=1)
-        ax.set_yticks(range(len(mine)), [r.method for r in mine])
+        ax.set_yticks(range(len(mine)), [r.method if r.budget is None else f"{r.method} @{r.budget}" for r in mine])
         ax.set_xlabel(f"{columns.header(key)} − ce (paired by seed; Holm 95%)")
         ax.set_title(display_llm(llm))
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def budgets(rows, out, columns=PAPER, caption: str = "") -> Path:
+    """``rows``: llavakd.report.methods rows of a study with budgets. Per student, four panels: the
+    headline average against DFT steps and against the job's model FLOPs (one line per method, the
+    compute-matched ce as its own points, 95% t-intervals over seeds); the paired difference to the
+    step-matched ce against steps and to the compute-matched ce against FLOPs (Holm 95%). ``caption``
+    goes under the figure."""
+    import matplotlib.pyplot as plt
+
+    from llavakd.methods import CONTROL
+
+    key = columns.headline
+    avg = columns.header(key)
+    students = list(dict.fromkeys(r.llm for r in rows))
+    fig, axes = plt.subplots(len(students), 4, figsize=(19, 3.8 * len(students)), squeeze=False)
+    for line, llm in zip(axes, students):
+        mine = [r for r in rows if r.llm == llm and key in r.cells]
+        methods = list(dict.fromkeys(r.method for r in mine if r.matched is None))
+        colour = {m: f"C{i}" for i, m in enumerate(methods)}
+        for m in methods:
+            pts = sorted((r for r in mine if r.method == m and r.matched is None), key=lambda r: r.budget or 0)
+            xs = [r.budget for r in pts]
+            for ax, x in ((line[0], xs), (line[1], [r.flops for r in pts])):
+                if any(v is None for v in x):
+                    continue
+                ax.errorbar(x, [r.cells[key].mean for r in pts], yerr=[r.cells[key].ci95 or 0 for r in pts],
+                            marker="o", capsize=3, color=colour[m], label=m)
+            if m == CONTROL:
+                continue
+            for ax, attr, x in ((line[2], "paired", xs), (line[3], "paired_compute", [r.flops for r in pts])):
+                got = [(xv, getattr(r, attr).get(key)) for xv, r in zip(x, pts)]
+                got = [(xv, p) for xv, p in got if p is not None and xv is not None]
+                if got:
+                    ax.errorbar([g[0] for g in got], [g[1].mean for g in got],
+                                yerr=[g[1].half or 0 for g in got], marker="o", capsize=3, color=colour[m], label=m)
+        cm = [r for r in mine if r.matched is not None and r.flops]
+        if cm:
+            line[1].errorbar([r.flops for r in cm], [r.cells[key].mean for r in cm],
+                             yerr=[r.cells[key].ci95 or 0 for r in cm], fmt="D", capsize=3, color=colour[CONTROL],
+                             mfc="white", label="ce, compute-matched")
+        titles = (f"{avg} vs DFT steps", f"{avg} vs the job's FLOPs", f"Δ {avg} vs step-matched ce",
+                  f"Δ {avg} vs compute-matched ce")
+        xlabels = ("DFT optimizer steps", "model FLOPs of the job", "DFT optimizer steps", "model FLOPs of the job")
+        for i, ax in enumerate(line):
+            ax.set_title(f"{display_llm(llm)}: {titles[i]}", fontsize=9)
+            ax.set_xlabel(xlabels[i])
+            ax.set_xscale("log")
+            if i >= 2:
+                ax.axhline(0, color="tab:red", lw=1)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+    if caption:
+        fig.text(0.01, -0.02, caption, wrap=True, fontsize=8, va="top")
     fig.tight_layout()
     return _save(fig, out)

@@ -32,8 +32,9 @@ from pathlib import Path
 
 from llavakd.eval.registry import Columns
 from llavakd.io import atomic_write_text
-from llavakd.layout import RunDir, parse_model
-from llavakd.report.averages import PAPER
+from llavakd.layout import RunDir, model_name, parse_model
+from llavakd.plan import Arm
+from llavakd.report.averages import PAPER, average
 from llavakd.report.collect import Cell, collect_row
 from llavakd.report.reference import display_llm
 from llavakd.report.tables import NOT_ABOVE, chance_line
@@ -66,6 +67,18 @@ class MethodRow:
     step_s: float | None = None
     peak_mb: float | None = None
     gpu_hours: float | None = None
+    budget: int | None = None  # the budget (methods.budgets) the row belongs to
+    matched: str | None = None  # a compute-matched ce: the method whose FLOPs it spends
+    steps: int | None = None  # the job's optimizer steps
+    paired_compute: dict[str, Paired] = field(default_factory=dict)  # per column, against the compute-matched ce
+    flops: float | None = None  # the job's model FLOPs (llavakd.plan.sample_flops x its samples)
+    cost: dict[str, float] = field(default_factory=dict)  # hours: job, teacher_inference, teacher_training, students
+    variance: dict[str, float] = field(default_factory=dict)  # the headline's paired difference, split (variance_split)
+
+    @property
+    def label(self) -> str:
+        """What the Method column says: the method, or the control and the method it is matched to."""
+        return self.method if self.matched is None else f"{self.method} = {self.matched} ({self.steps} steps)"
 
 
 def _t(q: float, df: int) -> float:
@@ -150,35 +163,143 @@ def _cost(study, models) -> tuple[float | None, float | None]:
     return mean(steps), mean(peaks)
 
 
+def _replicates(study, model: str, protocol: str, columns) -> list[float] | None:
+    """The headline average's bootstrap replicates over documents for one model: its benchmarks' replicates
+    (each result file's interval95; lmms-eval's own aggregation) averaged replicate by replicate."""
+    from llavakd.report.collect import read_scores
+
+    scores = read_scores(study.layout.eval_dir(model, protocol), columns.benchmarks)
+    reps = {c: (r.get("interval95") or {}).get("replicates") for c, r in scores.items()}
+    if not reps or any(not v for v in reps.values()) or len({len(v) for v in reps.values()}) != 1:
+        return None
+    avg = next(a for a in columns.averages if a.key == columns.headline)
+    out = [average({c: v[b] for c, v in reps.items()}, avg.of) for b in range(len(next(iter(reps.values()))))]
+    return None if any(x is None for x in out) else out
+
+
+def variance_split(diffs: list[float], replicates: list[list[float]], documents: float = 1.0) -> dict[str, float]:
+    """Split the variance of a paired difference over seeds into evaluation sampling and training.
+
+    ``diffs``: the difference of each seed (method minus control); ``replicates``: per seed, bootstrap
+    replicates of that difference over documents, both models resampled on the same documents (the
+    result files' replicates are drawn with one seed per benchmark, so replicate b of every model picks
+    the same documents). The between-seed variance of the differences is training plus evaluation;
+    the evaluation part is the mean over seeds of the replicates' variance, training the rest (at least
+    0). ``documents``: how many times more documents a study would score; the evaluation part scales by
+    its inverse (a mean over documents). Returns the variances, the evaluation share, and the smallest
+    difference ``len(diffs)`` seeds detect with 80% power at 0.05 (two-sided), now and with the documents."""
+    import numpy as np
+
+    n = len(diffs)
+    between = statistics.variance(diffs)
+    evaluation = float(np.mean([np.var(r, ddof=1) for r in replicates]))
+    training = max(between - evaluation, 0.0)
+    t = _t(1 - LEVEL / 2, n - 1) + _t(0.8, n - 1)
+    return {"seeds": n, "between": between, "evaluation": evaluation, "training": training,
+            "evaluation_share": evaluation / between if between > 0 else float("nan"),
+            "detectable": t * math.sqrt(between / n),
+            "detectable_more_documents": t * math.sqrt((training + evaluation / documents) / n),
+            "documents_factor": documents}
+
+
+def _job_steps(study, llm: str, chain) -> int:
+    return chain.last.steps or study.stage_config(llm, study.seeds[0], chain).train.max_steps
+
+
+def _prices(study):
+    """Per (llm, chain): its job's hours, the teacher's inference inside it, the teacher's training
+    (PT+SFT, every stage of its chain), and the students the study distils from that teacher; and
+    the job's FLOPs. None without a cost section."""
+    if study.cfg.cost is None:
+        return None
+    from llavakd.plan import job_samples, pricer, sample_flops, train_jobs
+
+    job_hours = pricer(study)[0]
+    from llavakd.stages import as_chain
+
+    distilled = {}  # teacher -> the distinct distilled students the methods comparison trains from it
+    for m in (m for ms in study.method_models().values() for m in ms):
+        name = parse_model(m)
+        if as_chain(name.chain).last.distill:
+            distilled.setdefault(study.teacher_of(name.llm), set()).add(m)
+
+    def price(llm: str, chain) -> dict[str, float]:
+        f = sample_flops(study, llm, chain)
+        hours = job_hours(llm, chain)
+        out = {"job": hours, "teacher_inference": hours * f["teacher"] / f["total"], "flops": f["total"] * job_samples(
+            study, llm, chain), "teacher_training": 0.0, "students": 0.0}
+        if chain.last.distill:
+            teacher = study.teacher_model(study.teacher_of(llm))
+            t = parse_model(teacher)
+            if t.kind == "run":
+                out["teacher_training"] = sum(job_hours(t.llm, c) for _, _, c in train_jobs(study, [teacher]))
+            out["students"] = float(len(distilled.get(study.teacher_of(llm), ())))
+        return out
+
+    return price
+
+
 def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, float] | None = None) -> list[MethodRow]:
-    """One row per (student, compared method), the paired comparisons with ce filled in."""
+    """One row per (student, arm): every compared method at every budget, ce first, then the
+    compute-matched controls; each method paired by seed with the step-matched ce of its budget and,
+    with ``methods.compute_matched``, with the ce trained for its FLOPs. Holm runs over the methods of
+    one (budget, control) family. ``gpu_hours``: per method, a price to show (default: the planner's)."""
     from llavakd.methods import CONTROL
 
     protocol = protocol or study.protocols[0]
     columns = study.columns()
-    models = study.method_models()
+    price = _prices(study)
+    split = bool(study.cfg.methods.budgets or study.cfg.methods.compute_matched)
     rows: list[MethodRow] = []
     for llm in study.method_students():
-        per = {}
-        for name in study.compared_methods():
-            mine = [m for m in models[name] if parse_model(m).llm == llm]
-            row = collect_row({"label": name, "role": name, "llm": llm,
-                               "eval_dirs": [study.layout.eval_dir(m, protocol) for m in mine]}, columns)
-            step_s, peak = _cost(study, mine)
-            per[name] = MethodRow(name, llm, study.methods[name].follows, row.cells, agreement=_agreement(study, mine),
-                                  step_s=step_s, peak_mb=peak, gpu_hours=(gpu_hours or {}).get(name))
-        control = per[CONTROL]
-        others = [r for n, r in per.items() if n != CONTROL]
-        for col in (columns.headline, *columns.benchmarks):
-            pairs = []
-            for r in others:
-                if col in r.cells and col in control.cells:
-                    r.paired[col] = Paired([a - b for a, b in zip(r.cells[col].values, control.cells[col].values)])
-                    r.paired[col].p = paired_test(r.paired[col].diffs)
-                    pairs.append(r.paired[col])
-            holm(pairs)
-        others.sort(key=lambda r: -(r.paired[columns.headline].mean if columns.headline in r.paired else -math.inf))
-        rows += [control, *others]
+        arms = study.method_arms(llm)
+        for budget in dict.fromkeys(a.budget for a, _ in arms):
+            per: dict[str, MethodRow] = {}
+            models: dict[str, list[str]] = {}
+            for arm, chain in (x for x in arms if x[0].budget == budget):
+                mine = [model_name(llm, seed, chain) for seed in study.seeds]
+                row = collect_row({"label": arm.label, "role": arm.method, "llm": llm,
+                                   "eval_dirs": [study.layout.eval_dir(m, protocol) for m in mine]}, columns)
+                step_s, peak = _cost(study, mine)
+                r = MethodRow(arm.method, llm, study.methods[arm.method].follows, row.cells,
+                              agreement=_agreement(study, mine), step_s=step_s, peak_mb=peak, budget=budget,
+                              matched=arm.matched, steps=_job_steps(study, llm, chain) if split else None)
+                if price is not None:
+                    r.cost = price(llm, chain)
+                    r.flops = r.cost["flops"]
+                    r.gpu_hours = r.cost["job"]
+                if gpu_hours and arm.matched is None:
+                    r.gpu_hours = gpu_hours.get(arm.method, r.gpu_hours)
+                per[arm.label] = r
+                models[arm.label] = mine
+            control = next(r for r in per.values() if r.method == CONTROL and r.matched is None)
+            others = [r for r in per.values() if r.method != CONTROL]
+            matched = {r.matched: r for r in per.values() if r.matched is not None}
+            refs = {"paired": {r.method: control for r in others},
+                    "paired_compute": {r.method: matched.get(r.method) for r in others}}
+            for col in (columns.headline, *columns.benchmarks):
+                for attr, against in refs.items():
+                    pairs = []
+                    for r in others:
+                        ref = against[r.method]
+                        if ref is not None and col in r.cells and col in ref.cells:
+                            p = Paired([a - b for a, b in zip(r.cells[col].values, ref.cells[col].values)])
+                            p.p = paired_test(p.diffs)
+                            getattr(r, attr)[col] = p
+                            pairs.append(p)
+                    holm(pairs)
+            if split:
+                for r in others:
+                    mine = models[Arm(r.method, budget).label]
+                    ref = models[Arm(CONTROL, budget).label]
+                    reps = [(_replicates(study, a, protocol, columns), _replicates(study, b, protocol, columns))
+                            for a, b in zip(mine, ref)]
+                    p = r.paired.get(columns.headline)
+                    if p and len(p.diffs) > 1 and all(x and y for x, y in reps):
+                        r.variance = variance_split(p.diffs, [[u - v for u, v in zip(x, y)] for x, y in reps],
+                                                    documents=4.0)
+            others.sort(key=lambda r: -(r.paired[columns.headline].mean if columns.headline in r.paired else -math.inf))
+            rows += [control, *others, *sorted(matched.values(), key=lambda r: (r.steps or 0, r.matched))]
     return rows
 
 
@@ -200,12 +321,14 @@ def caption(rows: list[MethodRow], study) -> str:
     k = max(len(study.compared_methods()) - 1, 1)
     columns = study.columns()
     avg = columns.header(columns.headline)
+    n = len(study.seeds)
+    if study.cfg.methods.budgets or study.cfg.methods.compute_matched:
+        return budgets_caption(rows, study)
     mde = detectable(rows, k, columns.headline)
     paired = [(r.method, r.paired[columns.headline]) for r in rows if r.paired.get(columns.headline)]
     beat = sorted({m for m, p in paired if p.beats})
     below = sorted({m for m, p in paired if p.below})
     others = sorted({m for m, p in paired if not p.beats and not p.below})
-    n = len(study.seeds)
     return (f"Methods on one footing ({n} seeds, paired by seed with ce, the step-matched control; Holm-adjusted "
             f"95% intervals over {k} comparisons). Beat ce on {avg}: {', '.join(beat) or 'none'}. Below ce: "
             f"{', '.join(below) or 'none'}. Not shown to differ from ce: {', '.join(others) or 'none'}."
@@ -213,32 +336,80 @@ def caption(rows: list[MethodRow], study) -> str:
                if mde is not None else ""))
 
 
-def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: dict[str, float] | None = None,
-                  formats=("md", "csv", "tex", "html"), columns: Columns = PAPER) -> list[Path]:
-    """The table in the requested formats (md/tex/html share one layout; csv has a row per method)."""
-    from llavakd.eval.agreement import MEASURES
+def clears(rows: list[MethodRow], attr: str, key: str) -> list[tuple[int | None, str, str]]:
+    """(budget, method, "above" | "below") for every method whose Holm interval against a control
+    (``attr``: ``paired`` step-matched, ``paired_compute`` compute-matched) clears zero on ``key``."""
+    out = []
+    for r in rows:
+        p = getattr(r, attr).get(key)
+        if p is not None and (p.beats or p.below):
+            out.append((r.budget, r.method, "above" if p.beats else "below"))
+    return out
 
-    cols = [columns.headline, *columns.benchmarks]
-    ref = chance_line(chance, columns).values if chance else {}
-    head = (["Method", "LLM", "seeds"] + [columns.header(c) for c in cols]
-            + [f"Δ {columns.header(columns.headline)} vs ce (Holm 95%)", "per-seed Δ"]
-            + [m.replace("_", " ") for m in MEASURES] + ["s/step ÷ ce", "peak mem ÷ ce", "GPU-h (paper scale)"])
-    body = []
-    if chance:
-        body.append(["chance (best constant answer)", "", ""] + [f"{ref[c]:.1f}" if ref.get(c) is not None else "-"
-                                                                  for c in cols] + ["-"] * (len(head) - 3 - len(cols)))
+
+def budgets_caption(rows: list[MethodRow], study) -> str:
+    """Where, if anywhere, a method's Holm interval clears the step-matched and the compute-matched ce."""
+    columns = study.columns()
+    key, avg = columns.headline, columns.header(columns.headline)
+    k = max(len(study.compared_methods()) - 1, 1)
+    parts = [f"Methods at {', '.join(str(b) for b in study.cfg.methods.budgets) or 'the stage'}'s DFT steps, "
+             f"{len(study.seeds)} seeds, each paired by seed with ce for as many steps (step-matched)"
+             + (" and ce for as many FLOPs (compute-matched)" if study.cfg.methods.compute_matched else "")
+             + f"; Holm over the {k} methods of each (budget, control)."]
+    for attr, name in (("paired", "step-matched"), ("paired_compute", "compute-matched")):
+        if attr == "paired_compute" and not study.cfg.methods.compute_matched:
+            continue
+        found = clears(rows, attr, key)
+        text = "; ".join(f"{m} {side} at {b}" for b, m, side in found) if found else "no method, at no budget"
+        parts.append(f"Interval of Δ {avg} clearing the {name} ce: {text}.")
+    return " ".join(parts)
+
+
+def _unit(rows: list[MethodRow], cpu: bool) -> str:
+    return "CPU-h" if cpu else "GPU-h (paper scale)"
+
+
+def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: dict[str, float] | None = None,
+                  formats=("md", "csv", "tex", "html"), columns: Columns = PAPER, cpu: bool = False) -> list[Path]:
+    """The table in the requested formats (md/tex/html share one layout; csv has a row per method and
+    column). A study with budgets or compute-matched controls gets their columns, a priced one the cost
+    block (the job, the teacher's inference inside it, the teacher's own training), and a budgets study
+    the variance split of each paired difference."""
+    from llavakd.eval.agreement import MEASURES
     from llavakd.methods import CONTROL
 
-    control = {r.llm: r for r in rows if r.method == CONTROL}
+    cols = [columns.headline, *columns.benchmarks]
+    budgets = any(r.budget is not None for r in rows)
+    matched = any(r.matched is not None for r in rows)
+    priced = any(r.cost for r in rows)
+    avg = columns.header(columns.headline)
+    ref = chance_line(chance, columns).values if chance else {}
+    head = (["Method", "LLM"] + (["budget"] if budgets else []) + ["seeds"] + [columns.header(c) for c in cols]
+            + [f"Δ {avg} vs {'step-matched ' if matched else ''}ce (Holm 95%)", "per-seed Δ"]
+            + ([f"Δ {avg} vs compute-matched ce (Holm 95%)"] if matched else [])
+            + [m.replace("_", " ") for m in MEASURES] + ["s/step ÷ ce"] + (["FLOPs/step ÷ ce"] if priced else [])
+            + ["peak mem ÷ ce", _unit(rows, cpu)])
+    body = []
+    if chance:
+        lead = 4 if budgets else 3
+        body.append(["chance (best constant answer)"] + [""] * (lead - 1)
+                    + [f"{ref[c]:.1f}" if ref.get(c) is not None else "-" for c in cols]
+                    + ["-"] * (len(head) - lead - len(cols)))
+    control = {(r.llm, r.budget): r for r in rows if r.method == CONTROL and r.matched is None}
+    rel = (lambda a, b: f"{a / b:.2f}" if a is not None and b else "-")  # noqa: E731
     for r in rows:
-        ce = control.get(r.llm)
-        rel = (lambda a, b: f"{a / b:.2f}" if a is not None and b else "-")  # noqa: E731
+        ce = control.get((r.llm, r.budget))
         p = r.paired.get(columns.headline)
-        body.append([r.method, display_llm(r.llm), str(len(next(iter(r.cells.values())).values) if r.cells else 0)]
+        per_step = (lambda x: x.flops / x.steps if x and x.flops and x.steps else None)  # noqa: E731
+        body.append([r.label, display_llm(r.llm)] + ([str(r.budget)] if budgets else [])
+                    + [str(len(next(iter(r.cells.values())).values) if r.cells else 0)]
                     + [_cell(r.cells.get(c), ref.get(c), f"{r.method} {r.llm} {c}") for c in cols]
                     + [_paired(p), ", ".join(f"{d:+.1f}" for d in p.diffs) if p else "-"]
+                    + ([_paired(r.paired_compute.get(columns.headline))] if matched else [])
                     + [_cell(r.agreement.get(m)) for m in MEASURES]
-                    + [rel(r.step_s, ce.step_s if ce else None), rel(r.peak_mb, ce.peak_mb if ce else None),
+                    + [rel(r.step_s, ce.step_s if ce else None)]
+                    + ([rel(per_step(r), per_step(ce))] if priced else [])
+                    + [rel(r.peak_mb, ce.peak_mb if ce else None),
                        f"{r.gpu_hours:.1f}" if r.gpu_hours is not None else "-"])
     note = ("Mean ± 95% t-interval over seeds; Δ: the method minus ce, paired by seed, ± the Holm-adjusted 95% "
             "interval, ✓ where it lies above zero and ✗ where below (in Holm's order). Agreement with the "
@@ -246,30 +417,53 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
             "seconds per optimizer step and peak memory relative to ce in this study; GPU-h: the planner's "
             "price of the method's job at paper scale."
             + (" ° not above chance." if chance else ""))
+    if budgets or matched:
+        note = ("Mean ± 95% t-interval over seeds. Δ: the method minus ce, paired by seed, ± the Holm-adjusted 95% "
+                "interval; ✓ above zero, ✗ below (in Holm's order). Holm runs over the methods of one (budget, "
+                "control) family: against the step-matched ce (as many optimizer steps), and against the "
+                "compute-matched ce (as many model FLOPs, the teacher's forward included: llavakd.plan.sample_flops). "
+                "Agreement with the teacher: answer agreement (%), answer KL and visual KL (nats). s/step and "
+                "FLOPs/step ÷ ce: measured seconds and counted FLOPs per optimizer step relative to the "
+                f"step-matched ce of the budget; {_unit(rows, cpu)}: the planner's price of the job."
+                + (" ° not above chance." if chance else ""))
+    blocks = _cost_block(rows, cpu) + _variance_block(rows, avg)
     stem = Path(stem)
     out = []
     for ext in formats:
         if ext == "csv":
             buf = io.StringIO()
             w = csv.writer(buf, lineterminator="\n")
+            extra = (["budget", "steps", "matched", "diff_vs_compute_ce", "holm_half_compute", "holm_level_compute",
+                      "p_value_compute", "beats_compute_ce", "below_compute_ce", "per_seed_diffs_compute",
+                      "s_per_step"] if budgets or matched else [])
+            extra += ["flops", "job_hours", "teacher_inference_hours", "teacher_training_hours",
+                      "students_of_teacher"] if priced else []
             w.writerow(["method", "llm", "follows", "column", "mean", "ci95", "diff_vs_ce", "holm_half", "holm_level",
-                        "p_value", "beats_ce", "below_ce", "per_seed_diffs"])
+                        "p_value", "beats_ce", "below_ce", "per_seed_diffs"] + extra)
             for r in rows:
                 for c in cols:
                     cell, p = r.cells.get(c), r.paired.get(c)
                     if cell is None:
                         continue
-                    w.writerow([r.method, r.llm, r.follows, c, f"{cell.mean:.4f}",
-                                "" if cell.ci95 is None else f"{cell.ci95:.4f}",
-                                "" if p is None else f"{p.mean:.4f}", "" if p is None or p.half is None else f"{p.half:.4f}",
-                                "" if p is None or p.level is None else f"{p.level:.4g}",
-                                "" if p is None or p.p is None else f"{p.p:.4g}", "" if p is None else bool(p.beats),
-                                "" if p is None else bool(p.below),
-                                "" if p is None else ";".join(f"{d:.4f}" for d in p.diffs)])
+                    line = [r.method, r.llm, r.follows, c, f"{cell.mean:.4f}",
+                            "" if cell.ci95 is None else f"{cell.ci95:.4f}", *_paired_csv(p)]
+                    if budgets or matched:
+                        q = r.paired_compute.get(c)
+                        line += ["" if r.budget is None else r.budget, "" if r.steps is None else r.steps,
+                                 r.matched or "", *_paired_csv(q),
+                                 "" if r.step_s is None else f"{r.step_s:.4f}"]
+                    if priced:
+                        line += [f"{r.flops:.6g}" if r.flops else ""] + [
+                            f"{r.cost[k]:.6g}" if r.cost else "" for k in
+                            ("job", "teacher_inference", "teacher_training", "students")]
+                    w.writerow(line)
             out.append(atomic_write_text(stem.with_name(stem.name + ".csv"), buf.getvalue()))
         elif ext == "md":
             md = ["**Distillation methods on one footing**", "", text, "", "| " + " | ".join(head) + " |",
                   "|" + "---|" * len(head)] + ["| " + " | ".join(b) + " |" for b in body] + ["", note, ""]
+            for title, bhead, bbody, bnote in blocks:
+                md += [f"**{title}**", "", "| " + " | ".join(bhead) + " |", "|" + "---|" * len(bhead)]
+                md += ["| " + " | ".join(x) + " |" for x in bbody] + ["", bnote, ""]
             out.append(atomic_write_text(stem.with_name(stem.name + ".md"), "\n".join(md)))
         elif ext == "tex":
             esc = (lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("÷", "/")  # noqa: E731
@@ -289,3 +483,62 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
                     + f"<p>{html.escape(note)}</p></body></html>\n")
             out.append(atomic_write_text(stem.with_name(stem.name + ".html"), page))
     return out
+
+
+def _paired_csv(p: Paired | None) -> list:
+    return ["" if p is None else f"{p.mean:.4f}", "" if p is None or p.half is None else f"{p.half:.4f}",
+            "" if p is None or p.level is None else f"{p.level:.4g}", "" if p is None or p.p is None else f"{p.p:.4g}",
+            "" if p is None else bool(p.beats), "" if p is None else bool(p.below),
+            "" if p is None else ";".join(f"{d:.4f}" for d in p.diffs)]
+
+
+def _cost_block(rows: list[MethodRow], cpu: bool) -> list[tuple]:
+    """The teacher's cost, stated: per method job, the job, the teacher's inference inside it, the teacher's
+    own training, and what a job is charged when the teacher exists or was trained for these students."""
+    priced = [r for r in rows if r.cost and r.matched is None]
+    if not priced:
+        return []
+    unit = "CPU-h" if cpu else "GPU-h"
+    students = max(int(r.cost["students"]) for r in priced)
+    head = ["Method", "budget", f"the job ({unit})", "teacher's inference in it", "teacher's training (PT+SFT)",
+            "charged: teacher exists", f"charged: teacher trained for these {students} students"]
+    body = [[r.method, "-" if r.budget is None else str(r.budget), f"{r.cost['job']:.3g}",
+             f"{r.cost['teacher_inference']:.3g}", f"{r.cost['teacher_training']:.3g}" if r.cost["students"] else "-",
+             f"{r.cost['job']:.3g}",
+             f"{r.cost['job'] + r.cost['teacher_training'] / r.cost['students']:.3g}" if r.cost["students"] else
+             f"{r.cost['job']:.3g}"] for r in priced]
+    note = (f"One seed's job, priced by the planner (llavakd.plan.pricer; {unit}). The teacher's training is charged "
+            f"to no job when the teacher exists, and divided over the {students} distilled students of this "
+            "comparison when it was trained for them.")
+    return [("The teacher's cost", head, body, note)]
+
+
+def _variance_block(rows: list[MethodRow], avg: str) -> list[tuple]:
+    split = [r for r in rows if r.variance]
+    if not split:
+        return []
+    head = ["Method", "budget", f"sd of Δ {avg} over seeds", "evaluation sd", "training sd", "evaluation share",
+            "smallest detectable Δ", "with 4x the documents"]
+    body = [[r.method, "-" if r.budget is None else str(r.budget), f"{math.sqrt(r.variance['between']):.2f}",
+             f"{math.sqrt(r.variance['evaluation']):.2f}", f"{math.sqrt(r.variance['training']):.2f}",
+             f"{r.variance['evaluation_share']:.0%}", f"{r.variance['detectable']:.1f}",
+             f"{r.variance['detectable_more_documents']:.1f}"] for r in split]
+    note = ("The variance of each paired difference against the step-matched ce, split into evaluation sampling "
+            "(bootstrap over documents, both models resampled on the same documents) and training (between seeds, "
+            "the rest); the smallest difference the seeds detect with 80% power at 0.05, unadjusted "
+            "(llavakd.report.methods.variance_split).")
+    return [(f"Where the spread of Δ {avg} comes from", head, body, note)]
+
+
+def write_variance(rows: list[MethodRow], path: str | Path) -> Path:
+    """``variance.csv``: the variance split of each method's paired headline difference, per budget."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    keys = ["seeds", "between", "evaluation", "training", "evaluation_share", "detectable",
+            "detectable_more_documents", "documents_factor"]
+    w.writerow(["method", "llm", "budget", *keys])
+    for r in rows:
+        if r.variance:
+            w.writerow([r.method, r.llm, "" if r.budget is None else r.budget]
+                       + [f"{r.variance[k]:.6g}" for k in keys])
+    return atomic_write_text(Path(path), buf.getvalue())

@@ -171,24 +171,23 @@ def render_agreement(study, reports_dir) -> list[Path]:
 
 def render_methods(study, reports_dir, formats=("md", "csv", "tex", "html")) -> list[Path]:
     """``methods.{md,csv,tex,html}`` and ``figures/methods.png``: every compared method against ce
-    (llavakd.report.methods), with the planner's paper-scale price of each method's job when the
-    study has a cost section."""
-    from llavakd.layout import METHODS
-    from llavakd.plan import pricer
+    (llavakd.report.methods), with the planner's price of each job when the study has a cost section;
+    with budgets, also ``figures/budgets.png`` and ``variance.csv``."""
+    from llavakd.layout import BUDGETS, METHODS, VARIANCE
     from llavakd.report import figures
-    from llavakd.report.methods import caption, collect_methods, write_methods
+    from llavakd.report.methods import caption, collect_methods, write_methods, write_variance
 
-    hours = None
-    if study.cfg.cost is not None:
-        job_hours = pricer(study)[0]
-        student = study.method_students()[0]
-        hours = {m: job_hours(student, study.method_chain(m)) for m in study.compared_methods()}
-    rows = collect_methods(study, gpu_hours=hours)
+    rows = collect_methods(study)
     out = Reports(str(reports_dir))
     text = caption(rows, study)
+    cpu = study.cfg.cost is not None and study.cfg.cost.cpu is not None
     paths = write_methods(rows, text, Path(out.stem(METHODS)), chance=study_chance(study), formats=formats,
-                          columns=study.columns())
-    return paths + [figures.methods(rows, Path(out.figure(METHODS)), study.columns())]
+                          columns=study.columns(), cpu=cpu)
+    paths.append(figures.methods([r for r in rows if r.matched is None], Path(out.figure(METHODS)), study.columns()))
+    if study.cfg.methods.budgets:
+        paths.append(figures.budgets(rows, Path(out.figure(BUDGETS)), study.columns(), caption=text))
+        paths.append(write_variance(rows, Path(out.table(VARIANCE, "csv"))))
+    return paths
 
 
 def render_for_rule(what: str, study, reports_dir, log_path, formats=("md", "csv", "tex", "html")) -> None:

@@ -14,6 +14,8 @@ from llavakd.eval.registry import resolve
 from llavakd.layout import (
     AGREEMENT,
     METHODS,
+    BUDGETS,
+    VARIANCE,
     MODEL_REGEX,
     NAME_REGEX,
     OFFSET_FIGURE,
@@ -222,9 +224,17 @@ METHOD_AGREEMENT_FILES = [marker(L.agreement_dir(m)) for m in METHOD_MODELS]
 METHOD_RUN_MARKERS = [  # the cost columns read each method job's run metadata
     L.final_marker(p.llm, p.seed, p.chain) for p in map(parse_model, METHOD_MODELS)
 ]
-METHODS_REPORT = [REPORT_FILES.table(METHODS, ext) for ext in TABLE_FORMATS] + [
-    REPORT_FILES.figure(METHODS)
-]
+# with methods.budgets: the budget curves and the variance split (none otherwise: finished trees stay finished)
+BUDGET_REPORT = (
+    [REPORT_FILES.figure(BUDGETS), REPORT_FILES.table(VARIANCE, "csv")]
+    if C.methods.budgets
+    else []
+)
+METHODS_REPORT = (
+    [REPORT_FILES.table(METHODS, ext) for ext in TABLE_FORMATS]
+    + [REPORT_FILES.figure(METHODS)]
+    + BUDGET_REPORT
+)
 AGREEMENT_REPORT = [REPORT_FILES.table(AGREEMENT, ext) for ext in ("md", "csv")] + [
     REPORT_FILES.figure(AGREEMENT)
 ]

@@ -138,6 +138,7 @@ rule methods_table:
             caption="../report/methods.rst",
             category="Methods",
         ),
+        BUDGET_REPORT,
     log:
         L.log("report", "methods"),
     benchmark:

@@ -1,0 +1,221 @@
+"""When distillation pays: budgets, the compute-matched control, the teacher's cost, the budget curves and the
+variance split (llavakd.plan.method_arms / compute_matched_steps, llavakd.report.methods, figures.budgets)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import frozen_demo
+
+from llavakd.plan import Study, compute_matched_steps
+from llavakd.tiny.tokenizer import catalogue
+
+ROOT = Path(__file__).resolve().parents[1]
+COST = {"samples": {"pt": 6000, "sft": 6666}, "tokens_per_sample": {"pt": 37, "sft": 327},
+        "cpu": {"gflops": 35.0, "eval_seconds": 100, "agreement_seconds": 20, "cores": 2}}
+
+
+def _study(compare, budgets=(2, 8), compute_matched=True, seeds=(0, 1, 2, 3, 4)) -> Study:
+    raw = frozen_demo()
+    raw["seeds"] = list(seeds)
+    raw["methods"] = {"compare": list(compare), "students": ["qwen1.5-0.5b"], "budgets": list(budgets),
+                      "compute_matched": compute_matched}
+    raw["cost"] = json.loads(json.dumps(COST))
+    return Study.load(raw, source="config.yaml", tiny_llms=catalogue())
+
+
+# -- the compute-matched step count ------------------------------------------------------------------
+def _hand_flops(distil: bool, vocab: int, seq: int = 327) -> float:
+    """One sample's model FLOPs, counted here by hand from the tiny shapes (llavakd/tiny/family.py): the
+    student (hidden 128, MLP 256, 2 layers, tied head) trains, the teacher (Qwen1.5-4B-shaped: 256, 512,
+    4 layers) runs forward; SigLIP-tiny (hidden 64, MLP 256, 3 layers, 16 patches, 15 visual tokens) once per model."""
+    def layers(h, i, n):  # q, k, v, o and the SwiGLU MLP, no GQA
+        return n * (4 * h * h + 3 * h * i)
+
+    s_h, t_h, d_v = 128, 256, 64
+    f = 6 * layers(s_h, 256, 2) * seq + 6 * 2 * seq * seq * s_h + 6 * vocab * s_h * seq
+    vision = 2 * 3 * (4 * d_v * d_v + 2 * d_v * 256) * 16 + 4 * 3 * 16 * 16 * d_v
+    f += vision + 6 * (d_v * s_h + s_h * s_h) * 15
+    if distil:
+        f += 2 * layers(t_h, 512, 4) * seq + 2 * 4 * seq * seq * t_h + 2 * vocab * t_h * seq
+        f += vision + 2 * (d_v * t_h + t_h * t_h) * 15
+    return float(f)
+
+
+@pytest.mark.parametrize("budget", [200, 800])
+def test_the_compute_matched_step_count_equals_a_hand_count(budget):
+    study = _study(["kd"], budgets=[budget])
+    style = catalogue()["qwen1.5-0.5b"]["tokens"]
+    vocab = (style + 63) // 64 * 64
+    want = round(budget * _hand_flops(True, vocab) / _hand_flops(False, vocab))
+    chain = study.method_chain("kd", budget)
+    assert str(chain) == f"pt--sft--dft{budget}@kd"
+    assert compute_matched_steps(study, "qwen1.5-0.5b", chain) == want
+    arms = {a.label: (a, str(c)) for a, c in study.method_arms("qwen1.5-0.5b")}
+    assert arms[f"ce=kd@{budget}"][1] == f"pt--sft--cft{want}"
+    assert arms[f"ce@{budget}"][1] == f"pt--sft--cft{budget}"  # the step-matched control
+    cfg = study.stage_config("qwen1.5-0.5b", 0, arms[f"ce=kd@{budget}"][1])
+    assert cfg.train.max_steps == want and not cfg.distill  # the job trains that count, without a teacher
+
+
+def test_a_study_without_budgets_plans_its_bare_chains():
+    raw = frozen_demo()
+    raw["methods"] = {"compare": ["kd", "llava_kd_dft"], "students": ["qwen1.5-0.5b"]}
+    study = Study.load(raw, source="config.yaml", tiny_llms=catalogue())
+    assert {k: [m.split("/", 2)[2] for m in v] for k, v in study.method_models().items()} == {
+        "ce": ["pt--sft--cft"], "kd": ["pt--sft--dft@kd"], "llava_kd_dft": ["pt--sft--dft"]}
+
+
+def test_budget_and_compute_match_problems_fail_the_plan():
+    from llavakd.errors import ConfigError
+
+    raw = frozen_demo()
+    raw["methods"] = {"compare": ["kd"], "budgets": [200, 200, 0], "compute_matched": True}
+    with pytest.raises(ConfigError) as err:
+        Study.load(raw, source="config.yaml", tiny_llms=catalogue())
+    text = "\n".join(err.value.problems)
+    assert "methods.budgets: 0 must be >= 1" in text and "repeats a budget" in text
+    raw["methods"] = {"compare": ["kd"], "budgets": [200], "compute_matched": True}
+    with pytest.raises(ConfigError) as err:
+        Study.load(raw, source="config.yaml", tiny_llms=catalogue())
+    assert "methods.compute_matched: needs a cost section" in "\n".join(err.value.problems)
+
+
+# -- the table, the cost block and the figure from fabricated results -------------------------------
+SHIFT_STEP = {"kd": [3.0, 2.5, 3.5, 2.0, 3.1], "llavadi": [1.0, -2.0, 0.5, 2.0, -1.0]}  # vs step-matched ce
+SHIFT_COMPUTE = {"kd": [-2.0, -2.6, -1.9, -2.4, -2.2], "llavadi": [0.4, -0.9, 1.1, -0.3, 0.2]}  # vs the FLOPs' ce
+BASE = [40.0, 44.0, 38.0, 42.0, 41.0]
+
+
+def _fabricate(study, tmp_path):
+    from llavakd.layout import parse_model
+    from llavakd.report.averages import COLUMNS
+
+    rng = np.random.default_rng(0)
+    Path(study.layout.chance_file()).parent.mkdir(parents=True, exist_ok=True)
+    Path(study.layout.chance_file()).write_text(json.dumps({c: {"headline": 10.0, "answers": ["x"]} for c in COLUMNS}))
+    scores = {}
+    for arm, chain in study.method_arms("qwen1.5-0.5b"):
+        for seed in study.seeds:
+            step = SHIFT_STEP.get(arm.method, [0] * 5)[seed] if arm.matched is None else 0.0
+            # the compute-matched control of a method sits at (method - its compute shift)
+            if arm.matched is not None:
+                step = SHIFT_STEP[arm.matched][seed] - SHIFT_COMPUTE[arm.matched][seed]
+            value = BASE[seed] + step + (5.0 if arm.budget == 8 else 0.0)
+            m = f"qwen1.5-0.5b/s{seed}/{chain}"
+            scores[m] = value
+            folder = Path(study.layout.eval_dir(m, study.protocols[0]))
+            if folder.is_dir():
+                continue  # two compute-matched arms may share a job
+            folder.mkdir(parents=True)
+            for i, c in enumerate(COLUMNS):
+                reps = list(value + i + rng.normal(0, 1.0, 50))
+                (folder / f"{c}.json").write_text(json.dumps({"headline": value + i,
+                                                              "interval95": {"replicates": reps}}))
+            agree = Path(study.layout.agreement_dir(m))
+            agree.mkdir(parents=True)
+            (agree / "gqa.json").write_text(json.dumps({"answer_agreement": 0.5, "answer_kl": 1.0, "visual_kl": 2.0}))
+            p = parse_model(m)
+            run = Path(study.layout.run_dir(p.llm, p.seed, p.chain))
+            run.mkdir(parents=True)
+            (run / "metadata.json").write_text(json.dumps({"steps": 10, "wall_time_s": 10.0, "peak_memory_mb": 100}))
+    return scores
+
+
+def test_the_budgets_table_pairs_each_method_with_both_controls_and_holm_runs_per_family(tmp_path, monkeypatch):
+    """Fabricated results at budgets 2 and 8 for ce, kd and llavadi, each with its compute-matched ce: kd is
+    above the step-matched ce and below the compute-matched one, llavadi neither (the negative control).
+    The csv's paired differences, p-values and Holm levels equal scipy's paired t-tests computed here,
+    Holm running over the 2 methods of each (budget, control) family; the cost block charges the teacher's
+    training divided over the comparison's distilled students; the figure and the variance file are written."""
+    from scipy.stats import ttest_rel
+
+    from llavakd.plan import job_samples, pricer, sample_flops
+    from llavakd.report.render import render_methods
+
+    monkeypatch.chdir(tmp_path)
+    study = _study(["kd", "llavadi"])
+    _fabricate(study, tmp_path)
+    paths = render_methods(study, tmp_path / "reports")
+    names = {p.name for p in paths}
+    assert {"methods.md", "methods.csv", "methods.png", "budgets.png", "variance.csv"} <= names
+    rows = [r for r in csv.DictReader((tmp_path / "reports" / "methods.csv").open()) if r["column"] == "avg10"]
+    for budget in ("2", "8"):
+        got = {r["method"]: r for r in rows if r["budget"] == budget and not r["matched"]}
+        for kind, shift, diff, level, pcol in (("step", SHIFT_STEP, "diff_vs_ce", "holm_level", "p_value"),
+                                               ("compute", SHIFT_COMPUTE, "diff_vs_compute_ce", "holm_level_compute",
+                                                "p_value_compute")):
+            ps = {m: ttest_rel([b + s for b, s in zip(BASE, shift[m])], BASE).pvalue for m in shift}
+            for i, m in enumerate(sorted(ps, key=ps.get)):
+                assert float(got[m][diff]) == pytest.approx(sum(shift[m]) / 5, abs=1e-4), (budget, kind, m)
+                assert float(got[m][pcol]) == pytest.approx(ps[m], rel=1e-3), (budget, kind, m)
+                assert float(got[m][level]) == pytest.approx(0.05 / (2 - i), rel=1e-3), (budget, kind, m)
+        assert (got["kd"]["beats_ce"], got["kd"]["below_compute_ce"]) == ("True", "True")
+        assert (got["llavadi"]["beats_ce"], got["llavadi"]["below_ce"]) == ("False", "False")  # negative control
+        assert (got["llavadi"]["beats_compute_ce"], got["llavadi"]["below_compute_ce"]) == ("False", "False")
+    md = (tmp_path / "reports" / "methods.md").read_text()
+    assert "clearing the step-matched ce: kd above at 2; kd above at 8." in md
+    assert "clearing the compute-matched ce: kd below at 2; kd below at 8." in md
+    # the teacher's cost: its PT+SFT divided over the 2 methods x 2 budgets x 5 seeds distilled here
+    job_hours = pricer(study)[0]
+    chain = study.method_chain("kd", 8)
+    teacher = sum(job_hours("qwen1.5-4b", c) for c in ("pt", "pt--sft"))
+    kd8 = next(r for r in rows if r["method"] == "kd" and r["budget"] == "8" and not r["matched"])
+    assert float(kd8["teacher_training_hours"]) == pytest.approx(teacher, rel=1e-5)
+    assert float(kd8["students_of_teacher"]) == 20
+    f = sample_flops(study, "qwen1.5-0.5b", chain)
+    assert float(kd8["flops"]) == pytest.approx(f["total"] * job_samples(study, "qwen1.5-0.5b", chain), rel=1e-5)
+    assert float(kd8["teacher_inference_hours"]) == pytest.approx(job_hours("qwen1.5-0.5b", chain) * f["teacher"]
+                                                                  / f["total"], rel=1e-5)
+    line = next(x for x in md.splitlines() if x.startswith("| kd | 8 |"))
+    charged = float(line.split("|")[-2])
+    assert charged == pytest.approx(float(kd8["job_hours"]) + teacher / 20, rel=2e-3)
+    from PIL import Image
+
+    with Image.open(tmp_path / "reports" / "figures" / "budgets.png") as im:
+        assert im.size[0] > 1500 and im.size[1] > 300
+
+
+# -- the variance split ----------------------------------------------------------------------------
+def _simulate(seeds: int, training_sd: float, docs: int, rng) -> tuple[list, list, float]:
+    """Per seed, two models scored on the same ``docs`` yes/no documents; the method's skill differs from
+    the control's by 0.02 + N(0, training_sd) in probability; returns each seed's difference (in points),
+    its bootstrap replicates over documents (the same draws for both models), and the evaluation variance
+    the design implies (the mean over seeds of the per-document difference's variance / docs)."""
+    diffs, reps, expected = [], [], []
+    for _ in range(seeds):
+        hard = rng.uniform(0.2, 0.8, docs)  # a document's ease, shared by both models
+        gap = 0.02 + rng.normal(0, training_sd)
+        a = (rng.uniform(size=docs) < np.clip(hard + gap, 0, 1)).astype(float) * 100
+        b = (rng.uniform(size=docs) < hard).astype(float) * 100
+        d = a - b
+        picks = rng.integers(0, docs, size=(400, docs))
+        diffs.append(float(d.mean()))
+        reps.append(list(d[picks].mean(axis=1)))
+        expected.append(d.var(ddof=1) / docs)
+    return diffs, reps, float(np.mean(expected))
+
+
+@pytest.mark.parametrize("training_sd", [0.0, 0.04])
+def test_the_variance_split_recovers_a_simulated_truth(training_sd):
+    from llavakd.report.methods import variance_split
+
+    rng = np.random.default_rng(7)
+    diffs, reps, evaluation = _simulate(300, training_sd, 150, rng)
+    got = variance_split(diffs, reps, documents=4.0)
+    train_var = (100 * training_sd) ** 2
+    assert got["evaluation"] == pytest.approx(evaluation, rel=0.1)
+    assert got["between"] == pytest.approx(train_var + evaluation, rel=0.2)
+    if training_sd:
+        assert got["training"] == pytest.approx(train_var, rel=0.3)
+        assert got["evaluation_share"] == pytest.approx(evaluation / (evaluation + train_var), rel=0.2)
+    else:  # no training spread: the split must give (nearly) all of it to evaluation
+        assert got["training"] < 0.15 * evaluation and got["evaluation_share"] > 0.85
+    t = got["detectable"] / math.sqrt(got["between"] / 300)
+    assert got["detectable_more_documents"] == pytest.approx(t * math.sqrt((got["training"] + got["evaluation"] / 4)
+                                                                           / 300), rel=1e-9)
