@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from pathlib import Path
 
@@ -304,8 +305,13 @@ class Study:
         if c.methods.budgets:
             p += [f"methods.budgets: {name} distils in dpt; a budget counts DFT's steps" for name in c.methods.compare
                   if name in methods and methods[name].stage != "dft"]
-        if c.methods.compute_matched and c.cost is None:
-            p.append("methods.compute_matched: needs a cost section (its tokens_per_sample.sft sets the FLOP count)")
+        if c.methods.compute_matched:
+            if c.cost is None:
+                p.append("methods.compute_matched: needs a cost section (its tokens_per_sample.sft sets the FLOP count)")
+            elif "sft" not in c.cost.tokens_per_sample:
+                p.append("cost.tokens_per_sample.sft: missing (methods.compute_matched counts the FLOPs of a DFT sample)")
+            p += [f"methods.compute_matched: {name} distils in dpt; the compute-matched control matches a DFT job"
+                  for name in c.methods.compare if name in methods and methods[name].stage != "dft"]
         for name, chain in named.items():
             for step in _steps_or_none(chain):
                 if step.method is not None and step.method not in methods:
@@ -742,12 +748,21 @@ def sample_flops(study: Study, llm: str, chain) -> dict[str, float]:
                           + f.get("projectors", 0.0) - alone.get("projectors", 0.0))
     else:
         out["teacher"] = 0.0
-    out["generation"] = 0.0
-    if st.method is not None and study.methods[st.method].on_policy is not None:
-        loss = study.stage_config(llm, study.seeds[0], chain).loss
-        out["generation"] = loss.on_policy * 2 * llm_params(study, llm) * (prompt + loss.max_new_tokens)
+    out["generation"] = generation_flops(study, llm, chain)
     out["total"] = f["total"] + out["generation"]
     return out
+
+
+def generation_flops(study: Study, llm: str, chain) -> float:
+    """An on-policy method's sampling per training sample: the student's forward over the prompt
+    (the stage's mean tokens) and ``max_new_tokens`` new tokens, 2N a token (N: its parameters), on
+    the drawn share of the samples; 0 for any other job."""
+    st = as_chain(chain).last
+    if st.method is None or study.methods[st.method].on_policy is None:
+        return 0.0
+    loss = study.stage_config(llm, study.seeds[0], chain).loss
+    prompt = float(study.cfg.cost.tokens_per_sample[cost_kind(st.name)])
+    return loss.on_policy * 2 * llm_params(study, llm) * (prompt + loss.max_new_tokens)
 
 
 def job_samples(study: Study, llm: str, chain) -> float:
@@ -758,6 +773,61 @@ def job_samples(study: Study, llm: str, chain) -> float:
     if cfg.train.max_steps > 0:
         return float(cfg.train.max_steps * cfg.train.global_batch)
     return stage_records(study, chain.last.name) * cfg.train.epochs
+
+
+def job_steps(study: Study, llm: str, chain) -> int | None:
+    """A training job's optimizer steps: its chain's count, its ``max_steps``, else (a priced study) its
+    samples over the global batch; None for an epoch-based job of an unpriced study."""
+    chain = as_chain(chain)
+    if chain.last.steps is not None:
+        return chain.last.steps
+    cfg = study.stage_config(llm, study.seeds[0], chain)
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    if study.cfg.cost is None:
+        return None
+    return math.ceil(job_samples(study, llm, chain) / cfg.train.global_batch)
+
+
+def job_price(study: Study):
+    """``price(llm, chain)`` of a priced study's training job: its hours (``job``, pricer), the teacher's
+    inference inside it (``teacher_inference``), its model FLOPs (``flops``), the teacher's own training
+    (``teacher_training``: every job of the teacher's chain) and ``students``, the distinct distilled
+    students of the methods comparison that share that teacher. An LLM known only by ``cost.params``
+    counts 6N per trained and 2N per teacher token, as the pricer does."""
+    job_hours = pricer(study)[0]
+    c = study.cfg.cost
+    distilled: dict[str, set] = {}
+    for m in (m for ms in study.method_models().values() for m in ms):
+        name = parse_model(m)
+        if as_chain(name.chain).last.distill:
+            distilled.setdefault(study.teacher_of(name.llm), set()).add(m)
+
+    def price(llm: str, chain) -> dict[str, float]:
+        chain = as_chain(chain)
+        hours = job_hours(llm, chain)
+        teacher = study.teacher_of(llm) if chain.last.distill else None
+        samples = job_samples(study, llm, chain)
+        if any(n in c.params for n in (llm, teacher) if n):
+            tokens = samples * c.tokens_per_sample[cost_kind(chain.last.name)]
+            student = 6 * llm_params(study, llm) * tokens
+            taught = 2 * llm_params(study, teacher) * tokens if teacher else 0.0
+            gen = generation_flops(study, llm, chain) * samples
+            flops, share = student + taught + gen, taught / (student + taught + gen)
+        else:
+            f = sample_flops(study, llm, chain)
+            flops, share = f["total"] * samples, f["teacher"] / f["total"]
+        out = {"job": hours, "teacher_inference": hours * share, "flops": flops, "teacher_training": 0.0,
+               "students": 0.0}
+        if teacher:
+            given = parse_model(study.teacher_model(teacher))
+            if given.kind == "run":
+                jobs = train_jobs(study, [study.teacher_model(teacher)])
+                out["teacher_training"] = sum(job_hours(t, ch) for t, _, ch in jobs)
+            out["students"] = float(len(distilled.get(teacher, ())))
+        return out
+
+    return price
 
 
 def compute_matched_steps(study: Study, llm: str, chain) -> int:
@@ -847,15 +917,8 @@ def pricer(study: Study):
         if any(n in c.params for n in (llm, teacher) if n):
             tokens = job_samples(study, llm, chain) * per[cost_kind(st.name)]
             flops = 6 * llm_params(study, llm) * tokens + (2 * llm_params(study, teacher) * tokens if teacher else 0)
-            return (flops + sample_flops_generation(llm, chain) * job_samples(study, llm, chain)) / rate / 3600
+            return (flops + generation_flops(study, llm, chain) * job_samples(study, llm, chain)) / rate / 3600
         return sample_flops(study, llm, chain)["total"] * job_samples(study, llm, chain) / rate / 3600
-
-    def sample_flops_generation(llm, chain) -> float:
-        st = as_chain(chain).last
-        if st.method is None or study.methods[st.method].on_policy is None:
-            return 0.0
-        loss = study.stage_config(llm, study.seeds[0], chain).loss
-        return loss.on_policy * 2 * llm_params(study, llm) * (per[cost_kind(st.name)] + loss.max_new_tokens)
 
     def eval_hours(model) -> float:
         if c.cpu is not None:
@@ -932,23 +995,39 @@ def cost_report(study: Study, benchmarks: list[str]) -> str:
 
 def methods_report(study: Study) -> str:
     """The methods comparison's arms, as ``snakemake -n`` prints them: per student and budget, each
-    method's chain, its FLOPs per sample (sample_flops: the teacher's share and on-policy sampling
-    included) and their ratio to ce's, and the compute-matched control's step count."""
+    arm's chain, its optimizer steps, its FLOPs per sample (sample_flops: the teacher's share and on-policy
+    sampling included) and their ratio to ce's; then, for a priced study, the teacher's cost of each
+    method's job (job_price): the job, the teacher's inference in it, the teacher's own training, and
+    the job's charge when the teacher was trained for the comparison's students."""
+    priced = study.cfg.cost is not None
+    unit = "CPU-h" if priced and study.cfg.cost.cpu else "GPU-h"
     lines = ["llavakd methods arms (llavakd.plan.method_arms; FLOPs per training sample from llavakd.flops"
              + (", the compute-matched ce trains steps x FLOP ratio)" if study.cfg.methods.compute_matched else ")")]
+    costs = []
+    price = job_price(study) if priced else None
     for student in study.method_students():
         ce = None
         for arm, chain in study.method_arms(student):
-            priced = study.cfg.cost is not None
             f = sample_flops(study, student, chain)["total"] if priced else None
             if arm.method == CONTROL and arm.matched is None:
                 ce = f
             ratio = f"{f / ce:5.2f}x ce" if f and ce else ""
             flops = f"{f / 1e9:10.3f} GFLOP/sample" if f else ""
-            what = (f"ce for the FLOPs of {arm.matched}" if arm.matched else arm.method)
+            what = f"ce for the FLOPs of {arm.matched}" if arm.matched else arm.method
             budget = "" if arm.budget is None else f"budget {arm.budget:5d}  "
-            lines.append(f"  {student}  {budget}{what:34s} {str(chain):34s} "
-                         f"{flops} {ratio}")
+            steps = job_steps(study, student, chain)
+            lines.append(f"  {student}  {budget}{what:34s} {str(chain):34s} {steps or '':>6} steps {flops} {ratio}")
+            if price and arm.matched is None and arm.method != CONTROL:
+                c = price(student, chain)
+                n = int(c["students"])
+                charged = c["job"] + c["teacher_training"] / max(n, 1)
+                costs.append(f"  {student}  {budget}{arm.method:16s} job {c['job']:9.3g}  teacher's inference in it "
+                             f"{c['teacher_inference']:9.3g}  teacher's training {c['teacher_training']:9.3g}  "
+                             f"charged if trained for these {n} students {charged:9.3g}")
+    if costs:
+        lines.append(f"llavakd teacher's cost per method job ({unit}, one seed; the teacher's training counts every job "
+                     "of its chain; not charged when the teacher exists)")
+        lines += costs
     return "\n".join(lines)
 
 

@@ -84,6 +84,29 @@ def test_budget_and_compute_match_problems_fail_the_plan():
     with pytest.raises(ConfigError) as err:
         Study.load(raw, source="config.yaml", tiny_llms=catalogue())
     assert "methods.compute_matched: needs a cost section" in "\n".join(err.value.problems)
+    raw["methods"] = {"compare": ["kd", "mine"], "compute_matched": True,
+                      "define": {"mine": {"terms": ["ce", "res"], "stage": "dpt"}}}
+    raw["cost"] = {**json.loads(json.dumps(COST)), "tokens_per_sample": {"pt": 37}}
+    with pytest.raises(ConfigError) as err:
+        Study.load(raw, source="config.yaml", tiny_llms=catalogue())
+    text = "\n".join(err.value.problems)
+    assert "cost.tokens_per_sample.sft: missing" in text
+    assert "methods.compute_matched: mine distils in dpt" in text
+
+
+def test_the_dry_run_prints_every_arm_its_steps_and_the_teachers_cost():
+    from llavakd.plan import job_price, methods_report
+
+    study = _study(["kd", "llavadi"], budgets=[200, 800])
+    text = methods_report(study)
+    for budget in (200, 800):
+        for arm, chain in study.method_arms("qwen1.5-0.5b"):
+            if arm.budget == budget:
+                steps = arm.steps or budget
+                assert any(str(chain) in line and f" {steps} steps" in line for line in text.splitlines()), chain
+    price = job_price(study)("qwen1.5-0.5b", study.method_chain("kd", 800))
+    line = next(x for x in text.splitlines() if "budget   800  kd " in x and "teacher's training" in x)
+    assert f"{price['teacher_training']:9.3g}" in line and "these 20 students" in line
 
 
 # -- the table, the cost block and the figure from fabricated results -------------------------------
@@ -172,9 +195,20 @@ def test_the_budgets_table_pairs_each_method_with_both_controls_and_holm_runs_pe
     assert float(kd8["flops"]) == pytest.approx(f["total"] * job_samples(study, "qwen1.5-0.5b", chain), rel=1e-5)
     assert float(kd8["teacher_inference_hours"]) == pytest.approx(job_hours("qwen1.5-0.5b", chain) * f["teacher"]
                                                                   / f["total"], rel=1e-5)
-    line = next(x for x in md.splitlines() if x.startswith("| kd | 8 |"))
+    block = md[md.index("**The teacher's cost**"):].splitlines()
+    line = next(x for x in block if x.startswith("| kd |") and x.split("|")[3].strip() == "8")
+    assert line.split("|")[7].strip() == "20"  # the students sharing the teacher
     charged = float(line.split("|")[-2])
     assert charged == pytest.approx(float(kd8["job_hours"]) + teacher / 20, rel=2e-3)
+    import statistics
+
+    split = {(r["method"], r["budget"]): r for r in csv.DictReader((tmp_path / "reports" / "variance.csv").open())}
+    for m in ("kd", "llavadi"):
+        for budget in ("2", "8"):
+            assert float(split[(m, budget)]["between"]) == pytest.approx(statistics.variance(SHIFT_STEP[m]), rel=1e-4)
+            # each benchmark's replicates: independent N(0, 1) per model, so Avg10's paired difference has 2/10
+            assert float(split[(m, budget)]["evaluation"]) == pytest.approx(0.2, rel=0.35)
+    assert "Where the spread of Δ Avg10 comes from" in md
     from PIL import Image
 
     with Image.open(tmp_path / "reports" / "figures" / "budgets.png") as im:
@@ -207,7 +241,7 @@ def test_the_variance_split_recovers_a_simulated_truth(training_sd):
 
     rng = np.random.default_rng(7)
     diffs, reps, evaluation = _simulate(300, training_sd, 150, rng)
-    got = variance_split(diffs, reps, documents=4.0)
+    got = variance_split(diffs, reps, k=3)
     train_var = (100 * training_sd) ** 2
     assert got["evaluation"] == pytest.approx(evaluation, rel=0.1)
     assert got["between"] == pytest.approx(train_var + evaluation, rel=0.2)
@@ -216,6 +250,10 @@ def test_the_variance_split_recovers_a_simulated_truth(training_sd):
         assert got["evaluation_share"] == pytest.approx(evaluation / (evaluation + train_var), rel=0.2)
     else:  # no training spread: the split must give (nearly) all of it to evaluation
         assert got["training"] < 0.15 * evaluation and got["evaluation_share"] > 0.85
-    t = got["detectable"] / math.sqrt(got["between"] / 300)
-    assert got["detectable_more_documents"] == pytest.approx(t * math.sqrt((got["training"] + got["evaluation"] / 4)
-                                                                           / 300), rel=1e-9)
+    from scipy.stats import t as student_t
+
+    t = student_t.ppf(1 - 0.05 / 6, 299) + student_t.ppf(0.8, 299)  # Holm's strictest level for 3 comparisons
+    assert got["detectable"] == pytest.approx(t * math.sqrt(got["between"] / 300), rel=1e-9)
+    for f in (0.25, 4):
+        assert got[f"detectable_docs_x{f:g}"] == pytest.approx(
+            t * math.sqrt((got["training"] + got["evaluation"] / f) / 300), rel=1e-9)

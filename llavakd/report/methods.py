@@ -177,7 +177,11 @@ def _replicates(study, model: str, protocol: str, columns) -> list[float] | None
     return None if any(x is None for x in out) else out
 
 
-def variance_split(diffs: list[float], replicates: list[list[float]], documents: float = 1.0) -> dict[str, float]:
+DOCUMENT_FACTORS = (0.25, 4.0)  # the variance split's what-ifs: a quarter of the documents, and four times them
+
+
+def variance_split(diffs: list[float], replicates: list[list[float]], k: int = 1,
+                   factors=DOCUMENT_FACTORS) -> dict[str, float]:
     """Split the variance of a paired difference over seeds into evaluation sampling and training.
 
     ``diffs``: the difference of each seed (method minus control); ``replicates``: per seed, bootstrap
@@ -185,58 +189,23 @@ def variance_split(diffs: list[float], replicates: list[list[float]], documents:
     result files' replicates are drawn with one seed per benchmark, so replicate b of every model picks
     the same documents). The between-seed variance of the differences is training plus evaluation;
     the evaluation part is the mean over seeds of the replicates' variance, training the rest (at least
-    0). ``documents``: how many times more documents a study would score; the evaluation part scales by
-    its inverse (a mean over documents). Returns the variances, the evaluation share, and the smallest
-    difference ``len(diffs)`` seeds detect with 80% power at 0.05 (two-sided), now and with the documents."""
+    0). Returns the variances, the evaluation share, and the smallest difference ``len(diffs)`` seeds
+    detect with 80% power at Holm's strictest level for ``k`` comparisons (0.05 / k, two-sided), as
+    measured (``detectable``) and with each of ``factors`` times the documents
+    (``detectable_docs_x<f>``: the evaluation part scaled by 1 / f, as a mean over documents is)."""
     import numpy as np
 
     n = len(diffs)
     between = statistics.variance(diffs)
     evaluation = float(np.mean([np.var(r, ddof=1) for r in replicates]))
     training = max(between - evaluation, 0.0)
-    t = _t(1 - LEVEL / 2, n - 1) + _t(0.8, n - 1)
-    return {"seeds": n, "between": between, "evaluation": evaluation, "training": training,
-            "evaluation_share": evaluation / between if between > 0 else float("nan"),
-            "detectable": t * math.sqrt(between / n),
-            "detectable_more_documents": t * math.sqrt((training + evaluation / documents) / n),
-            "documents_factor": documents}
-
-
-def _job_steps(study, llm: str, chain) -> int:
-    return chain.last.steps or study.stage_config(llm, study.seeds[0], chain).train.max_steps
-
-
-def _prices(study):
-    """Per (llm, chain): its job's hours, the teacher's inference inside it, the teacher's training
-    (PT+SFT, every stage of its chain), and the students the study distils from that teacher; and
-    the job's FLOPs. None without a cost section."""
-    if study.cfg.cost is None:
-        return None
-    from llavakd.plan import job_samples, pricer, sample_flops, train_jobs
-
-    job_hours = pricer(study)[0]
-    from llavakd.stages import as_chain
-
-    distilled = {}  # teacher -> the distinct distilled students the methods comparison trains from it
-    for m in (m for ms in study.method_models().values() for m in ms):
-        name = parse_model(m)
-        if as_chain(name.chain).last.distill:
-            distilled.setdefault(study.teacher_of(name.llm), set()).add(m)
-
-    def price(llm: str, chain) -> dict[str, float]:
-        f = sample_flops(study, llm, chain)
-        hours = job_hours(llm, chain)
-        out = {"job": hours, "teacher_inference": hours * f["teacher"] / f["total"], "flops": f["total"] * job_samples(
-            study, llm, chain), "teacher_training": 0.0, "students": 0.0}
-        if chain.last.distill:
-            teacher = study.teacher_model(study.teacher_of(llm))
-            t = parse_model(teacher)
-            if t.kind == "run":
-                out["teacher_training"] = sum(job_hours(t.llm, c) for _, _, c in train_jobs(study, [teacher]))
-            out["students"] = float(len(distilled.get(study.teacher_of(llm), ())))
-        return out
-
-    return price
+    t = _t(1 - LEVEL / (2 * max(k, 1)), n - 1) + _t(0.8, n - 1)
+    out = {"seeds": n, "comparisons": k, "between": between, "evaluation": evaluation, "training": training,
+           "evaluation_share": evaluation / between if between > 0 else float("nan"),
+           "detectable": t * math.sqrt(between / n)}
+    for f in factors:
+        out[f"detectable_docs_x{f:g}"] = t * math.sqrt((training + evaluation / f) / n)
+    return out
 
 
 def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, float] | None = None) -> list[MethodRow]:
@@ -248,8 +217,9 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
 
     protocol = protocol or study.protocols[0]
     columns = study.columns()
-    price = _prices(study)
-    split = bool(study.cfg.methods.budgets or study.cfg.methods.compute_matched)
+    from llavakd.plan import job_price, job_steps
+
+    price = job_price(study) if study.cfg.cost is not None else None
     rows: list[MethodRow] = []
     for llm in study.method_students():
         arms = study.method_arms(llm)
@@ -263,7 +233,7 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
                 step_s, peak = _cost(study, mine)
                 r = MethodRow(arm.method, llm, study.methods[arm.method].follows, row.cells,
                               agreement=_agreement(study, mine), step_s=step_s, peak_mb=peak, budget=budget,
-                              matched=arm.matched, steps=_job_steps(study, llm, chain) if split else None)
+                              matched=arm.matched, steps=job_steps(study, llm, chain))
                 if price is not None:
                     r.cost = price(llm, chain)
                     r.flops = r.cost["flops"]
@@ -288,7 +258,7 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
                             getattr(r, attr)[col] = p
                             pairs.append(p)
                     holm(pairs)
-            if split:
+            if study.cfg.methods.budgets:
                 for r in others:
                     mine = models[Arm(r.method, budget).label]
                     ref = models[Arm(CONTROL, budget).label]
@@ -297,7 +267,10 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
                     p = r.paired.get(columns.headline)
                     if p and len(p.diffs) > 1 and all(x and y for x, y in reps):
                         r.variance = variance_split(p.diffs, [[u - v for u, v in zip(x, y)] for x, y in reps],
-                                                    documents=4.0)
+                                                    k=len(others))
+                    else:
+                        missing = [m for m, (x, y) in zip(mine, reps) if not (x and y)]
+                        r.variance = {"missing": ", ".join(missing) or "fewer than 2 seeds"}
             others.sort(key=lambda r: -(r.paired[columns.headline].mean if columns.headline in r.paired else -math.inf))
             rows += [control, *others, *sorted(matched.values(), key=lambda r: (r.steps or 0, r.matched))]
     return rows
@@ -499,46 +472,56 @@ def _cost_block(rows: list[MethodRow], cpu: bool) -> list[tuple]:
     if not priced:
         return []
     unit = "CPU-h" if cpu else "GPU-h"
-    students = max(int(r.cost["students"]) for r in priced)
-    head = ["Method", "budget", f"the job ({unit})", "teacher's inference in it", "teacher's training (PT+SFT)",
-            "charged: teacher exists", f"charged: teacher trained for these {students} students"]
-    body = [[r.method, "-" if r.budget is None else str(r.budget), f"{r.cost['job']:.3g}",
-             f"{r.cost['teacher_inference']:.3g}", f"{r.cost['teacher_training']:.3g}" if r.cost["students"] else "-",
-             f"{r.cost['job']:.3g}",
-             f"{r.cost['job'] + r.cost['teacher_training'] / r.cost['students']:.3g}" if r.cost["students"] else
-             f"{r.cost['job']:.3g}"] for r in priced]
-    note = (f"One seed's job, priced by the planner (llavakd.plan.pricer; {unit}). The teacher's training is charged "
-            f"to no job when the teacher exists, and divided over the {students} distilled students of this "
-            "comparison when it was trained for them.")
+    head = ["Method", "LLM", "budget", f"the job ({unit})", "teacher's inference in it", "teacher's training",
+            "students sharing it", "charged: teacher exists", "charged: teacher trained for these students"]
+    body = []
+    for r in priced:
+        c, n = r.cost, int(r.cost["students"])
+        body.append([r.method, display_llm(r.llm), "-" if r.budget is None else str(r.budget), f"{c['job']:.3g}",
+                     f"{c['teacher_inference']:.3g}", f"{c['teacher_training']:.3g}" if n else "-",
+                     str(n) if n else "-", f"{c['job']:.3g}",
+                     f"{c['job'] + c['teacher_training'] / n:.3g}" if n else f"{c['job']:.3g}"])
+    note = (f"One seed's job, priced by the planner (llavakd.plan.job_price; {unit}). The teacher's training (every "
+            "job of its chain, PT+SFT) is charged to no job when the teacher exists, and divided over the distinct "
+            "distilled students of this comparison that share it when it was trained for them.")
     return [("The teacher's cost", head, body, note)]
 
 
 def _variance_block(rows: list[MethodRow], avg: str) -> list[tuple]:
-    split = [r for r in rows if r.variance]
-    if not split:
+    split = [r for r in rows if r.variance and "missing" not in r.variance]
+    missing = [r for r in rows if "missing" in r.variance]
+    if not split and not missing:
         return []
-    head = ["Method", "budget", f"sd of Δ {avg} over seeds", "evaluation sd", "training sd", "evaluation share",
-            "smallest detectable Δ", "with 4x the documents"]
-    body = [[r.method, "-" if r.budget is None else str(r.budget), f"{math.sqrt(r.variance['between']):.2f}",
-             f"{math.sqrt(r.variance['evaluation']):.2f}", f"{math.sqrt(r.variance['training']):.2f}",
-             f"{r.variance['evaluation_share']:.0%}", f"{r.variance['detectable']:.1f}",
-             f"{r.variance['detectable_more_documents']:.1f}"] for r in split]
+    factors = [f"with {f:g}x the documents" for f in DOCUMENT_FACTORS]
+    head = ["Method", "LLM", "budget", f"sd of Δ {avg} over seeds", "evaluation sd", "training sd",
+            "evaluation share", "smallest detectable Δ", *factors]
+    body = [[r.method, display_llm(r.llm), "-" if r.budget is None else str(r.budget),
+             f"{math.sqrt(r.variance['between']):.2f}", f"{math.sqrt(r.variance['evaluation']):.2f}",
+             f"{math.sqrt(r.variance['training']):.2f}", f"{r.variance['evaluation_share']:.0%}",
+             f"{r.variance['detectable']:.1f}"] + [f"{r.variance[f'detectable_docs_x{f:g}']:.1f}"
+                                                 for f in DOCUMENT_FACTORS] for r in split]
+    body += [[r.method, display_llm(r.llm), "-" if r.budget is None else str(r.budget),
+              f"not split: no bootstrap replicates for {r.variance['missing']}"] + [""] * (len(head) - 4)
+             for r in missing]
     note = ("The variance of each paired difference against the step-matched ce, split into evaluation sampling "
             "(bootstrap over documents, both models resampled on the same documents) and training (between seeds, "
-            "the rest); the smallest difference the seeds detect with 80% power at 0.05, unadjusted "
-            "(llavakd.report.methods.variance_split).")
+            "the rest). The smallest difference the seeds detect with 80% power at Holm's strictest level for the "
+            "methods of one budget, as measured and with fewer or more documents per stand-in (the evaluation part "
+            "scaled as a mean over documents; llavakd.report.methods.variance_split).")
     return [(f"Where the spread of Δ {avg} comes from", head, body, note)]
 
 
 def write_variance(rows: list[MethodRow], path: str | Path) -> Path:
-    """``variance.csv``: the variance split of each method's paired headline difference, per budget."""
+    """``variance.csv``: the variance split of each method's paired headline difference, per budget (a row
+    that could not be split says why in ``missing``)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    keys = ["seeds", "between", "evaluation", "training", "evaluation_share", "detectable",
-            "detectable_more_documents", "documents_factor"]
-    w.writerow(["method", "llm", "budget", *keys])
+    keys = ["seeds", "comparisons", "between", "evaluation", "training", "evaluation_share", "detectable",
+            *[f"detectable_docs_x{f:g}" for f in DOCUMENT_FACTORS]]
+    w.writerow(["method", "llm", "budget", *keys, "missing"])
     for r in rows:
         if r.variance:
             w.writerow([r.method, r.llm, "" if r.budget is None else r.budget]
-                       + [f"{r.variance[k]:.6g}" for k in keys])
+                       + [f"{r.variance[k]:.6g}" if k in r.variance else "" for k in keys]
+                       + [r.variance.get("missing", "")])
     return atomic_write_text(Path(path), buf.getvalue())

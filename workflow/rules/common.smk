@@ -147,7 +147,9 @@ if workflow.is_main_process and C.cost:
     )
 
 
-if workflow.is_main_process and (C.methods.budgets or C.methods.compute_matched):
+if workflow.is_main_process and (
+    C.methods.budgets or C.methods.compute_matched or (C.cost and C.methods.compare)
+):
     print(methods_report(STUDY), file=sys.stderr)
 
 
