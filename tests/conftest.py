@@ -197,3 +197,27 @@ def frozen_demo() -> dict:
     import yaml
 
     return yaml.safe_load(FROZEN_DEMO.read_text())
+
+
+def fabricate_method_job(study, model: str, headlines: dict, cost: float = 1.0, replicates: dict | None = None) -> None:
+    """A methods-table job's files without running it: its evaluation (``headlines`` per column, with
+    ``replicates`` per column when given), its agreement with the teacher, and its run's metadata
+    (``cost`` seconds per step and 100 x ``cost`` MB peak memory)."""
+    import json
+
+    from llavakd.layout import parse_model
+
+    folder = Path(study.layout.eval_dir(model, study.protocols[0]))
+    folder.mkdir(parents=True)
+    for c, value in headlines.items():
+        rec = {"headline": value}
+        if replicates is not None:
+            rec["interval95"] = {"replicates": replicates[c]}
+        (folder / f"{c}.json").write_text(json.dumps(rec))
+    agree = Path(study.layout.agreement_dir(model))
+    agree.mkdir(parents=True)
+    (agree / "gqa.json").write_text(json.dumps({"answer_agreement": 0.5, "answer_kl": 1.0, "visual_kl": 2.0}))
+    p = parse_model(model)
+    run = Path(study.layout.run_dir(p.llm, p.seed, p.chain))
+    run.mkdir(parents=True)
+    (run / "metadata.json").write_text(json.dumps({"steps": 10, "wall_time_s": 10 * cost, "peak_memory_mb": 100 * cost}))

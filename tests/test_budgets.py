@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import frozen_demo
+from conftest import fabricate_method_job, frozen_demo
 
 from llavakd.plan import Study, compute_matched_steps
 from llavakd.tiny.tokenizer import catalogue
@@ -116,7 +116,6 @@ BASE = [40.0, 44.0, 38.0, 42.0, 41.0]
 
 
 def _fabricate(study, tmp_path):
-    from llavakd.layout import parse_model
     from llavakd.report.averages import COLUMNS
 
     rng = np.random.default_rng(0)
@@ -132,21 +131,10 @@ def _fabricate(study, tmp_path):
             value = BASE[seed] + step + (5.0 if arm.budget == 8 else 0.0)
             m = f"qwen1.5-0.5b/s{seed}/{chain}"
             scores[m] = value
-            folder = Path(study.layout.eval_dir(m, study.protocols[0]))
-            if folder.is_dir():
+            if Path(study.layout.eval_dir(m, study.protocols[0])).is_dir():
                 continue  # two compute-matched arms may share a job
-            folder.mkdir(parents=True)
-            for i, c in enumerate(COLUMNS):
-                reps = list(value + i + rng.normal(0, 1.0, 50))
-                (folder / f"{c}.json").write_text(json.dumps({"headline": value + i,
-                                                              "interval95": {"replicates": reps}}))
-            agree = Path(study.layout.agreement_dir(m))
-            agree.mkdir(parents=True)
-            (agree / "gqa.json").write_text(json.dumps({"answer_agreement": 0.5, "answer_kl": 1.0, "visual_kl": 2.0}))
-            p = parse_model(m)
-            run = Path(study.layout.run_dir(p.llm, p.seed, p.chain))
-            run.mkdir(parents=True)
-            (run / "metadata.json").write_text(json.dumps({"steps": 10, "wall_time_s": 10.0, "peak_memory_mb": 100}))
+            fabricate_method_job(study, m, {c: value + i for i, c in enumerate(COLUMNS)},
+                                 replicates={c: list(value + i + rng.normal(0, 1.0, 50)) for i, c in enumerate(COLUMNS)})
     return scores
 
 

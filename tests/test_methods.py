@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_pair, frozen_demo
+from conftest import build_pair, fabricate_method_job, frozen_demo
 
 from llavakd.config import LossConfig, load_stage_config, to_dict
 from llavakd.errors import ConfigError
@@ -279,19 +279,8 @@ def test_the_methods_table_pairs_by_seed_and_adjusts_by_holm(tmp_path, monkeypat
     for name, models in study.method_models().items():
         for m in models:
             seed = parse_model(m).seed
-            folder = Path(study.layout.eval_dir(m, study.protocols[0]))
-            folder.mkdir(parents=True)
-            for i, c in enumerate(COLUMNS):
-                (folder / f"{c}.json").write_text(json.dumps({"headline": base[seed] + shift[name][seed] + i}))
-            agree = Path(study.layout.agreement_dir(m))
-            agree.mkdir(parents=True)
-            (agree / "gqa.json").write_text(json.dumps({"answer_agreement": 0.5, "answer_kl": 1.0, "visual_kl": 2.0}))
-            p = parse_model(m)
-            run = Path(study.layout.run_dir(p.llm, p.seed, p.chain))
-            run.mkdir(parents=True)
             cost = {"ce": 1.0, "kd": 1.5, "jsd": 2.0, "reverse_kl": 1.5}[name]
-            (run / "metadata.json").write_text(json.dumps({"steps": 10, "wall_time_s": 10 * cost,
-                                                           "peak_memory_mb": 100 * cost}))
+            fabricate_method_job(study, m, {c: base[seed] + shift[name][seed] + i for i, c in enumerate(COLUMNS)}, cost)
     paths = render_methods(study, tmp_path / "reports")
     assert {p.suffix for p in paths} == {".md", ".csv", ".tex", ".html", ".png"}
     rows = list(csv.DictReader((tmp_path / "reports" / "methods.csv").open()))
