@@ -136,3 +136,24 @@ def test_mme_pairs_drawn_twice_count_twice_through_lmms_evals_own_aggregation(tm
     assert got["method"] == "bootstrap" and got["value"] == pytest.approx(full, abs=1e-4)
     assert got["clusters"] == 23 and got["documents"] == 46
     assert got["low"] < full < got["high"]
+
+
+@pytest.mark.parametrize("name", ["gqa", "pope"])
+def test_two_models_replicates_resample_the_same_documents(tmp_path, name):
+    """The variance split (llavakd.report.methods.variance_split) reads the difference of two models'
+    replicates as the paired difference's bootstrap over documents: replicate b of each model must
+    resample the same documents. With a linear aggregation (a mean), model a's replicates minus model
+    b's equal the replicates of the per-document differences, on the one-task path (gqa) and on the
+    per-task path (POPE's three splits); drawn with another seed (the control), they do not."""
+    bench = _bench(name)
+    rng = np.random.default_rng(3)
+    a = {t: [float(x) for x in rng.integers(0, 2, 50)] for t in bench.tasks}
+    b = {t: [float(x) for x in rng.integers(0, 2, 50)] for t in bench.tasks}
+    tasks = {t: _Task(bench.metric, _mean) for t in bench.tasks}
+    diff = {t: [x - y for x, y in zip(a[t], b[t])] for t in bench.tasks}
+    ra = np.array(document_interval(bench, a, tasks, tmp_path, seed=0)["replicates"])
+    rb = np.array(document_interval(bench, b, tasks, tmp_path, seed=0)["replicates"])
+    rd = np.array(document_interval(bench, diff, tasks, tmp_path, seed=0)["replicates"])
+    np.testing.assert_allclose(ra - rb, rd, atol=2e-4)
+    other = np.array(document_interval(bench, b, tasks, tmp_path, seed=1)["replicates"])
+    assert np.abs(ra - other - rd).max() > 1.0
