@@ -172,7 +172,9 @@ def _replicates(study, model: str, protocol: str, columns) -> list[float] | None
     reps = {c: (r.get("interval95") or {}).get("replicates") for c, r in scores.items()}
     if not reps or any(not v for v in reps.values()) or len({len(v) for v in reps.values()}) != 1:
         return None
-    avg = next(a for a in columns.averages if a.key == columns.headline)
+    avg = next((a for a in columns.averages if a.key == columns.headline), None)
+    if avg is None:
+        return None
     out = [average({c: v[b] for c, v in reps.items()}, avg.of) for b in range(len(next(iter(reps.values()))))]
     return None if any(x is None for x in out) else out
 
