@@ -288,9 +288,16 @@ def _priced_over_the_cap(cfg: dict) -> dict:
     (llavakd.schedule)."""
     import copy
 
+    from llavakd.plan import Study, job_samples, sample_flops
+    from llavakd.tiny.tokenizer import catalogue
+
     cfg = copy.deepcopy(cfg)
-    cfg["cost"] = {"peak_tflops": 13.0, "mfu": 0.5, "samples": {"pt": 1000, "sft": 1000},
-                   "tokens_per_sample": {"pt": 64, "sft": 64}, "eval_tokens": 0}
+    cfg["cost"] = {"samples": {"pt": 1000, "sft": 1000}, "tokens_per_sample": {"pt": 64, "sft": 64},
+                   "cpu": {"gflops": 1.0, "eval_seconds": 0, "agreement_seconds": 0}}
+    # a CPU rate at which the teacher's SFT is 3 minutes of work: 1.5 x 3 + 10 + 1 is over the 14-minute cap
+    study = Study.load(copy.deepcopy(cfg), tiny_llms=catalogue())
+    flops = sample_flops(study, "qwen1.5-1.8b", "pt--sft")["total"] * job_samples(study, "qwen1.5-1.8b", "pt--sft")
+    cfg["cost"]["cpu"]["gflops"] = flops / 180 / 1e9
     cfg["resources"].update({"max_runtime": 14, "startup_minutes": 10, "stop_warning": 60, "checkpoint_gbps": 100.0})
     return cfg
 
