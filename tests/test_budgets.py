@@ -152,6 +152,11 @@ def test_the_budgets_table_pairs_each_method_with_both_controls_and_holm_runs_pe
     monkeypatch.chdir(tmp_path)
     study = _study(["kd", "llavadi"])
     _fabricate(study, tmp_path)
+    # kd at 8: 3 s a step, but seed 0 was resumed from a checkpoint and its clock covers one last second
+    for seed in study.seeds:
+        meta = Path(study.layout.run_dir("qwen1.5-0.5b", seed, study.method_chain("kd", 8))) / "metadata.json"
+        meta.write_text(json.dumps({"steps": 10, "wall_time_s": 1.0 if seed == 0 else 30.0, "peak_memory_mb": 100,
+                                    "resumed_from": "checkpoint-10" if seed == 0 else None}))
     paths = render_methods(study, tmp_path / "reports")
     names = {p.name for p in paths}
     assert {"methods.md", "methods.csv", "methods.png", "budgets.png", "variance.csv"} <= names
@@ -166,6 +171,7 @@ def test_the_budgets_table_pairs_each_method_with_both_controls_and_holm_runs_pe
                 assert float(got[m][diff]) == pytest.approx(sum(shift[m]) / 5, abs=1e-4), (budget, kind, m)
                 assert float(got[m][pcol]) == pytest.approx(ps[m], rel=1e-3), (budget, kind, m)
                 assert float(got[m][level]) == pytest.approx(0.05 / (2 - i), rel=1e-3), (budget, kind, m)
+        assert float(got["kd"]["s_per_step"]) == pytest.approx(3.0 if budget == "8" else 1.0)  # the resumed job left out
         assert (got["kd"]["beats_ce"], got["kd"]["below_compute_ce"]) == ("True", "True")
         assert (got["llavadi"]["beats_ce"], got["llavadi"]["below_ce"]) == ("False", "False")  # negative control
         assert (got["llavadi"]["beats_compute_ce"], got["llavadi"]["below_compute_ce"]) == ("False", "False")

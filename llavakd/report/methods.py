@@ -148,13 +148,17 @@ def _agreement(study, models) -> dict[str, Cell]:
 
 
 def _cost(study, models) -> tuple[float | None, float | None]:
-    """Mean seconds per optimizer step and peak memory (MB) of the models' last training jobs."""
+    """Mean seconds per optimizer step and peak memory (MB) of the models' last training jobs, over the
+    jobs that ran start to end in one process: a resumed job's metadata times only its last process (which
+    may have trained a few steps, or none) against all its steps, and peaks at what that process held."""
     steps, peaks = [], []
     for m in models:
         name = parse_model(m)
         meta = Path(RunDir(study.layout.run_dir(name.llm, name.seed, name.chain)).metadata)
         if meta.is_file():
             d = json.loads(meta.read_text())
+            if d.get("resumed_from"):
+                continue
             if d.get("steps"):
                 steps.append(d["wall_time_s"] / d["steps"])
             if d.get("peak_memory_mb") is not None:
@@ -398,7 +402,8 @@ def write_methods(rows: list[MethodRow], text: str, stem: str | Path, chance: di
                 "control) family: against the step-matched ce (as many optimizer steps), and against the "
                 "compute-matched ce (as many model FLOPs, the teacher's forward included: llavakd.plan.sample_flops). "
                 "Agreement with the teacher: answer agreement (%), answer KL and visual KL (nats). s/step and "
-                "FLOPs/step ÷ ce: measured seconds and counted FLOPs per optimizer step relative to the "
+                "FLOPs/step ÷ ce: measured seconds (loading included; jobs resumed from a checkpoint left out, their "
+                "clock covers only their last process) and counted FLOPs per optimizer step relative to the "
                 f"step-matched ce of the budget; {_unit(rows, cpu)}: the planner's price of the job."
                 + (" ° not above chance." if chance else ""))
     blocks = _cost_block(rows, cpu) + _variance_block(rows, avg)
