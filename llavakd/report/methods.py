@@ -191,23 +191,37 @@ def variance_split(diffs: list[float], replicates: list[list[float]], k: int = 1
     """Split the variance of a paired difference over seeds into evaluation sampling and training.
 
     ``diffs``: the difference of each seed (method minus control); ``replicates``: per seed, bootstrap
-    replicates of that difference over documents, both models resampled on the same documents (the
-    result files' replicates are drawn with one seed per benchmark, so replicate b of every model picks
-    the same documents). The between-seed variance of the differences is training plus evaluation;
-    the evaluation part is the mean over seeds of the replicates' variance, training the rest (at least
-    0). Returns the variances, the evaluation share, and the smallest difference ``len(diffs)`` seeds
-    detect with 80% power at Holm's strictest level for ``k`` comparisons (0.05 / k, two-sided), as
-    measured (``detectable``) and with each of ``factors`` times the documents
-    (``detectable_docs_x<f>``: the evaluation part scaled by 1 / f, as a mean over documents is)."""
+    replicates of that difference over documents, replicate b drawing the same documents for every model
+    and seed (the result files' replicates are drawn with one seed per benchmark).
+
+    Every seed is scored on the same documents, so a seed's document error has two parts: one common to
+    every seed (the method does better or worse on these particular documents, whatever the seed: a
+    ``shared`` part the between-seed spread never sees, and the t-test does not either) and one of its own
+    (``evaluation``: which of its answers the documents happen to catch). Replicate b of two seeds shares
+    the documents, so the covariance of their replicates is the shared part, and the mean replicate
+    variance minus it is the seed's own part (the mean over pairs of var(r_s - r_t) / 2). The
+    between-seed variance of the differences is training plus the seed's own part; training is the rest
+    (at least 0). Returns the variances, the evaluation share of the between-seed variance, and the
+    smallest difference ``len(diffs)`` seeds detect with 80% power at Holm's strictest level for ``k``
+    comparisons (0.05 / k, two-sided), as measured (``detectable``) and with each of ``factors`` times
+    the documents (``detectable_docs_x<f>``: the evaluation part scaled by 1 / f, as a mean over
+    documents is)."""
     import numpy as np
 
     n = len(diffs)
+    reps = np.asarray(replicates, dtype=float)
+    if reps.ndim != 2 or reps.shape[0] != n or reps.shape[1] < 2:
+        raise ValueError(f"variance_split: {n} differences need {n} equal-length lists of replicates")
     between = statistics.variance(diffs)
-    evaluation = float(np.mean([np.var(r, ddof=1) for r in replicates]))
+    own = reps.var(axis=1, ddof=1)
+    total = float(own.mean())
+    # the mean covariance over pairs of seeds, from the variance of their sum: sum_st cov = var(sum_s r_s)
+    shared = (float(reps.sum(axis=0).var(ddof=1)) - float(own.sum())) / (n * (n - 1)) if n > 1 else 0.0
+    evaluation = max(total - shared, 0.0)
     training = max(between - evaluation, 0.0)
     t = _t(1 - LEVEL / (2 * max(k, 1)), n - 1) + _t(0.8, n - 1)
     out = {"seeds": n, "comparisons": k, "between": between, "evaluation": evaluation, "training": training,
-           "evaluation_share": evaluation / between if between > 0 else float("nan"),
+           "shared": shared, "evaluation_share": evaluation / between if between > 0 else float("nan"),
            "detectable": t * math.sqrt(between / n)}
     for f in factors:
         out[f"detectable_docs_x{f:g}"] = t * math.sqrt((training + evaluation / f) / n)
@@ -271,12 +285,19 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
                     reps = [(_replicates(study, a, protocol, columns), _replicates(study, b, protocol, columns))
                             for a, b in zip(mine, ref)]
                     p = r.paired.get(columns.headline)
-                    if p and len(p.diffs) > 1 and all(x and y for x, y in reps):
+                    missing = [m for m, (x, y) in zip(mine, reps) if not (x and y)]
+                    unequal = [m for m, (x, y) in zip(mine, reps) if x and y and len(x) != len(y)]
+                    lengths = {len(x) for x, _ in reps if x}
+                    if missing:
+                        r.variance = {"missing": "no bootstrap replicates of the headline for " + ", ".join(missing)}
+                    elif unequal or len(lengths) > 1:
+                        r.variance = {"missing": "replicates of unequal count, not paired draw by draw: "
+                                                 + ", ".join(unequal or mine)}
+                    elif not p or len(p.diffs) < 2:
+                        r.variance = {"missing": "fewer than 2 seeds"}
+                    else:
                         r.variance = variance_split(p.diffs, [[u - v for u, v in zip(x, y)] for x, y in reps],
                                                     k=len(others))
-                    else:
-                        missing = [m for m, (x, y) in zip(mine, reps) if not (x and y)]
-                        r.variance = {"missing": ", ".join(missing) or "fewer than 2 seeds"}
             others.sort(key=lambda r: -(r.paired[columns.headline].mean if columns.headline in r.paired else -math.inf))
             rows += [control, *others, *sorted(matched.values(), key=lambda r: (r.steps or 0, r.matched))]
     return rows
@@ -501,18 +522,21 @@ def _variance_block(rows: list[MethodRow], avg: str) -> list[tuple]:
         return []
     factors = [f"with {f:g}x the documents" for f in DOCUMENT_FACTORS]
     head = ["Method", "LLM", "budget", f"sd of Δ {avg} over seeds", "evaluation sd", "training sd",
-            "evaluation share", "smallest detectable Δ", *factors]
+            "evaluation share", "shared documents sd", "smallest detectable Δ", *factors]
     body = [[r.method, display_llm(r.llm), "-" if r.budget is None else str(r.budget),
              f"{math.sqrt(r.variance['between']):.2f}", f"{math.sqrt(r.variance['evaluation']):.2f}",
              f"{math.sqrt(r.variance['training']):.2f}", f"{r.variance['evaluation_share']:.0%}",
+             f"{math.copysign(math.sqrt(abs(r.variance['shared'])), r.variance['shared']):.2f}",
              f"{r.variance['detectable']:.1f}"] + [f"{r.variance[f'detectable_docs_x{f:g}']:.1f}"
                                                  for f in DOCUMENT_FACTORS] for r in split]
     body += [[r.method, display_llm(r.llm), "-" if r.budget is None else str(r.budget),
-              f"not split: no bootstrap replicates for {r.variance['missing']}"] + [""] * (len(head) - 4)
+              f"not split: {r.variance['missing']}"] + [""] * (len(head) - 4)
              for r in missing]
     note = ("The variance of each paired difference against the step-matched ce, split into evaluation sampling "
-            "(bootstrap over documents, both models resampled on the same documents) and training (between seeds, "
-            "the rest). The smallest difference the seeds detect with 80% power at Holm's strictest level for the "
+            "(bootstrap over documents, both models resampled on the same documents: each seed's own part) and "
+            "training (between seeds, the rest). Shared documents: the part of the document error common to every "
+            "seed (the covariance of the seeds' replicates; negative: noise), which no number of seeds averages "
+            "away and the between-seed spread does not show. The smallest difference the seeds detect with 80% power at Holm's strictest level for the "
             "methods of one budget, as measured and with fewer or more documents per stand-in (the evaluation part "
             "scaled as a mean over documents; llavakd.report.methods.variance_split).")
     return [(f"Where the spread of Δ {avg} comes from", head, body, note)]
@@ -523,7 +547,7 @@ def write_variance(rows: list[MethodRow], path: str | Path) -> Path:
     that could not be split says why in ``missing``)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    keys = ["seeds", "comparisons", "between", "evaluation", "training", "evaluation_share", "detectable",
+    keys = ["seeds", "comparisons", "between", "evaluation", "training", "shared", "evaluation_share", "detectable",
             *[f"detectable_docs_x{f:g}" for f in DOCUMENT_FACTORS]]
     w.writerow(["method", "llm", "budget", *keys, "missing"])
     for r in rows:
