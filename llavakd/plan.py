@@ -727,12 +727,19 @@ def sample_flops(study: Study, llm: str, chain) -> dict[str, float]:
     on-policy method's sampling, the student's forward over the prompt and ``max_new_tokens`` new
     tokens (2N a token) on the drawn share of the samples. ``teacher``: the teacher's share (its
     layers, attention and head, its vision pass and projector) and ``total``. The one count behind
-    the price, the compute-matched control's steps and the reports' cost block."""
+    the price, the compute-matched control's steps and the reports' cost block. An LLM (student or
+    teacher) known only by ``cost.params`` counts 6N per trained token and 2N per teacher token, by
+    whole parameter counts (``student``, ``teacher``, ``generation``, ``total`` only)."""
     from llavakd.flops import step_flops
 
     st = as_chain(chain).last
     prompt = float(study.cfg.cost.tokens_per_sample[cost_kind(st.name)])
     teacher = study.teacher_of(llm) if st.distill else None
+    if any(n in study.cfg.cost.params for n in (llm, teacher) if n):
+        student = 6 * llm_params(study, llm) * prompt
+        taught = 2 * llm_params(study, teacher) * prompt if teacher else 0.0
+        gen = generation_flops(study, llm, chain)
+        return {"student": student, "teacher": taught, "generation": gen, "total": student + taught + gen}
     s_shape = _known_shape(study, llm)
     t_shape = _known_shape(study, teacher) if teacher else None
     vision, tokens = _flop_vision(study)
@@ -791,12 +798,11 @@ def job_steps(study: Study, llm: str, chain) -> int | None:
 
 def job_price(study: Study):
     """``price(llm, chain)`` of a priced study's training job: its hours (``job``, pricer), the teacher's
-    inference inside it (``teacher_inference``), its model FLOPs (``flops``), the teacher's own training
-    (``teacher_training``: every job of the teacher's chain) and ``students``, the distinct distilled
-    students of the methods comparison that share that teacher. An LLM known only by ``cost.params``
-    counts 6N per trained and 2N per teacher token, as the pricer does."""
+    inference inside it (``teacher_inference``), its model FLOPs (``flops``: sample_flops x job_samples,
+    as the pricer counts), the teacher's own training (``teacher_training``: every job of the teacher's
+    chain) and ``students``, the student models the methods comparison distils from that teacher (every
+    method, seed and budget trains its own)."""
     job_hours = pricer(study)[0]
-    c = study.cfg.cost
     distilled: dict[str, set] = {}
     for m in (m for ms in study.method_models().values() for m in ms):
         name = parse_model(m)
@@ -807,16 +813,8 @@ def job_price(study: Study):
         chain = as_chain(chain)
         hours = job_hours(llm, chain)
         teacher = study.teacher_of(llm) if chain.last.distill else None
-        samples = job_samples(study, llm, chain)
-        if any(n in c.params for n in (llm, teacher) if n):
-            tokens = samples * c.tokens_per_sample[cost_kind(chain.last.name)]
-            student = 6 * llm_params(study, llm) * tokens
-            taught = 2 * llm_params(study, teacher) * tokens if teacher else 0.0
-            gen = generation_flops(study, llm, chain) * samples
-            flops, share = student + taught + gen, taught / (student + taught + gen)
-        else:
-            f = sample_flops(study, llm, chain)
-            flops, share = f["total"] * samples, f["teacher"] / f["total"]
+        f = sample_flops(study, llm, chain)
+        flops, share = f["total"] * job_samples(study, llm, chain), f["teacher"] / f["total"]
         out = {"job": hours, "teacher_inference": hours * share, "flops": flops, "teacher_training": 0.0,
                "students": 0.0}
         if teacher:
@@ -907,17 +905,9 @@ def pricer(study: Study):
         mfu, source = measured if measured else (c.mfu, "configured" + (
             f"; {c.mfu_file} not found" if c.mfu_file else ""))
         rate = c.peak_tflops * 1e12 * mfu
-    per = c.tokens_per_sample
 
     def job_hours(llm, chain) -> float:
-        """A training job's model FLOPs over the rate; an LLM known only by ``cost.params`` counts 6N per
-        trained and 2N per teacher token (with an on-policy method's sampling)."""
-        st = as_chain(chain).last
-        teacher = study.teacher_of(llm) if st.distill else None
-        if any(n in c.params for n in (llm, teacher) if n):
-            tokens = job_samples(study, llm, chain) * per[cost_kind(st.name)]
-            flops = 6 * llm_params(study, llm) * tokens + (2 * llm_params(study, teacher) * tokens if teacher else 0)
-            return (flops + generation_flops(study, llm, chain) * job_samples(study, llm, chain)) / rate / 3600
+        """A training job's model FLOPs (sample_flops x job_samples) over the rate."""
         return sample_flops(study, llm, chain)["total"] * job_samples(study, llm, chain) / rate / 3600
 
     def eval_hours(model) -> float:
@@ -1023,7 +1013,7 @@ def methods_report(study: Study) -> str:
                 charged = c["job"] + c["teacher_training"] / max(n, 1)
                 costs.append(f"  {student}  {budget}{arm.method:16s} job {c['job']:9.3g}  teacher's inference in it "
                              f"{c['teacher_inference']:9.3g}  teacher's training {c['teacher_training']:9.3g}  "
-                             f"charged if trained for these {n} students {charged:9.3g}")
+                             f"charged if trained for these {n} student models {charged:9.3g}")
     if costs:
         lines.append(f"llavakd teacher's cost per method job ({unit}, one seed; the teacher's training counts every job "
                      "of its chain; not charged when the teacher exists)")

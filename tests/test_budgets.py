@@ -63,6 +63,24 @@ def test_the_compute_matched_step_count_equals_a_hand_count(budget):
     assert cfg.train.max_steps == want and not cfg.distill  # the job trains that count, without a teacher
 
 
+def test_llms_known_by_parameter_count_are_counted_once_for_the_steps_and_the_price():
+    """With ``cost.params`` (6N a trained token, 2N a teacher token), the compute-matched steps and the
+    job's price read the same count: the control's steps are 200 x (6 N_s + 2 N_t) / 6 N_s, and the price's
+    FLOPs are that count times the job's samples."""
+    from llavakd.plan import job_price, job_samples
+
+    raw = frozen_demo()
+    raw["seeds"] = [0]
+    raw["methods"] = {"compare": ["kd"], "students": ["qwen1.5-0.5b"], "budgets": [200], "compute_matched": True}
+    raw["cost"] = json.loads(json.dumps(COST)) | {"params": {"qwen1.5-0.5b": 5e8, "qwen1.5-4b": 4e9}}
+    study = Study.load(raw, source="config.yaml", tiny_llms=catalogue())
+    chain = study.method_chain("kd", 200)
+    assert compute_matched_steps(study, "qwen1.5-0.5b", chain) == round(200 * (6 * 5e8 + 2 * 4e9) / (6 * 5e8))
+    price = job_price(study)("qwen1.5-0.5b", chain)
+    assert price["flops"] == pytest.approx((6 * 5e8 + 2 * 4e9) * 327 * job_samples(study, "qwen1.5-0.5b", chain))
+    assert price["teacher_inference"] == pytest.approx(price["job"] * 8 / 11)
+
+
 def test_a_study_without_budgets_plans_its_bare_chains():
     raw = frozen_demo()
     raw["methods"] = {"compare": ["kd", "llava_kd_dft"], "students": ["qwen1.5-0.5b"]}
@@ -106,7 +124,7 @@ def test_the_dry_run_prints_every_arm_its_steps_and_the_teachers_cost():
                 assert any(str(chain) in line and f" {steps} steps" in line for line in text.splitlines()), chain
     price = job_price(study)("qwen1.5-0.5b", study.method_chain("kd", 800))
     line = next(x for x in text.splitlines() if "budget   800  kd " in x and "teacher's training" in x)
-    assert f"{price['teacher_training']:9.3g}" in line and "these 20 students" in line
+    assert f"{price['teacher_training']:9.3g}" in line and "these 20 student models" in line
 
 
 # -- the table, the cost block and the figure from fabricated results -------------------------------
@@ -207,6 +225,54 @@ def test_the_budgets_table_pairs_each_method_with_both_controls_and_holm_runs_pe
 
     with Image.open(tmp_path / "reports" / "figures" / "budgets.png") as im:
         assert im.size[0] > 1500 and im.size[1] > 300
+
+
+def test_the_budget_figure_draws_every_method_at_every_budget_with_its_intervals(tmp_path, monkeypatch):
+    """The four panels of budgets.png hold the table's numbers: Avg10 ± its 95% interval per method and
+    budget against steps and against the job's FLOPs (the compute-matched ce as its own points), and each
+    method's paired difference ± its Holm half-width against the step-matched ce (by steps) and the
+    compute-matched ce (by FLOPs)."""
+    from llavakd.report import figures
+    from llavakd.report.render import render_methods
+
+    drawn = {}
+    save = figures._save
+
+    def keep(fig, out):
+        if Path(out).name == "budgets.png":
+            drawn["axes"] = [{c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()),
+                                              [seg[1][1] - seg[0][1] for seg in c.lines[2][0].get_segments()])
+                              for c in ax.containers} for ax in fig.axes]
+        return save(fig, out)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    monkeypatch.chdir(tmp_path)
+    study = _study(["kd", "llavadi"])
+    _fabricate(study, tmp_path)
+    render_methods(study, tmp_path / "reports")
+    rows = [r for r in csv.DictReader((tmp_path / "reports" / "methods.csv").open()) if r["column"] == "avg10"]
+    table = {(r["method"], int(r["budget"]), r["matched"]): r for r in rows}
+    steps, flops, step_diff, compute_diff = drawn["axes"]
+    assert set(steps) == {"ce", "kd", "llavadi"} and set(step_diff) == set(compute_diff) == {"kd", "llavadi"}
+    for m in ("ce", "kd", "llavadi"):
+        want = [table[(m, b, "")] for b in (2, 8)]
+        x, y, bars = steps[m]
+        assert x == [2, 8]
+        assert y == pytest.approx([float(r["mean"]) for r in want], abs=1e-3)
+        assert bars == pytest.approx([2 * float(r["ci95"]) for r in want], abs=2e-3)
+        assert flops[m][0] == pytest.approx([float(r["flops"]) for r in want], rel=1e-5)
+    x, y, _ = flops["ce, compute-matched"]
+    cm = [r for r in rows if r["matched"]]
+    assert sorted(x) == pytest.approx(sorted(float(r["flops"]) for r in cm), rel=1e-5) and len(x) == 4
+    for m in ("kd", "llavadi"):
+        want = [table[(m, b, "")] for b in (2, 8)]
+        x, y, bars = step_diff[m]
+        assert x == [2, 8] and y == pytest.approx([sum(SHIFT_STEP[m]) / 5] * 2, abs=1e-3)
+        assert bars == pytest.approx([2 * float(r["holm_half"]) for r in want], abs=2e-3)
+        x, y, bars = compute_diff[m]
+        assert x == pytest.approx([float(r["flops"]) for r in want], rel=1e-5)
+        assert y == pytest.approx([sum(SHIFT_COMPUTE[m]) / 5] * 2, abs=1e-3)
+        assert bars == pytest.approx([2 * float(r["holm_half_compute"]) for r in want], abs=2e-3)
 
 
 # -- the variance split ----------------------------------------------------------------------------

@@ -279,9 +279,10 @@ def budgets(rows, out, columns=PAPER, caption: str = "") -> Path:
             line[1].errorbar([r.flops for r in cm], [r.cells[key].mean for r in cm],
                              yerr=[r.cells[key].ci95 or 0 for r in cm], fmt="D", capsize=3, color=colour[CONTROL],
                              mfc="white", label="ce, compute-matched")
-        titles = (f"{avg} vs DFT steps", f"{avg} vs the job's FLOPs", f"Δ {avg} vs step-matched ce",
+        titles = (f"{avg} vs DFT steps", f"{avg} vs the job's total FLOPs", f"Δ {avg} vs step-matched ce",
                   f"Δ {avg} vs compute-matched ce")
-        xlabels = ("DFT optimizer steps", "model FLOPs of the job", "DFT optimizer steps", "model FLOPs of the job")
+        total = "total model FLOPs of the job (student + teacher)"
+        xlabels = ("DFT optimizer steps", total, "DFT optimizer steps", total)
         for i, ax in enumerate(line):
             ax.set_title(f"{display_llm(llm)}: {titles[i]}", fontsize=9)
             ax.set_xlabel(xlabels[i])

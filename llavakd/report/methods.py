@@ -352,8 +352,9 @@ def budgets_caption(rows: list[MethodRow], study) -> str:
     columns = study.columns()
     key, avg = columns.headline, columns.header(columns.headline)
     k = max(len(study.compared_methods()) - 1, 1)
-    parts = [f"Methods at {', '.join(str(b) for b in study.cfg.methods.budgets) or 'the stage'}'s DFT steps, "
-             f"{len(study.seeds)} seeds, each paired by seed with ce for as many steps (step-matched)"
+    budgets = " and ".join(str(b) for b in study.cfg.methods.budgets)
+    parts = [(f"Methods at {budgets} DFT steps, " if budgets else "Methods at the stage's DFT steps, ")
+             + f"{len(study.seeds)} seeds, each paired by seed with ce for as many steps (step-matched)"
              + (" and ce for as many FLOPs (compute-matched)" if study.cfg.methods.compute_matched else "")
              + f"; Holm over the {k} methods of each (budget, control)."]
     for attr, name in (("paired", "step-matched"), ("paired_compute", "compute-matched")):
@@ -501,7 +502,7 @@ def _cost_block(rows: list[MethodRow], cpu: bool) -> list[tuple]:
         return []
     unit = "CPU-h" if cpu else "GPU-h"
     head = ["Method", "LLM", "budget", f"the job ({unit})", "teacher's inference in it", "teacher's training",
-            "students sharing it", "charged: teacher exists", "charged: teacher trained for these students"]
+            "student models sharing it", "charged: teacher exists", "charged: teacher trained for these students"]
     body = []
     for r in priced:
         c, n = r.cost, int(r.cost["students"])
@@ -510,8 +511,9 @@ def _cost_block(rows: list[MethodRow], cpu: bool) -> list[tuple]:
                      str(n) if n else "-", f"{c['job']:.3g}",
                      f"{c['job'] + c['teacher_training'] / n:.3g}" if n else f"{c['job']:.3g}"])
     note = (f"One seed's job, priced by the planner (llavakd.plan.job_price; {unit}). The teacher's training (every "
-            "job of its chain, PT+SFT) is charged to no job when the teacher exists, and divided over the distinct "
-            "distilled students of this comparison that share it when it was trained for them.")
+            "job of its chain, PT+SFT) is charged to no job when the teacher exists, and divided over the student "
+            "models this comparison distils from it (every method, seed and budget trains its own) when it was "
+            "trained for them.")
     return [("The teacher's cost", head, body, note)]
 
 
@@ -534,11 +536,12 @@ def _variance_block(rows: list[MethodRow], avg: str) -> list[tuple]:
              for r in missing]
     note = ("The variance of each paired difference against the step-matched ce, split into evaluation sampling "
             "(bootstrap over documents, both models resampled on the same documents: each seed's own part) and "
-            "training (between seeds, the rest). Shared documents: the part of the document error common to every "
-            "seed (the covariance of the seeds' replicates; negative: noise), which no number of seeds averages "
-            "away and the between-seed spread does not show. The smallest difference the seeds detect with 80% power at Holm's strictest level for the "
-            "methods of one budget, as measured and with fewer or more documents per stand-in (the evaluation part "
-            "scaled as a mean over documents; llavakd.report.methods.variance_split).")
+            "training (between seeds, the rest). Shared documents: the part of the document error common to every"
+            " seed (the covariance of the seeds' replicates; negative: noise), which no number of seeds averages "
+            "away and the between-seed spread does not show. The smallest difference the seeds detect with 80% "
+            "power at Holm's strictest level for the methods of one budget, as measured and with fewer or more "
+            "documents per stand-in (the evaluation part scaled as a mean over documents; "
+            "llavakd.report.methods.variance_split).")
     return [(f"Where the spread of Δ {avg} comes from", head, body, note)]
 
 
