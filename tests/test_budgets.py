@@ -81,6 +81,23 @@ def test_llms_known_by_parameter_count_are_counted_once_for_the_steps_and_the_pr
     assert price["teacher_inference"] == pytest.approx(price["job"] * 8 / 11)
 
 
+def test_an_on_policy_methods_control_also_pays_for_the_students_sampling():
+    """gkd samples half its answers: its compute-matched ce also spends the student's forward over the prompt
+    and 128 new tokens (2N a token) on half the samples, counted here from the student's parameters."""
+    from llavakd.plan import llm_params, sample_flops
+
+    study = _study(["gkd", "kd"], budgets=[200])
+    gkd, kd = study.method_chain("gkd", 200), study.method_chain("kd", 200)
+    gen = 0.5 * 2 * llm_params(study, "qwen1.5-0.5b") * (327 + 128)
+    assert gen > 0
+    f_gkd, f_kd = sample_flops(study, "qwen1.5-0.5b", gkd), sample_flops(study, "qwen1.5-0.5b", kd)
+    assert f_gkd["generation"] == pytest.approx(gen) and f_kd["generation"] == 0
+    ce = sample_flops(study, "qwen1.5-0.5b", study.method_chain("ce", 200))["total"]
+    assert compute_matched_steps(study, "qwen1.5-0.5b", gkd) == round(200 * (f_gkd["total"]) / ce)
+    assert f_gkd["total"] - f_kd["total"] == pytest.approx(gen, rel=1e-9)  # the same terms' parts, plus the sampling
+    assert compute_matched_steps(study, "qwen1.5-0.5b", gkd) > compute_matched_steps(study, "qwen1.5-0.5b", kd)
+
+
 def test_a_study_without_budgets_plans_its_bare_chains():
     raw = frozen_demo()
     raw["methods"] = {"compare": ["kd", "llava_kd_dft"], "students": ["qwen1.5-0.5b"]}
