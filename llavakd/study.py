@@ -55,7 +55,7 @@ class WorldSection:
     size: Literal["tiny", "small", "demo", "small600"] = "tiny"
     """``tiny``: 1,500 training images and 40 per stand-in; ``small``: 6,000 and 150; ``demo``: tiny's
     1,500 without the yes/no checks and the text-only records (MME and POPE are not taught), 100 per
-    stand-in; ``small600``: small's training data and 600 per stand-in, small's 150 first
+    stand-in; ``small600``: small's training data and 600 per stand-in, small's 150 images first
     (llavakd.tiny.world.SIZES)."""
 
 

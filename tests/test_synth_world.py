@@ -287,3 +287,22 @@ def test_the_demo_world_teaches_no_yes_no_checks(tmp_path):
         assert marker in text, marker
     for b, n in m["bench"].items():
         assert n >= 70, (b, n)  # 100 images per stand-in (TextVQA keeps the images with a digit)
+
+
+def test_more_documents_per_stand_in_leave_the_training_data_and_the_first_images_as_they_were(tmp_path, monkeypatch):
+    """small600 is small with more documents per stand-in: the bench count must not move the training data
+    (its images and conversations, byte for byte) nor the stand-ins' first images, which the smaller world
+    also scores. Checked on two small presets that differ only in their bench count."""
+    from llavakd.tiny import world as w
+
+    monkeypatch.setitem(w.SIZES, "few", {"train": 40, "bench": 6})
+    monkeypatch.setitem(w.SIZES, "more", {"train": 40, "bench": 24})
+    few, more = write_world(tmp_path / "few", seed=0, size="few"), write_world(tmp_path / "more", seed=0, size="more")
+    for name in ("captions.json", "instruct.json"):
+        assert few["sha256"][f"train/{name}"] == more["sha256"][f"train/{name}"], name
+    for png in (tmp_path / "few" / "images" / "train").iterdir():
+        assert png.read_bytes() == (tmp_path / "more" / "images" / "train" / png.name).read_bytes()
+    firsts = list((tmp_path / "few" / "images").glob("bench_*/*.png"))
+    assert len(firsts) == 6 * len(BENCHMARKS)
+    assert all(p.read_bytes() == (tmp_path / "more" / p.relative_to(tmp_path / "few")).read_bytes() for p in firsts)
+    assert len(list((tmp_path / "more" / "images").glob("bench_*/*.png"))) == 24 * len(BENCHMARKS)

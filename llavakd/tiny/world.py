@@ -43,7 +43,7 @@ SIZES = {  # images per split; "checks": yes/no checks per image (YES_NO_CHECKS)
     # seed-dependent skill: MME and POPE are not taught and stay at chance) and the text-only records;
     # 100 images per stand-in, so that one seed's interval over documents can tell learning from chance
     "demo": {"train": 1500, "bench": 100, "checks": 0, "text_only": False},
-    # small's training data, byte for byte, and 600 images per stand-in (small's 150 first): scoring more
+    # small's training data, byte for byte, and 600 images per stand-in (small's 150 images first): scoring more
     # documents narrows the evaluation's share of a paired difference (docs/results/when-distillation-pays.md)
     "small600": {"train": 6000, "bench": 600},
 }
