@@ -179,6 +179,9 @@ def test_the_budgets_table_pairs_each_method_with_both_controls_and_holm_runs_pe
     The csv's paired differences, p-values and Holm levels equal scipy's paired t-tests computed here,
     Holm running over the 2 methods of each (budget, control) family; the cost block charges the teacher's
     training divided over the comparison's distilled students; the figure and the variance file are written."""
+    import statistics
+
+    from scipy.stats import t as student_t
     from scipy.stats import ttest_rel
 
     from llavakd.plan import job_samples, pricer, sample_flops
@@ -206,6 +209,8 @@ def test_the_budgets_table_pairs_each_method_with_both_controls_and_holm_runs_pe
                 assert float(got[m][diff]) == pytest.approx(sum(shift[m]) / 5, abs=1e-4), (budget, kind, m)
                 assert float(got[m][pcol]) == pytest.approx(ps[m], rel=1e-3), (budget, kind, m)
                 assert float(got[m][level]) == pytest.approx(0.05 / (2 - i), rel=1e-3), (budget, kind, m)
+                half = student_t.ppf(1 - 0.05 / (2 - i) / 2, 4) * statistics.stdev(shift[m]) / math.sqrt(5)
+                assert float(got[m][level.replace("level", "half")]) == pytest.approx(half, rel=1e-3), (budget, kind, m)
         assert float(got["kd"]["s_per_step"]) == pytest.approx(3.0 if budget == "8" else 1.0)  # the resumed job left out
         assert (got["kd"]["beats_ce"], got["kd"]["below_compute_ce"]) == ("True", "True")
         assert (got["llavadi"]["beats_ce"], got["llavadi"]["below_ce"]) == ("False", "False")  # negative control
@@ -229,7 +234,6 @@ def test_the_budgets_table_pairs_each_method_with_both_controls_and_holm_runs_pe
     assert line.split("|")[7].strip() == "20"  # the students sharing the teacher
     charged = float(line.split("|")[-2])
     assert charged == pytest.approx(float(kd8["job_hours"]) + teacher / 20, rel=2e-3)
-    import statistics
 
     split = {(r["method"], r["budget"]): r for r in csv.DictReader((tmp_path / "reports" / "variance.csv").open())}
     for m in ("kd", "llavadi"):
