@@ -346,3 +346,23 @@ def test_the_variance_split_recovers_a_simulated_truth(training_sd):
     for f in (0.25, 4):
         assert got[f"detectable_docs_x{f:g}"] == pytest.approx(
             t * math.sqrt((got["training"] + got["evaluation"] / f) / n), rel=1e-9)
+
+
+def test_replicates_of_unequal_count_are_not_split(tmp_path, monkeypatch):
+    """A model whose result files keep fewer bootstrap replicates cannot be paired draw by draw with its
+    control: its row of variance.csv says why instead of zipping the shorter list."""
+    from llavakd.report.averages import COLUMNS
+    from llavakd.report.render import render_methods
+
+    monkeypatch.chdir(tmp_path)
+    study = _study(["kd", "llavadi"])
+    _fabricate(study, tmp_path)
+    folder = Path(study.layout.eval_dir(f"qwen1.5-0.5b/s2/{study.method_chain('kd', 8)}", study.protocols[0]))
+    for c in COLUMNS:
+        rec = json.loads((folder / f"{c}.json").read_text())
+        rec["interval95"]["replicates"] = rec["interval95"]["replicates"][:30]
+        (folder / f"{c}.json").write_text(json.dumps(rec))
+    render_methods(study, tmp_path / "reports")
+    split = {(r["method"], r["budget"]): r for r in csv.DictReader((tmp_path / "reports" / "variance.csv").open())}
+    assert "unequal count" in split[("kd", "8")]["missing"] and not split[("kd", "8")]["between"]
+    assert not split[("kd", "2")]["missing"] and float(split[("kd", "2")]["between"]) > 0

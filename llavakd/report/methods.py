@@ -286,13 +286,11 @@ def collect_methods(study, protocol: str | None = None, gpu_hours: dict[str, flo
                             for a, b in zip(mine, ref)]
                     p = r.paired.get(columns.headline)
                     missing = [m for m, (x, y) in zip(mine, reps) if not (x and y)]
-                    unequal = [m for m, (x, y) in zip(mine, reps) if x and y and len(x) != len(y)]
-                    lengths = {len(x) for x, _ in reps if x}
                     if missing:
                         r.variance = {"missing": "no bootstrap replicates of the headline for " + ", ".join(missing)}
-                    elif unequal or len(lengths) > 1:
+                    elif len({len(v) for pair in reps for v in pair}) > 1:
                         r.variance = {"missing": "replicates of unequal count, not paired draw by draw: "
-                                                 + ", ".join(unequal or mine)}
+                                                 + ", ".join(mine)}
                     elif not p or len(p.diffs) < 2:
                         r.variance = {"missing": "fewer than 2 seeds"}
                     else:
