@@ -240,6 +240,19 @@ def methods(rows, out, columns=PAPER) -> Path:
     return _save(fig, out)
 
 
+def _readable_log_ticks(ax, steps: bool, budgets) -> None:
+    """Log axes whose labels do not run into each other in a narrow panel: the steps axes are labelled
+    at the study's budgets, the FLOPs axes at 1, 2 and 5 of each decade ("2e+13"); no minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if steps and budgets:
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+    else:
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
+
+
 def budgets(rows, out, columns=PAPER, caption: str = "") -> Path:
     """``rows``: llavakd.report.methods rows of a study with budgets. Per student, four panels: the
     headline average against DFT steps and against the job's model FLOPs (one line per method, the
@@ -287,6 +300,7 @@ def budgets(rows, out, columns=PAPER, caption: str = "") -> Path:
             ax.set_title(f"{display_llm(llm)}: {titles[i]}", fontsize=9)
             ax.set_xlabel(xlabels[i])
             ax.set_xscale("log")
+            _readable_log_ticks(ax, steps=i in (0, 2), budgets=sorted({r.budget for r in mine if r.budget}))
             if i >= 2:
                 ax.axhline(0, color="tab:red", lw=1)
             if ax.get_legend_handles_labels()[0]:
