@@ -668,16 +668,39 @@ def train_jobs(study: Study, models: list[str]) -> list[tuple[str, int, str]]:
     return jobs
 
 
-def loss_term_flops(study: Study, llm: str, chain, s_shape, t_shape) -> float:
-    """FLOPs per position of a job's loss terms beyond the models (their learnable parts; llavakd.terms)."""
+def answer_tokens(study: Study, chain, seq: float) -> tuple[float, bool]:
+    """(answer tokens of one sample of the chain's last stage, whether the cost section gives them):
+    ``cost.answer_tokens_per_sample`` of the stage's kind, else every one of its ``seq`` positions."""
+    given = study.cfg.cost.answer_tokens_per_sample if study.cfg.cost else {}
+    kind = cost_kind(as_chain(chain).last.name)
+    return (min(float(given[kind]), seq), True) if kind in given else (seq, False)
+
+
+def answers_overcounted(study: Study, llm: str, chain) -> list[str]:
+    """The job's terms paid at the answer tokens that the count pays at every position instead, for
+    want of ``cost.answer_tokens_per_sample`` (the dry run names them)."""
+    st = as_chain(chain).last
+    if not st.distill or study.cfg.cost is None or answer_tokens(study, chain, 1.0)[1]:
+        return []
+    from llavakd import terms
+
+    loss = study.stage_config(llm, study.seeds[0], chain).loss
+    return [n for n in loss.enabled() if terms.spec(n).flop_positions(loss) == "answers"]
+
+
+def loss_term_flops(study: Study, llm: str, chain, s_shape, t_shape, seq: int, visual: float) -> float:
+    """FLOPs per position of a job's loss terms beyond the models (their learnable parts;
+    llavakd.terms), averaged over the sample's ``seq`` positions: each term is paid at the positions
+    it runs on, every position, the answer tokens (``answer_tokens``) or the ``visual`` tokens."""
     from llavakd import terms
 
     st = as_chain(chain).last
     if not st.distill:
         return 0.0
     loss = study.stage_config(llm, study.seeds[0], chain).loss
-    return terms.extra_flops(loss, terms.Dims(s_shape.hidden_size, t_shape.hidden_size, s_shape.num_attention_heads,
-                                              t_shape.num_attention_heads))
+    dims = terms.Dims(s_shape.hidden_size, t_shape.hidden_size, s_shape.num_attention_heads, t_shape.num_attention_heads)
+    where = {"all": float(seq), "answers": answer_tokens(study, chain, float(seq))[0], "visual": float(visual)}
+    return terms.extra_flops_per_sample(loss, dims, where) / max(seq, 1)
 
 
 def llm_params(study: Study, llm: str) -> float:
@@ -745,7 +768,7 @@ def sample_flops(study: Study, llm: str, chain) -> dict[str, float]:
     vision, tokens = _flop_vision(study)
     f = step_flops(student=s_shape, teacher=t_shape, seq=int(prompt), visual_tokens=tokens, vision=vision,
                    student_trains_llm="llm" in STAGES[st.name].trainable,
-                   loss_terms=loss_term_flops(study, llm, chain, s_shape, t_shape or s_shape))
+                   loss_terms=loss_term_flops(study, llm, chain, s_shape, t_shape or s_shape, int(prompt), tokens))
     out = dict(f)
     if t_shape is not None:
         alone = step_flops(student=s_shape, teacher=None, seq=int(prompt), visual_tokens=tokens, vision=vision,
@@ -1007,6 +1030,11 @@ def methods_report(study: Study) -> str:
             budget = "" if arm.budget is None else f"budget {arm.budget:5d}  "
             steps = job_steps(study, student, chain)
             lines.append(f"  {student}  {budget}{what:34s} {str(chain):34s} {steps or '':>6} steps {flops} {ratio}")
+            over = answers_overcounted(study, student, chain) if priced and arm.matched is None else []
+            if over:
+                key = f"cost.answer_tokens_per_sample.{cost_kind(as_chain(chain).last.name)}"
+                lines.append(f"    counts {', '.join(over)} at every position, though it runs on the answer tokens "
+                             f"only: set {key} for the answers' share")
             if price and arm.matched is None and arm.method != CONTROL:
                 c = price(student, chain)
                 n = int(c["students"])

@@ -395,6 +395,10 @@ class CostSection:
     """Records per dataset kind: ``pt`` (captions) and ``sft`` (instructions)."""
     tokens_per_sample: dict[str, float]
     """Mean tokens per record, by the same keys."""
+    answer_tokens_per_sample: dict[str, float] = field(default_factory=dict)
+    """Mean supervised (answer) tokens per record, by the same keys (the data check's
+    ``supervised_tokens`` mean): a loss term that runs on the answers only (LLaVADI's ``feat``) is
+    counted there. Unset: at every position, an overcount the dry run names."""
     params: dict[str, float] = field(default_factory=dict)
     """Parameter counts of LLMs whose size the planner does not know."""
     eval_tokens: float = 0.0
@@ -415,7 +419,7 @@ class CostSection:
                     if getattr(self, k) is None]
         if self.mfu is not None and not 0 < self.mfu <= 1:
             out.append(f"{prefix}mfu: must be in (0, 1], got {self.mfu!r}")
-        for name in ("samples", "tokens_per_sample", "params"):
+        for name in ("samples", "tokens_per_sample", "answer_tokens_per_sample", "params"):
             out += [f"{prefix}{name}.{k}: must be >= 0, got {v!r}" for k, v in getattr(self, name).items() if v < 0]
         return out
 

@@ -98,6 +98,44 @@ def test_an_on_policy_methods_control_also_pays_for_the_students_sampling():
     assert compute_matched_steps(study, "qwen1.5-0.5b", gkd) > compute_matched_steps(study, "qwen1.5-0.5b", kd)
 
 
+def test_a_terms_parts_are_paid_at_the_positions_it_runs_on():
+    """LLaVADI's projector runs on the answer tokens (feat_positions: responses): with
+    cost.answer_tokens_per_sample it is paid there, 6 (s t + t^2) a token, 18 answers of the 327
+    positions; with feat_positions: all at every position; without the key at every position too, and
+    the dry run names the overcount. Align-KD's vtok map is paid at the 15 visual tokens only."""
+    from llavakd.plan import methods_report, sample_flops
+
+    s_h, t_h = 128, 256
+    feat = 6 * (s_h * t_h + t_h * t_h)
+
+    def parts(study, method):
+        chain = study.method_chain(method, 200)
+        f = sample_flops(study, "qwen1.5-0.5b", chain)
+        kd = sample_flops(study, "qwen1.5-0.5b", study.method_chain("kd", 200))
+        return f["total"] - kd["total"]  # the same models; the difference is the terms' parts
+
+    study = _study(["kd", "llavadi"], budgets=[200])
+    assert parts(study, "llavadi") == pytest.approx(feat * 327)  # the key is unset: every position
+    assert "counts feat at every position" in methods_report(study)
+    study.cfg.cost.answer_tokens_per_sample = {"sft": 18}
+    assert parts(study, "llavadi") == pytest.approx(feat * 18)
+    assert "counts feat at every position" not in methods_report(study)
+    raw = frozen_demo()
+    raw["seeds"] = [0]
+    raw["methods"] = {"compare": ["kd", "llavadi_all", "align_kd"], "students": ["qwen1.5-0.5b"], "budgets": [200],
+                      "compute_matched": True,
+                      "define": {"llavadi_all": {"terms": ["ce", "res", "feat"], "feat_positions": "all"}}}
+    raw["cost"] = json.loads(json.dumps(COST)) | {"answer_tokens_per_sample": {"sft": 18}}
+    study = Study.load(raw, source="config.yaml", tiny_llms=catalogue())
+    assert parts(study, "llavadi_all") == pytest.approx(feat * 327)
+    align = study.stage_config("qwen1.5-0.5b", 0, study.method_chain("align_kd", 200)).loss
+    from llavakd import terms
+
+    dims = terms.Dims(s_h, t_h, 2, 4)
+    others = sum(terms.spec(n).flops(align, dims) for n in align.enabled() if n != "vtok") * 327
+    assert parts(study, "align_kd") == pytest.approx(6 * t_h * s_h * 15 + others)
+
+
 def test_a_study_without_budgets_plans_its_bare_chains():
     raw = frozen_demo()
     raw["methods"] = {"compare": ["kd", "llava_kd_dft"], "students": ["qwen1.5-0.5b"]}

@@ -181,6 +181,9 @@ class TermSpec:
     """How many parameters ``parts`` holds (the memory estimate counts them without building them)."""
     flops: Callable[[Any, Dims], float] = lambda cfg, dims: 0.0
     """FLOPs per position it reads, forward and backward, beyond the models' own (the FLOP count)."""
+    flop_positions: Callable[[Any], Literal["all", "answers", "visual"]] = lambda cfg: "all"
+    """Which positions of a sample ``flops`` is paid at: every position, the answer (supervised)
+    tokens only, or the visual tokens only (llavakd.terms.extra_flops_per_sample)."""
 
     def has_parts(self, cfg) -> bool:
         return self.parts is not None and self.learnable(cfg)

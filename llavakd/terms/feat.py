@@ -79,5 +79,6 @@ SPEC = TermSpec(
     parts=build,
     part_params=lambda cfg, d: d.student_hidden * d.teacher_hidden + d.teacher_hidden ** 2 + 2 * d.teacher_hidden,
     flops=lambda cfg, d: 6.0 * (d.student_hidden * d.teacher_hidden + d.teacher_hidden ** 2),
+    flop_positions=lambda cfg: "answers" if cfg.feat_positions == "responses" else "all",
     sources=("LLaVADI (Xu et al., arXiv 2407.19409), code xushilin1/LLaVADI projects/distill/distill_llava_llama.py",),
 )

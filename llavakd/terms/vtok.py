@@ -80,5 +80,6 @@ SPEC = TermSpec(
     attention_layer=lambda cfg: cfg.attn_layer,  # the layer attn reads (the first, as Align-KD)
     part_params=lambda cfg, d: d.teacher_hidden * d.student_hidden + d.student_hidden,
     flops=lambda cfg, d: 6.0 * d.teacher_hidden * d.student_hidden,
+    flop_positions=lambda cfg: "visual",
     sources=("Align-KD (Feng et al., arXiv 2412.01282), code fqhank/Align-KD mobilevlm/train/trainer.py",),
 )
