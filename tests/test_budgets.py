@@ -302,6 +302,10 @@ def test_the_budget_figure_draws_every_method_at_every_budget_with_its_intervals
             drawn["axes"] = [{c.get_label(): (list(c.lines[0].get_xdata()), list(c.lines[0].get_ydata()),
                                               [seg[1][1] - seg[0][1] for seg in c.lines[2][0].get_segments()])
                               for c in ax.containers} for ax in fig.axes]
+            fig.canvas.draw()  # the labels as drawn: the steps axes at the budgets, no minor labels anywhere
+            drawn["labels"] = [([t.get_text() for t in ax.get_xticklabels() if t.get_visible()],
+                                [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()])
+                               for ax in fig.axes]
         return save(fig, out)
 
     monkeypatch.setattr(figures, "_save", keep)
@@ -312,6 +316,8 @@ def test_the_budget_figure_draws_every_method_at_every_budget_with_its_intervals
     rows = [r for r in csv.DictReader((tmp_path / "reports" / "methods.csv").open()) if r["column"] == "avg10"]
     table = {(r["method"], int(r["budget"]), r["matched"]): r for r in rows}
     steps, flops, step_diff, compute_diff = drawn["axes"]
+    labels = drawn["labels"]
+    assert labels[0][0] == labels[2][0] == ["2", "8"] and all(minor == [] for _, minor in labels)
     assert set(steps) == {"ce", "kd", "llavadi"} and set(step_diff) == set(compute_diff) == {"kd", "llavadi"}
     for m in ("ce", "kd", "llavadi"):
         want = [table[(m, b, "")] for b in (2, 8)]
