@@ -53,8 +53,8 @@ def step_flops(*, student: LLMShape, teacher: LLMShape | None, seq: int, visual_
                head_rows_student: int | None = None, head_rows_teacher: int | None = None,
                loss_terms: float = 0.0) -> dict[str, float]:
     """FLOPs of one sample's training step, by part, and their ``total`` (see the module docstring).
-    ``loss_terms``: FLOPs per position of the loss terms' learnable parts (llavakd.terms.extra_flops),
-    counted at every position."""
+    ``loss_terms``: FLOPs per sample of the loss terms' learnable parts (llavakd.terms.extra_flops,
+    each paid at the positions it runs on)."""
     out: dict[str, float] = {}
     factor = 6 if student_trains_llm else 4
     out["student_layers"], out["student_attention"] = llm_flops(student, seq, factor)
@@ -77,6 +77,6 @@ def step_flops(*, student: LLMShape, teacher: LLMShape | None, seq: int, visual_
             t_h = teacher.hidden_size
             out["projectors"] += 2 * (d_v * t_h + t_h * t_h) * visual_tokens * images
     if loss_terms:
-        out["loss_terms"] = float(loss_terms * seq)
+        out["loss_terms"] = float(loss_terms)
     out["total"] = float(sum(out.values()))
     return out

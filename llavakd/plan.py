@@ -668,19 +668,19 @@ def train_jobs(study: Study, models: list[str]) -> list[tuple[str, int, str]]:
     return jobs
 
 
-def answer_tokens(study: Study, chain, seq: float) -> tuple[float, bool]:
-    """(answer tokens of one sample of the chain's last stage, whether the cost section gives them):
-    ``cost.answer_tokens_per_sample`` of the stage's kind, else every one of its ``seq`` positions."""
+def answer_tokens(study: Study, chain) -> float | None:
+    """Answer tokens of one sample of the chain's last stage (``cost.answer_tokens_per_sample`` of
+    the stage's kind), None when the cost section does not give them."""
     given = study.cfg.cost.answer_tokens_per_sample if study.cfg.cost else {}
     kind = cost_kind(as_chain(chain).last.name)
-    return (min(float(given[kind]), seq), True) if kind in given else (seq, False)
+    return float(given[kind]) if kind in given else None
 
 
 def answers_overcounted(study: Study, llm: str, chain) -> list[str]:
     """The job's terms paid at the answer tokens that the count pays at every position instead, for
     want of ``cost.answer_tokens_per_sample`` (the dry run names them)."""
     st = as_chain(chain).last
-    if not st.distill or study.cfg.cost is None or answer_tokens(study, chain, 1.0)[1]:
+    if not st.distill or study.cfg.cost is None or answer_tokens(study, chain) is not None:
         return []
     from llavakd import terms
 
@@ -689,9 +689,9 @@ def answers_overcounted(study: Study, llm: str, chain) -> list[str]:
 
 
 def loss_term_flops(study: Study, llm: str, chain, s_shape, t_shape, seq: int, visual: float) -> float:
-    """FLOPs per position of a job's loss terms beyond the models (their learnable parts;
-    llavakd.terms), averaged over the sample's ``seq`` positions: each term is paid at the positions
-    it runs on, every position, the answer tokens (``answer_tokens``) or the ``visual`` tokens."""
+    """FLOPs per sample of a job's loss terms beyond the models (their learnable parts;
+    llavakd.terms): each term is paid at the positions it runs on, the sample's ``seq`` positions,
+    its answer tokens (``answer_tokens``; all ``seq`` when not given) or its ``visual`` tokens."""
     from llavakd import terms
 
     st = as_chain(chain).last
@@ -699,8 +699,9 @@ def loss_term_flops(study: Study, llm: str, chain, s_shape, t_shape, seq: int, v
         return 0.0
     loss = study.stage_config(llm, study.seeds[0], chain).loss
     dims = terms.Dims(s_shape.hidden_size, t_shape.hidden_size, s_shape.num_attention_heads, t_shape.num_attention_heads)
-    where = {"all": float(seq), "answers": answer_tokens(study, chain, float(seq))[0], "visual": float(visual)}
-    return terms.extra_flops_per_sample(loss, dims, where) / max(seq, 1)
+    answers = answer_tokens(study, chain)
+    where = {"all": float(seq), "answers": float(seq) if answers is None else min(answers, seq), "visual": float(visual)}
+    return terms.extra_flops(loss, dims, where)
 
 
 def llm_params(study: Study, llm: str) -> float:

@@ -50,15 +50,10 @@ def part_params(cfg, dims: Dims) -> int:
     return sum(REGISTRY[n].part_params(cfg, dims) for n in cfg.enabled())
 
 
-def extra_flops(cfg, dims: Dims) -> float:
-    """FLOPs per position of every enabled term beyond the models' own (forward and backward)."""
-    return sum(REGISTRY[n].flops(cfg, dims) for n in cfg.enabled())
-
-
-def extra_flops_per_sample(cfg, dims: Dims, positions: dict[str, float]) -> float:
-    """FLOPs per sample of every enabled term beyond the models' own: each term's ``flops`` (per
-    position) times the positions it is paid at (``positions``: "all", "answers" and "visual", each a
-    count per sample)."""
+def extra_flops(cfg, dims: Dims, positions: dict[str, float]) -> float:
+    """FLOPs per sample of every enabled term beyond the models' own (forward and backward): each
+    term's ``flops`` (per position) times the positions it is paid at (``positions``: "all",
+    "answers" and "visual", each a count per sample)."""
     return sum(REGISTRY[n].flops(cfg, dims) * positions[REGISTRY[n].flop_positions(cfg)] for n in cfg.enabled())
 
 
@@ -68,5 +63,4 @@ def params() -> list[tuple[TermSpec, Param]]:
 
 
 __all__ = ["DIVERGENCES", "REGISTRY", "Dims", "NaiveInputs", "Param", "TermSpec", "dataset_terms", "default_terms",
-           "extra_flops", "extra_flops_per_sample", "names", "part_params", "params", "register", "spec",
-           "teacher_terms", "weight_key"]
+           "extra_flops", "names", "part_params", "params", "register", "spec", "teacher_terms", "weight_key"]

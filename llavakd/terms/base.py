@@ -183,7 +183,7 @@ class TermSpec:
     """FLOPs per position it reads, forward and backward, beyond the models' own (the FLOP count)."""
     flop_positions: Callable[[Any], Literal["all", "answers", "visual"]] = lambda cfg: "all"
     """Which positions of a sample ``flops`` is paid at: every position, the answer (supervised)
-    tokens only, or the visual tokens only (llavakd.terms.extra_flops_per_sample)."""
+    tokens only, or the visual tokens only (llavakd.terms.extra_flops)."""
 
     def has_parts(self, cfg) -> bool:
         return self.parts is not None and self.learnable(cfg)
